@@ -1,0 +1,1 @@
+"""Executors (where stages run) and, later, the inference layer. Imports only schemas."""

@@ -1,0 +1,119 @@
+"""The stage contract: what every annotating stage implements, whatever executor runs it.
+
+A **per-shard stage** (``Stage``) reads some document columns of one raw shard, batch by
+batch, and returns the same number of rows with its own columns. The executor writes those
+columns, plus ``id`` and ``_error``, to an annotation file aligned row by row with the shard.
+
+A **global stage** (``GlobalStage``) first sees the whole corpus once in ``fit`` (streamed,
+shard by shard) and writes a versioned artifact (a classifier, a dedup index, a plan); then it
+is applied per shard like any other stage, loading the artifact in ``setup``.
+
+Conventions every stage follows:
+
+- ``kind`` is the name used in the YAML (``stages[].kind``), ``version`` changes whenever the
+  output for the same input and params would change (it is part of the output path).
+- ``setup`` runs once per worker process (load models there, not in ``transform``).
+- ``transform`` is a pure function of the batch: no hidden state between batches, so a shard
+  can be recomputed alone and the result is identical.
+- Filters write ``keep`` (bool) and ``reason`` (str, null when kept): the release selection and
+  the drop-reason statistics read those two by convention.
+- A stage never deletes rows and never rewrites ``text``; a cleaned text is a column of its own.
+
+Stages must be picklable before ``setup`` (parameters only), so a process pool or a Ray task
+can ship them to workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import polars as pl
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from schemas.config import stable_hash
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StageContext:
+    """What the executor tells a stage about where it runs."""
+
+    artifact_dir: str | None = None  # a global stage's fitted artifact (read in setup)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Stage:
+    """Base class of per-shard stages. Subclasses set the class attributes and ``transform``."""
+
+    kind: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    # Document columns this stage reads (``id`` is always available).
+    needs: ClassVar[tuple[str, ...]] = ("text",)
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
+        if params is None or isinstance(params, dict):
+            params = self.Params.model_validate(params or {})
+        self.params = params
+        # Keys of the stages whose annotations this one reads (part of its own key).
+        self.upstream = dict(upstream or {})
+
+    # --- contract -------------------------------------------------------------------------
+    def writes(self) -> dict[str, pa.DataType]:
+        """The columns ``transform`` returns, with their Arrow types."""
+        raise NotImplementedError
+
+    def setup(self, ctx: StageContext) -> None:
+        """Load models and compile what is expensive; called once per worker process."""
+
+    def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Return one row per input row, in order, with exactly the columns of ``writes()``."""
+        raise NotImplementedError
+
+    # --- identity ---------------------------------------------------------------------------
+    def config_hash(self) -> str:
+        return stable_hash({"params": self.params.model_dump(mode="json"), "upstream": self.upstream})[:10]
+
+    def key(self, name: str) -> str:
+        """``<name>@<version>-<cfg>``: the folder of its annotations and artifacts."""
+        return f"{name}@{self.version}-{self.config_hash()}"
+
+
+class GlobalStage(Stage):
+    """A stage with a fit step over the whole corpus before per-shard application."""
+
+    def fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str) -> dict[str, Any]:
+        """Consume the corpus (the ``needs`` columns, streamed) and write the artifact.
+
+        Returns a small dict of metrics recorded in the catalog.
+        """
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage available to pipeline files under ``cls.kind``."""
+    if not cls.kind:
+        raise ValueError(f"{cls.__name__} has no kind")
+    if cls.kind in _REGISTRY and _REGISTRY[cls.kind] is not cls:
+        raise ValueError(f"stage kind {cls.kind!r} registered twice ({_REGISTRY[cls.kind].__name__}, {cls.__name__})")
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def stage_class(kind: str) -> type[Stage]:
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "(none loaded)"
+        raise KeyError(f"unknown stage kind {kind!r}; known kinds: {known}") from None
+
+
+def known_kinds() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,196 @@
+"""Pydantic models of the pipeline YAML, and a loader whose errors name the key and the line.
+
+A pipeline file looks like (see demo/pipeline.yaml for a full one)::
+
+    name: demo
+    lake: ./lake                 # relative paths are relative to this file
+    executor: {kind: local, workers: 2}
+    sources:
+      - name: wiki_en
+        format: parquet
+        paths: [data/wiki_en.parquet]
+        columns: {text: text, id: url, url: url}
+        license: CC-BY-SA-4.0
+    stages:
+      - {name: length, kind: length_filter, params: {min_words: 5}}
+    release:
+      name: demo
+      select: "length.keep"
+
+No value in the file is ever evaluated as code: ``select`` is parsed by a small grammar
+(warehouse.selection) and stage kinds are looked up in a registry of known stages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ColumnMap(_Strict):
+    """Which input field feeds which document column. Unmapped fields go to ``meta`` as JSON."""
+
+    text: str = "text"
+    id: str | None = None
+    url: str | None = None
+    crawl_date: str | None = None
+    license: str | None = None
+    lang: str | None = None
+
+
+class SourceConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    format: Literal["jsonl", "parquet", "hf", "hf_disk", "warc"]
+    # Local paths, globs or fsspec URLs. Relative paths are relative to the pipeline file.
+    paths: list[str]
+    columns: ColumnMap = ColumnMap()
+    license: str | None = None
+    # For format "hf": the builder passed to datasets.load_dataset (json, csv, parquet, text).
+    hf_builder: str | None = None
+    # Documents larger than this (UTF-8 bytes) are quarantined instead of ingested.
+    max_doc_bytes: int = 64 * 1024 * 1024
+    # WARC: extract the main content only (drops navigation, footers) with resiliparse.
+    main_content: bool = True
+
+    @field_validator("paths")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a source needs at least one path")
+        return v
+
+
+class StageConfig(_Strict):
+    """One annotating stage. ``name`` names its annotation columns (``<name>.<column>``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: str
+    params: dict[str, Any] = {}
+    sources: list[str] | None = None  # None: every source
+
+
+class ReleaseConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # Boolean expression over annotation columns, e.g. "length.keep and quality.score >= 0.5".
+    select: str = "true"
+    # "ingest": source, ingest run, shard, row (no global sort); "shuffle": seeded, by hash(seed, id).
+    order: Literal["ingest", "shuffle"] = "ingest"
+    seed: int = 0
+    shard_rows: int = Field(default=50_000, gt=0)
+    shard_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+
+
+class ExecutorConfig(_Strict):
+    kind: Literal["local"] = "local"
+    workers: int | None = None  # None: number of CPUs
+    batch_rows: int = Field(default=4096, gt=0)
+    # Target size of a raw shard (uncompressed text bytes).
+    shard_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    lake: str = "./lake"
+    executor: ExecutorConfig = ExecutorConfig()
+    sources: list[SourceConfig]
+    stages: list[StageConfig] = []
+    release: ReleaseConfig
+    # Where the file was loaded from; relative paths resolve against its folder.
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique, repeated: {sorted(dup)}")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stages(cls, v: list[StageConfig]) -> list[StageConfig]:
+        names = [s.name for s in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"stage names must be unique, repeated: {sorted(dup)}")
+        return v
+
+    def resolve(self, path: str) -> str:
+        """A path from the file, made absolute against the file's folder (URLs untouched)."""
+        if "://" in path or Path(path).is_absolute():
+            return path
+        return str((Path(self.base_dir) / path).resolve())
+
+    @property
+    def lake_path(self) -> str:
+        return self.resolve(self.lake)
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of the config (without its location), 12 hex chars."""
+        return stable_hash(self.model_dump(mode="json"))[:12]
+
+
+class ConfigError(ValueError):
+    """A pipeline file that does not validate; the message names file, line and key."""
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 hex of the canonical JSON form of obj (sorted keys, no whitespace)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Follow a pydantic error location through the YAML node tree; return a 1-based line."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            nxt = node.value[key]
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        node = nxt
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file.
+
+    Raises ConfigError with one line per problem: ``file:line: key.path: message``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline file (pass the path of a YAML file, e.g. demo/pipeline.yaml)") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with keys name, sources, stages, release")
+    data["base_dir"] = str(path.resolve().parent)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            where = _line_of(node, loc)
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            lines.append(f"{path}:{where}: {key}: {err['msg']}")
+        raise ConfigError("invalid pipeline file:\n  " + "\n  ".join(lines)) from None
