@@ -4,7 +4,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import tempfile
+
 import pytest
+
+# Prefect reads its settings at import: give the whole test session a private, quiet home.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="curate-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("CURATE_PROGRESS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = Path(os.environ.get("CURATE_CORPORA", REPO.parent / "shared" / "corpora"))

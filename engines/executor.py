@@ -1,0 +1,268 @@
+"""Executors: run a stage over many shards, or any picklable function over many items.
+
+``LocalExecutor`` uses a process pool (``workers`` processes, spawn start method, so it is safe
+next to Prefect's threads). Each worker keeps the stages it has set up, so a model is loaded
+once per worker, not per shard or batch. Memory per worker is bounded by one batch of
+``batch_rows`` documents plus the stage's own state: shards are streamed, never loaded whole.
+
+The contract an executor offers (so a Ray executor can slot in without touching stages):
+
+- ``run_stage(name, stage, tasks)`` -> one ``ShardResult`` per task, skipping tasks whose
+  output already exists (outputs are written atomically, so existing means complete);
+- ``map(fn, items)`` -> results of a module-level function over items, in completion order;
+- ``fit(stage, raw_paths, artifact_dir)`` -> the metrics of a global stage's fit.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from engines import storage
+from engines.stage import GlobalStage, Stage, StageContext
+from schemas.config import ExecutorConfig
+from schemas.documents import DOCUMENT, annotation_schema
+
+ERROR_COLUMN = "_error"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Annotate one raw shard. ``inputs`` feeds columns from earlier stages' annotations:
+    (column name seen by the stage, annotation file aligned with the shard, column in that file)."""
+
+    source: str
+    raw_path: str
+    out_path: str
+    inputs: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass
+class ShardResult:
+    task: ShardTask
+    status: str  # computed | skipped | failed
+    rows: int = 0
+    row_errors: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class _WorkerState:
+    stages: dict[str, Stage] = field(default_factory=dict)
+
+
+_STATE = _WorkerState()
+
+
+def _ready_stage(stage: Stage, key: str, ctx: StageContext) -> Stage:
+    """The worker's set-up copy of this stage (``setup`` runs once per worker and key)."""
+    ready = _STATE.stages.get(key)
+    if ready is None:
+        stage.setup(ctx)
+        _STATE.stages[key] = stage
+        ready = stage
+    return ready
+
+
+def _check_output(stage: Stage, out: pl.DataFrame, n: int) -> None:
+    if out.height != n:
+        raise ValueError(f"stage {stage.kind} returned {out.height} rows for a batch of {n}")
+    missing = set(stage.writes()) - set(out.columns)
+    if missing:
+        raise ValueError(f"stage {stage.kind} did not return columns {sorted(missing)}")
+
+
+def _transform_safely(stage: Stage, batch: pl.DataFrame) -> tuple[pl.DataFrame, list[str | None]]:
+    """Run the stage on a batch; if the batch fails, retry row by row so one bad document only
+    costs its own row (null annotations plus the error), never the shard."""
+    try:
+        out = stage.transform(batch)
+        _check_output(stage, out, batch.height)
+        return out.select(list(stage.writes())), [None] * batch.height
+    except Exception:  # noqa: BLE001 - any stage bug or bad row; isolated below
+        pass
+    parts: list[pl.DataFrame] = []
+    errors: list[str | None] = []
+    schema = {k: pl.from_arrow(pa.array([], type=v)).dtype for k, v in stage.writes().items()}
+    for i in range(batch.height):
+        try:
+            out = stage.transform(batch.slice(i, 1))
+            _check_output(stage, out, 1)
+            parts.append(out.select(list(schema)).cast(schema))
+            errors.append(None)
+        except Exception as e:  # noqa: BLE001
+            parts.append(pl.DataFrame({k: [None] for k in schema}, schema=schema))
+            errors.append(f"{type(e).__name__}: {e}"[:2000])
+    return pl.concat(parts, how="vertical_relaxed"), errors
+
+
+def _to_arrow(out: pl.DataFrame, ids: pa.Array, errors: list[str | None], schema: pa.Schema) -> pa.Table:
+    cols = [ids]
+    for f in schema:
+        if f.name in ("id", ERROR_COLUMN):
+            continue
+        cols.append(out.get_column(f.name).to_arrow().cast(f.type))
+    cols.append(pa.array(errors, type=pa.string()))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def output_schema(stage: Stage) -> pa.Schema:
+    return annotation_schema({**stage.writes(), ERROR_COLUMN: pa.string()})
+
+
+def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_rows: int) -> ShardResult:
+    """Annotate one shard (in whichever process calls it). Writes ``task.out_path`` atomically."""
+    t0 = time.perf_counter()
+    if storage.exists(task.out_path):
+        return ShardResult(task, "skipped", rows=storage.parquet_rows(task.out_path))
+    try:
+        ready = _ready_stage(stage, key, ctx)
+        fed = {alias for alias, _, _ in task.inputs}
+        doc_cols = ["id"] + [c for c in ready.needs if c != "id" and c not in fed and c in DOCUMENT.names]
+        side = {}
+        for alias, path, column in task.inputs:
+            fs, p = storage.fs_and_path(path)
+            with fs.open(p, "rb") as f:
+                side[alias] = pq.read_table(f, columns=[column]).column(0)
+        schema = output_schema(ready)
+        fs, raw = storage.fs_and_path(task.raw_path)
+        rows = row_errors = 0
+        with storage.atomic_path(task.out_path) as tmp, fs.open(raw, "rb") as fh:
+            writer = storage.parquet_writer(tmp, schema)
+            for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=doc_cols):
+                batch = pl.from_arrow(pa.Table.from_batches([rb]))
+                if side:
+                    batch = batch.with_columns(
+                        [pl.from_arrow(col.slice(rows, rb.num_rows)).alias(a) for a, col in side.items()]
+                    )
+                out, errors = _transform_safely(ready, batch)
+                writer.write_table(_to_arrow(out, rb.column("id"), errors, schema))
+                rows += rb.num_rows
+                row_errors += sum(e is not None for e in errors)
+            writer.close()
+        return ShardResult(task, "computed", rows=rows, row_errors=row_errors, seconds=time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - a shard that cannot be processed is reported, not fatal
+        return ShardResult(task, "failed", seconds=time.perf_counter() - t0,
+                           error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+
+
+def iter_documents(raw_paths: Iterable[str], columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+    """Stream the given document columns of many raw shards as Polars batches."""
+    for path in raw_paths:
+        fs, p = storage.fs_and_path(path)
+        with fs.open(p, "rb") as fh:
+            for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns):
+                yield pl.from_arrow(pa.Table.from_batches([rb]))
+
+
+def _progress(transient: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), transient=transient,
+    )
+
+
+class LocalExecutor:
+    """Process pool on this machine. ``workers=1`` runs everything in this process (debuggable)."""
+
+    def __init__(self, config: ExecutorConfig | None = None, show_progress: bool = True):
+        self.config = config or ExecutorConfig()
+        self.workers = max(1, self.config.workers or os.cpu_count() or 1)
+        self.show_progress = show_progress
+        self._pool: ProcessPoolExecutor | None = None
+
+    # The pool lives as long as the executor, so workers keep their set-up stages across shards.
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working") -> Iterator[Any]:
+        """``fn(item)`` for each item, yielded in completion order, at most ``workers`` at once."""
+        with _progress() if self.show_progress else _NullProgress() as prog:
+            bar = prog.add_task(desc, total=len(items))
+            if self.workers == 1 or len(items) <= 1:
+                for it in items:
+                    yield fn(it)
+                    prog.advance(bar)
+                return
+            pool = self._get_pool()
+            pending: set[Future] = set()
+            queue = list(reversed(items))
+            # Bounded submission: never more than 2x workers in flight, so results stay small.
+            while queue or pending:
+                while queue and len(pending) < 2 * self.workers:
+                    pending.add(pool.submit(fn, queue.pop()))
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
+                    prog.advance(bar)
+
+    def run_stage(self, name: str, stage: Stage, tasks: list[ShardTask],
+                  ctx: StageContext | None = None) -> list[ShardResult]:
+        ctx = ctx or StageContext()
+        key = stage.key(name)
+        todo = [t for t in tasks if not storage.exists(t.out_path)]
+        results = [ShardResult(t, "skipped", rows=storage.parquet_rows(t.out_path)) for t in tasks if t not in todo]
+        runner = _ShardRunner(stage, key, ctx, self.config.batch_rows)
+        results.extend(self.map(runner, todo, desc=f"{name} ({len(todo)} shards)"))
+        return sorted(results, key=lambda r: r.task.raw_path)
+
+    def fit(self, stage: GlobalStage, raw_paths: list[str], artifact_dir: str) -> dict[str, Any]:
+        cols = ["id"] + [c for c in stage.needs if c != "id"]
+        return stage.fit(iter_documents(raw_paths, cols, self.config.batch_rows), artifact_dir)
+
+
+@dataclass
+class _ShardRunner:
+    """Picklable callable shipping one stage to the workers."""
+
+    stage: Stage
+    key: str
+    ctx: StageContext
+    batch_rows: int
+
+    def __call__(self, task: ShardTask) -> ShardResult:
+        return run_shard(self.stage, self.key, task, self.ctx, self.batch_rows)
+
+
+class _NullProgress:
+    def __enter__(self) -> _NullProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *a: Any, **k: Any) -> int:
+        return 0
+
+    def advance(self, *a: Any, **k: Any) -> None:
+        return None
+
+
+def make_executor(config: ExecutorConfig, show_progress: bool = True) -> LocalExecutor:
+    """The executor named by ``executor.kind`` in the pipeline file."""
+    if config.kind == "local":
+        return LocalExecutor(config, show_progress=show_progress)
+    raise ValueError(f"unknown executor kind {config.kind!r}; available: local")

@@ -1,0 +1,1 @@
+"""Stages that flag documents: each writes ``keep``, ``reason`` and its own measurements."""

@@ -1,0 +1,1 @@
+"""Prefect flows and the ``curate`` CLI: wiring only, no algorithms."""

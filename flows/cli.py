@@ -1,0 +1,198 @@
+"""The ``curate`` command line. ``curate --help`` lists the commands; each has its own --help."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+# No network is assumed: keep Prefect's server from trying to send telemetry.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+app = typer.Typer(
+    help="curate: turn raw corpora into versioned, trainer-ready releases.\n\n"
+         "Start with `curate run demo/pipeline.yaml`, then `curate stats` and `curate releases`.",
+    no_args_is_help=True, add_completion=False)
+releases_app = typer.Typer(help="List releases, show one, or diff two.", invoke_without_command=True)
+app.add_typer(releases_app, name="releases")
+# Wide enough for catalog tables when output is piped (rich would assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+LakeOpt = Annotated[str, typer.Option("--lake", "-l", help="Lake folder, or a pipeline YAML whose lake to use.")]
+
+
+def _lake_root(lake: str) -> str:
+    if lake.endswith((".yaml", ".yml")):
+        from schemas.config import load_config
+        return load_config(lake).lake_path
+    return str(Path(lake).resolve()) if "://" not in lake else lake
+
+
+def _catalog(lake: str):
+    from warehouse.catalog import Catalog
+    root = _lake_root(lake)
+    cat = Catalog(f"{root}/catalog.duckdb")
+    if not Path(cat.path).exists() and "://" not in cat.path:
+        console.print(f"[red]No catalog at {cat.path}.[/] Run `curate run PIPELINE.yaml` first, "
+                      "or point --lake at the lake folder (default ./lake).")
+        raise typer.Exit(1)
+    return cat
+
+
+def _print(cols: list[str], rows: list[tuple], title: str | None = None, limit: int = 200) -> None:
+    t = Table(title=title, show_lines=False)
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows[:limit]:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    console.print(t)
+    if len(rows) > limit:
+        console.print(f"... {len(rows) - limit} more rows")
+
+
+@app.command()
+def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e.g. demo/pipeline.yaml.")],
+        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None):
+    """Run a pipeline once: ingest new input, run the stages, write a release, update the catalog.
+
+    Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
+    """
+    from schemas.config import ConfigError, load_config
+    try:
+        load_config(pipeline)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    from flows.pipeline import run_pipeline
+    summary = run_pipeline(str(pipeline), workers=workers)
+    _print_summary(summary)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    t = Table(title="ingest")
+    for c in ("source", "files", "rows_in", "rows_written", "rows_quarantined"):
+        t.add_column(c)
+    for i in s["ingest"]:
+        t.add_row(*(str(i.get(c, "")) for c in ("source", "files", "rows_in", "rows_written", "rows_quarantined")))
+    console.print(t)
+    t = Table(title="stages")
+    for c in ("stage", "computed", "skipped", "failed", "row_errors"):
+        t.add_column(c)
+    for st in s["stages"]:
+        t.add_row(*(str(st.get(c, "")) for c in ("stage", "computed", "skipped", "failed", "row_errors")))
+    console.print(t)
+    r = s["release"]
+    state = "written" if r["created"] else "unchanged: identical to an existing release"
+    console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
+                  f"{r['tokens']:,} tokens, {r['shards']} shards\n  {r['path']}\n"
+                  f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
+
+
+@app.command()
+def serve(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file to run on schedule.")],
+          cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 2 * * *' for 02:00 every night.")] = "0 2 * * *",
+          name: Annotated[str, typer.Option(help="Deployment name shown in the Prefect UI.")] = "nightly",
+          timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC"):
+    """Serve the pipeline as a scheduled Prefect deployment (runs until stopped).
+
+    Needs a Prefect server: start one with `prefect server start` and set
+    PREFECT_API_URL=http://127.0.0.1:4200/api in this shell. Each scheduled run ingests only the
+    input files that are new since the last run, then releases a new version.
+    """
+    from schemas.config import load_config
+    load_config(pipeline)
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[yellow]PREFECT_API_URL is not set: the schedule lives only as long as this process "
+                      "(Prefect's temporary server). For a persistent one run `prefect server start` and export "
+                      "PREFECT_API_URL=http://127.0.0.1:4200/api.[/]")
+    from prefect.schedules import Cron
+
+    from flows.pipeline import curate_flow
+    curate_flow.serve(name=name, schedules=[Cron(cron, timezone=timezone)],
+                      parameters={"config_path": str(pipeline.resolve())})
+
+
+@app.command()
+def stats(lake: LakeOpt = "./lake"):
+    """Print the common catalog tables: runs, per-source accounting, drop reasons, quarantine."""
+    cat = _catalog(lake)
+    queries = {
+        "latest runs": "SELECT run_id, status, strftime(started_at, '%Y-%m-%d %H:%M:%S') AS started, "
+                       "round(epoch(finished_at) - epoch(started_at), 1) AS seconds, "
+                       "release_name || '/' || release_version AS release "
+                       "FROM runs ORDER BY started_at DESC LIMIT 5",
+        "latest release, per source (rows_in = kept + dropped + quarantined)":
+            "SELECT s.source, s.rows_in, s.rows_kept, s.rows_dropped, s.rows_quarantined, s.tokens_kept "
+            "FROM release_sources s JOIN (SELECT name, version FROM releases ORDER BY created_at DESC LIMIT 1) r "
+            "USING (name, version) ORDER BY s.source",
+        "drop reasons (latest release)":
+            "SELECT d.source, d.stage, d.reason, d.rows FROM drop_reasons d JOIN (SELECT name, version FROM releases "
+            "ORDER BY created_at DESC LIMIT 1) r USING (name, version) ORDER BY d.rows DESC LIMIT 30",
+        "quarantine": "SELECT source, stage, left(error, 90) AS error, sum(rows) AS rows FROM quarantine "
+                      "GROUP BY ALL ORDER BY rows DESC LIMIT 20",
+        "stages (latest run)": "SELECT stage, status, count(*) AS shards, sum(rows) AS rows, round(sum(seconds), 2) AS seconds "
+                               "FROM stage_runs WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY ALL ORDER BY stage",
+    }
+    for title, sql in queries.items():
+        cols, rows = cat.query(sql)
+        _print(cols, rows, title=title)
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="SQL for DuckDB, e.g. \"SELECT * FROM releases\".")],
+        lake: LakeOpt = "./lake",
+        as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False):
+    """Run a read-only SQL query against the catalog (tables: runs, ingested_files, shards,
+    stage_runs, quarantine, releases, release_sources, drop_reasons; views: documents,
+    release_shards, ann_<stage>)."""
+    import duckdb
+    cat = _catalog(lake)
+    try:
+        cols, rows = cat.query(query)
+    except duckdb.Error as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    if as_json:
+        for r in rows:
+            sys.stdout.write(json.dumps(dict(zip(cols, r)), default=str) + "\n")
+    else:
+        _print(cols, rows)
+
+
+@releases_app.callback()
+def releases(ctx: typer.Context, lake: LakeOpt = "./lake",
+             name: Annotated[str | None, typer.Option(help="Only releases with this name.")] = None):
+    """List releases (newest first) with rows, tokens, shards and parent."""
+    ctx.obj = lake
+    if ctx.invoked_subcommand:
+        return
+    cat = _catalog(lake)
+    cols, rows = cat.query(
+        "SELECT name, version, parent, strftime(created_at, '%Y-%m-%d %H:%M') AS created, rows, tokens, shards, "
+        "selection "
+        "FROM releases WHERE ? IS NULL OR name = ? ORDER BY created_at DESC", [name, name])
+    _print(cols, rows, title="releases")
+
+
+@releases_app.command("diff")
+def releases_diff(ctx: typer.Context,
+                  old: Annotated[str, typer.Argument(help="NAME/VERSION of the older release.")],
+                  new: Annotated[str, typer.Argument(help="NAME/VERSION of the newer release.")]):
+    """Compare two releases: totals, per-source rows and tokens, drop reasons, config."""
+    from warehouse.releases_diff import diff_releases
+    cat = _catalog(ctx.obj or "./lake")
+    for title, (cols, rows) in diff_releases(cat, old, new).items():
+        _print(cols, rows, title=title)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

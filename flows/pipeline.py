@@ -1,0 +1,218 @@
+"""The ``curate`` Prefect flow: ingest -> configured stages -> release -> catalog.
+
+Each step is a Prefect task with retries; all of them are idempotent (outputs keyed by config,
+version and input, written atomically), so a retry or a re-run after a crash redoes only what
+is missing. Without ``PREFECT_API_URL`` Prefect starts a temporary local server for the run.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from engines import storage
+from engines.executor import LocalExecutor, ShardTask, make_executor
+from engines.stage import Stage, stage_class
+from flows.registry import load_stages
+from readers.ingest import IngestFileTask, file_fingerprint, ingest_file
+from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
+from warehouse.catalog import Catalog, now
+from warehouse.lake import Lake
+from warehouse.release import StageInfo, build_release
+from warehouse.selection import parse_selection
+
+
+def code_version() -> str:
+    try:
+        return version("curate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class RunContext:
+    cfg: PipelineConfig
+    config_path: str
+    lake: Lake
+    catalog: Catalog
+    executor: LocalExecutor
+    run_id: str
+    code_version: str
+
+
+@dataclass
+class ConfiguredStage:
+    name: str
+    stage: Stage
+    key: str
+    sources: list[str] | None
+    # (column seen by the stage, upstream stage name, upstream stage key)
+    feeds: list[tuple[str, str, str]]
+
+
+def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
+    """Instantiate the YAML's stages; a column a stage needs that an earlier stage writes (say
+    ``lang`` from language ID) is fed from that stage's annotations."""
+    load_stages()
+    out: list[ConfiguredStage] = []
+    writers: dict[str, tuple[str, str]] = {}
+    for sc in cfg.stages:
+        cls = stage_class(sc.kind)
+        try:
+            params = cls.Params.model_validate(sc.params)
+        except Exception as e:
+            raise ValueError(f"stages[{sc.name}].params: {e}") from None
+        feeds = [(col, *writers[col]) for col in cls.needs if col in writers]
+        stage = cls(params, upstream={col: key for col, _, key in feeds})
+        key = stage.key(sc.name)
+        for src in sc.sources or []:
+            if src not in {s.name for s in cfg.sources}:
+                raise ValueError(f"stages[{sc.name}].sources names unknown source {src!r}")
+        out.append(ConfiguredStage(sc.name, stage, key, sc.sources, feeds))
+        for col in stage.writes():
+            writers[col] = (sc.name, key)
+    return out
+
+
+def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
+    """The input files of a source that no earlier ingest completed (by fingerprint)."""
+    files: list[str] = []
+    for pattern in source.paths:
+        found = storage.glob(ctx.cfg.resolve(pattern))
+        if not found:
+            get_run_logger().warning("source %s: nothing matches %s", source.name, ctx.cfg.resolve(pattern))
+        files.extend(found)
+    done = {m.get("fingerprint") for m in ctx.lake.ingest_markers(source.name)}
+    fps = [file_fingerprint(f) for f in sorted(set(files))]
+    new = [fp for fp in fps if fp["fingerprint"] not in done]
+    if not new:
+        return []
+    # Same new files + same config + same code => same ingest run, so a re-run resumes it.
+    ingest_run = "ing-" + stable_hash({"source": source.model_dump(mode="json"), "files": [f["fingerprint"] for f in new],
+                                       "code": ctx.code_version})[:12]
+    return [IngestFileTask(source=source, file=fp["path"], file_index=i, out_dir=ctx.lake.raw_dir(source.name, ingest_run),
+                           quarantine_dir=ctx.lake.quarantine_dir(ingest_run, source.name), ingest_run=ingest_run,
+                           run_id=ctx.run_id, shard_bytes=ctx.cfg.executor.shard_bytes, fingerprint=fp["fingerprint"])
+            for i, fp in enumerate(new)]
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
+    log = get_run_logger()
+    tasks = plan_ingest(ctx, source)
+    if not tasks:
+        log.info("source %s: no new input files since the last run", source.name)
+        return {"source": source.name, "files": 0, "rows_in": 0, "rows_written": 0, "rows_quarantined": 0}
+    results = list(ctx.executor.map(ingest_file, tasks, desc=f"ingest {source.name}"))
+    recorded = ctx.catalog.ingested_fingerprints(source.name)
+    for r in sorted(results, key=lambda r: r.file_index):
+        if r.fingerprint in recorded:
+            continue
+        ctx.catalog.insert("ingested_files", [{
+            "source": r.source, "path": r.file, "fingerprint": r.fingerprint, "size": r.bytes_read,
+            "ingest_run": r.ingest_run, "run_id": ctx.run_id, "rows_in": r.rows_in, "rows_written": r.rows_written,
+            "rows_quarantined": r.rows_quarantined, "seconds": r.seconds, "ingested_at": now()}])
+        ctx.catalog.insert("shards", [{
+            "path": p["path"], "source": r.source, "ingest_run": r.ingest_run, "input_file": r.file,
+            "rows": p["rows"], "text_bytes": p["text_bytes"], "run_id": ctx.run_id, "created_at": now()} for p in r.parts])
+        if r.quarantine_file:
+            ctx.catalog.load_quarantine_file(r.quarantine_file)
+    summary = {"source": source.name, "files": len(results), "rows_in": sum(r.rows_in for r in results),
+               "rows_written": sum(r.rows_written for r in results),
+               "rows_quarantined": sum(r.rows_quarantined for r in results),
+               "mb_read": round(sum(r.bytes_read for r in results) / 1e6, 2)}
+    log.info("ingested %s", summary)
+    return summary
+
+
+@task(name="stage", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
+    log = get_run_logger()
+    sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
+    tasks = []
+    for src in sources:
+        for raw in ctx.lake.raw_shards(src):
+            inputs = tuple((col, ctx.lake.annotation_path(key, raw), col) for col, _, key in cs.feeds)
+            tasks.append(ShardTask(source=src, raw_path=raw, out_path=ctx.lake.annotation_path(cs.key, raw), inputs=inputs))
+    results = ctx.executor.run_stage(cs.name, cs.stage, tasks)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:  # one more try for shards that failed as a whole (e.g. a worker died)
+        retry = {r.task.raw_path for r in failed}
+        again = ctx.executor.run_stage(cs.name, cs.stage, [r.task for r in failed])
+        results = [r for r in results if r.task.raw_path not in retry] + again
+    at = now()
+    ctx.catalog.insert("stage_runs", [{
+        "run_id": ctx.run_id, "stage": cs.name, "stage_key": cs.key, "kind": cs.stage.kind,
+        "version": cs.stage.version, "source": r.task.source, "shard": r.task.raw_path, "status": r.status,
+        "rows": r.rows, "row_errors": r.row_errors, "seconds": r.seconds, "error": r.error, "recorded_at": at} for r in results])
+    for r in results:
+        if r.status == "computed" and r.row_errors:
+            ctx.catalog.load_stage_errors(ctx.run_id, r.task.source, cs.name, r.task.out_path, r.task.raw_path)
+    counts = {s: sum(r.status == s for r in results) for s in ("computed", "skipped", "failed")}
+    for r in results:
+        if r.status == "failed":
+            log.error("stage %s failed on %s: %s", cs.name, r.task.raw_path, r.error)
+    log.info("stage %s (%s): %s", cs.name, cs.key, counts)
+    return {"stage": cs.name, "key": cs.key, **counts, "row_errors": sum(r.row_errors for r in results)}
+
+
+@task(name="release", retries=1, retry_delay_seconds=2, cache_policy=NONE)
+def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
+    infos = [StageInfo(cs.name, cs.key, list(cs.stage.writes()), cs.sources) for cs in stages]
+    ingest_q = {s.name: sum(m["rows_quarantined"] for m in ctx.lake.ingest_markers(s.name)) for s in ctx.cfg.sources}
+    manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q)
+    path = ctx.lake.release_dir(manifest["name"], manifest["version"])
+    ctx.catalog.record_release(manifest, ctx.run_id, path)
+    get_run_logger().info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
+                          "written" if created else "unchanged (same inputs as an existing release)",
+                          manifest["totals"]["rows"], manifest["totals"]["tokens"], len(manifest["shards"]))
+    return {"name": manifest["name"], "version": manifest["version"], "created": created, "path": path,
+            **manifest["totals"], "shards": len(manifest["shards"])}
+
+
+@flow(name="curate", log_prints=True)
+def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
+    """Run a pipeline file end to end and return a summary (also stored in the catalog)."""
+    cfg = load_config(config_path)
+    if workers is not None:
+        cfg.executor.workers = workers
+    stages = configure_stages(cfg)
+    # Fail before any work if the selection names a stage or column that does not exist.
+    parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
+    lake = Lake(cfg.lake_path)
+    storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
+    catalog = Catalog(lake.catalog_path)
+    run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    try:
+        from prefect.runtime import flow_run
+        prefect_id = str(flow_run.id) if flow_run.id else None
+    except Exception:  # noqa: BLE001 - the id is informative only
+        prefect_id = None
+    catalog.start_run(run_id, cfg.name, str(Path(config_path).resolve()), cfg.config_hash(), code_version(), prefect_id)
+    executor = make_executor(cfg.executor, show_progress=os.environ.get("CURATE_PROGRESS", "1") != "0")
+    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version())
+    try:
+        ingested = [ingest_source(ctx, s) for s in cfg.sources]
+        staged = [run_stage(ctx, cs) for cs in stages]
+        rel = release(ctx, stages)
+        catalog.refresh_views(lake.root, {cs.name: cs.key for cs in stages})
+        catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
+        return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel}
+    except BaseException as e:
+        catalog.finish_run(run_id, "failed", message=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        executor.close()
+
+
+def run_pipeline(config_path: str, workers: int | None = None) -> dict[str, Any]:
+    """Validate the file (clear errors before Prefect starts), then run the flow."""
+    load_config(config_path)
+    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers)

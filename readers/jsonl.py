@@ -1,0 +1,250 @@
+"""JSON Lines reader (plain, .gz, .zst, or any compression fsspec infers), and a decompressing
+byte stream that reports truncation instead of ending quietly."""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.json as pj
+import zstandard
+from fsspec.utils import infer_compression
+
+from readers.base import MAX_RAW_BYTES, Quarantined, ReadItem, decode_utf8, open_binary
+from readers.parquet import finish
+from schemas.config import SourceConfig
+
+# Decompressed bytes parsed per pyarrow call: large enough for its threads to pay off.
+BLOCK_BYTES = 16 << 20
+# Compressed bytes fed to the decompressor per step, and decompressed bytes it may return per step.
+_READ_BYTES = 256 << 10
+_STEP_BYTES = 1 << 20
+# A line may be this many times max_doc_bytes before it is skipped unread: JSON escapes
+# (\uXXXX for one UTF-8 byte) can make a document's line up to six times its text.
+LINE_LIMIT_FACTOR = 6
+
+
+class StreamError(Exception):
+    """A compressed stream that is truncated or corrupt; everything yielded before it is good."""
+
+
+def _members(raw: Any, new: Callable[[], Any], bounded: bool, name: str) -> Iterator[bytes]:
+    """Decompress concatenated gzip members or zstd frames, raising StreamError when the input
+    ends inside one (neither zlib nor zstandard's stream readers report that on their own)."""
+    d, started, data = new(), False, b""
+    while True:
+        if not data:
+            data = raw.read(_READ_BYTES)
+            if not data:
+                break
+        if not started and not data.strip(b"\0"):
+            data = b""  # zero padding after the last member, as some writers leave
+            continue
+        started = True
+        try:
+            out = d.decompress(data, _STEP_BYTES) if bounded else d.decompress(data)
+        except (zlib.error, zstandard.ZstdError) as e:
+            raise StreamError(f"corrupt {name} data ({e})") from None
+        data = d.unconsumed_tail if bounded else b""
+        if d.eof:
+            data, d, started = d.unused_data, new(), False
+        if out:
+            yield out
+    if started:
+        raise StreamError(f"the {name} stream ends before its end-of-stream marker (the file is truncated)")
+
+
+def decompressed_chunks(path: str) -> Iterator[bytes]:
+    """The decompressed bytes of a file, by compression inferred from its name, in chunks of about
+    1 MiB. Raises StreamError once the good data is exhausted if the file is truncated or corrupt."""
+    kind = infer_compression(path)
+    with open_binary(path, compression=None if kind in ("gzip", "zstd") else "infer") as raw:
+        if kind == "gzip":
+            yield from _members(raw, lambda: zlib.decompressobj(wbits=31), True, "gzip")
+        elif kind == "zstd":
+            yield from _members(raw, lambda: zstandard.ZstdDecompressor().decompressobj(), False, "zstd")
+        else:
+            read = getattr(raw, "read1", raw.read)  # read1 never drops data already decoded
+            while True:
+                try:
+                    chunk = read(_STEP_BYTES)
+                except (EOFError, OSError, ValueError) as e:
+                    raise StreamError(f"cannot decompress ({e})") from None
+                if not chunk:
+                    return
+                yield chunk
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), "null")
+
+
+def _loads(line: bytes | str) -> tuple[Any, orjson.JSONDecodeError | None]:
+    try:
+        return orjson.loads(line), None
+    except orjson.JSONDecodeError as e:
+        return None, e
+
+
+def _parse_line(line: bytes, text_column: str) -> tuple[dict | None, str | None]:
+    """One JSON object per line, invalid UTF-8 repaired first. Returns (record, None) or (None, problem)."""
+    record, error = _loads(line)
+    if error is not None:
+        repaired = decode_utf8(line)
+        if repaired.encode() != line:
+            record, error = _loads(repaired)
+    if error is not None:
+        return None, f"not valid JSON ({error.msg} at column {error.colno}); fix or drop this line"
+    if not isinstance(record, dict):
+        return None, f"the line holds a JSON {_kind(record)}, not an object; each line must be one JSON object"
+    text = record.get(text_column)
+    if text is not None and not isinstance(text, str):
+        return None, (f"field {text_column!r} is a JSON {_kind(text)}, not a string "
+                      "(sources[].columns.text must name a string field)")
+    return record, None
+
+
+def _column(values: list, as_text: bool) -> pa.Array:
+    if as_text:
+        return pa.array(values, pa.string())
+    try:
+        return pa.array(values)
+    except (pa.ArrowException, OverflowError):
+        # Lines disagree on this field's type: keep every value, as JSON text.
+        return pa.array([None if v is None else orjson.dumps(v).decode() for v in values], pa.string())
+
+
+def _table_from_records(records: list[dict], text_column: str) -> pa.Table:
+    names = dict.fromkeys([text_column])
+    for record in records:
+        names.update(dict.fromkeys(record))
+    return pa.table({name: _column([r.get(name) for r in records], name == text_column) for name in names})
+
+
+def _line_bounds(block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end (exclusive, without the newline) and index of each non-blank line of a block."""
+    data = np.frombuffer(block, np.uint8)
+    newlines = np.flatnonzero(data == 0x0A)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(block)]))
+    keep = ends > starts
+    # A line starting with "{" is not blank; only the rare others are checked one by one.
+    first = data[np.minimum(starts, max(len(block) - 1, 0))] if len(block) else np.zeros(len(starts), np.uint8)
+    for i in np.flatnonzero(keep & (first != 0x7B)):
+        keep[i] = bool(block[starts[i]:ends[i]].strip())
+    return starts[keep], ends[keep], np.flatnonzero(keep)
+
+
+def _is_utf8(block: bytes) -> bool:
+    try:
+        pa.array([block], pa.large_binary()).cast(pa.large_string())  # SIMD validation, no Python str
+        return True
+    except pa.ArrowInvalid:
+        return False
+
+
+def _parse_fast(block: bytes, rows: int, longest: int, text_column: str) -> pa.Table | None:
+    """The whole block with pyarrow's multithreaded JSON reader, or None if it fails or its rows do
+    not match the block's lines one to one (e.g. two objects on one line)."""
+    grow = 1
+    if not _is_utf8(block):
+        # pyarrow would accept invalid UTF-8 inside strings; repair it (newlines are never touched).
+        block, grow = decode_utf8(block).encode(), 3
+    options = pj.ReadOptions(block_size=min(max(1 << 20, grow * longest + 2), (1 << 31) - 1))
+    schema = pa.schema([(text_column, pa.string())])
+    try:
+        table = pj.read_json(pa.BufferReader(block), read_options=options,
+                             parse_options=pj.ParseOptions(explicit_schema=schema))
+    except pa.ArrowException:
+        return None
+    return table if table.num_rows == rows else None
+
+
+def _parse_block(block: bytes, first_line: int, path: str, source: SourceConfig) -> Iterator[ReadItem]:
+    text_column = source.columns.text
+    starts, ends, index = _line_bounds(block)
+    if not len(starts):
+        return
+    numbers = index + first_line
+    table = _parse_fast(block, len(starts), int((ends - starts).max()), text_column)
+    if table is not None:
+        yield from finish(table, numbers, text_column, source, path)
+        return
+    records, offsets = [], []
+    for start, end, number in zip(starts.tolist(), ends.tolist(), numbers.tolist(), strict=True):
+        line = block[start:end]
+        record, problem = _parse_line(line, text_column)
+        if record is None:
+            yield Quarantined(path, number, 1, problem or "unreadable line", line)
+        else:
+            records.append(record)
+            offsets.append(number)
+    if records:
+        yield from finish(_table_from_records(records, text_column), offsets, text_column, source, path)
+
+
+def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
+    """Read a JSON Lines file: one JSON object per line, ``__offset`` = 0-based line number.
+
+    Blank lines are skipped and are not rows. Fields are kept as pyarrow infers them (nested values
+    become structs or lists); the text field (``sources[].columns.text``) is always a string column.
+    Bad lines are quarantined one by one with their bytes: not JSON, not an object, or a text field
+    that is not a string. Invalid UTF-8 is replaced with U+FFFD and the line kept. A line longer
+    than 6 × ``max_doc_bytes`` is skipped unread and quarantined. A truncated or corrupt .gz/.zst
+    stream keeps every complete line before the damage and quarantines the tail from the first
+    incomplete line. Where a block holds a bad line, fields whose types differ between its lines
+    are kept as JSON text.
+
+    Cost: decompression plus pyarrow's multithreaded parser over 16 MiB blocks; a block with a bad
+    line is re-parsed line by line with orjson (several times slower, that block only). Memory is
+    about two blocks, or one line when a line is longer than a block.
+    """
+    line_limit = LINE_LIMIT_FACTOR * source.max_doc_bytes + (1 << 20)
+    line = 0  # number of the first line in `pending`
+    pending = bytearray()
+    cut = 0  # end of the last complete line in `pending`
+    skipped: bytes | None = None  # head of an over-long line while the rest of it is discarded
+    chunks = decompressed_chunks(path)
+    failure: StreamError | None = None
+    while True:
+        try:
+            chunk = next(chunks, b"")
+        except StreamError as e:
+            failure, chunk = e, b""
+        at_end = not chunk
+        if skipped is not None:
+            newline = chunk.find(b"\n")
+            if newline < 0 and not at_end:
+                continue
+            yield Quarantined(path, line, 1, f"line is longer than {line_limit:,} bytes, more than a document under "
+                                             f"max_doc_bytes={source.max_doc_bytes:,} can need; it was skipped unread "
+                                             "(is the file one JSON array rather than JSON Lines? if not, raise "
+                                             "sources[].max_doc_bytes)", skipped)
+            line, skipped, chunk = line + 1, None, chunk[newline + 1:] if newline >= 0 else b""
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            cut = len(pending) + newline + 1
+        pending += chunk
+        if not at_end:
+            if len(pending) < BLOCK_BYTES:
+                continue
+            if cut == 0:  # a single line longer than a block: keep reading it, up to the limit
+                if len(pending) > line_limit:
+                    skipped, pending = bytes(pending[:MAX_RAW_BYTES]), bytearray()
+                continue
+        elif failure is None:
+            cut = len(pending)  # at a clean end the last line needs no newline
+        block = bytes(pending[:cut])
+        del pending[:cut]
+        cut = 0
+        yield from _parse_block(block, line, path, source)
+        line += block.count(b"\n")
+        if at_end:
+            break
+    if failure is not None:
+        yield Quarantined(path, line, 1, f"{failure}; everything before line {line} was read, the rest of the file "
+                                         "is lost: fetch or compress the file again", bytes(pending) or None)

@@ -1,0 +1,1 @@
+"""Stages that score documents (quality classifiers, LLM grades, perplexity, difficulty)."""

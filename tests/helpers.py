@@ -1,0 +1,49 @@
+"""Builders for small lakes made of real text, without going through the readers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from readers.ingest import document_ids
+from schemas.documents import DOCUMENT
+
+
+def real_texts(corpora: Path, name: str, n: int, offset: int = 0) -> list[str]:
+    t = pq.read_table(corpora / f"{name}.parquet", columns=["text"])
+    return t.column("text").to_pylist()[offset:offset + n]
+
+
+def make_raw_shard(path: Path, source: str, texts: list[str], ingest_run: str = "ing-test") -> pa.Table:
+    n = len(texts)
+    table = pa.Table.from_pydict({
+        "id": document_ids(source, [f"{path.name}:{i}" for i in range(n)]),
+        "text": texts, "source": [source] * n, "url": [None] * n, "domain": [None] * n, "lang": [None] * n,
+        "crawl_date": [None] * n, "license": ["CC-BY-SA-4.0"] * n, "meta": [None] * n,
+        "ingest_run": [ingest_run] * n, "src_file": [f"/input/{source}.jsonl"] * n, "src_offset": list(range(n)),
+    }, schema=DOCUMENT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return table
+
+
+def make_lake(root: Path, sources: dict[str, list[list[str]]], ingest_run: str = "ing-test") -> list[str]:
+    """Write raw shards (one list of texts per shard) plus the ingest markers that list them."""
+    paths = []
+    for source, shards in sources.items():
+        run_dir = root / "raw" / source / ingest_run
+        parts = []
+        for k, texts in enumerate(shards):
+            p = run_dir / f"part-00000-{k:03d}.parquet"
+            make_raw_shard(p, source, texts, ingest_run)
+            parts.append({"path": str(p), "rows": len(texts), "text_bytes": sum(len(t.encode()) for t in texts)})
+            paths.append(str(p))
+        (run_dir / "_done").mkdir(parents=True, exist_ok=True)
+        (run_dir / "_done" / "00000.json").write_text(json.dumps({
+            "source": source, "file": f"/input/{source}.jsonl", "file_index": 0, "fingerprint": f"fp-{source}",
+            "ingest_run": ingest_run, "parts": parts, "rows_in": sum(len(s) for s in shards),
+            "rows_written": sum(len(s) for s in shards), "rows_quarantined": 0, "bytes_read": 0, "seconds": 0.0,
+            "skipped": False, "quarantine_file": None}))
+    return sorted(paths)

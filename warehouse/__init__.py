@@ -1,0 +1,1 @@
+"""The lake layout, releases and manifests, the DuckDB catalog and its statistics."""

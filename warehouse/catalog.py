@@ -1,0 +1,178 @@
+"""The DuckDB catalog (``<lake>/catalog.duckdb``): what ran, what it read and wrote, what it dropped.
+
+Tables (all append-only except ``releases``' LATEST flag):
+
+- ``runs``: one row per pipeline run (status, config hash, code version, release produced).
+- ``ingested_files``: each input file version ingested (fingerprint = path + size + mtime/ETag),
+  so a nightly run ingests only what is new.
+- ``shards``: every raw shard with its rows and text bytes.
+- ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
+- ``quarantine``: rows that could not be read or processed, with file, offset, error and raw bytes.
+- ``releases``, ``release_sources``, ``drop_reasons``: each release, its per-source accounting
+  (rows in = kept + dropped + quarantined) and its drops per stage and reason.
+
+Views: ``documents`` (all raw shards), ``release_shards`` (all release shards), and one
+``ann_<stage>`` view per configured stage over its annotation files.
+
+Only the flow's main process writes; connections are short-lived so ``curate stats`` can read
+between runs.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Iterator
+
+import duckdb
+
+from engines import storage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs(
+  run_id VARCHAR PRIMARY KEY, pipeline VARCHAR, config_path VARCHAR, config_hash VARCHAR,
+  code_version VARCHAR, prefect_flow_run VARCHAR, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
+  status VARCHAR, release_name VARCHAR, release_version VARCHAR, message VARCHAR);
+CREATE TABLE IF NOT EXISTS ingested_files(
+  source VARCHAR, path VARCHAR, fingerprint VARCHAR, size BIGINT, ingest_run VARCHAR, run_id VARCHAR,
+  rows_in BIGINT, rows_written BIGINT, rows_quarantined BIGINT, seconds DOUBLE, ingested_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS shards(
+  path VARCHAR PRIMARY KEY, source VARCHAR, ingest_run VARCHAR, input_file VARCHAR, rows BIGINT,
+  text_bytes BIGINT, run_id VARCHAR, created_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS stage_runs(
+  run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, kind VARCHAR, version VARCHAR, source VARCHAR,
+  shard VARCHAR, status VARCHAR, rows BIGINT, row_errors BIGINT, seconds DOUBLE, error VARCHAR,
+  recorded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS quarantine(
+  run_id VARCHAR, source VARCHAR, stage VARCHAR, file VARCHAR, "offset" BIGINT, rows BIGINT,
+  error VARCHAR, raw BLOB, recorded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS releases(
+  name VARCHAR, version VARCHAR, parent VARCHAR, run_id VARCHAR, created_at TIMESTAMPTZ,
+  config_hash VARCHAR, code_version VARCHAR, seed BIGINT, selection VARCHAR, order_by VARCHAR,
+  rows BIGINT, tokens BIGINT, shards BIGINT, bytes BIGINT, content_hash VARCHAR, path VARCHAR,
+  PRIMARY KEY(name, version));
+CREATE TABLE IF NOT EXISTS release_sources(
+  name VARCHAR, version VARCHAR, source VARCHAR, rows_in BIGINT, rows_kept BIGINT,
+  rows_dropped BIGINT, rows_quarantined BIGINT, tokens_kept BIGINT);
+CREATE TABLE IF NOT EXISTS drop_reasons(
+  name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+"""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Catalog:
+    def __init__(self, path: str):
+        self.path = path
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if read_only and not storage.exists(self.path):
+            raise FileNotFoundError(f"no catalog at {self.path}: run `curate run PIPELINE.yaml` first")
+        con = duckdb.connect(self.path, read_only=read_only)
+        try:
+            if not read_only:
+                con.execute(SCHEMA)
+            yield con
+        finally:
+            con.close()
+
+    def init(self) -> None:
+        with self.connect():
+            pass
+
+    # --- writes -----------------------------------------------------------------------------
+    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = list(rows[0])
+        sql = f"INSERT INTO {table} ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        with self.connect() as con:
+            con.executemany(sql, [[r.get(c) for c in cols] for r in rows])
+
+    def start_run(self, run_id: str, pipeline: str, config_path: str, config_hash: str, code_version: str,
+                  prefect_flow_run: str | None) -> None:
+        self.insert("runs", [{"run_id": run_id, "pipeline": pipeline, "config_path": config_path,
+                              "config_hash": config_hash, "code_version": code_version,
+                              "prefect_flow_run": prefect_flow_run, "started_at": now(), "status": "running"}])
+
+    def finish_run(self, run_id: str, status: str, release: tuple[str, str] | None = None, message: str = "") -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE runs SET finished_at=?, status=?, release_name=?, release_version=?, message=? WHERE run_id=?",
+                [now(), status, release[0] if release else None, release[1] if release else None, message, run_id])
+
+    def load_quarantine_file(self, path: str) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO quarantine SELECT run_id, source, stage, file, \"offset\", rows, error, raw, ? "
+                "FROM read_parquet(?)", [now(), path])
+
+    def load_stage_errors(self, run_id: str, source: str, stage: str, ann_path: str, raw_path: str) -> None:
+        """Quarantine entries for rows a stage could not process (their text stays in the raw shard)."""
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO quarantine SELECT ?, ?, ?, r.src_file, r.src_offset, 1, a._error, NULL, ? "
+                "FROM read_parquet(?, file_row_number=true) a "
+                "JOIN read_parquet(?, file_row_number=true) r USING (file_row_number) WHERE a._error IS NOT NULL",
+                [run_id, source, stage, now(), ann_path, raw_path])
+
+    def ingested_fingerprints(self, source: str) -> set[str]:
+        with self.connect() as con:
+            return {r[0] for r in con.execute(
+                "SELECT fingerprint FROM ingested_files WHERE source=?", [source]).fetchall()}
+
+    def release_exists(self, name: str, version: str) -> bool:
+        with self.connect() as con:
+            return bool(con.execute("SELECT count(*) FROM releases WHERE name=? AND version=?", [name, version]).fetchone()[0])
+
+    def record_release(self, manifest: dict[str, Any], run_id: str, path: str) -> None:
+        name, version = manifest["name"], manifest["version"]
+        if self.release_exists(name, version):
+            return
+        t = manifest["totals"]
+        self.insert("releases", [{
+            "name": name, "version": version, "parent": manifest.get("parent"), "run_id": run_id,
+            "created_at": manifest["created_at"], "config_hash": manifest["config_hash"],
+            "code_version": manifest["code_version"], "seed": manifest["seed"], "selection": manifest["selection"],
+            "order_by": manifest["order"], "rows": t["rows"], "tokens": t["tokens"], "shards": len(manifest["shards"]),
+            "bytes": t["bytes"], "content_hash": manifest["content_hash"], "path": path}])
+        self.insert("release_sources", [
+            {"name": name, "version": version, "source": s, "rows_in": v["rows_in"], "rows_kept": v["rows_kept"],
+             "rows_dropped": v["rows_dropped"], "rows_quarantined": v["rows_quarantined"], "tokens_kept": v["tokens_kept"]}
+            for s, v in manifest["sources"].items()])
+        self.insert("drop_reasons", [
+            {"name": name, "version": version, **d} for d in manifest["drop_reasons"]])
+
+    def refresh_views(self, lake_root: str, stage_keys: dict[str, str]) -> None:
+        """(Re)create the views over Parquet files; a view is made only when files exist."""
+        with self.connect() as con:
+            def view(name: str, pattern: str, extra: str = "") -> None:
+                if storage.glob(pattern):
+                    con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT *{extra} FROM "
+                                f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true)")
+            view("documents", f"{lake_root}/raw/*/*/part-*.parquet")
+            view("release_shards", f"{lake_root}/releases/*/*/shard-*.parquet")
+            for stage, key in stage_keys.items():
+                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet")
+
+    # --- reads ------------------------------------------------------------------------------
+    def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
+        with self.connect(read_only=True) as con:
+            cur = con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return cols, cur.fetchall()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(s: str) -> str:
+    return s.replace("'", "''")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
