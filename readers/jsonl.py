@@ -140,8 +140,10 @@ def _line_bounds(block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _is_utf8(block: bytes) -> bool:
+    # The block viewed as one Arrow string without a copy: Arrow's validation is SIMD-fast.
+    offsets = pa.py_buffer(np.array([0, len(block)], np.int64))
     try:
-        pa.array([block], pa.large_binary()).cast(pa.large_string())  # SIMD validation, no Python str
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(block)]).validate(full=True)
         return True
     except pa.ArrowInvalid:
         return False
