@@ -6,9 +6,10 @@ is missing. Without ``PREFECT_API_URL`` Prefect starts a temporary local server 
 """
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,7 +20,7 @@ from prefect.cache_policies import NONE
 
 from engines import storage
 from engines.executor import LocalExecutor, ShardTask, make_executor
-from engines.stage import Stage, stage_class
+from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.registry import load_stages
 from readers.ingest import IngestFileTask, file_fingerprint, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
@@ -45,16 +46,17 @@ class RunContext:
     executor: LocalExecutor
     run_id: str
     code_version: str
+    # The effective key of each stage that ran (global stages add their fit id).
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class ConfiguredStage:
     name: str
     stage: Stage
-    key: str
     sources: list[str] | None
-    # (column seen by the stage, upstream stage name, upstream stage key)
-    feeds: list[tuple[str, str, str]]
+    # (column seen by the stage, name of the earlier stage that writes it)
+    feeds: list[tuple[str, str]]
 
 
 def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
@@ -62,23 +64,44 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
     ``lang`` from language ID) is fed from that stage's annotations."""
     load_stages()
     out: list[ConfiguredStage] = []
-    writers: dict[str, tuple[str, str]] = {}
+    writers: dict[str, str] = {}
     for sc in cfg.stages:
         cls = stage_class(sc.kind)
         try:
             params = cls.Params.model_validate(sc.params)
         except Exception as e:
             raise ValueError(f"stages[{sc.name}].params: {e}") from None
-        feeds = [(col, *writers[col]) for col in cls.needs if col in writers]
-        stage = cls(params, upstream={col: key for col, _, key in feeds})
-        key = stage.key(sc.name)
+        feeds = [(col, writers[col]) for col in cls.needs if col in writers]
+        stage = cls(params)
         for src in sc.sources or []:
             if src not in {s.name for s in cfg.sources}:
                 raise ValueError(f"stages[{sc.name}].sources names unknown source {src!r}")
-        out.append(ConfiguredStage(sc.name, stage, key, sc.sources, feeds))
+        out.append(ConfiguredStage(sc.name, stage, sc.sources, feeds))
         for col in stage.writes():
-            writers[col] = (sc.name, key)
+            writers[col] = sc.name
     return out
+
+
+def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, raw: list[str]) -> tuple[str, str]:
+    """Fit a global stage once per (config, input shards); returns (effective key, artifact dir).
+
+    The artifact folder is written under a temporary name and renamed when complete, so a crash
+    mid-fit leaves nothing that a re-run would mistake for a finished fit.
+    """
+    fit_id = stable_hash([p[len(ctx.lake.root):] for p in raw])[:8]
+    key = f"{key}-fit{fit_id}"
+    art = ctx.lake.artifact_dir(key)
+    if not storage.exists(f"{art}/_fit.json"):
+        fs, art_p = storage.fs_and_path(art)
+        tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
+        fs.makedirs(tmp, exist_ok=True)
+        metrics = ctx.executor.fit(cs.stage, raw, tmp)  # type: ignore[arg-type]
+        with fs.open(f"{tmp}/_fit.json", "w") as f:
+            json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
+        fs.mv(tmp, art_p, recursive=True)
+        ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
+                                          "metrics": json.dumps(metrics, default=str), "created_at": now()}])
+    return key, art
 
 
 def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
@@ -136,20 +159,27 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
+    raw_all = [(src, raw) for src in sources for raw in ctx.lake.raw_shards(src)]
+    # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
+    cs.stage.upstream = {col: ctx.keys[up] for col, up in cs.feeds}
+    key = cs.stage.key(cs.name)
+    sctx = StageContext()
+    if isinstance(cs.stage, GlobalStage):
+        key, sctx.artifact_dir = fit_global(ctx, cs, key, [raw for _, raw in raw_all])
+    ctx.keys[cs.name] = key
     tasks = []
-    for src in sources:
-        for raw in ctx.lake.raw_shards(src):
-            inputs = tuple((col, ctx.lake.annotation_path(key, raw), col) for col, _, key in cs.feeds)
-            tasks.append(ShardTask(source=src, raw_path=raw, out_path=ctx.lake.annotation_path(cs.key, raw), inputs=inputs))
-    results = ctx.executor.run_stage(cs.name, cs.stage, tasks)
+    for src, raw in raw_all:
+        inputs = tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), col) for col, up in cs.feeds)
+        tasks.append(ShardTask(source=src, raw_path=raw, out_path=ctx.lake.annotation_path(key, raw), inputs=inputs))
+    results = ctx.executor.run_stage(cs.name, cs.stage, tasks, sctx)
     failed = [r for r in results if r.status == "failed"]
     if failed:  # one more try for shards that failed as a whole (e.g. a worker died)
         retry = {r.task.raw_path for r in failed}
-        again = ctx.executor.run_stage(cs.name, cs.stage, [r.task for r in failed])
+        again = ctx.executor.run_stage(cs.name, cs.stage, [r.task for r in failed], sctx)
         results = [r for r in results if r.task.raw_path not in retry] + again
     at = now()
     ctx.catalog.insert("stage_runs", [{
-        "run_id": ctx.run_id, "stage": cs.name, "stage_key": cs.key, "kind": cs.stage.kind,
+        "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind,
         "version": cs.stage.version, "source": r.task.source, "shard": r.task.raw_path, "status": r.status,
         "rows": r.rows, "row_errors": r.row_errors, "seconds": r.seconds, "error": r.error, "recorded_at": at} for r in results])
     for r in results:
@@ -159,13 +189,13 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     for r in results:
         if r.status == "failed":
             log.error("stage %s failed on %s: %s", cs.name, r.task.raw_path, r.error)
-    log.info("stage %s (%s): %s", cs.name, cs.key, counts)
-    return {"stage": cs.name, "key": cs.key, **counts, "row_errors": sum(r.row_errors for r in results)}
+    log.info("stage %s (%s): %s", cs.name, key, counts)
+    return {"stage": cs.name, "key": key, **counts, "row_errors": sum(r.row_errors for r in results)}
 
 
 @task(name="release", retries=1, retry_delay_seconds=2, cache_policy=NONE)
 def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
-    infos = [StageInfo(cs.name, cs.key, list(cs.stage.writes()), cs.sources) for cs in stages]
+    infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
     ingest_q = {s.name: sum(m["rows_quarantined"] for m in ctx.lake.ingest_markers(s.name)) for s in ctx.cfg.sources}
     manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q)
     path = ctx.lake.release_dir(manifest["name"], manifest["version"])
@@ -202,7 +232,7 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
         staged = [run_stage(ctx, cs) for cs in stages]
         rel = release(ctx, stages)
-        catalog.refresh_views(lake.root, {cs.name: cs.key for cs in stages})
+        catalog.refresh_views(lake.root, dict(ctx.keys))
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
         return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel}
     except BaseException as e:

@@ -11,6 +11,7 @@ import os
 
 BUILTIN = [
     "filters.length",
+    "filters.exact_dedup",
 ]
 OPTIONAL = [
     # Modules that need optional packages; skipped quietly when those are absent.

@@ -7,6 +7,7 @@ Tables (all append-only except ``releases``' LATEST flag):
   so a nightly run ingests only what is new.
 - ``shards``: every raw shard with its rows and text bytes.
 - ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
+- ``artifacts``: each fitted artifact of a global stage, with its metrics.
 - ``quarantine``: rows that could not be read or processed, with file, offset, error and raw bytes.
 - ``releases``, ``release_sources``, ``drop_reasons``: each release, its per-source accounting
   (rows in = kept + dropped + quarantined) and its drops per stage and reason.
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS stage_runs(
 CREATE TABLE IF NOT EXISTS quarantine(
   run_id VARCHAR, source VARCHAR, stage VARCHAR, file VARCHAR, "offset" BIGINT, rows BIGINT,
   error VARCHAR, raw BLOB, recorded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS artifacts(
+  stage VARCHAR, stage_key VARCHAR, path VARCHAR, run_id VARCHAR, metrics JSON, created_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS releases(
   name VARCHAR, version VARCHAR, parent VARCHAR, run_id VARCHAR, created_at TIMESTAMPTZ,
   config_hash VARCHAR, code_version VARCHAR, seed BIGINT, selection VARCHAR, order_by VARCHAR,

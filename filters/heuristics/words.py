@@ -56,7 +56,8 @@ WS = r"[\s\x1c-\x1f]"
 NON_WS_RUN = r"[^\s\x1c-\x1f]+"
 
 #: Longest chunk split by the exact rules; longer ones use the linear approximation.
-MAX_RULE_CHUNK = 1000
+MAX_RULE_CHUNK = 10_000
+_SUFFIX_WINDOW = 48
 
 #: Gopher's stop words ("the, be, to, of, and, that, have, with"), and lists of the same kind (eight
 #: very frequent function words) for French and Spanish. Matching is exact and case-sensitive, as in
@@ -123,7 +124,8 @@ class RuleTokenizer:
         entry = _rule_data()["langs"][lang]
         self.lang = lang
         self.specials: dict[str, list[str]] = entry["specials"]
-        self._prefix = re.compile(_expand(entry["prefix"])).search
+        # every prefix alternative is anchored with "^": a match at 0 is the same as spaCy's search
+        self._prefix = re.compile(_expand(entry["prefix"])).match
         self._suffix = re.compile(_expand(entry["suffix"])).search
         self._infix = re.compile(_expand(entry["infix"])).finditer
         self._url = re.compile(_expand(entry["url"])).match if entry["url"] else None
@@ -155,8 +157,7 @@ class RuleTokenizer:
                 prefixes.append(s[:pre])
                 s = s[pre:]
                 break
-            m = self._suffix(s[pre:])
-            suf = m.end() - m.start() if m else 0
+            suf = self._find_suffix(s, pre)
             if suf and s[:-suf] in specials:
                 suffixes.append(s[-suf:])
                 s = s[:-suf]
@@ -181,6 +182,25 @@ class RuleTokenizer:
                 out.extend(self._split_infixes(s))
         out.extend(reversed(suffixes))
         return self._merge_specials(out) if len(out) > 1 else out
+
+    def _find_suffix(self, s: str, pre: int) -> int:
+        """Length of the suffix of ``s[pre:]`` (spaCy searches the sliced string, leftmost match first).
+
+        On long strings only the last ``_SUFFIX_WINDOW`` characters are searched (suffix patterns are
+        short and look back at most two characters), except for a run of dots (``\\.\\.+$``), which
+        may be longer and is measured directly; this keeps punctuation-heavy chunks linear per round.
+        """
+        n = len(s) - pre
+        if n <= 2 * _SUFFIX_WINDOW:
+            m = self._suffix(s[pre:])
+            return m.end() - m.start() if m else 0
+        m = self._suffix(s, len(s) - _SUFFIX_WINDOW)
+        found = m.end() - m.start() if m else 0
+        if s.endswith(".."):
+            dots = min(n, len(s) - len(s.rstrip(".")))
+            if dots > found:
+                return dots
+        return found
 
     def _split_infixes(self, s: str) -> list[str]:
         pieces: list[str] = []
