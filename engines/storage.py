@@ -55,6 +55,8 @@ def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
         compression_level=3,
         use_dictionary=[f.name for f in schema if not pa.types.is_large_string(f.type) and f.name != "id"],
         write_statistics=True,
+        # Without page checksums a corrupted page can read back as wrong text with no error.
+        write_page_checksum=True,
     )
 
 

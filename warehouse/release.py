@@ -289,9 +289,9 @@ def _write_shuffled(staging: list[str], writer: _ShardWriter, seed: int, tmp_dir
         con.execute("SET memory_limit='2GB'")
         con.execute("SET preserve_insertion_order=true")
         files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in staging) + "]"
-        reader = con.execute(
-            f"SELECT * EXCLUDE (_k) FROM (SELECT *, md5(? || ':' || id) AS _k FROM read_parquet({files})) "
-            "ORDER BY _k, id, src_file, src_offset", [str(seed)]).to_arrow_reader(10_000)
+        reader = con.sql(
+            f"SELECT * EXCLUDE (_k) FROM (SELECT *, md5($seed || ':' || id) AS _k FROM read_parquet({files})) "
+            "ORDER BY _k, id, src_file, src_offset", params={"seed": str(seed)}).to_arrow_reader(10_000)
         for rb in reader:
             writer.add(pa.Table.from_batches([rb]).cast(RELEASE_SCHEMA))
     finally:
