@@ -52,7 +52,7 @@ def parquet_writer(path: str, schema: pa.Schema) -> pq.ParquetWriter:
         schema,
         filesystem=fs,
         compression="zstd",
-        compression_level=3,
+        compression_level=1,  # measured: ~10% larger than level 3 on text, and faster to write
         use_dictionary=[f.name for f in schema if not pa.types.is_large_string(f.type) and f.name != "id"],
         write_statistics=True,
         # Without page checksums a corrupted page can read back as wrong text with no error.

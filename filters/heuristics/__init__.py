@@ -1,0 +1,6 @@
+"""Heuristic quality filters (Gopher quality and repetition, C4, FineWeb), vectorised.
+
+Importing this package registers the stages ``gopher_quality``, ``gopher_repetition``, ``c4`` and
+``fineweb_quality``.
+"""
+from filters.heuristics import gopher  # noqa: F401
