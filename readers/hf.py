@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from readers.base import BATCH_ROWS, Quarantined, ReadItem
-from readers.parquet import finish
+from readers.tables import finish
 from schemas.config import SourceConfig
 
 # Builder for a file extension, when sources[].hf_builder is not set.

@@ -14,7 +14,7 @@ import zstandard
 from fsspec.utils import infer_compression
 
 from readers.base import MAX_RAW_BYTES, Quarantined, ReadItem, decode_utf8, open_binary
-from readers.parquet import finish
+from readers.tables import finish
 from schemas.config import SourceConfig
 
 # Decompressed bytes parsed per pyarrow call: large enough for its threads to pay off.

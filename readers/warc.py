@@ -15,7 +15,7 @@ from resiliparse.parse.encoding import map_encoding_to_html5
 from resiliparse.parse.html import HTMLTree
 
 from readers.base import BATCH_BYTES, BATCH_ROWS, MAX_RAW_BYTES, Quarantined, ReadItem, open_binary
-from readers.parquet import finish
+from readers.tables import finish
 from schemas.config import SourceConfig
 
 SCHEMA = pa.schema([

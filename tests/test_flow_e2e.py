@@ -103,3 +103,39 @@ def test_nightly_run_ingests_only_new_files(demo_copy, first_run, corpora):
     manifest = json.loads((Path(rel["path"]) / "manifest.json").read_text())
     assert manifest["parent"] == first_run["release"]["version"]
     assert manifest["sources"]["wiki_en"]["rows_in"] == _input_rows(demo_copy / "data")["wiki_en"] + 250
+
+
+def test_cli_reads_the_catalog(demo_copy, first_run):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    runner = CliRunner()
+    lake = str(demo_copy / "lake")
+    for cmd in (["--help"], ["run", "--help"], ["serve", "--help"], ["stats", "--help"], ["sql", "--help"],
+                ["releases", "--help"]):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 0 and "Usage" in res.output, res.output
+    res = runner.invoke(app, ["stats", "--lake", lake])
+    assert res.exit_code == 0 and "drop reasons" in res.output and "too_few_words" in res.output
+    res = runner.invoke(app, ["sql", "SELECT count(*) AS n FROM releases", "--lake", lake, "--json"])
+    assert res.exit_code == 0 and json.loads(res.output.strip().splitlines()[-1])["n"] >= 1
+    res = runner.invoke(app, ["sql", "SELEC nonsense", "--lake", lake])
+    assert res.exit_code == 1 and "Parser Error" in res.output
+    res = runner.invoke(app, ["releases", "--lake", lake])
+    assert res.exit_code == 0 and first_run["release"]["version"] in res.output
+    res = runner.invoke(app, ["stats", "--lake", str(demo_copy / "nowhere")])
+    assert res.exit_code == 1 and "curate run" in res.output
+
+
+def test_releases_diff_after_nightly(demo_copy, first_run):
+    from warehouse.catalog import Catalog
+    from warehouse.releases_diff import diff_releases
+    cat = Catalog(str(demo_copy / "lake" / "catalog.duckdb"))
+    versions = [v for (v,) in cat.query("SELECT version FROM releases ORDER BY created_at")[1]]
+    assert len(versions) == 2, "runs after test_nightly_run_ingests_only_new_files"
+    diff = diff_releases(cat, f"demo/{versions[0]}", f"demo/{versions[1]}")
+    cols, rows = diff["per source"]
+    per = {r[0]: dict(zip(cols, r)) for r in rows}
+    assert per["wiki_en"]["kept_delta"] > 0 and per["wiki_fr"]["kept_delta"] == 0
+    cols, [tot] = diff["totals"]
+    assert dict(zip(cols, tot))["rows_delta"] == per["wiki_en"]["kept_delta"]

@@ -18,6 +18,7 @@ import zstandard
 from fastwarc.warc import ArchiveIterator
 
 import readers.parquet
+import readers.tables
 from readers.base import OFFSET_COLUMN, Quarantined
 from readers.formats import READERS, get_reader
 from schemas.config import SourceConfig
@@ -225,8 +226,8 @@ def test_jsonl_giant_document(tmp_path, wiki):
 
 
 def test_tables_are_bounded(tmp_path, wiki, monkeypatch):
-    monkeypatch.setattr(readers.parquet, "BATCH_ROWS", 16)
-    monkeypatch.setattr(readers.parquet, "BATCH_BYTES", 3000)
+    monkeypatch.setattr(readers.tables, "BATCH_ROWS", 16)
+    monkeypatch.setattr(readers.tables, "BATCH_BYTES", 3000)
     path = tmp_path / "wiki.jsonl"
     path.write_bytes(jsonl_bytes(wiki))
     got = read("jsonl", path)
