@@ -10,7 +10,7 @@ The contract an executor offers (so a Ray executor can slot in without touching 
 - ``run_stage(name, stage, tasks)`` -> one ``ShardResult`` per task, skipping tasks whose
   output already exists (outputs are written atomically, so existing means complete);
 - ``map(fn, items)`` -> results of a module-level function over items, in completion order;
-- ``fit(stage, raw_paths, artifact_dir)`` -> the metrics of a global stage's fit.
+- ``fit(stage, tasks, artifact_dir)`` -> the metrics of a global stage's fit over those shards.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -120,6 +120,29 @@ def output_schema(stage: Stage) -> pa.Schema:
     return annotation_schema({**stage.writes(), ERROR_COLUMN: pa.string()})
 
 
+def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tuple[pa.Array, pl.DataFrame]]:
+    """Stream one shard as (ids, batch) pairs: the document columns the stage needs, plus the
+    columns fed from earlier stages' annotation files (sliced to the same rows)."""
+    fed = {alias for alias, _, _ in task.inputs}
+    doc_cols = ["id"] + [c for c in stage.needs if c != "id" and c not in fed and c in DOCUMENT.names]
+    side = {}
+    for alias, path, column in task.inputs:
+        fs, p = storage.fs_and_path(path)
+        with fs.open(p, "rb") as f:
+            side[alias] = pq.read_table(f, columns=[column]).column(0)
+    fs, raw = storage.fs_and_path(task.raw_path)
+    offset = 0
+    with fs.open(raw, "rb") as fh:
+        for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=doc_cols):
+            batch = pl.from_arrow(pa.Table.from_batches([rb]))
+            assert isinstance(batch, pl.DataFrame)
+            if side:
+                batch = batch.with_columns(
+                    [pl.from_arrow(col.slice(offset, rb.num_rows)).alias(a) for a, col in side.items()])
+            offset += rb.num_rows
+            yield rb.column("id"), batch
+
+
 def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_rows: int) -> ShardResult:
     """Annotate one shard (in whichever process calls it). Writes ``task.out_path`` atomically."""
     t0 = time.perf_counter()
@@ -127,42 +150,20 @@ def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_
         return ShardResult(task, "skipped", rows=storage.parquet_rows(task.out_path))
     try:
         ready = _ready_stage(stage, key, ctx)
-        fed = {alias for alias, _, _ in task.inputs}
-        doc_cols = ["id"] + [c for c in ready.needs if c != "id" and c not in fed and c in DOCUMENT.names]
-        side = {}
-        for alias, path, column in task.inputs:
-            fs, p = storage.fs_and_path(path)
-            with fs.open(p, "rb") as f:
-                side[alias] = pq.read_table(f, columns=[column]).column(0)
         schema = output_schema(ready)
-        fs, raw = storage.fs_and_path(task.raw_path)
         rows = row_errors = 0
-        with storage.atomic_path(task.out_path) as tmp, fs.open(raw, "rb") as fh:
+        with storage.atomic_path(task.out_path) as tmp:
             writer = storage.parquet_writer(tmp, schema)
-            for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=doc_cols):
-                batch = pl.from_arrow(pa.Table.from_batches([rb]))
-                if side:
-                    batch = batch.with_columns(
-                        [pl.from_arrow(col.slice(rows, rb.num_rows)).alias(a) for a, col in side.items()]
-                    )
+            for ids, batch in shard_batches(ready, task, batch_rows):
                 out, errors = _transform_safely(ready, batch)
-                writer.write_table(_to_arrow(out, rb.column("id"), errors, schema))
-                rows += rb.num_rows
+                writer.write_table(_to_arrow(out, ids, errors, schema))
+                rows += batch.height
                 row_errors += sum(e is not None for e in errors)
             writer.close()
         return ShardResult(task, "computed", rows=rows, row_errors=row_errors, seconds=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - a shard that cannot be processed is reported, not fatal
         return ShardResult(task, "failed", seconds=time.perf_counter() - t0,
                            error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
-
-
-def iter_documents(raw_paths: Iterable[str], columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
-    """Stream the given document columns of many raw shards as Polars batches."""
-    for path in raw_paths:
-        fs, p = storage.fs_and_path(path)
-        with fs.open(p, "rb") as fh:
-            for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=columns):
-                yield pl.from_arrow(pa.Table.from_batches([rb]))
 
 
 def _progress(transient: bool = False) -> Progress:
@@ -229,9 +230,11 @@ class LocalExecutor:
         results.extend(self.map(runner, todo, desc=f"{name} ({len(todo)} shards)"))
         return sorted(results, key=lambda r: r.task.raw_path)
 
-    def fit(self, stage: GlobalStage, raw_paths: list[str], artifact_dir: str) -> dict[str, Any]:
-        cols = ["id"] + [c for c in stage.needs if c != "id"]
-        return stage.fit(iter_documents(raw_paths, cols, self.config.batch_rows), artifact_dir)
+    def fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+        """Stream every shard of ``tasks`` (in order, with their fed columns) through ``stage.fit``.
+        Runs in this process: a fit is one pass that a stage may parallelise inside (Polars does)."""
+        batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
+        return stage.fit(batches, artifact_dir)
 
 
 @dataclass

@@ -82,12 +82,13 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
     return out
 
 
-def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, raw: list[str]) -> tuple[str, str]:
+def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[ShardTask]) -> tuple[str, str]:
     """Fit a global stage once per (config, input shards); returns (effective key, artifact dir).
 
     The artifact folder is written under a temporary name and renamed when complete, so a crash
     mid-fit leaves nothing that a re-run would mistake for a finished fit.
     """
+    raw = [t.raw_path for t in tasks]
     fit_id = stable_hash([p[len(ctx.lake.root):] for p in raw])[:8]
     key = f"{key}-fit{fit_id}"
     art = ctx.lake.artifact_dir(key)
@@ -95,7 +96,7 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, raw: list[str]) -
         fs, art_p = storage.fs_and_path(art)
         tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
         fs.makedirs(tmp, exist_ok=True)
-        metrics = ctx.executor.fit(cs.stage, raw, tmp)  # type: ignore[arg-type]
+        metrics = ctx.executor.fit(cs.stage, tasks, tmp)  # type: ignore[arg-type]
         with fs.open(f"{tmp}/_fit.json", "w") as f:
             json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
         fs.mv(tmp, art_p, recursive=True)
@@ -163,14 +164,15 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
     cs.stage.upstream = {col: ctx.keys[up] for col, up in cs.feeds}
     key = cs.stage.key(cs.name)
+    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), col) for col, up in cs.feeds)
+             for _, raw in raw_all}
     sctx = StageContext()
     if isinstance(cs.stage, GlobalStage):
-        key, sctx.artifact_dir = fit_global(ctx, cs, key, [raw for _, raw in raw_all])
+        fit_tasks = [ShardTask(src, raw, "", feeds[raw]) for src, raw in raw_all]
+        key, sctx.artifact_dir = fit_global(ctx, cs, key, fit_tasks)
     ctx.keys[cs.name] = key
-    tasks = []
-    for src, raw in raw_all:
-        inputs = tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), col) for col, up in cs.feeds)
-        tasks.append(ShardTask(source=src, raw_path=raw, out_path=ctx.lake.annotation_path(key, raw), inputs=inputs))
+    tasks = [ShardTask(source=src, raw_path=raw, out_path=ctx.lake.annotation_path(key, raw), inputs=feeds[raw])
+             for src, raw in raw_all]
     results = ctx.executor.run_stage(cs.name, cs.stage, tasks, sctx)
     failed = [r for r in results if r.status == "failed"]
     if failed:  # one more try for shards that failed as a whole (e.g. a worker died)

@@ -28,9 +28,9 @@ def test_planted_duplicates_match_reference(tmp_path, corpora):
     art = tmp_path / "art"
     art.mkdir()
     with LocalExecutor(ExecutorConfig(workers=2, batch_rows=50), show_progress=False) as ex:
-        metrics = ex.fit(stage, [p for _, p in order], str(art))
         key = stage.key("dedup")
         tasks = [ShardTask(s, p, lake.annotation_path(key, p)) for s, p in order]
+        metrics = ex.fit(stage, tasks, str(art))
         ex.run_stage("dedup", stage, tasks, StageContext(artifact_dir=str(art)))
     # Reference: walk the corpus in lake order with a dict of normalised texts.
     seen: dict[str, str] = {}
