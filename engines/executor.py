@@ -93,12 +93,12 @@ def _transform_safely(stage: Stage, batch: pl.DataFrame) -> tuple[pl.DataFrame, 
         pass
     parts: list[pl.DataFrame] = []
     errors: list[str | None] = []
-    schema = {k: pl.from_arrow(pa.array([], type=v)).dtype for k, v in stage.writes().items()}
+    schema: dict[str, Any] = {k: pl.Series(k, pa.array([], type=v)).dtype for k, v in stage.writes().items()}
     for i in range(batch.height):
         try:
             out = stage.transform(batch.slice(i, 1))
             _check_output(stage, out, 1)
-            parts.append(out.select(list(schema)).cast(schema))
+            parts.append(out.select(list(schema)).cast(schema))  # type: ignore[arg-type]
             errors.append(None)
         except Exception as e:  # noqa: BLE001
             parts.append(pl.DataFrame({k: [None] for k in schema}, schema=schema))
@@ -138,7 +138,7 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
             assert isinstance(batch, pl.DataFrame)
             if side:
                 batch = batch.with_columns(
-                    [pl.from_arrow(col.slice(offset, rb.num_rows)).alias(a) for a, col in side.items()])
+                    [pl.Series(a, col.slice(offset, rb.num_rows)) for a, col in side.items()])
             offset += rb.num_rows
             yield rb.column("id"), batch
 
@@ -202,7 +202,7 @@ class LocalExecutor:
     def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working") -> Iterator[Any]:
         """``fn(item)`` for each item, yielded in completion order, at most ``workers`` at once."""
         with _progress() if self.show_progress else _NullProgress() as prog:
-            bar = prog.add_task(desc, total=len(items))
+            bar: Any = prog.add_task(desc, total=len(items))
             if self.workers == 1 or len(items) <= 1:
                 for it in items:
                     yield fn(it)
@@ -257,7 +257,7 @@ class _NullProgress:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def add_task(self, *a: Any, **k: Any) -> int:
+    def add_task(self, *a: Any, **k: Any) -> Any:
         return 0
 
     def advance(self, *a: Any, **k: Any) -> None:

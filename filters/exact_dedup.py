@@ -78,7 +78,9 @@ class ExactDedup(GlobalStage):
 
     def setup(self, ctx: StageContext) -> None:
         assert ctx.artifact_dir, "exact_dedup needs its fitted artifact"
-        self._groups = pl.from_arrow(pq.read_table(f"{ctx.artifact_dir}/duplicate_groups.parquet"))
+        groups = pl.from_arrow(pq.read_table(f"{ctx.artifact_dir}/duplicate_groups.parquet"))
+        assert isinstance(groups, pl.DataFrame)
+        self._groups = groups
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         f = self._frame(batch).join(

@@ -7,6 +7,8 @@ Cost: one regex count per document, a few hundred MB/s per core.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +37,7 @@ class LengthFilter(Stage):
         p: LengthParams = self.params  # type: ignore[assignment]
         words = pl.col("text").str.count_matches(r"\S+").cast(pl.Int64)
         chars = pl.col("text").str.len_chars().cast(pl.Int64)
-        reason = pl.when(words < p.min_words).then(pl.lit("too_few_words"))
+        reason: Any = pl.when(words < p.min_words).then(pl.lit("too_few_words"))
         if p.max_words is not None:
             reason = reason.when(words > p.max_words).then(pl.lit("too_many_words"))
         reason = reason.when(chars > p.max_chars).then(pl.lit("too_many_chars")).otherwise(pl.lit(None, pl.String))

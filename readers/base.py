@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeAlias
 
 import fsspec
 import pyarrow as pa
@@ -38,8 +38,8 @@ class Quarantined:
             self.raw = self.raw[:MAX_RAW_BYTES]
 
 
-ReadItem = pa.Table | Quarantined
-Reader = Callable[[str, SourceConfig], Iterator[ReadItem]]
+ReadItem: TypeAlias = "pa.Table | Quarantined"
+Reader: TypeAlias = Callable[[str, SourceConfig], Iterator[ReadItem]]
 
 
 def open_binary(path: str, compression: str | None = "infer"):

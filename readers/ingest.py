@@ -94,7 +94,7 @@ def _as_string(col: pl.Series) -> pl.Series:
 def _to_timestamp(col: pl.Series) -> pl.Series:
     if col.dtype == pl.Datetime:
         s = col
-        if s.dtype.time_zone is None:  # type: ignore[union-attr]
+        if getattr(s.dtype, "time_zone", None) is None:
             s = s.dt.replace_time_zone("UTC")
         return s.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
     if col.dtype == pl.Date:

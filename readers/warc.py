@@ -96,7 +96,7 @@ def _read_block(record: WarcRecord, size: int) -> bytes:
 
 def _row(record: WarcRecord, source: SourceConfig) -> dict | None:
     """The row of a response record, None for other record types; raises _Skip for a bad record."""
-    declared = record.headers.get("Content-Length", "").strip()
+    declared = (record.headers.get("Content-Length") or "").strip()
     if not declared.isdigit():
         raise _Skip("the WARC record header is incomplete (no valid Content-Length): the file is probably truncated here")
     if record.record_type != WarcRecordType.response:
@@ -117,12 +117,12 @@ def _row(record: WarcRecord, source: SourceConfig) -> dict | None:
     if mime not in HTML_TYPES and mime not in TEXT_TYPES:
         raise _Skip(f"content type {mime!r} is neither HTML nor plain text")
     charset = _CHARSET.search(content_type)
-    decoded = _decode_payload(body, headers).decode(map_encoding_to_html5(charset[1]) if charset else "utf-8", "replace")
+    decoded = _decode_payload(body, headers).decode((map_encoding_to_html5(charset[1]) if charset else None) or "utf-8", "replace")
     lang = None
     if mime in HTML_TYPES:
         try:
             tree = HTMLTree.parse(decoded)
-            root = tree.document.query_selector("html")
+            root = tree.document.query_selector("html") if tree.document is not None else None
             lang = (root.getattr("lang") or root.getattr("xml:lang") or None) if root is not None else None
             text = extract_plain_text(tree, main_content=source.main_content)
         except Exception as e:  # resiliparse's parser errors share no base class besides Exception

@@ -129,7 +129,8 @@ class Catalog:
 
     def release_exists(self, name: str, version: str) -> bool:
         with self.connect() as con:
-            return bool(con.execute("SELECT count(*) FROM releases WHERE name=? AND version=?", [name, version]).fetchone()[0])
+            row = con.execute("SELECT count(*) FROM releases WHERE name=? AND version=?", [name, version]).fetchone()
+            return bool(row and row[0])
 
     def record_release(self, manifest: dict[str, Any], run_id: str, path: str) -> None:
         name, version = manifest["name"], manifest["version"]

@@ -139,9 +139,10 @@ def _shard_frame(lake: Lake, raw: str, stages: list[StageInfo]) -> tuple[pl.Data
 def _fates(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict[str, str], select: pl.Expr) -> pl.DataFrame:
     """Add ``_fate`` (kept/dropped/quarantined), ``_stage`` and ``_reason`` columns."""
     applicable = [s for s in stages if s.applies_to(source) and s.name not in missing]
-    fate = pl.when(pl.lit(bool(missing))).then(pl.lit("quarantined"))
-    stage = pl.when(pl.lit(bool(missing))).then(pl.lit(next(iter(missing), None)))
-    reason = pl.when(pl.lit(bool(missing))).then(pl.lit(next(iter(missing.values()), None)))
+    # Polars when/then chains change type as they grow; Any keeps the chain readable.
+    fate: Any = pl.when(pl.lit(bool(missing))).then(pl.lit("quarantined"))
+    stage: Any = pl.when(pl.lit(bool(missing))).then(pl.lit(next(iter(missing), None)))
+    reason: Any = pl.when(pl.lit(bool(missing))).then(pl.lit(next(iter(missing.values()), None)))
     for s in applicable:
         err = pl.col(f"{s.name}.{ERROR_COLUMN}").is_not_null()
         fate, stage = fate.when(err).then(pl.lit("quarantined")), stage.when(err).then(pl.lit(s.name))

@@ -67,7 +67,8 @@ def parse_selection(text: str, available: dict[str, set[str]]) -> Selection:
                 raise fail(node, f"stage {stage!r} has no column {col!r}; it writes {sorted(available[stage])}")
             used.add(f"{stage}.{col}")
             return pl.col(f"{stage}.{col}")
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+        if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
+                and isinstance(node.operand.value, (int, float))):
             return pl.lit(-node.operand.value)
         raise fail(node, f"not allowed here: {type(node).__name__}")
 
@@ -84,14 +85,15 @@ def parse_selection(text: str, available: dict[str, set[str]]) -> Selection:
     def boolean(node: ast.AST) -> pl.Expr:
         if isinstance(node, ast.BoolOp):
             parts = [boolean(v) for v in node.values]
-            out = parts[0]
+            joined = parts[0]
             for p in parts[1:]:
-                out = (out & p) if isinstance(node.op, ast.And) else (out | p)
-            return out
+                joined = (joined & p) if isinstance(node.op, ast.And) else (joined | p)
+            return joined
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return ~boolean(node.operand)
         if isinstance(node, ast.Compare):
-            left, out = node.left, None
+            left: ast.expr = node.left
+            out: pl.Expr | None = None
             for op, right in zip(node.ops, node.comparators):
                 if isinstance(op, (ast.In, ast.NotIn)):
                     e = operand(left).is_in(literal_list(right))
