@@ -43,6 +43,7 @@ class StageContext:
     """What the executor tells a stage about where it runs."""
 
     artifact_dir: str | None = None  # a global stage's fitted artifact (read in setup)
+    cache_dir: str | None = None  # where result caches live (<lake>/cache in a pipeline run)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -166,7 +166,7 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     key = cs.stage.key(cs.name)
     feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), col) for col, up in cs.feeds)
              for _, raw in raw_all}
-    sctx = StageContext()
+    sctx = StageContext(cache_dir=f"{ctx.lake.root}/cache")
     if isinstance(cs.stage, GlobalStage):
         fit_tasks = [ShardTask(src, raw, "", feeds[raw]) for src, raw in raw_all]
         key, sctx.artifact_dir = fit_global(ctx, cs, key, fit_tasks)

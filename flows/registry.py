@@ -12,6 +12,12 @@ import os
 BUILTIN = [
     "filters.length",
     "filters.exact_dedup",
+    "filters.langid",
+    "filters.pii",
+    "filters.decontam",
+    "filters.line_dedup",
+    "scorers.difficulty",
+    "scorers.llm_grade",
 ]
 OPTIONAL = [
     # Modules that need optional packages; skipped quietly when those are absent.

