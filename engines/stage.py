@@ -24,6 +24,7 @@ can ship them to workers.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
@@ -62,6 +63,8 @@ class Stage:
         self.params = params
         # Keys of the stages whose annotations this one reads (part of its own key).
         self.upstream = dict(upstream or {})
+        # The pipeline file's folder: relative paths in params are relative to it.
+        self.base_dir = "."
 
     # --- contract -------------------------------------------------------------------------
     def writes(self) -> dict[str, pa.DataType]:
@@ -74,6 +77,12 @@ class Stage:
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Return one row per input row, in order, with exactly the columns of ``writes()``."""
         raise NotImplementedError
+
+    def resolve_path(self, path: str) -> str:
+        """A path from the params, made absolute against the pipeline file's folder."""
+        if "://" in path or os.path.isabs(path):
+            return path
+        return os.path.normpath(os.path.join(self.base_dir, path))
 
     # --- identity ---------------------------------------------------------------------------
     def config_hash(self) -> str:

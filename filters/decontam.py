@@ -231,6 +231,7 @@ class Decontaminate(GlobalStage):
         hashes, examples, ex_tables, meta = [], [], [], []
         too_short = n_examples = 0
         for b, spec in enumerate(p.benchmarks):
+            spec = spec.model_copy(update={"path": self.resolve_path(spec.path)})
             bench = load_benchmark(spec)
             words = bench.select(normalised_words(pl.col("text"))).to_series()
             lengths = words.list.len().to_numpy()
@@ -267,7 +268,7 @@ class Decontaminate(GlobalStage):
         assert ctx.artifact_dir, "decontaminate needs its fitted artifact"
         info = json.loads(Path(f"{ctx.artifact_dir}/benchmarks.json").read_text())
         for m in info["benchmarks"]:
-            path = Path(m["path"])
+            path = Path(self.resolve_path(m["path"]))
             if path.exists() and _fingerprint(path) != m["sha256"]:
                 raise ValueError(f"benchmark {m['name']!r} ({path}) changed since the fit; re-run the fit")
         table = pq.read_table(f"{ctx.artifact_dir}/ngrams.parquet")

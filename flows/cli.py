@@ -190,6 +190,54 @@ def releases_diff(ctx: typer.Context,
         _print(cols, rows, title=title)
 
 
+@app.command()
+def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version), NAME/VERSION, or a release folder.")],
+           format: Annotated[str, typer.Option("--format", "-f", help="hf | mds | megatron | jsonl")] = "hf",
+           lake: LakeOpt = "./lake",
+           out: Annotated[Path | None, typer.Option(help="Output folder (default: <lake>/exports/NAME/VERSION/FORMAT).")] = None,
+           tokenizer: Annotated[str | None, typer.Option(
+               help="A tokenizer.json for the `tokenizers` library, or `smollm2` for the bundled test tokenizer. "
+                    "Required for megatron; adds token ids to hf and mds.")] = None,
+           overwrite: Annotated[bool, typer.Option(help="Replace an existing export.")] = False):
+    """Export a release for a trainer, in release order, with the mixture weights baked in.
+
+    hf: Parquet + dataset card (datasets.load_dataset); mds: MosaicML Streaming shards per
+    source + stream proportions; megatron: tokenized .bin/.idx per source + the weighted blend;
+    jsonl: one JSON document per line.
+    """
+    from warehouse.export import FORMATS, export_release
+    if format not in FORMATS:
+        console.print(f"[red]unknown format {format!r}[/]; choose one of {', '.join(FORMATS)}")
+        raise typer.Exit(2)
+    root = _lake_root(lake)
+    if Path(release).is_dir():
+        rel_dir = Path(release)
+    else:
+        name, _, version = release.partition("/")
+        if not version:
+            pointer = Path(root) / "releases" / name / "LATEST"
+            if not pointer.exists():
+                console.print(f"[red]no release named {name!r} in {root}[/] (see `curate releases --lake {root}`)")
+                raise typer.Exit(1)
+            version = pointer.read_text().strip()
+        rel_dir = Path(root) / "releases" / name / version
+    if not (rel_dir / "manifest.json").exists():
+        console.print(f"[red]{rel_dir} is not a release folder (no manifest.json)[/]")
+        raise typer.Exit(1)
+    tok_path: str | None = tokenizer
+    if tokenizer == "smollm2":
+        from engines.inference.models import smollm2_tokenizer
+        tok_path = str(smollm2_tokenizer())
+    dest = out or Path(root) / "exports" / rel_dir.parent.name / rel_dir.name / format
+    try:
+        info = export_release(rel_dir, dest, format, tokenizer_path=tok_path, overwrite=overwrite)  # type: ignore[arg-type]
+    except (ValueError, FileExistsError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"[bold green]exported {rel_dir.parent.name}/{rel_dir.name} as {format}[/]: "
+                  f"{info['rows']:,} documents, {info['tokens']:,} tokens\n  {dest}")
+
+
 def main() -> None:
     app()
 

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
@@ -73,6 +74,7 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
             raise ValueError(f"stages[{sc.name}].params: {e}") from None
         feeds = [(col, writers[col]) for col in cls.needs if col in writers]
         stage = cls(params)
+        stage.base_dir = cfg.base_dir
         for src in sc.sources or []:
             if src not in {s.name for s in cfg.sources}:
                 raise ValueError(f"stages[{sc.name}].sources names unknown source {src!r}")
@@ -195,11 +197,39 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     return {"stage": cs.name, "key": key, **counts, "row_errors": sum(r.row_errors for r in results)}
 
 
+def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[Any, tuple[str, ...]]:
+    """The planner of a release (mixture, curriculum, shuffle), or None for lake order.
+
+    Validates the ``release.mixture``/``curriculum``/``anneal`` blocks and the difficulty
+    column they name, so a mistake is reported before any work starts."""
+    rel = cfg.release
+    if rel.mixture is None and rel.curriculum is None and rel.order == "ingest":
+        return None, ()
+    from planning.release_plan import make_planner
+    results = None
+    if rel.mixture and rel.mixture.get("results"):
+        path = cfg.resolve(rel.mixture["results"])
+        results = pl.read_csv(path) if path.endswith(".csv") else pl.read_parquet(path)
+    wanted: list[str] = [str(c["column"]) for c in (rel.curriculum, rel.anneal) if c and c.get("column")]
+    known = {f"{st}.{c}" for st, cols in columns.items() for c in cols}
+    for col in wanted:
+        if col not in known:
+            raise ValueError(f"release.curriculum column {col!r} is not written by any stage; "
+                             f"difficulty-like columns available: {sorted(known)}")
+    try:
+        planner = make_planner(rel.mixture, rel.curriculum, rel.anneal, rel.seed, results)
+    except ValueError as e:
+        raise ValueError(f"release: {e}") from None
+    return planner, tuple(dict.fromkeys(wanted))
+
+
 @task(name="release", retries=1, retry_delay_seconds=2, cache_policy=NONE)
 def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
     infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
     ingest_q = {s.name: sum(m["rows_quarantined"] for m in ctx.lake.ingest_markers(s.name)) for s in ctx.cfg.sources}
-    manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q)
+    planner, plan_cols = release_planner(ctx.cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
+    manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
+                                      planner=planner, plan_columns=plan_cols)
     path = ctx.lake.release_dir(manifest["name"], manifest["version"])
     ctx.catalog.record_release(manifest, ctx.run_id, path)
     get_run_logger().info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
@@ -218,6 +248,7 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
     stages = configure_stages(cfg)
     # Fail before any work if the selection names a stage or column that does not exist.
     parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
+    release_planner(cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
     catalog = Catalog(lake.catalog_path)

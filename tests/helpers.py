@@ -47,3 +47,19 @@ def make_lake(root: Path, sources: dict[str, list[list[str]]], ingest_run: str =
             "rows_written": sum(len(s) for s in shards), "rows_quarantined": 0, "bytes_read": 0, "seconds": 0.0,
             "skipped": False, "quarantine_file": None}))
     return sorted(paths)
+
+
+def demo_config(demo_dir: Path, lake: Path, drop_kinds: tuple[str, ...] = ("llm_grader",)) -> dict:
+    """The demo pipeline as a dict, reading the bundled data in place and writing to ``lake``.
+
+    Slow model-backed stages are left out unless a test is about them (test_flow_e2e keeps all)."""
+    import yaml
+    cfg = yaml.safe_load((demo_dir / "pipeline.yaml").read_text())
+    cfg["lake"] = str(lake)
+    for s in cfg["sources"]:
+        s["paths"] = [str(demo_dir / p) for p in s["paths"]]
+    for st in cfg["stages"]:
+        for b in st.get("params", {}).get("benchmarks", []):
+            b["path"] = str(demo_dir / b["path"])
+    cfg["stages"] = [st for st in cfg["stages"] if st["kind"] not in drop_kinds]
+    return cfg

@@ -15,18 +15,16 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import demo_config
 
 pytestmark = pytest.mark.slow
 
 
 def _pipeline(root: Path, demo_dir: Path) -> Path:
-    cfg = yaml.safe_load((demo_dir / "pipeline.yaml").read_text())
-    cfg["lake"] = str(root / "lake")
-    for s in cfg["sources"]:
-        s["paths"] = [str(demo_dir / p) for p in s["paths"]]
+    cfg = demo_config(demo_dir, root / "lake")
     cfg["executor"] = {"workers": 2, "batch_rows": 64, "shard_bytes": 300_000}
     cfg["stages"].append({"name": "slow", "kind": "test_slow_words", "params": {"seconds_per_batch": 0.25}})
-    cfg["release"]["select"] = "length.keep and slow.words > 0"
+    cfg["release"]["select"] += " and slow.words > 0"
     root.mkdir(parents=True, exist_ok=True)
     (root / "p.yaml").write_text(yaml.safe_dump(cfg))
     return root / "p.yaml"

@@ -10,6 +10,7 @@ import pytest
 
 from engines.executor import LocalExecutor, ShardTask
 from filters.length import LengthFilter
+from planning.release_plan import make_planner
 from schemas.config import ExecutorConfig, PipelineConfig
 from tests.helpers import make_lake, real_texts
 from warehouse.lake import Lake
@@ -84,7 +85,7 @@ def test_shuffle_is_seeded_and_a_permutation(tmp_path, corpora, seed_a, seed_b):
     for seed in (seed_a, seed_a, seed_b):
         cfg2, lake2, info2, _ = _setup(tmp_path / f"s{seed}-{len(orders)}", corpora, order="shuffle")
         cfg2.release.seed = seed
-        m, _ = build_release(cfg2, lake2, info2, "r", "test")
+        m, _ = build_release(cfg2, lake2, info2, "r", "test", planner=make_planner(None, None, None, seed))
         rows = _release_rows(lake2, m)
         d = Path(lake2.release_dir("rel", m["version"]))
         orders.setdefault(seed, []).append(([r["id"] for r in rows], [(d / s["file"]).read_bytes() for s in m["shards"]]))
@@ -102,3 +103,45 @@ def test_missing_annotations_quarantine_the_shard(tmp_path, corpora):
     acc = m["sources"]["wiki_en"]
     assert acc["rows_quarantined"] == 300
     assert acc["rows_in"] == acc["rows_kept"] + acc["rows_dropped"] + acc["rows_quarantined"] == 600
+
+
+def _planned(tmp_path, corpora, seed):
+    cfg, lake, info, _ = _setup(tmp_path, corpora)
+    cfg.release.mixture = {"method": "unimax", "budget": 60_000, "max_epochs": 2,
+                           "end_phase": {"fraction": 0.2, "upsample": {"wiki_es": 2.0}}}
+    cfg.release.curriculum = {"kind": "folding", "column": "length.n_words", "folds": 3}
+    cfg.release.seed = seed
+    planner = make_planner(cfg.release.mixture, cfg.release.curriculum, None, seed)
+    m, _ = build_release(cfg, lake, info, "r", "test", planner=planner, plan_columns=("length.n_words",))
+    return lake, m
+
+
+def test_planned_release_follows_the_mixture_and_is_reproducible(tmp_path, corpora):
+    lake_a, a = _planned(tmp_path / "a", corpora, seed=3)
+    lake_b, b = _planned(tmp_path / "b", corpora, seed=3)
+    lake_c, c = _planned(tmp_path / "c", corpora, seed=4)
+    def bytes_of(lake, m):
+        return [(Path(lake.release_dir("rel", m["version"])) / s["file"]).read_bytes() for s in m["shards"]]
+    assert bytes_of(lake_a, a) == bytes_of(lake_b, b)
+    assert [r["id"] for r in _release_rows(lake_a, a)] != [r["id"] for r in _release_rows(lake_c, c)]
+    rows = _release_rows(lake_a, a)
+    # Token targets of the sampling plan are met to within one document per source and phase.
+    for src, q in a["sampling"]["sources"].items():
+        got = sum(r["n_tokens"] for r in rows if r["source"] == src)
+        assert abs(got - q["target"]) <= 2 * max(r["n_tokens"] for r in rows if r["source"] == src)
+        # Nothing repeats more often than the epoch cap allows.
+        counts = {}
+        for r in rows:
+            if r["source"] == src:
+                counts[r["id"]] = counts.get(r["id"], 0) + 1
+        assert max(counts.values()) <= 2
+    assert a["released"]["wiki_en"]["tokens"] == sum(r["n_tokens"] for r in rows if r["source"] == "wiki_en")
+    # Phases are contiguous blocks in training order and cover the release.
+    phases = a["phases"]
+    assert phases[0]["start_row"] == 0 and phases[-1]["end_row"] == len(rows) == a["totals"]["rows"]
+    assert all(p["end_row"] == q["start_row"] for p, q in zip(phases, phases[1:]))
+    # The end phase upsamples Spanish: its share of rows is higher there than in the main phase.
+    main, end = rows[:phases[0]["end_row"]], rows[phases[1]["start_row"]:]
+    def share(rs):
+        return sum(r["source"] == "wiki_es" for r in rs) / len(rs)
+    assert share(end) > share(main)

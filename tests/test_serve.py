@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import demo_config
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +45,7 @@ def test_serve_schedules_and_runs(tmp_path, demo_dir):
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api,
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO), CURATE_PROGRESS="0")
-    cfg = yaml.safe_load((demo_dir / "pipeline.yaml").read_text())
-    cfg["lake"] = str(tmp_path / "lake")
-    for s in cfg["sources"]:
-        s["paths"] = [str(demo_dir / p) for p in s["paths"]]
+    cfg = demo_config(demo_dir, tmp_path / "lake")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

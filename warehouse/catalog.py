@@ -10,7 +10,10 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
 - ``quarantine``: rows that could not be read or processed, with file, offset, error and raw bytes.
 - ``releases``, ``release_sources``, ``drop_reasons``: each release, its per-source accounting
-  (rows in = kept + dropped + quarantined) and its drops per stage and reason.
+  (rows in = kept + dropped + quarantined; rows released = kept documents times their planned
+  repeats) and its drops per stage and reason.
+- ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
+  phase, and where each phase starts and ends (rows and tokens) in training order.
 
 Views: ``documents`` (all raw shards), ``release_shards`` (all release shards), and one
 ``ann_<stage>`` view per configured stage over its annotation files.
@@ -56,7 +59,14 @@ CREATE TABLE IF NOT EXISTS releases(
   PRIMARY KEY(name, version));
 CREATE TABLE IF NOT EXISTS release_sources(
   name VARCHAR, version VARCHAR, source VARCHAR, rows_in BIGINT, rows_kept BIGINT,
-  rows_dropped BIGINT, rows_quarantined BIGINT, tokens_kept BIGINT);
+  rows_dropped BIGINT, rows_quarantined BIGINT, tokens_kept BIGINT, rows_released BIGINT,
+  tokens_released BIGINT);
+CREATE TABLE IF NOT EXISTS release_mixture(
+  name VARCHAR, version VARCHAR, method VARCHAR, phase VARCHAR, source VARCHAR, weight DOUBLE, epochs DOUBLE,
+  tokens_available DOUBLE, rows_kept BIGINT, tokens_released BIGINT);
+CREATE TABLE IF NOT EXISTS release_phases(
+  name VARCHAR, version VARCHAR, phase VARCHAR, start_row BIGINT, end_row BIGINT, start_token BIGINT,
+  end_token BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
 """
@@ -145,10 +155,25 @@ class Catalog:
             "bytes": t["bytes"], "content_hash": manifest["content_hash"], "path": path}])
         self.insert("release_sources", [
             {"name": name, "version": version, "source": s, "rows_in": v["rows_in"], "rows_kept": v["rows_kept"],
-             "rows_dropped": v["rows_dropped"], "rows_quarantined": v["rows_quarantined"], "tokens_kept": v["tokens_kept"]}
+             "rows_dropped": v["rows_dropped"], "rows_quarantined": v["rows_quarantined"], "tokens_kept": v["tokens_kept"],
+             "rows_released": manifest.get("released", {}).get(s, {}).get("rows", v["rows_kept"]),
+             "tokens_released": manifest.get("released", {}).get(s, {}).get("tokens", v["tokens_kept"])}
             for s, v in manifest["sources"].items()])
         self.insert("drop_reasons", [
             {"name": name, "version": version, **d} for d in manifest["drop_reasons"]])
+        mix = manifest.get("mixture")
+        if mix:
+            released = {s: v["tokens"] for s, v in manifest.get("released", {}).items()}
+            self.insert("release_mixture", [
+                {"name": name, "version": version, "method": mix["method"], "phase": ph["name"], "source": src,
+                 "weight": w, "epochs": mix["epochs"].get(src), "tokens_available": mix["tokens"].get(src),
+                 "rows_kept": manifest["sources"].get(src, {}).get("rows_kept"), "tokens_released": released.get(src)}
+                for ph in mix["phases"] for src, w in ph["weights"].items()])
+        phases = manifest.get("phases") or []
+        self.insert("release_phases", [
+            {"name": name, "version": version, "phase": p.get("name"), "start_row": p.get("start_row"),
+             "end_row": p.get("end_row"), "start_token": p.get("start_token"), "end_token": p.get("end_token")}
+            for p in phases])
 
     def refresh_views(self, lake_root: str, stage_keys: dict[str, str]) -> None:
         """(Re)create the views over Parquet files; a view is made only when files exist."""

@@ -30,7 +30,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import polars as pl
@@ -198,9 +198,22 @@ class _ShardWriter:
         self.buf, self.rows, self.bytes = [], 0, 0
 
 
+PlanFn = Callable[[dict[str, pl.DataFrame]], tuple[pl.DataFrame, dict[str, Any]]]
+
+
 def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_id: str, code_version: str,
-                  ingest_quarantine: dict[str, int] | None = None) -> tuple[dict[str, Any], bool]:
-    """Write (or find) the release; returns (manifest, created)."""
+                  ingest_quarantine: dict[str, int] | None = None, planner: PlanFn | None = None,
+                  plan_columns: tuple[str, ...] = ()) -> tuple[dict[str, Any], bool]:
+    """Write (or find) the release; returns (manifest, created).
+
+    Without ``planner`` the kept rows are written in lake order as they stream by. With one
+    (mixture sampling, curriculum or a seeded shuffle: see planning.release_plan), kept rows are
+    staged per shard, the planner gets per-source frames of (``_file``, ``_row``, ``id``,
+    ``n_tokens`` and ``plan_columns``) and returns the included copies in training order, and
+    DuckDB fetches the texts in that order out of core.
+    """
+    if planner is None and cfg.release.order != "ingest":
+        raise ValueError(f"release.order {cfg.release.order!r} needs a planner (see planning.release_plan)")
     rel = cfg.release
     sources = [s.name for s in cfg.sources]
     raw_shards = [p for s in sources for p in lake.raw_shards(s)]
@@ -221,11 +234,12 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
                   for s in sources}
     drops: dict[tuple[str, str, str], int] = {}
     staging: list[str] = []
+    small: dict[str, list[pl.DataFrame]] = {s: [] for s in sources}
     writer = _ShardWriter(tmp_dir, rel.shard_rows, rel.shard_bytes)
     for i, raw in enumerate(raw_shards):
         source = lake.source_of(raw)
         df, missing = _shard_frame(lake, raw, stages)
-        for col in selection.columns:  # a stage that does not apply to this source: nulls
+        for col in selection.columns | set(plan_columns):  # a stage that does not apply here: nulls
             if col not in df.columns:
                 df = df.with_columns(pl.lit(None).alias(col))
         df = _fates(df, source, stages, missing, selection.expr)
@@ -239,24 +253,37 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
             acc["rows_dropped" if fate == "dropped" else "rows_quarantined"] += n
             key = (source, stage or "", ("quarantined: " + reason) if fate == "quarantined" else (reason or ""))
             drops[key] = drops.get(key, 0) + n
-        kept = df.filter(pl.col("_fate") == "kept").select(DOCUMENT.names).with_columns(
+        kept = df.filter(pl.col("_fate") == "kept").with_columns(
             pl.col("text").str.count_matches(r"\S+").cast(pl.Int64).alias("n_tokens"))
         acc["tokens_kept"] += int(kept.get_column("n_tokens").sum() or 0)
-        table = kept.to_arrow().cast(RELEASE_SCHEMA)
-        if rel.order == "ingest":
+        table = kept.select(RELEASE_SCHEMA.names).to_arrow().cast(RELEASE_SCHEMA)
+        if planner is None:
             writer.add(table)
         else:
             path = f"{tmp_dir}/_staging/{i:06d}.parquet"
             storage.write_table_atomic(path, table)
+            small[source].append(kept.select(
+                pl.lit(len(staging), pl.Int64).alias("_file"), pl.int_range(kept.height, dtype=pl.Int64).alias("_row"),
+                "id", "n_tokens", *[pl.col(c) for c in plan_columns]))
             staging.append(path)
     for s, n in (ingest_quarantine or {}).items():
         if s in per_source and n:
             per_source[s]["rows_in"] += n
             per_source[s]["rows_quarantined"] += n
             drops[(s, "ingest", "quarantined: unreadable input")] = drops.get((s, "ingest", "quarantined: unreadable input"), 0) + n
-    if rel.order == "shuffle" and staging:
-        _write_shuffled(staging, writer, rel.seed, f"{tmp_dir}/_duckdb_tmp")
-        fs.rm(storage.fs_and_path(f"{tmp_dir}/_staging")[1], recursive=True)
+    plan_extras: dict[str, Any] = {}
+    released = {s: {"rows": a["rows_kept"], "tokens": a["tokens_kept"]} for s, a in per_source.items()}
+    if planner is not None:
+        frames = {s: pl.concat(parts, how="vertical_relaxed") for s, parts in small.items() if parts}
+        ordered, plan_extras = planner(frames)
+        if ordered.height:
+            got = ordered.group_by("source").agg(pl.len().alias("rows"), pl.col("n_tokens").sum().alias("tokens"))
+            released = {s: {"rows": 0, "tokens": 0} for s in sources}
+            released.update({r["source"]: {"rows": int(r["rows"]), "tokens": int(r["tokens"])} for r in got.to_dicts()})
+        if ordered.height:
+            _write_in_order(staging, ordered.select("_file", "_row"), writer, f"{tmp_dir}/_duckdb_tmp")
+        if staging:
+            fs.rm(storage.fs_and_path(f"{tmp_dir}/_staging")[1], recursive=True)
     writer.flush()
     parent = latest_version(lake, rel.name)
     manifest = {
@@ -272,6 +299,9 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
         "sources": per_source,
         "drop_reasons": [{"source": k[0], "stage": k[1], "reason": k[2], "rows": n} for k, n in sorted(drops.items())],
         "shards": writer.shards,
+        # Rows and tokens of each source in the release, repeats included (= kept without a mixture).
+        "released": released,
+        **plan_extras,
     }
     with fs.open(f"{tmp_p}/manifest.json", "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
@@ -282,17 +312,21 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
     return manifest, True
 
 
-def _write_shuffled(staging: list[str], writer: _ShardWriter, seed: int, tmp_dir: str) -> None:
-    """Seeded global order by md5(seed:id), ties broken by provenance; DuckDB sorts out of core."""
+def _write_in_order(staging: list[str], order: pl.DataFrame, writer: _ShardWriter, tmp_dir: str) -> None:
+    """Write staged rows in the planned order (with repeats), sorted out of core by DuckDB."""
     con = duckdb.connect()
     try:
         con.execute(f"SET temp_directory='{tmp_dir}'")
         con.execute("SET memory_limit='2GB'")
-        con.execute("SET preserve_insertion_order=true")
-        files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in staging) + "]"
+        plan = order.with_row_index("_ord").to_arrow()
+        files = pa.table({"_file": pa.array(range(len(staging)), pa.int64()), "filename": pa.array(staging)})
+        con.register("plan_order", plan)
+        con.register("plan_files", files)
+        listing = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in staging) + "]"
         reader = con.sql(
-            f"SELECT * EXCLUDE (_k) FROM (SELECT *, md5($seed || ':' || id) AS _k FROM read_parquet({files})) "
-            "ORDER BY _k, id, src_file, src_offset", params={"seed": str(seed)}).to_arrow_reader(10_000)
+            f"SELECT s.* EXCLUDE (filename, file_row_number) FROM plan_order o JOIN plan_files f USING (_file) "
+            f"JOIN read_parquet({listing}, filename=true, file_row_number=true) s "
+            "ON s.filename = f.filename AND s.file_row_number = o._row ORDER BY o._ord").to_arrow_reader(10_000)
         for rb in reader:
             writer.add(pa.Table.from_batches([rb]).cast(RELEASE_SCHEMA))
     finally:

@@ -25,8 +25,9 @@ def diff_releases(cat: Catalog, old: str, new: str) -> dict[str, tuple[list[str]
             "FROM releases a, releases b WHERE a.name=? AND a.version=? AND b.name=? AND b.version=?", p),
         "per source": cat.query(
             "SELECT coalesce(a.source, b.source) AS source, a.rows_kept AS kept_old, b.rows_kept AS kept_new, "
-            "coalesce(b.rows_kept, 0) - coalesce(a.rows_kept, 0) AS kept_delta, a.tokens_kept AS tokens_old, "
-            "b.tokens_kept AS tokens_new FROM (SELECT * FROM release_sources WHERE name=? AND version=?) a "
+            "coalesce(b.rows_kept, 0) - coalesce(a.rows_kept, 0) AS kept_delta, a.rows_released AS released_old, "
+            "b.rows_released AS released_new, coalesce(b.rows_released, 0) - coalesce(a.rows_released, 0) AS released_delta, "
+            "a.tokens_released AS tokens_old, b.tokens_released AS tokens_new FROM (SELECT * FROM release_sources WHERE name=? AND version=?) a "
             "FULL JOIN (SELECT * FROM release_sources WHERE name=? AND version=?) b USING (source) ORDER BY source", p),
         "drop reasons": cat.query(
             "SELECT coalesce(a.source, b.source) AS source, coalesce(a.stage, b.stage) AS stage, "

@@ -17,8 +17,10 @@ from engines.inference.models import resolve_model
 class TransformersBackend(InferenceBackend):
     def __init__(self, config: InferenceConfig, **_: Any):
         import torch
+        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        transformers.utils.logging.disable_progress_bar()  # one bar per worker is noise in run logs
         self.config = config
         self._torch = torch
         if config.threads:
@@ -81,7 +83,8 @@ class TransformersBackend(InferenceBackend):
         for i in range(0, len(conversations), self.config.batch_size):
             enc = self._encode_chats(conversations[i:i + self.config.batch_size])
             with torch.inference_mode():
-                logits = self.model(**enc).logits[:, -1, :]  # left padding: the last position is real
+                # Only the last position is needed (left padding makes it the real last token).
+                logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :]
             logp = torch.log_softmax(logits.float(), dim=-1)
             for row in logp:
                 res = {}

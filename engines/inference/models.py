@@ -63,3 +63,25 @@ def _convert(gguf: Path, out: Path) -> None:
     save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/lm_head tensors
     tok.save_pretrained(str(tmp))
     tmp.rename(out)
+
+
+def smollm2_tokenizer() -> Path:
+    """SmolLM2's ``tokenizer.json`` (for the ``tokenizers`` library), built from the GGUF once.
+
+    Cheaper than ``ensure_smollm2``: only the tokenizer is converted, not the weights."""
+    converted = cache_dir() / "models" / "smollm2-135m-instruct" / "tokenizer.json"
+    if converted.exists():
+        return converted
+    out = cache_dir() / "tokenizers" / "smollm2" / "tokenizer.json"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.parent / ".lock")):
+        if not out.exists():
+            from transformers import AutoTokenizer
+            gguf = _fetch_gguf(out.parent)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            part = out.with_name("tokenizer.json.part")
+            tok.backend_tokenizer.save(str(part))
+            part.rename(out)
+    return out

@@ -1,0 +1,64 @@
+"""What a planned release includes and in which order: mixture -> sampling -> curriculum.
+
+``plan_release`` takes, per source, a small frame of the documents the selection kept (no text:
+``key`` (an opaque pointer the release step understands), ``id``, ``n_tokens`` and, if a
+curriculum needs one, ``difficulty``) and returns the included copies in training order plus
+the manifest fields that describe the plan. The release step (warehouse.release) then fetches
+the texts in that order. Memory: a few dozen bytes per kept document.
+
+Without a ``mixture`` every kept document is included once (phase 0); without a ``curriculum``
+the order is seeded random.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import polars as pl
+
+from planning.curriculum import CurriculumConfig, order_release
+from planning.mixture import MixtureConfig, plan_mixture
+from planning.sampling import phase_boundaries, plan_sampling, sample_source
+
+PlanFn = Callable[[dict[str, pl.DataFrame]], tuple[pl.DataFrame, dict[str, Any]]]
+
+
+def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | None, anneal: dict[str, Any] | None,
+                 seed: int, results: pl.DataFrame | None = None) -> PlanFn:
+    """Validate the configuration now (so errors come before any work) and return the planner."""
+    mix = MixtureConfig.model_validate(mixture) if mixture is not None else None
+    cur = CurriculumConfig.model_validate(curriculum or {"kind": "random"})
+    ann = CurriculumConfig.model_validate(anneal) if anneal is not None else None
+    if mix is not None and mix.method in ("regmix", "mixing_law", "cmr") and results is None:
+        raise ValueError(f"release.mixture.method {mix.method!r} needs release.mixture.results "
+                         "(a CSV/Parquet table of proxy-run results)")
+
+    def plan(per_source: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, dict[str, Any]]:
+        sources = [s for s, f in per_source.items() if f.height]
+        extras: dict[str, Any] = {"curriculum": cur.model_dump(), "anneal": ann.model_dump() if ann else None}
+        if mix is None:
+            picks = pl.concat([f.with_columns(pl.lit(s).alias("source"), pl.lit(0, pl.Int64).alias("phase"),
+                                              pl.lit(0, pl.Int64).alias("copy")) for s, f in per_source.items()],
+                              how="vertical_relaxed") if per_source else pl.DataFrame()
+            extras["phases"] = [{"name": "main", "start_row": 0, "end_row": picks.height}]
+        else:
+            tokens = {s: float(per_source[s].get_column("n_tokens").sum()) for s in sources}
+            mplan = plan_mixture(mix, tokens, results=results)
+            splan = plan_sampling(mplan, tokens, rows={s: per_source[s].height for s in sources},
+                                  max_epochs=mix.max_epochs, seed=seed)
+            samples, parts = [], []
+            for s in sources:
+                f = per_source[s]
+                smp = sample_source(splan, s, f.get_column("id"), f.get_column("n_tokens"))
+                samples.append(smp)
+                rows = smp.get_column("row").to_numpy()
+                parts.append(f[rows].with_columns(pl.lit(s).alias("source"), smp.get_column("phase").cast(pl.Int64),
+                                                  smp.get_column("copy").cast(pl.Int64)))
+            picks = pl.concat(parts, how="vertical_relaxed")
+            extras.update(mixture=mplan.to_dict(), sampling=splan.to_dict(), phases=phase_boundaries(splan, samples))
+        if picks.height == 0:
+            return picks, extras
+        perm, starts = order_release(picks, cur, seed, anneal=ann)
+        extras["phase_starts"] = [int(x) for x in starts]
+        return picks[perm], extras
+
+    return plan
