@@ -25,6 +25,7 @@ from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.registry import load_stages
 from readers.ingest import IngestFileTask, file_fingerprint, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
+from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
 from warehouse.lake import Lake
 from warehouse.release import StageInfo, build_release
@@ -56,8 +57,8 @@ class ConfiguredStage:
     name: str
     stage: Stage
     sources: list[str] | None
-    # (column seen by the stage, name of the earlier stage that writes it)
-    feeds: list[tuple[str, str]]
+    # (column seen by the stage, earlier stage that writes it, that stage's column name)
+    feeds: list[tuple[str, str, str]]
 
 
 def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
@@ -66,21 +67,35 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
     load_stages()
     out: list[ConfiguredStage] = []
     writers: dict[str, str] = {}
+    written: dict[str, set[str]] = {}
     for sc in cfg.stages:
         cls = stage_class(sc.kind)
         try:
             params = cls.Params.model_validate(sc.params)
         except Exception as e:
             raise ValueError(f"stages[{sc.name}].params: {e}") from None
-        feeds = [(col, writers[col]) for col in cls.needs if col in writers]
         stage = cls(params)
         stage.base_dir = cfg.base_dir
+        feeds: list[tuple[str, str, str]] = []
+        for col in stage.needs:
+            if col in sc.inputs:
+                up, _, up_col = sc.inputs[col].partition(".")
+                if up_col not in written.get(up, set()):
+                    raise ValueError(f"stages[{sc.name}].inputs.{col}: no earlier stage {up!r} writing {up_col!r}")
+                feeds.append((col, up, up_col))
+            elif col in writers:
+                feeds.append((col, writers[col], col))
+        missing = [c for c in stage.needs if c not in DOCUMENT.names and c not in {f[0] for f in feeds}]
+        if missing:
+            raise ValueError(f"stages[{sc.name}] ({sc.kind}) needs {missing}: no document column or earlier stage "
+                             "provides them (name one with stages[].inputs)")
         for src in sc.sources or []:
             if src not in {s.name for s in cfg.sources}:
                 raise ValueError(f"stages[{sc.name}].sources names unknown source {src!r}")
         out.append(ConfiguredStage(sc.name, stage, sc.sources, feeds))
         for col in stage.writes():
             writers[col] = sc.name
+        written[sc.name] = set(stage.writes())
     return out
 
 
@@ -164,9 +179,9 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
     raw_all = [(src, raw) for src in sources for raw in ctx.lake.raw_shards(src)]
     # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
-    cs.stage.upstream = {col: ctx.keys[up] for col, up in cs.feeds}
+    cs.stage.upstream = {col: f"{ctx.keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
     key = cs.stage.key(cs.name)
-    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), col) for col, up in cs.feeds)
+    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), up_col) for col, up, up_col in cs.feeds)
              for _, raw in raw_all}
     sctx = StageContext(cache_dir=f"{ctx.lake.root}/cache")
     if isinstance(cs.stage, GlobalStage):

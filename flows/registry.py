@@ -18,6 +18,7 @@ BUILTIN = [
     "filters.line_dedup",
     "scorers.difficulty",
     "scorers.llm_grade",
+    "scorers.fasttext_quality",
 ]
 OPTIONAL = [
     # Modules that need optional packages; skipped quietly when those are absent.

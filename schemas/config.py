@@ -75,15 +75,25 @@ class StageConfig(_Strict):
     kind: str
     params: dict[str, Any] = {}
     sources: list[str] | None = None  # None: every source
+    # Columns this stage reads from earlier stages, when the default (the latest earlier stage
+    # writing a column of that name) is not the one meant: {needed column: "stage.column"}.
+    inputs: dict[str, str] = {}
 
 
 class ReleaseConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     # Boolean expression over annotation columns, e.g. "length.keep and quality.score >= 0.5".
     select: str = "true"
-    # "ingest": source, ingest run, shard, row (no global sort); "shuffle": seeded, by hash(seed, id).
-    order: Literal["ingest", "shuffle"] = "ingest"
+    # "ingest": source, ingest run, shard, row (streamed, no global sort); "shuffle": seeded
+    # random order; "curriculum": ordered by ``curriculum`` (implied when it is set).
+    order: Literal["ingest", "shuffle", "curriculum"] = "ingest"
     seed: int = 0
+    # How much of each source (planning.MixtureConfig: method, budget, max_epochs, end_phase...).
+    mixture: dict[str, Any] | None = None
+    # Order of the first phase (planning.CurriculumConfig: kind, column, folds, schedule...).
+    curriculum: dict[str, Any] | None = None
+    # Order of later phases, e.g. an annealing phase (default: seeded random).
+    anneal: dict[str, Any] | None = None
     shard_rows: int = Field(default=50_000, gt=0)
     shard_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
 
