@@ -49,7 +49,7 @@ def _fetch_gguf(root: Path) -> Path:
 
 def _convert(gguf: Path, out: Path) -> None:
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = out.with_name(out.name + ".part")
@@ -57,10 +57,16 @@ def _convert(gguf: Path, out: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     cfg = model.config.to_dict()
-    # The de-quantised weights are plain float32: drop the GGUF marker so the folder loads normally.
+    # The de-quantised weights are plain float32: drop the GGUF marker so the folder loads normally,
+    # and name the architecture (a GGUF load leaves it empty; vLLM picks its model class by it).
     cfg.pop("quantization_config", None)
+    cfg["architectures"] = [type(model).__name__]
     (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-    save_model(model, str(tmp / "model.safetensors"))  # handles the tied embedding/lm_head tensors
+    # Save the input embedding, not the tied lm_head alias: every loader (transformers, vLLM) ties
+    # lm_head to embed_tokens when tie_word_embeddings is set, but not the other way round.
+    state = {k: v.contiguous().clone() for k, v in model.state_dict().items()
+             if not (cfg.get("tie_word_embeddings") and k == "lm_head.weight")}
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     tok.save_pretrained(str(tmp))
     tmp.rename(out)
 
