@@ -204,6 +204,9 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     for r in results:
         if r.status == "computed" and r.row_errors:
             ctx.catalog.load_stage_errors(ctx.run_id, r.task.source, cs.name, r.task.out_path, r.task.raw_path)
+    if cs.stage.kind == "perplexity":
+        p = cs.stage.params
+        ctx.catalog.record_bpb_matrix(ctx.run_id, cs.name, key, ctx.lake.root, [m.name for m in p.models], p.group_by)  # type: ignore[attr-defined]
     counts = {s: sum(r.status == s for r in results) for s in ("computed", "skipped", "failed")}
     for r in results:
         if r.status == "failed":

@@ -19,6 +19,7 @@ BUILTIN = [
     "scorers.difficulty",
     "scorers.llm_grade",
     "scorers.fasttext_quality",
+    "scorers.perplexity",
 ]
 OPTIONAL = [
     # Modules that need optional packages; skipped quietly when those are absent.

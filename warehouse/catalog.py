@@ -8,6 +8,7 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``shards``: every raw shard with its rows and text bytes.
 - ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
+- ``bpb_matrix``: mean bits per byte per model and domain (or source) from ``perplexity`` stages.
 - ``quarantine``: rows that could not be read or processed, with file, offset, error and raw bytes.
 - ``releases``, ``release_sources``, ``drop_reasons``: each release, its per-source accounting
   (rows in = kept + dropped + quarantined; rows released = kept documents times their planned
@@ -67,6 +68,8 @@ CREATE TABLE IF NOT EXISTS release_mixture(
 CREATE TABLE IF NOT EXISTS release_phases(
   name VARCHAR, version VARCHAR, phase VARCHAR, start_row BIGINT, end_row BIGINT, start_token BIGINT,
   end_token BIGINT);
+CREATE TABLE IF NOT EXISTS bpb_matrix(
+  run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
 """
@@ -131,6 +134,24 @@ class Catalog:
                 "FROM read_parquet(?, file_row_number=true) a "
                 "JOIN read_parquet(?, file_row_number=true) r USING (file_row_number) WHERE a._error IS NOT NULL",
                 [run_id, source, stage, now(), ann_path, raw_path])
+
+    def record_bpb_matrix(self, run_id: str, stage: str, key: str, lake_root: str, models: list[str],
+                          group_by: str) -> None:
+        """Mean bits per byte per (model, domain or source) of a perplexity stage's annotations."""
+        ann = f"{lake_root}/annotations/{key}/*/*/part-*.parquet"
+        if not storage.glob(ann):
+            return
+        grp = "coalesce(r.domain, r.source)" if group_by == "domain" else "r.source"
+        with self.connect() as con:
+            con.execute("DELETE FROM bpb_matrix WHERE stage_key = ?", [key])
+            for m in models:
+                con.execute(
+                    f"INSERT INTO bpb_matrix SELECT ?, ?, ?, ?, {grp}, avg(a.\"bpb__{m}\"), count(a.\"bpb__{m}\") "
+                    f"FROM read_parquet('{_lit(ann)}', filename=true, file_row_number=true) a "
+                    f"JOIN read_parquet('{_lit(lake_root)}/raw/*/*/part-*.parquet', filename=true, file_row_number=true) r "
+                    f"ON r.filename = replace(a.filename, '/annotations/{_lit(key)}/', '/raw/') "
+                    "AND r.file_row_number = a.file_row_number "
+                    f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp}", [run_id, stage, key, m])
 
     def ingested_fingerprints(self, source: str) -> set[str]:
         with self.connect() as con:
