@@ -210,7 +210,7 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
         console.print(f"[red]unknown format {format!r}[/]; choose one of {', '.join(FORMATS)}")
         raise typer.Exit(2)
     root = _lake_root(lake)
-    if Path(release).is_dir():
+    if (Path(release) / "manifest.json").is_file():
         rel_dir = Path(release)
     else:
         name, _, version = release.partition("/")

@@ -20,6 +20,7 @@ BUILTIN = [
     "scorers.llm_grade",
     "scorers.fasttext_quality",
     "scorers.perplexity",
+    "scorers.ppl_corr.stage",
 ]
 OPTIONAL = [
     # Modules that need optional packages; skipped quietly when those are absent.

@@ -4,13 +4,13 @@ For every raw shard of the configured sources, in lake order, the release step j
 shard with its annotation files (row-aligned, no key join), decides each row's fate, and
 accounts for it:
 
-1. **quarantined** if any stage recorded an error for the row (``<stage>._error``) or the stage
-   has no annotation file for the shard (it failed there);
+1. **quarantined** if a stage the selection reads recorded an error for the row
+   (``<stage>._error``) or has no annotation file for the shard (it failed there);
 2. **dropped** with reason ``release:empty_text`` if the text is empty or whitespace;
-3. **dropped** with reason ``<stage>:<reason>`` for the first filter (pipeline order) whose
-   ``keep`` is false;
-4. **dropped** with reason ``select`` if the selection expression is false;
-5. otherwise **kept**.
+3. **dropped** if the selection expression is false, attributed to the first filter the
+   selection reads (pipeline order) whose ``keep`` is false (``<stage>:<its reason>``), else to
+   ``select``;
+4. otherwise **kept**. Stages the selection does not mention never drop anything.
 
 Kept rows are written as ``shard-000000.parquet``... in the configured order, each shard at most
 ``shard_rows`` rows and ``shard_bytes`` of text, then ``manifest.json`` with sha256 per shard, and
@@ -136,13 +136,21 @@ def _shard_frame(lake: Lake, raw: str, stages: list[StageInfo]) -> tuple[pl.Data
     return df, missing
 
 
-def _fates(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict[str, str], select: pl.Expr) -> pl.DataFrame:
-    """Add ``_fate`` (kept/dropped/quarantined), ``_stage`` and ``_reason`` columns."""
-    applicable = [s for s in stages if s.applies_to(source) and s.name not in missing]
+def _fates(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict[str, str], select: pl.Expr,
+           used: set[str]) -> pl.DataFrame:
+    """Add ``_fate`` (kept/dropped/quarantined), ``_stage`` and ``_reason`` columns.
+
+    The selection alone decides what is kept; ``used`` names the stages it reads. A row is
+    quarantined when one of those stages failed on it (or on its whole shard), dropped when its
+    text is empty or the selection is false, and a drop is attributed to the first filter of the
+    selection (pipeline order) whose ``keep`` is false, with that filter's reason.
+    """
+    miss = {k: v for k, v in missing.items() if k in used}
+    applicable = [s for s in stages if s.applies_to(source) and s.name in used and s.name not in missing]
     # Polars when/then chains change type as they grow; Any keeps the chain readable.
-    fate: Any = pl.when(pl.lit(bool(missing))).then(pl.lit("quarantined"))
-    stage: Any = pl.when(pl.lit(bool(missing))).then(pl.lit(next(iter(missing), None)))
-    reason: Any = pl.when(pl.lit(bool(missing))).then(pl.lit(next(iter(missing.values()), None)))
+    fate: Any = pl.when(pl.lit(bool(miss))).then(pl.lit("quarantined"))
+    stage: Any = pl.when(pl.lit(bool(miss))).then(pl.lit(next(iter(miss), None)))
+    reason: Any = pl.when(pl.lit(bool(miss))).then(pl.lit(next(iter(miss.values()), None)))
     for s in applicable:
         err = pl.col(f"{s.name}.{ERROR_COLUMN}").is_not_null()
         fate, stage = fate.when(err).then(pl.lit("quarantined")), stage.when(err).then(pl.lit(s.name))
@@ -152,7 +160,7 @@ def _fates(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict
                            reason.when(empty).then(pl.lit("empty_text")))
     for s in applicable:
         if s.is_filter:
-            drop = ~pl.col(f"{s.name}.keep").fill_null(False)
+            drop = ~select & ~pl.col(f"{s.name}.keep").fill_null(False)
             fate, stage = fate.when(drop).then(pl.lit("dropped")), stage.when(drop).then(pl.lit(s.name))
             r = pl.col(f"{s.name}.reason") if "reason" in s.columns else pl.lit("keep=false")
             reason = reason.when(drop).then(r.fill_null("keep=false"))
@@ -242,7 +250,7 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
         for col in selection.columns | set(plan_columns):  # a stage that does not apply here: nulls
             if col not in df.columns:
                 df = df.with_columns(pl.lit(None).alias(col))
-        df = _fates(df, source, stages, missing, selection.expr)
+        df = _fates(df, source, stages, missing, selection.expr, selection.stages)
         acc = per_source[source]
         acc["rows_in"] += df.height
         counts = df.group_by("_fate", "_stage", "_reason").len().rows()
