@@ -143,7 +143,8 @@ def main() -> None:
                 rows.append((fmt, f"raw {name}", f"{t:.2f}", f"{text_mb / t:.0f}"))
                 best_raw = t if best_raw is None else min(best_raw, t)
             reader = pj.read_json if fmt == "jsonl" else pq.read_table
-            t_floor = min(timed(lambda: floor(paths, reader, tmp / "floor", args.workers)) for _ in range(args.repeat))
+            t_floor = min(timed(lambda p=paths, r=reader: floor(p, r, tmp / "floor", args.workers))
+                          for _ in range(args.repeat))
             rows.append((fmt, f"floor: pyarrow read + zstd write ({args.workers} threads)", f"{t_floor:.2f}",
                          f"{text_mb / t_floor:.0f}"))
             t = min(ours(paths, fmt, args.workers, tmp / "lake") for _ in range(args.repeat))
