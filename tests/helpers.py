@@ -49,7 +49,7 @@ def make_lake(root: Path, sources: dict[str, list[list[str]]], ingest_run: str =
     return sorted(paths)
 
 
-def demo_config(demo_dir: Path, lake: Path, drop_kinds: tuple[str, ...] = ("llm_grader",)) -> dict:
+def demo_config(demo_dir: Path, lake: Path, drop_kinds: tuple[str, ...] = ("llm_grader", "perplexity")) -> dict:
     """The demo pipeline as a dict, reading the bundled data in place and writing to ``lake``.
 
     Slow model-backed stages are left out unless a test is about them (test_flow_e2e keeps all)."""
@@ -61,5 +61,12 @@ def demo_config(demo_dir: Path, lake: Path, drop_kinds: tuple[str, ...] = ("llm_
     for st in cfg["stages"]:
         for b in st.get("params", {}).get("benchmarks", []):
             b["path"] = str(demo_dir / b["path"])
-    cfg["stages"] = [st for st in cfg["stages"] if st["kind"] not in drop_kinds]
+        for k in ("bpb", "scores"):
+            if k in st.get("params", {}):
+                st["params"][k] = str(demo_dir / st["params"][k])
+    dropped = {st["name"] for st in cfg["stages"] if st["kind"] in drop_kinds}
+    # Stages that read a dropped stage's columns go too.
+    dropped |= {st["name"] for st in cfg["stages"]
+                if any(v.split(".")[0] in dropped for v in st.get("inputs", {}).values())}
+    cfg["stages"] = [st for st in cfg["stages"] if st["name"] not in dropped]
     return cfg

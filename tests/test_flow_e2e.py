@@ -40,6 +40,7 @@ def demo_copy(tmp_path_factory, demo_dir):
     root = tmp_path_factory.mktemp("demo")
     shutil.copytree(demo_dir / "data", root / "data")
     shutil.copytree(demo_dir / "benchmarks", root / "benchmarks")
+    shutil.copytree(demo_dir / "ppl_corr", root / "ppl_corr")
     cfg = yaml.safe_load((demo_dir / "pipeline.yaml").read_text())
     cfg["lake"] = str(root / "lake")
     cfg["sources"][0]["paths"] = ["data/wiki_en*.parquet"]  # so the nightly test can add a file
