@@ -150,3 +150,13 @@ def test_releases_diff_after_nightly(demo_copy, first_run):
     assert per["wiki_en"]["kept_delta"] > 0 and per["wiki_fr"]["kept_delta"] == 0
     cols, [tot] = diff["totals"]
     assert dict(zip(cols, tot))["rows_delta"] == sum(p["released_delta"] for p in per.values())
+
+
+@pytest.mark.parametrize("check", ["test_jsonl", "test_hf_load_dataset", "test_mds_streaming_dataset",
+                                   "test_megatron_indexed_dataset"])
+def test_demo_release_exports_and_reads_back(check, tmp_path, first_run):
+    """The real demo release (planned mixture, curriculum order) through every exporter, read
+    back with each trainer's own reader (the checks of tests/export, on this release)."""
+    from engines.inference.models import smollm2_tokenizer
+    from tests.export import test_export
+    getattr(test_export, check)(tmp_path, Path(first_run["release"]["path"]), smollm2_tokenizer())
