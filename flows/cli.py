@@ -74,18 +74,9 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    t = Table(title="ingest")
-    for c in ("source", "files", "rows_in", "rows_written", "rows_quarantined"):
-        t.add_column(c)
-    for i in s["ingest"]:
-        t.add_row(*(str(i.get(c, "")) for c in ("source", "files", "rows_in", "rows_written", "rows_quarantined")))
-    console.print(t)
-    t = Table(title="stages")
-    for c in ("stage", "computed", "skipped", "failed", "row_errors"):
-        t.add_column(c)
-    for st in s["stages"]:
-        t.add_row(*(str(st.get(c, "")) for c in ("stage", "computed", "skipped", "failed", "row_errors")))
-    console.print(t)
+    for title, rows, cols in (("ingest", s["ingest"], ("source", "files", "rows_in", "rows_written", "rows_quarantined")),
+                              ("stages", s["stages"], ("stage", "computed", "skipped", "failed", "row_errors"))):
+        _print(list(cols), [tuple(r.get(c, "") for c in cols) for r in rows], title=title)
     r = s["release"]
     state = "written" if r["created"] else "unchanged: identical to an existing release"
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "

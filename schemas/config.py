@@ -116,22 +116,13 @@ class PipelineConfig(_Strict):
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
 
-    @field_validator("sources")
+    @field_validator("sources", "stages")
     @classmethod
-    def _unique_sources(cls, v: list[SourceConfig]) -> list[SourceConfig]:
+    def _unique_names(cls, v: list[Any], info: Any) -> list[Any]:
         names = [s.name for s in v]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"source names must be unique, repeated: {sorted(dup)}")
-        return v
-
-    @field_validator("stages")
-    @classmethod
-    def _unique_stages(cls, v: list[StageConfig]) -> list[StageConfig]:
-        names = [s.name for s in v]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"stage names must be unique, repeated: {sorted(dup)}")
+            raise ValueError(f"{info.field_name[:-1]} names must be unique, repeated: {sorted(dup)}")
         return v
 
     def resolve(self, path: str) -> str:
