@@ -21,6 +21,7 @@ BUILTIN = [
     "scorers.fasttext_quality",
     "scorers.perplexity",
     "scorers.ppl_corr.stage",
+    "scorers.ensemble",
 ]
 OPTIONAL = [
     # Modules that need optional packages; skipped quietly when those are absent.
