@@ -65,11 +65,13 @@ _STATE = _WorkerState()
 
 
 def _ready_stage(stage: Stage, key: str, ctx: StageContext) -> Stage:
-    """The worker's set-up copy of this stage (``setup`` runs once per worker and key)."""
-    ready = _STATE.stages.get(key)
+    """The worker's set-up copy of this stage (``setup`` runs once per worker, key and artifact:
+    a global stage refitted in the same process must not reuse the old artifact)."""
+    cache_key = f"{key}|{ctx.artifact_dir}"
+    ready = _STATE.stages.get(cache_key)
     if ready is None:
         stage.setup(ctx)
-        _STATE.stages[key] = stage
+        _STATE.stages[cache_key] = stage
         ready = stage
     return ready
 

@@ -16,6 +16,7 @@ BUILTIN = [
     "filters.pii",
     "filters.decontam",
     "filters.line_dedup",
+    "filters.minhash",
     "scorers.difficulty",
     "scorers.llm_grade",
     "scorers.fasttext_quality",

@@ -65,8 +65,9 @@ def demo_config(demo_dir: Path, lake: Path, drop_kinds: tuple[str, ...] = ("llm_
             if k in st.get("params", {}):
                 st["params"][k] = str(demo_dir / st["params"][k])
     dropped = {st["name"] for st in cfg["stages"] if st["kind"] in drop_kinds}
-    # Stages that read a dropped stage's columns go too.
-    dropped |= {st["name"] for st in cfg["stages"]
-                if any(v.split(".")[0] in dropped for v in st.get("inputs", {}).values())}
+    # Stages that read a dropped stage's columns go too (in pipeline order, so chains follow).
+    for st in cfg["stages"]:
+        if any(v.split(".")[0] in dropped for v in st.get("inputs", {}).values()):
+            dropped.add(st["name"])
     cfg["stages"] = [st for st in cfg["stages"] if st["name"] not in dropped]
     return cfg
