@@ -1,9 +1,10 @@
 """``exact_dedup``: flag exact duplicates (after normalisation) across all sources.
 
-A global stage. **Fit** streams the corpus in lake order (sources in pipeline order, then ingest
-run, shard, row) and hashes each normalised text; for every hash seen more than once it records
-the first occurrence, which is the survivor (a documented, deterministic rule: the earliest
-document in lake order). **Apply** marks every other member of the group ``keep=false`` with
+A global stage. **Fit** streams the corpus oldest ingest first (then sources in pipeline order,
+shard, row: ``Lake.shards_by_age``) and hashes each normalised text; for every hash seen more
+than once it records the first occurrence, which is the survivor (a documented, deterministic
+rule: the earliest ingested document, so a nightly run drops new copies of what earlier releases
+already contain, never the released document). **Apply** marks every other member of the group ``keep=false`` with
 reason ``exact_duplicate`` and names the survivor.
 
 Normalisation (default): Unicode NFKC is not applied; text is lower-cased, runs of whitespace

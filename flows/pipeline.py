@@ -177,7 +177,7 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
-    raw_all = [(src, raw) for src in sources for raw in ctx.lake.raw_shards(src)]
+    raw_all = ctx.lake.shards_by_age(sources)
     # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
     cs.stage.upstream = {col: f"{ctx.keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
     key = cs.stage.key(cs.name)

@@ -17,6 +17,7 @@ BUILTIN = [
     "filters.decontam",
     "filters.line_dedup",
     "filters.minhash",
+    "filters.heuristics",
     "scorers.difficulty",
     "scorers.llm_grade",
     "scorers.fasttext_quality",
@@ -24,9 +25,8 @@ BUILTIN = [
     "scorers.ppl_corr.stage",
     "scorers.ensemble",
 ]
-OPTIONAL = [
+OPTIONAL: list[str] = [
     # Modules that need optional packages; skipped quietly when those are absent.
-    "filters.heuristics",
 ]
 
 

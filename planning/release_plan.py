@@ -42,7 +42,16 @@ def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | No
             extras["phases"] = [{"name": "main", "start_row": 0, "end_row": picks.height}]
         else:
             tokens = {s: float(per_source[s].get_column("n_tokens").sum()) for s in sources}
-            mplan = plan_mixture(mix, tokens, results=results)
+            use = mix
+            if mix.end_phase is not None and mix.end_phase.upsample:
+                # A source the selection emptied cannot be upsampled: note it instead of failing.
+                gone = sorted(set(mix.end_phase.upsample) - set(sources))
+                if gone:
+                    extras["notes"] = [f"end_phase.upsample names sources with no kept documents: {gone}"]
+                    kept_up = {k: v for k, v in mix.end_phase.upsample.items() if k in sources}
+                    use = mix.model_copy(update={"end_phase": mix.end_phase.model_copy(
+                        update={"upsample": kept_up or None})})
+            mplan = plan_mixture(use, tokens, results=results)
             splan = plan_sampling(mplan, tokens, rows={s: per_source[s].height for s in sources},
                                   max_epochs=mix.max_epochs, seed=seed)
             samples, parts = [], []

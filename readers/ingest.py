@@ -19,6 +19,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow as pa
@@ -65,6 +66,8 @@ class IngestFileResult:
     seconds: float = 0.0
     skipped: bool = False
     quarantine_file: str | None = None
+    # When the file's ingest finished (UTC, ISO 8601): global stages read older ingests first.
+    ingested_at: str = ""
 
 
 def effective_columns(source: SourceConfig) -> ColumnMap:
@@ -250,6 +253,7 @@ def ingest_file(task: IngestFileTask) -> IngestFileResult:
         res.quarantine_file = f"{task.quarantine_dir}/{task.file_index:05d}.parquet"
         storage.write_table_atomic(res.quarantine_file, quarantine_table(quarantined, task.run_id, task.source.name, "ingest"))
     res.seconds = time.perf_counter() - t0
+    res.ingested_at = datetime.now(UTC).isoformat(timespec="microseconds")
     fs, p = storage.fs_and_path(marker)
     fs.makedirs(storage.parent(p), exist_ok=True)
     with storage.atomic_path(marker) as tmp:

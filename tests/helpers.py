@@ -29,7 +29,8 @@ def make_raw_shard(path: Path, source: str, texts: list[str], ingest_run: str = 
     return table
 
 
-def make_lake(root: Path, sources: dict[str, list[list[str]]], ingest_run: str = "ing-test") -> list[str]:
+def make_lake(root: Path, sources: dict[str, list[list[str]]], ingest_run: str = "ing-test",
+              ingested_at: str = "2026-01-01T00:00:00") -> list[str]:
     """Write raw shards (one list of texts per shard) plus the ingest markers that list them."""
     paths = []
     for source, shards in sources.items():
@@ -45,7 +46,7 @@ def make_lake(root: Path, sources: dict[str, list[list[str]]], ingest_run: str =
             "source": source, "file": f"/input/{source}.jsonl", "file_index": 0, "fingerprint": f"fp-{source}",
             "ingest_run": ingest_run, "parts": parts, "rows_in": sum(len(s) for s in shards),
             "rows_written": sum(len(s) for s in shards), "rows_quarantined": 0, "bytes_read": 0, "seconds": 0.0,
-            "skipped": False, "quarantine_file": None}))
+            "skipped": False, "quarantine_file": None, "ingested_at": ingested_at}))
     return sorted(paths)
 
 

@@ -46,3 +46,28 @@ def test_planted_duplicates_match_reference(tmp_path, corpora):
     assert sum(expected) == 4 and metrics["duplicates"] == 4
     assert [r["survivor_id"] for r in got] == survivors
     assert {r["reason"] for r in got if not r["keep"]} == {"exact_duplicate"}
+
+
+def test_already_released_documents_survive_new_copies(tmp_path, corpora):
+    """A nightly ingest that repeats a document of an earlier ingest: the old one stays, even
+    when the new copy comes from an earlier-listed source or sorts first by path."""
+    old = real_texts(corpora, "wiki_fr", 50)
+    new = real_texts(corpora, "wiki_en", 50)
+    new[7] = old[3]
+    make_lake(tmp_path, {"docs": [old]}, ingest_run="ing-zzz", ingested_at="2026-01-01T00:00:00")
+    make_lake(tmp_path, {"web": [new]}, ingest_run="ing-aaa", ingested_at="2026-02-01T00:00:00")
+    lake = Lake(str(tmp_path))
+    order = lake.shards_by_age(["web", "docs"])  # "web" is listed first, but "docs" is older
+    assert [s for s, _ in order] == ["docs", "web"]
+    stage = ExactDedup()
+    tasks = [ShardTask(s, p, lake.annotation_path(stage.key("d"), p)) for s, p in order]
+    art = tmp_path / "art"
+    art.mkdir()
+    with LocalExecutor(ExecutorConfig(workers=1), show_progress=False) as ex:
+        ex.fit(stage, tasks, str(art))
+        ex.run_stage("d", stage, tasks, StageContext(artifact_dir=str(art)))
+    docs_ann = pq.read_table(tasks[0].out_path).to_pylist()
+    web_ann = pq.read_table(tasks[1].out_path).to_pylist()
+    assert all(r["keep"] for r in docs_ann)
+    assert [i for i, r in enumerate(web_ann) if not r["keep"]] == [7]
+    assert web_ann[7]["survivor_id"] == docs_ann[3]["id"]

@@ -56,7 +56,7 @@ def first_run(demo_copy):
 def test_release_and_catalog(demo_copy, first_run):
     lake = demo_copy / "lake"
     rel = first_run["release"]
-    assert rel["created"] and rel["rows"] > 1000
+    assert rel["created"] and rel["rows"] > 200
     manifest = json.loads((Path(rel["path"]) / "manifest.json").read_text())
     for s in manifest["shards"]:
         assert hashlib.sha256((Path(rel["path"]) / s["file"]).read_bytes()).hexdigest() == s["sha256"]
@@ -76,7 +76,10 @@ def test_release_and_catalog(demo_copy, first_run):
     dropped = con.execute("SELECT sum(rows) FROM drop_reasons WHERE stage='length'").fetchone()[0]
     assert n_short == dropped > 0
     # The planted benchmark overlap is found, and the LLM grader scored its sample with the real model.
-    assert con.execute("SELECT sum(rows) FROM drop_reasons WHERE stage='decontam'").fetchone()[0] == 3
+    assert con.execute("SELECT count(*) FROM ann_decontam WHERE NOT keep").fetchone()[0] == 3
+    # Heuristic filters report drops per rule per source.
+    rules = con.execute("SELECT DISTINCT stage FROM drop_reasons WHERE stage IN ('gopher', 'c4')").fetchall()
+    assert len(rules) == 2
     graded = con.execute("SELECT count(*), min(score), max(score) FROM ann_grade WHERE score IS NOT NULL").fetchone()
     assert graded[0] > 20 and 0 < graded[1] <= graded[2] < 1
     # The release follows the planned mixture: weights and phases are in the catalog.

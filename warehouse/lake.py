@@ -50,6 +50,20 @@ class Lake:
             out.append(marker)
         return out
 
+    def shards_by_age(self, sources: list[str]) -> list[tuple[str, str]]:
+        """(source, shard) of several sources, oldest ingest first, then pipeline source order.
+
+        Global stages read the corpus in this order, so "the first occurrence survives" means
+        the document ingested (and so released) earliest: a nightly run never drops a document
+        an earlier release kept in favour of a new copy of it.
+        """
+        rows = []
+        for i, src in enumerate(sources):
+            for m in self.ingest_markers(src):
+                for part in m["parts"]:
+                    rows.append((m.get("ingested_at", ""), i, part["path"], src))
+        return [(src, path) for _, _, path, src in sorted(rows)]
+
     def raw_shards(self, source: str) -> list[str]:
         """Every completed raw shard of a source, all ingest runs, in (ingest run, part) order."""
         return sorted(part["path"] for m in self.ingest_markers(source) for part in m["parts"])

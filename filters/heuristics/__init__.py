@@ -3,4 +3,8 @@
 Importing this package registers the stages ``gopher_quality``, ``gopher_repetition``, ``c4`` and
 ``fineweb_quality``.
 """
-from filters.heuristics import gopher  # noqa: F401
+from filters.heuristics import (  # noqa: F401
+    c4,
+    fineweb,
+    gopher,  # noqa: F401
+)

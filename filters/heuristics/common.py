@@ -58,10 +58,9 @@ def splitlines_text(e: pl.Expr) -> pl.Expr:
 def splitlines_list(e: pl.Expr) -> pl.Expr:
     """``str.splitlines()`` as a list column (no trailing empty line; an empty text has no lines)."""
     norm = splitlines_text(e)
-    # a final line break does not open a new line
-    return norm.str.strip_suffix("\n").str.split("\n").list.eval(pl.element()).pipe(
-        lambda lines: pl.when(e.str.len_chars() == 0).then(pl.lit([], pl.List(pl.Utf8))).otherwise(lines)
-    )
+    # a final line break does not open a new line; an empty text has no line at all
+    lines = norm.str.strip_suffix("\n").str.split("\n")
+    return pl.when(e.str.len_chars() == 0).then(pl.lit([], pl.List(pl.Utf8))).otherwise(lines)
 
 
 def splitlines_count(e: pl.Expr) -> pl.Expr:

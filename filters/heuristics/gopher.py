@@ -12,13 +12,15 @@ Both write ``keep`` and ``reason`` (the first failing rule in datatrove's order,
 from __future__ import annotations
 
 import bisect
+import time
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.stage import Stage, register_stage
+from engines.stage import Stage, StageContext, register_stage
 from filters.heuristics.common import (
     INLINE_SPACE,
     KEEP_REASON,
@@ -33,9 +35,12 @@ from filters.heuristics.common import (
     verdict,
     with_lang,
 )
-from filters.heuristics.words import STOP_WORDS, word_table
+from filters.heuristics.words import STOP_WORDS, ChunkTable, chunk_table, warm_up
 
 _SYMBOL_CLASS = char_class(PUNCTUATION_SET)
+
+#: Counters of the exact duplicated-n-gram scans (benchmarks read them; results never depend on them).
+SCAN_STATS: dict[str, float] = {"docs": 0, "seconds": 0.0}
 
 
 def _on(value: float | int | None) -> bool:
@@ -103,46 +108,57 @@ class GopherQuality(Stage):
     needs = ("text", "lang")
     Params = GopherQualityParams
 
+    def setup(self, ctx: StageContext) -> None:
+        warm_up()
+
     def writes(self) -> dict[str, pa.DataType]:
         return dict(KEEP_REASON)
+
+    @staticmethod
+    def _word_stats(ct: ChunkTable, stop_lists: dict[str, list[str]] | dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
+        """Per-row word counts, computed once per distinct chunk and summed over occurrences."""
+        toks = ct.tokens
+        nonsym = toks.str.contains(f"[^{_SYMBOL_CLASS}]").to_numpy()
+        alpha = toks.str.contains(r"\p{L}").to_numpy()
+        tlen = toks.str.len_chars().to_numpy().astype(np.float64)
+        n_stop = np.zeros(ct.n_rows, dtype=np.int64)
+        pairs = pl.DataFrame(
+            [(lang, w) for lang, ws in stop_lists.items() for w in ws],
+            schema={"lang": pl.Utf8, "word": pl.Utf8},
+            orient="row",
+        ).unique()
+        if pairs.height and toks.len():
+            tok_frame = pl.DataFrame(
+                {"chunk": ct.token_chunk, "word": toks, "lang": ct.uniq["lang"].gather(ct.token_chunk)}
+            )
+            chunk_stops = tok_frame.join(pairs, on=["lang", "word"], how="semi").select("chunk", "word").unique()
+            if chunk_stops.height:
+                has = np.zeros(ct.uniq.height, dtype=bool)
+                has[chunk_stops["chunk"].to_numpy()] = True
+                m = has[ct.code]
+                occ = pl.DataFrame({"row": ct.row[m], "chunk": ct.code[m]})
+                per_row = occ.join(chunk_stops, on="chunk").group_by("row").agg(n=pl.col("word").n_unique())
+                n_stop[per_row["row"].to_numpy()] = per_row["n"].to_numpy()
+        return {
+            "n_words": ct.row_sum(ct.n_tokens.astype(np.float64)).astype(np.int64),
+            "n_nonsym": ct.row_sum(ct.chunk_sum(nonsym.astype(np.float64))).astype(np.int64),
+            "nonsym_chars": ct.row_sum(ct.chunk_sum(tlen * nonsym)).astype(np.int64),
+            "n_alpha": ct.row_sum(ct.chunk_sum(alpha.astype(np.float64))).astype(np.int64),
+            "n_stop": n_stop,
+        }
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: GopherQualityParams = self.params  # type: ignore[assignment]
         docs = with_lang(batch)
         stop_lists = STOP_WORDS if p.stop_words is None else p.stop_words
-        words = word_table(docs)
-        lang_of_row = docs.select(pl.col("lang")).with_row_index("row")
-        stop_pairs = pl.DataFrame(
-            [(lang, w) for lang, ws in stop_lists.items() for w in ws],
-            schema={"lang": pl.Utf8, "word": pl.Utf8},
-            orient="row",
-        ).unique()
-        w = pl.col("word")
-        nonsym = w.str.contains(f"[^{_SYMBOL_CLASS}]")
-        per_row = words.group_by("row").agg(
-            n_words=pl.len(),
-            n_nonsym=nonsym.sum(),
-            nonsym_chars=w.str.len_chars().filter(nonsym).sum(),
-            n_alpha=w.str.contains(r"\p{L}").sum(),
-        )
-        stops = (
-            words.join(lang_of_row, on="row")
-            .join(stop_pairs, on=["lang", "word"], how="semi")
-            .group_by("row")
-            .agg(n_stop=pl.col("word").n_unique())
-        )
-        stats = (
-            stats_frame(docs.height)
-            .join(per_row, on="row", how="left")
-            .join(stops, on="row", how="left")
-            .fill_null(0)
-        )
+        ct = chunk_table(docs)
+        stats = pl.DataFrame(self._word_stats(ct, stop_lists))
         text = pl.col("text")
         lines = splitlines_text(text)
         docs = pl.concat(
             [
                 docs,
-                stats.drop("row"),
+                stats,
                 docs.select(
                     n_hash=text.str.count_matches("#", literal=True),
                     n_ellipsis=text.str.count_matches("...", literal=True) + text.str.count_matches("…", literal=True),
@@ -262,6 +278,9 @@ class GopherRepetition(Stage):
     needs = ("text", "lang")
     Params = GopherRepetitionParams
 
+    def setup(self, ctx: StageContext) -> None:
+        warm_up()
+
     def writes(self) -> dict[str, pa.DataType]:
         return dict(KEEP_REASON)
 
@@ -308,107 +327,198 @@ class GopherRepetition(Stage):
         alive = np.flatnonzero(reason == None)  # noqa: E711
         if alive.size and (p.top_n_grams or p.dup_n_grams):
             sub = docs[alive.tolist()].drop("row")
-            words = word_table(sub)
-            self._ngram_rules(p, words, n_chars[alive], reason, alive)
+            self._ngram_rules(p, chunk_table(sub), n_chars[alive], reason, alive)
         return pl.DataFrame({"reason": pl.Series(reason.tolist(), dtype=pl.Utf8)}).select(verdict(pl.col("reason")))
 
     @staticmethod
     def _ngram_rules(
-        p: GopherRepetitionParams, words: pl.DataFrame, n_chars: np.ndarray, reason: np.ndarray, alive: np.ndarray
+        p: GopherRepetitionParams, ct: ChunkTable, n_chars: np.ndarray, reason: np.ndarray, alive: np.ndarray
     ) -> None:
-        """Fill ``reason[alive[r]]`` for the n-gram rules; ``words`` rows index ``alive``."""
-        n_docs = alive.size
-        row = words["row"].to_numpy().astype(np.int64)
-        n = row.size
-        if n == 0:
+        """Fill ``reason[alive[r]]`` for the n-gram rules; ``ct`` rows index ``alive``."""
+        grams = _NGrams(ct)
+        if grams.n == 0:
             return
-        h = words["word"].hash(seed=17).to_numpy()
-        wlen = words["word"].str.len_chars().to_numpy().astype(np.int64)
-        cum_len = np.concatenate([[0], np.cumsum(wlen)])
-        pos = np.arange(n)
-        local_reason = np.full(n_docs, None, dtype=object)
-
-        hashes: dict[int, np.ndarray] = {1: h.copy()}
-
-        def ngram_hash(k: int) -> np.ndarray:
-            # H_k[i] = H_{k-1}[i] * K + h[i+k-1]; defined for i < n-k+1 (same row checked by caller)
-            if k not in hashes:
-                prev = ngram_hash(k - 1)
-                hk = prev[: n - k + 1] * _K + h[k - 1 :]
-                hashes[k] = hk
-            return hashes[k]
-
-        def valid(k: int) -> np.ndarray:
-            m = n - k + 1
-            if m <= 0:
-                return np.zeros(0, dtype=bool)
-            return row[:m] == row[k - 1 :]
-
+        local = np.full(alive.size, None, dtype=object)
+        c1, top1, extra_chars = grams.word_type_stats()
         for k, frac in p.top_n_grams:
-            todo = local_reason == None  # noqa: E711
-            ok = valid(k)
-            if not ok.any():
-                continue
-            m = ok.size
-            idx = pos[:m][ok]
-            frame = pl.DataFrame(
-                {
-                    "row": row[:m][ok],
-                    "h": ngram_hash(k)[ok],
-                    "pos": idx,
-                    "len": (cum_len[idx + k] - cum_len[idx] + (k - 1)),
-                }
-            )
-            top = (
-                frame.group_by("row", "h")
-                .agg(cnt=pl.len(), first=pl.col("pos").min(), len=pl.col("len").first())
-                .sort(["row", "cnt", "first"], descending=[False, True, False])
-                .group_by("row", maintain_order=True)
-                .first()
-            )
-            r = top["row"].to_numpy()
-            score = top["cnt"].to_numpy() * top["len"].to_numpy() / n_chars[r]
-            failed = np.zeros(n_docs, dtype=bool)
-            failed[r] = score > frac
-            local_reason[todo & failed] = f"gopher_rep_top_{k}_gram"
-
-        for k, frac in p.dup_n_grams:
-            todo = local_reason == None  # noqa: E711
-            if not todo.any():
+            todo = np.flatnonzero(local == None)  # noqa: E711
+            if todo.size == 0:
                 break
-            ok = valid(k)
-            if not ok.any():
-                continue
-            m = ok.size
-            hk = ngram_hash(k)
-            # keyed by row too, so equal n-grams of different documents stay apart
-            key = np.where(ok, hk ^ (row[:m].astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)), 0)
-            first = pl.Series(key).is_first_distinct().to_numpy()
-            rep = ok & ~first
-            # upper bound: characters of words covered by any repeated n-gram
-            c = np.concatenate([[0], np.cumsum(rep)])
-            j = np.arange(n)
-            lo = np.clip(j - k + 1, 0, m)
-            hi = np.clip(j + 1, 0, m)
-            covered = (c[hi] - c[lo]) > 0
-            bound = np.bincount(row, weights=wlen * covered, minlength=n_docs)
-            cand = np.flatnonzero(todo & (bound / n_chars > frac))
-            if cand.size == 0:
-                continue
-            starts = np.searchsorted(row, cand, side="left")
-            stops = np.searchsorted(row, cand, side="right")
-            gram_chars = cum_len[np.arange(m) + k] - cum_len[np.arange(m)]
-            for d, a, b in zip(cand.tolist(), starts.tolist(), stops.tolist(), strict=True):
-                count = b - a - k + 1
-                if count <= 0:
-                    continue
-                chars = _greedy_repeated_chars(
-                    hk[a : a + count], rep[a : a + count], gram_chars[a : a + count], k
-                )
-                if chars / n_chars[d] > frac:
-                    local_reason[d] = f"gopher_rep_duplicated_{k}_n_grams"
-        hit = local_reason != None  # noqa: E711
-        reason[alive[hit]] = local_reason[hit]
+            # Every word of a k-gram seen c times occurs at least c times, so c x length is at most
+            # k x the largest (count x length) of a word type, plus (k-1) x the top word count; a
+            # k-gram seen once is the first one. Only documents over the threshold by that bound
+            # are counted.
+            bound = np.maximum(k * top1[todo] + (k - 1) * c1[todo], grams.first_gram_chars(k, todo))
+            todo = todo[bound / n_chars[todo] > frac]
+            if todo.size:
+                score = grams.top_chars(k, todo) / n_chars[todo]
+                local[todo[score > frac]] = f"gopher_rep_top_{k}_gram"
+        if p.dup_n_grams:
+            min_frac = min(f for _, f in p.dup_n_grams)
+            # Words inside a repeated n-gram repeat an earlier occurrence of their type, and the scan
+            # counts each word once at most: repeated word occurrences bound every n.
+            todo = np.flatnonzero((local == None) & (extra_chars / n_chars > min_frac))  # noqa: E711
+            # Words covered by a repeated n-gram are covered by a repeated (n-1)-gram too: the coverage
+            # for n bounds every larger n, so a document leaves once it is under all later thresholds.
+            for i, (k, frac) in enumerate(p.dup_n_grams):
+                todo = todo[local[todo] == None]  # noqa: E711
+                if todo.size == 0:
+                    break
+                covered, repeats = grams.covered_chars(k, todo)
+                ratio = covered / n_chars[todo]
+                t0 = time.perf_counter()
+                for j in np.flatnonzero(ratio > frac).tolist():
+                    d = int(todo[j])
+                    SCAN_STATS["docs"] += 1
+                    if grams.repeated_chars(k, todo, repeats, j) / n_chars[d] > frac:
+                        local[d] = f"gopher_rep_duplicated_{k}_n_grams"
+                SCAN_STATS["seconds"] += time.perf_counter() - t0
+                later = [f for kk, f in p.dup_n_grams[i + 1 :] if kk >= k]
+                if later and len(later) == len(p.dup_n_grams) - i - 1:
+                    todo = todo[ratio > min(later)]
+        hit = local != None  # noqa: E711
+        reason[alive[hit]] = local[hit]
+
+
+class _NGrams:
+    """The words of a batch as arrays (NumPy), with per-document n-gram queries.
+
+    An n-gram is a 64-bit polynomial hash of its words' 64-bit hashes, mixed with its document, so
+    equal n-grams of one document share a key and different documents never do (up to hash collisions,
+    about 2^-64 per pair).
+    """
+
+    def __init__(self, ct: ChunkTable):
+        self.row = ct.word_row
+        self.n = self.row.size
+        self.n_docs = ct.n_rows
+        if self.n == 0:
+            return
+        widx = ct.word_index
+        self.h = ct.tokens.hash(seed=17).to_numpy()[widx]
+        self.wlen = ct.tokens.str.len_chars().to_numpy().astype(np.int64)[widx]
+        self.cum_len = np.concatenate([[0], np.cumsum(self.wlen)])
+        self.doc_start = np.searchsorted(self.row, np.arange(self.n_docs + 1), side="left")
+        self._hash: dict[int, np.ndarray] = {1: self.h}
+
+    def _ngram_hash(self, k: int) -> np.ndarray:
+        """H_k[i] = H_{k-1}[i] * K + h[i+k-1], for every i < n-k+1 (documents not checked)."""
+        if k not in self._hash:
+            prev = self._ngram_hash(k - 1)
+            self._hash[k] = prev[: self.n - k + 1] * _K + self.h[k - 1 :]
+        return self._hash[k]
+
+    def _positions(self, k: int, docs: np.ndarray) -> np.ndarray:
+        """Start positions of the k-grams of the given documents (all inside their document)."""
+        starts = self.doc_start[docs]
+        counts = np.maximum(self.doc_start[docs + 1] - starts - k + 1, 0)
+        total = int(counts.sum())
+        shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        return np.arange(total, dtype=np.int64) + shift
+
+    def _doc_keys(self, k: int, pos: np.ndarray) -> np.ndarray:
+        return self._ngram_hash(k)[pos] ^ (self.row[pos].astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93))
+
+    def word_type_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per document: the largest word-type count, the largest (count x length) of a word type, and
+        the characters of word occurrences that repeat an earlier one."""
+        key = self._doc_keys(1, np.arange(self.n))
+        types = (
+            pl.DataFrame({"key": key, "pos": np.arange(self.n)})
+            .group_by("key")
+            .agg(first=pl.col("pos").first(), cnt=pl.len())
+        )
+        first = types["first"].to_numpy()
+        cnt = types["cnt"].to_numpy().astype(np.int64)
+        wlen = self.wlen[first]
+        row = self.row[first]
+        per_doc = (
+            pl.DataFrame({"row": row, "cnt": cnt, "v": cnt * wlen, "extra": (cnt - 1) * wlen})
+            .group_by("row")
+            .agg(c1=pl.col("cnt").max(), top=pl.col("v").max(), extra=pl.col("extra").sum())
+        )
+        r = per_doc["row"].to_numpy()
+        out = [np.zeros(self.n_docs, dtype=np.int64) for _ in range(3)]
+        for arr, name in zip(out, ("c1", "top", "extra"), strict=True):
+            arr[r] = per_doc[name].to_numpy()
+        return out[0], out[1], out[2]
+
+    def first_gram_chars(self, k: int, docs: np.ndarray) -> np.ndarray:
+        """Length (words joined by spaces) of each document's first k-gram; 0 without one."""
+        first_pos = self.doc_start[docs]
+        has = self.doc_start[docs + 1] - first_pos >= k
+        out = np.zeros(docs.size)
+        out[has] = self.cum_len[first_pos[has] + k] - self.cum_len[first_pos[has]] + (k - 1)
+        return out
+
+    def top_chars(self, k: int, docs: np.ndarray) -> np.ndarray:
+        """For each document: count x length (words joined by spaces) of its most frequent k-gram,
+        the first seen winning ties (Counter.most_common); 0 when it has no k-gram."""
+        out = np.zeros(docs.size)
+        pos = self._positions(k, docs)
+        if pos.size == 0:
+            return out
+        # when no k-gram repeats, the winner is the document's first k-gram (count 1)
+        out = self.first_gram_chars(k, docs)
+        frame = pl.DataFrame({"key": self._doc_keys(k, pos), "pos": pos})
+        groups = frame.group_by("key").agg(first=pl.col("pos").min(), cnt=pl.len()).filter(pl.col("cnt") > 1)
+        if groups.height == 0:
+            return out
+        first = groups["first"].to_numpy()
+        groups = groups.with_columns(
+            row=pl.Series(self.row[first]),
+            len=pl.Series(self.cum_len[first + k] - self.cum_len[first] + (k - 1)),
+        )
+        # most frequent, then earliest first occurrence
+        order = pl.col("cnt").cast(pl.Int64) * (1 << 32) - pl.col("first").cast(pl.Int64)
+        best = groups.group_by("row").agg(
+            cnt=pl.col("cnt").get(order.arg_max()), len=pl.col("len").get(order.arg_max())
+        )
+        slot = np.full(self.n_docs, -1, dtype=np.int64)
+        slot[docs] = np.arange(docs.size)
+        out[slot[best["row"].to_numpy()]] = best["cnt"].to_numpy() * best["len"].to_numpy()
+        return out
+
+    def _repeats(self, k: int, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The documents' k-gram start positions (concatenated), whether each equals an earlier k-gram
+        of its document, and each document's slice of the two (offsets, len(docs)+1)."""
+        starts = self.doc_start[docs]
+        counts = np.maximum(self.doc_start[docs + 1] - starts - k + 1, 0)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        pos = self._positions(k, docs)
+        rep = ~pl.Series(self._doc_keys(k, pos)).is_first_distinct().to_numpy()
+        return pos, rep, offsets
+
+    def covered_chars(self, k: int, docs: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Upper bound of datatrove's duplicated k-gram characters, per document: characters of the
+        words covered by any k-gram equal to an earlier one of its document. Also returns the
+        repeats (``_repeats``) for ``repeated_chars``."""
+        pos, rep, offsets = repeats = self._repeats(k, docs)
+        # local word coordinates: the documents' words, concatenated
+        starts = self.doc_start[docs]
+        n_words = self.doc_start[docs + 1] - starts
+        woff = np.concatenate([[0], np.cumsum(n_words)])
+        local_doc = np.repeat(np.arange(docs.size), offsets[1:] - offsets[:-1])
+        local = pos - starts[local_doc] + woff[local_doc]
+        hits = local[rep]
+        diff = np.bincount(hits, minlength=woff[-1] + 1) - np.bincount(hits + k, minlength=woff[-1] + 1)
+        inside = np.cumsum(diff[: woff[-1]]) > 0
+        words = self._positions(1, docs)
+        per_doc = np.bincount(
+            np.repeat(np.arange(docs.size), n_words), weights=self.wlen[words] * inside, minlength=docs.size
+        )
+        return per_doc, repeats
+
+    def repeated_chars(self, k: int, docs: np.ndarray, repeats: Any, i: int) -> int:
+        """datatrove's duplicated k-gram characters of document ``docs[i]``, exactly
+        (``_greedy_repeated_chars``); ``repeats`` comes from ``covered_chars(k, docs)``."""
+        pos, rep, offsets = repeats
+        a, b = int(offsets[i]), int(offsets[i + 1])
+        if b <= a:
+            return 0
+        p = pos[a:b]
+        chars = self.cum_len[p + k] - self.cum_len[p]
+        return _greedy_repeated_chars(self._ngram_hash(k)[p], rep[a:b], chars, k)
 
 
 def _greedy_repeated_chars(hashes: np.ndarray, repeated: np.ndarray, chars: np.ndarray, n: int) -> int:

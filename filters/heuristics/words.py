@@ -10,20 +10,24 @@ How the work is done, for a batch of documents:
 
 1. Documents are cut into whitespace-separated chunks with one Polars regex (``str.extract_all``).
    Whitespace is Python's ``str.isspace``, as in spaCy: Unicode White_Space plus U+001C..U+001F.
-2. Chunks whose split is known from their shape are split by vectorised Polars expressions: letters and
-   digits only (one word), the same followed by one closing punctuation mark (two words), and whole
-   chunks that are tokenizer exceptions (looked up in a table). That is 90-95 % of real chunks.
-3. The remaining chunks are de-duplicated and each distinct one is split by ``RuleTokenizer`` (spaCy's
-   affix/infix/exception algorithm in Python ``re``, which has the look-behinds the patterns need). This
-   is the one Python loop: it runs per *distinct rare chunk* of the batch, not per document or word
-   (``benchmarks/filters.py`` prints how much of the batch went there).
-4. Chunks longer than ``MAX_RULE_CHUNK`` characters (base64 blobs, 50 MB single "words") are split
+2. Chunks are de-duplicated (Arrow dictionary encoding); every distinct chunk is split once and its
+   words are spread back to its occurrences with NumPy index arithmetic.
+3. Distinct chunks whose split is known from their shape are split by vectorised Polars expressions:
+   letters and digits only (one word), the same followed by one closing punctuation mark (two words),
+   and tokenizer exceptions (a table join). That covers 90-95 % of chunk occurrences in real text.
+4. The remaining distinct chunks go through ``RuleTokenizer`` (spaCy's affix/infix/exception algorithm
+   in Python ``re``, which has the look-behinds the patterns need), about 20 us each. This is the one
+   Python loop: it runs per *distinct rare chunk*, not per document or word, and a per-process memo (a
+   Polars table, ``_RareMemo``) keeps their words, so a worker splits each rare chunk once however many
+   batches and stages see it (``benchmarks/filters.py`` prints how many there were).
+5. Chunks longer than ``MAX_RULE_CHUNK`` characters (base64 blobs, 50 MB single "words") are split
    with a linear vectorised approximation instead: runs of letters/digits/marks are words and every
    other character is a word of its own. spaCy keeps such a chunk's inner hyphens and dots; the
    difference only matters for pathological documents.
 
 The word list of a document is its tokens without whitespace tokens, as datatrove's
-``split_into_words`` returns them. ``lang`` codes are normalised with ``lang_key``: ``en``/``eng``,
+``split_into_words`` returns them. Spanish's space-containing exception "EE. UU." (one word for spaCy)
+is joined into one chunk before cutting (``_join_spaced``). ``lang`` codes are normalised with ``lang_key``: ``en``/``eng``,
 ``fr``/``fra``/``fre``, ``es``/``spa`` (any ``_Script`` or ``-REGION`` suffix is ignored) get their own
 rules; null is English; any other language gets spaCy's language-neutral rules (``xx``), where
 datatrove would use that language's own tokenizer.
@@ -32,11 +36,17 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cache
+import time
+import unicodedata
+from dataclasses import dataclass
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 RULES_FILE = Path(__file__).with_name("tokenizer_rules.json")
 
@@ -57,7 +67,17 @@ NON_WS_RUN = r"[^\s\x1c-\x1f]+"
 
 #: Longest chunk split by the exact rules; longer ones use the linear approximation.
 MAX_RULE_CHUNK = 10_000
-_SUFFIX_WINDOW = 48
+_SUFFIX_WINDOW = 8
+_MEMO_ROWS = 1_000_000
+
+
+#: Counters of the Python fallback (benchmarks read them; results never depend on them).
+RULE_STATS: dict[str, float] = {"chunks": 0, "seconds": 0.0, "memo_hits": 0}
+#: Stands for the space inside a space-containing exception while chunks are cut (see ``_join_spaced``).
+JOINER = "\x00"
+# what may stand right before / after such an exception for spaCy to see its words as tokens
+_BEFORE_SPACED = "(^|[\\s\"'(\\[{¿¡«“‘„‚—–])"
+_AFTER_SPACED = "($|[\\s,;:!?)\\]}\"'»”’.…])"
 
 #: Gopher's stop words ("the, be, to, of, and, that, have, with"), and lists of the same kind (eight
 #: very frequent function words) for French and Spanish. Matching is exact and case-sensitive, as in
@@ -88,7 +108,7 @@ def lang_key(lang: pl.Expr) -> pl.Expr:
     )
 
 
-def char_class(chars: str | set[str]) -> str:
+def char_class(chars: str | set[str] | frozenset[str]) -> str:
     """A Rust-regex character class body matching exactly ``chars`` (every char escaped)."""
     return "".join(f"\\x{{{ord(c):X}}}" for c in sorted(set(chars)))
 
@@ -102,11 +122,71 @@ def _rule_data() -> dict[str, Any]:
     return json.loads(RULES_FILE.read_text(encoding="utf-8"))
 
 
-def _expand(pattern: str | None) -> str | None:
-    if pattern is None:
-        return None
+def _expand(pattern: str) -> str:
     classes = _rule_data()["classes"]
     return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: classes[m.group(1)], pattern)
+
+
+def _caseless_split(stored: str) -> str:
+    """Expand ``stored`` (a case-insensitive pattern with ``{{NAME}}`` classes) so that it compiles fast.
+
+    With IGNORECASE, Python's ``re`` case-folds every character of every class while compiling: the
+    French token pattern's 500 copies of spaCy's letter classes (20,000+ characters each, mostly CJK,
+    Hangul and other scripts without case) take about 2.5 s. Each such class ``[X]`` is rewritten as
+    ``(?:[cased part of X]|(?-i:[caseless part of X]))``, which matches the same characters (a caseless
+    character has no other case to match) and compiles in about 1 s.
+    """
+    try:
+        from re import _casefix, _parser  # type: ignore[attr-defined]
+
+        special = {c for k, vs in _casefix._EXTRA_CASES.items() for c in (k, *vs)}
+    except ImportError:  # pragma: no cover - another Python: plain expansion
+        return _expand(stored)
+
+    def members(body: str) -> set[int] | None:
+        parsed = _parser.parse(f"[{body}]").data
+        if len(parsed) != 1 or str(parsed[0][0]) != "IN":
+            return None
+        out: set[int] = set()
+        for op, av in parsed[0][1]:
+            if str(op) == "LITERAL":
+                out.add(av)
+            elif str(op) == "RANGE":
+                out.update(range(av[0], av[1] + 1))
+            else:
+                return None
+        return out
+
+    def body_of(codes: list[int]) -> str:
+        parts, i = [], 0
+        while i < len(codes):
+            j = i
+            while j + 1 < len(codes) and codes[j + 1] == codes[j] + 1:
+                j += 1
+            a, b = re.escape(chr(codes[i])), re.escape(chr(codes[j]))
+            parts.append(a if i == j else f"{a}-{b}")
+            i = j + 1
+        return "".join(parts)
+
+    done: dict[str, str] = {}
+
+    def split(m: re.Match[str]) -> str:
+        if m.group(1) not in done:
+            done[m.group(1)] = rewrite(m.group(1))
+        return done[m.group(1)]
+
+    def rewrite(stored_body: str) -> str:
+        body = _expand(stored_body)
+        codes = members(body)
+        if codes is None:
+            return f"[{body}]"
+        caseless = sorted(c for c in codes if c not in special and chr(c).lower() == chr(c) == chr(c).upper())
+        cased = sorted(codes.difference(caseless))
+        if not caseless or not cased:
+            return f"[{body}]"
+        return f"(?:[{body_of(cased)}]|(?-i:[{body_of(caseless)}]))"
+
+    return re.sub(r"\[([^\]\[]*\{\{[A-Z_]+\}\}[^\]\[]*)\]", split, stored)
 
 
 class RuleTokenizer:
@@ -123,20 +203,35 @@ class RuleTokenizer:
     def __init__(self, lang: str):
         entry = _rule_data()["langs"][lang]
         self.lang = lang
-        self.specials: dict[str, list[str]] = entry["specials"]
+        self.specials: dict[str, list[str]] = dict(entry["specials"])
+        # exceptions that span a space ("EE. UU." in Spanish): chunk_table joins their two chunks
+        # with JOINER first, so they arrive here as one chunk
+        self.spaced = sorted(k for k in self.specials if " " in k.strip())
+        for spaced in self.spaced:
+            self.specials[spaced.replace(" ", JOINER)] = self.specials[spaced]
         # every prefix alternative is anchored with "^": a match at 0 is the same as spaCy's search
         self._prefix = re.compile(_expand(entry["prefix"])).match
         self._suffix = re.compile(_expand(entry["suffix"])).search
         self._infix = re.compile(_expand(entry["infix"])).finditer
         self._url = re.compile(_expand(entry["url"])).match if entry["url"] else None
-        token = _expand(entry["token"])
-        self._token = re.compile(token).match if token else None
+        self._token = re.compile(_caseless_split(entry["token"])).match if entry["token"] else None
+        # every alternative of French's token pattern needs a hyphen or an elision apostrophe
+        self._token_gate = frozenset("-–—‐‑'’")
         # affix split of an exception -> the exception
         self._merge: dict[tuple[str, ...], str] = {tuple(v): k for k, v in entry["matcher"].items()}
-        self._merge_lengths = sorted({len(k) for k in self._merge}, reverse=True)
+        # exception patterns by first word: the lengths to try there, longest first
+        heads: dict[str, set[int]] = {}
+        for pattern in self._merge:
+            heads.setdefault(pattern[0], set()).add(len(pattern))
+        self._merge_heads = {h: sorted(ls, reverse=True) for h, ls in heads.items()}
+        self._merge_head_set = frozenset(self._merge_heads)
+        self._infix_any = re.compile(_expand(entry["infix"])).search
+
+    def _token_match(self, s: str) -> bool:
+        return self._token is not None and not self._token_gate.isdisjoint(s) and self._token(s) is not None
 
     def _kept_whole(self, s: str) -> bool:
-        return bool((self._token and self._token(s)) or (self._url and self._url(s)))
+        return self._token_match(s) or bool(self._url and self._url(s))
 
     def split(self, chunk: str) -> list[str]:
         specials = self.specials
@@ -148,11 +243,10 @@ class RuleTokenizer:
         s = chunk
         last = -1
         while s and len(s) != last:
-            if (self._token and self._token(s)) or s in specials:
+            if s in specials or self._token_match(s):
                 break
             last = len(s)
-            m = self._prefix(s)
-            pre = m.end() - m.start() if m else 0
+            pre = self._find_prefix(s)
             if pre and s[pre:] in specials:
                 prefixes.append(s[:pre])
                 s = s[pre:]
@@ -183,6 +277,10 @@ class RuleTokenizer:
         out.extend(reversed(suffixes))
         return self._merge_specials(out) if len(out) > 1 else out
 
+    def _find_prefix(self, s: str) -> int:
+        m = self._prefix(s)
+        return m.end() - m.start() if m else 0
+
     def _find_suffix(self, s: str, pre: int) -> int:
         """Length of the suffix of ``s[pre:]`` (spaCy searches the sliced string, leftmost match first).
 
@@ -191,8 +289,8 @@ class RuleTokenizer:
         may be longer and is measured directly; this keeps punctuation-heavy chunks linear per round.
         """
         n = len(s) - pre
-        if n <= 2 * _SUFFIX_WINDOW:
-            m = self._suffix(s[pre:])
+        if n <= _SUFFIX_WINDOW + 4:
+            m = self._suffix(s[pre:] if pre else s)
             return m.end() - m.start() if m else 0
         m = self._suffix(s, len(s) - _SUFFIX_WINDOW)
         found = m.end() - m.start() if m else 0
@@ -203,6 +301,8 @@ class RuleTokenizer:
         return found
 
     def _split_infixes(self, s: str) -> list[str]:
+        if not self._infix_any(s):
+            return [s]
         pieces: list[str] = []
         start = 0
         for m in self._infix(s):
@@ -221,13 +321,17 @@ class RuleTokenizer:
     def _merge_specials(self, toks: list[str]) -> list[str]:
         # All token sequences equal to an exception's affix split, longest first, then leftmost; a
         # match is dropped if its first or last token is already covered (spaCy's filter).
+        if self._merge_head_set.isdisjoint(toks):
+            return toks
         n = len(toks)
+        heads = self._merge_heads
         found: list[tuple[int, int]] = []
-        for length in self._merge_lengths:
-            if length > n:
+        for i, t in enumerate(toks):
+            lengths = heads.get(t)
+            if lengths is None:
                 continue
-            for i in range(n - length + 1):
-                if tuple(toks[i : i + length]) in self._merge:
+            for length in lengths:
+                if i + length <= n and tuple(toks[i : i + length]) in self._merge:
                     found.append((i, i + length))
         if not found:
             return toks
@@ -255,13 +359,18 @@ def rule_tokenizer(lang: str) -> RuleTokenizer:
     return RuleTokenizer(lang)
 
 
+def warm_up(langs: tuple[str, ...] = (*LANGS, NEUTRAL)) -> None:
+    """Load and compile the rules of ``langs`` now (stages call this in ``setup``)."""
+    for lang in langs:
+        rule_tokenizer(lang)
+        _specials_frame(lang)
+
+
 @cache
 def _specials_frame(lang: str) -> pl.DataFrame:
+    """Exceptions as (chunk, j, tok): the j-th word of each exception chunk."""
     tok = rule_tokenizer(lang)
-    return pl.DataFrame(
-        {"chunk": list(tok.specials), "toks": [tok.split(k) for k in tok.specials]},
-        schema={"chunk": pl.Utf8, "toks": pl.List(pl.Utf8)},
-    )
+    return _exploded(list(tok.specials), [tok.split(k) for k in tok.specials])
 
 
 @cache
@@ -274,117 +383,399 @@ def _units_tail() -> str:
 # --------------------------------------------------------------------------------------------------
 # vectorised splitting
 
+_TOKS_SCHEMA = {"chunk": pl.Utf8, "_j": pl.UInt32, "tok": pl.Utf8}
+
+
+def _exploded(chunks: list[str], toks: list[list[str]]) -> pl.DataFrame:
+    """(chunk, _j, tok) rows: the words of each chunk with their position."""
+    counts = [len(t) for t in toks]
+    return pl.DataFrame(
+        {
+            "chunk": np.repeat(np.array(chunks, dtype=object), counts).tolist() if chunks else [],
+            "_j": [j for n in counts for j in range(n)],
+            "tok": [w for t in toks for w in t],
+        },
+        schema=_TOKS_SCHEMA,
+    )
+
+
+class _RareMemo:
+    """Words of rare chunks already split in this process, per language, as a Polars table.
+
+    Results never depend on it; it is dropped whole when it grows past ``_MEMO_ROWS`` words.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[str, pl.DataFrame] = {}
+        self.keys: dict[str, pl.DataFrame] = {}
+
+    def split(self, lang: str, chunks: pl.Series) -> pl.DataFrame:
+        """(chunk, _j, tok) for distinct ``chunks``, from the memo or the exact rules."""
+        memo = self.frames.get(lang)
+        want = chunks.to_frame("chunk")
+        if memo is not None:
+            hits = memo.join(want, on="chunk", how="semi")
+            missing = want.join(self.keys[lang], on="chunk", how="anti")["chunk"]
+            RULE_STATS["memo_hits"] += chunks.len() - missing.len()
+        else:
+            hits = None
+            missing = chunks
+        t0 = time.perf_counter()
+        tok = rule_tokenizer(lang)
+        todo = missing.to_list()
+        fresh = _exploded(todo, [tok.split(x) for x in todo])
+        RULE_STATS["chunks"] += len(todo)
+        RULE_STATS["seconds"] += time.perf_counter() - t0
+        if memo is None or memo.height + fresh.height > _MEMO_ROWS:
+            self.frames[lang] = fresh
+            self.keys[lang] = missing.to_frame("chunk")
+        else:
+            self.frames[lang] = pl.concat([memo, fresh], rechunk=False)
+            self.keys[lang] = pl.concat([self.keys[lang], missing.to_frame("chunk")], rechunk=False)
+        return fresh if hits is None else pl.concat([hits, fresh])
+
+
+_RARE = _RareMemo()
+
+
+# Candidate opening / closing marks around a plain word ("(word),", "“word”."), most useful first,
+# narrowed per language by ``_wrap_marks`` to those whose split is always one mark per word.
+_WRAP_OPEN = "(\"“[«‘¿¡{<*_#"
+_WRAP_CLOSE = ",)\"]”;!?»’}>*_:"
+
+
+def _is_plain(text: str) -> bool:
+    return bool(text) and all(unicodedata.category(ch)[0] in "LMN" for ch in text)
+
+
+@cache
+def _wrap_marks(lang: str) -> tuple[str, str, str, frozenset[str]]:
+    """For words wrapped in marks: (opening marks, closing marks, what a final "." may follow, words
+    that must not be wrapped), such that spaCy's rules split "<opens><word><closes>[.]" into one token
+    per mark plus the word. Derived from the rule data by asking the exact rules, so it follows them."""
+    tok = rule_tokenizer(lang)
+    opens, closes = set(_WRAP_OPEN), set(_WRAP_CLOSE)
+    bad_words: set[str] = set()
+    while True:
+        before = (frozenset(opens), frozenset(closes))
+        # each mark is one prefix/suffix whatever stands next to it
+        nxt = opens | {"a", "A", "0", "é"}
+        opens = {c for c in opens if all(tok._find_prefix(c + n + "b") == 1 for n in nxt)}
+        prev = closes | {"a", "A", "0", "é"}
+        closes = {c for c in closes if all(tok._find_suffix(p2 + p1 + c, 0) == 1 for p1 in prev for p2 in prev)}
+        # an exception of that shape would stop the peeling: its word is left to the exact rules
+        for key in tok.specials:
+            core = key.lstrip("".join(opens))
+            core = core[:-1] if core.endswith(".") else core
+            core = core.rstrip("".join(closes))
+            if core != key and _is_plain(core):
+                bad_words.add(core)
+        # spaCy merges back an exception whose own split is a run of opening (or closing) marks:
+        # drop the least useful mark of such a run
+        for pattern in tok._merge:
+            if len(pattern) > 1 and all(t in opens for t in pattern):
+                opens.discard(max(pattern, key=_WRAP_OPEN.index))
+            if len(pattern) > 1 and all(t in closes or t == "." for t in pattern):
+                closes.discard(max((t for t in pattern if t != "."), key=_WRAP_CLOSE.index, default=""))
+        if (frozenset(opens), frozenset(closes)) == before:
+            break
+    # ... or whose split is a word with marks around it
+    marks = opens | closes | {"."}
+    bad_words |= {t for pattern in tok._merge if len(pattern) > 1 for t in pattern if t not in marks}
+    dot_after = "".join(sorted(
+        x for x in closes | set("abcdefghijklmnopqrstuvwxyz0123456789") if tok._find_suffix("ab" + x + ".", 0) == 1
+    ))
+    return "".join(sorted(opens)), "".join(sorted(closes)), dot_after, frozenset(bad_words)
+
+
+def _split_lang_flat(group: pl.DataFrame, lang: str) -> pl.DataFrame:
+    """Words of the distinct chunks of one language: ``group`` has ``_i`` and ``chunk``; returns
+    (``_i``, ``_j``, ``tok``) rows in no particular order."""
+    specials = _specials_frame(lang)
+    units = _units_tail()
+    c = pl.col("chunk")
+    core = c.str.head(-1)
+    special_keys = specials["chunk"].unique().implode()
+    plain = c.str.contains(rf"^{_PLAIN}+$")
+    one_suffix = c.str.contains(rf"^{_PLAIN}+[{char_class(_ALWAYS_SUFFIX)}]$")
+    # a final "." is a suffix after an ASCII lowercase letter or digit, or after two capitals
+    dot_suffix = c.str.contains(r"^[A-Za-z0-9]*(?:[a-z0-9]|[A-Z][A-Z])\.$")
+    two = (one_suffix | dot_suffix) & ~core.is_in(special_keys) & ~core.str.contains(units)
+    if lang == "fr":
+        # French keeps some whole words by pattern before any affix rule; leave those to the rules
+        two = two & ~c.str.contains(r"['’\-‐‑–—]")
+    kind = (
+        pl.when(c.is_in(special_keys))
+        .then(pl.lit(0, pl.Int8))
+        .when(c.str.len_chars() > MAX_RULE_CHUNK)
+        .then(pl.lit(4, pl.Int8))
+        .when(plain & ~c.str.contains(units))
+        .then(pl.lit(1, pl.Int8))
+        .when(two)
+        .then(pl.lit(2, pl.Int8))
+        .otherwise(pl.lit(3, pl.Int8))
+    )
+    g = group.with_columns(_kind=kind)
+    k = pl.col("_kind")
+    rare = g.filter(k == 3)
+    if rare.height:
+        rare = _wrapped(rare, lang, special_keys, units)
+    parts = [
+        g.filter(k == 1).select("_i", _j=pl.lit(0, pl.UInt32), tok=c),
+        g.filter(k == 2).select("_i", _j=pl.lit(0, pl.UInt32), tok=core),
+        g.filter(k == 2).select("_i", _j=pl.lit(1, pl.UInt32), tok=c.str.tail(1)),
+    ]
+    wrapped = rare.filter(k == 5) if rare.height else rare
+    if wrapped.height:
+        # one word per mark, and the word itself: "(word)," -> "(", "word", ")", ","
+        pieces = wrapped.select(
+            "_i",
+            tok=pl.concat_list(
+                pl.col("_open").str.extract_all("."),
+                pl.concat_list(pl.col("_word")),
+                pl.col("_close").str.extract_all("."),
+                pl.col("_dot").str.extract_all("."),
+            ),
+        ).with_columns(_j=pl.int_ranges(pl.col("tok").list.len(), dtype=pl.UInt32))
+        parts.append(pieces.explode("tok", "_j").select("_i", "_j", "tok"))
+    special = g.filter(k == 0)
+    if special.height:
+        parts.append(special.join(specials, on="chunk").select("_i", "_j", "tok"))
+    rare = rare.filter(k == 3)
+    if rare.height:
+        parts.append(rare.join(_RARE.split(lang, rare["chunk"]), on="chunk").select("_i", "_j", "tok"))
+    long = g.filter(k == 4)
+    if long.height:
+        approx = long.select("_i", tok=c.str.extract_all(r"[\p{L}\p{M}\p{N}]+|[^\p{L}\p{M}\p{N}]"))
+        approx = approx.with_columns(_j=pl.int_ranges(pl.col("tok").list.len(), dtype=pl.UInt32)).explode("tok", "_j")
+        parts.append(approx.drop_nulls("tok").select("_i", "_j", "tok"))
+    return pl.concat(parts)
+
+
+def _wrapped(g: pl.DataFrame, lang: str, special_keys: pl.Series, units: str) -> pl.DataFrame:
+    """Of rare chunks (kind 3), turn those of the shape "<opening marks><plain word><closing marks>[.]"
+    into kind 5, with ``_open``, ``_word``, ``_close``, ``_dot``."""
+    opens, closes, dot_after, bad_words = _wrap_marks(lang)
+    if not (opens or closes):
+        return g.with_columns(_open=pl.lit(""), _word=pl.lit(""), _close=pl.lit(""), _dot=pl.lit(""))
+    pattern = f"^([{char_class(opens)}]*)({_PLAIN}+)([{char_class(closes)}]*)(\\.?)$"
+    parts = pl.col("chunk").str.extract_groups(pattern)
+    g = g.with_columns(
+        _open=parts.struct.field("1"), _word=parts.struct.field("2"),
+        _close=parts.struct.field("3"), _dot=parts.struct.field("4"),
+    )
+    word, close = pl.col("_word"), pl.col("_close")
+    before_dot = pl.when(close != "").then(close.str.tail(1)).otherwise(word.str.tail(1))
+    ok = (
+        word.is_not_null()
+        & ~word.is_in(special_keys)
+        & ~word.is_in(pl.Series(sorted(bad_words), dtype=pl.Utf8).implode())
+        & ~word.str.contains(units)
+        & ((pl.col("_dot") == "") | before_dot.is_in(pl.Series(list(dot_after), dtype=pl.Utf8).implode()))
+    )
+    return g.with_columns(_kind=pl.when(ok).then(pl.lit(5, pl.Int8)).otherwise(pl.col("_kind")))
+
+
+def _split_flat(uniq: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
+    """Words of distinct (``lang``, ``chunk``) rows: all words in row order, and words per row."""
+    g = uniq.with_row_index("_i")
+    langs = g["lang"].unique().to_list()
+    if len(langs) == 1:
+        flat = _split_lang_flat(g, str(langs[0]))
+    else:
+        flat = pl.concat([_split_lang_flat(part, str(lang)) for (lang,), part in g.group_by("lang")])
+    flat = flat.sort("_i", "_j")
+    n_tokens = np.bincount(flat["_i"].to_numpy(), minlength=uniq.height).astype(np.int64)
+    return flat["tok"], n_tokens
+
 
 def split_chunks(chunks: pl.DataFrame) -> pl.DataFrame:
     """Split chunks into words: ``chunks`` has ``lang`` (a key) and ``chunk``; adds ``toks`` (list[str]).
 
-    Row order is kept.
+    Row order is kept. ``chunk_table`` does the same on distinct chunks without building lists.
     """
     if chunks.height == 0:
         return chunks.with_columns(toks=pl.lit(None, pl.List(pl.Utf8)))
     chunks = chunks.with_columns(pl.col("lang").cast(pl.Utf8))
-    parts = []
-    for (lang,), group in chunks.with_row_index("_pos").group_by("lang", maintain_order=True):
-        parts.append(_split_lang_chunks(group, str(lang)))
-    return pl.concat(parts).sort("_pos").drop("_pos")
+    tokens, n_tokens = _split_flat(chunks)
+    offsets = np.concatenate([[0], np.cumsum(n_tokens)])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), tokens.to_arrow().cast(pa.large_string()))
+    return chunks.with_columns(toks=pl.Series(pl.from_arrow(lists)))
 
 
-def _split_lang_chunks(group: pl.DataFrame, lang: str) -> pl.DataFrame:
-    specials = _specials_frame(lang)
-    units = _units_tail()
-    plain = rf"^{_PLAIN}+$"
-    one_suffix = rf"^{_PLAIN}+[{char_class(_ALWAYS_SUFFIX)}]$"
-    # a final "." is a suffix after an ASCII lowercase letter or digit, or after two capitals
-    dot_suffix = r"^[A-Za-z0-9]*(?:[a-z0-9]|[A-Z][A-Z])\.$"
-    c = pl.col("chunk")
-    core = c.str.head(-1)
-    special_keys = specials["chunk"]
-    g = group.with_columns(
-        _n=c.str.len_chars(),
-        _special=c.is_in(special_keys),
-    ).with_columns(
-        _kind=pl.when(pl.col("_special"))
-        .then(pl.lit(0))
-        .when(pl.col("_n") > MAX_RULE_CHUNK)
-        .then(pl.lit(4))
-        .when(c.str.contains(plain) & ~c.str.contains(units))
-        .then(pl.lit(1))
-        .when(
-            (c.str.contains(one_suffix) | c.str.contains(dot_suffix))
-            & ~core.is_in(special_keys)
-            & ~core.str.contains(units)
+@dataclass
+class ChunkTable:
+    """The whitespace-separated chunks of a batch of texts, each distinct chunk split into words once.
+
+    ``row[i]``/``code[i]``: the text row and the distinct chunk (index into ``uniq``) of the i-th chunk
+    occurrence, in text order. ``uniq`` has ``lang`` and ``chunk``; ``tokens`` holds the words of all
+    distinct chunks, concatenated in ``uniq`` order, ``n_tokens`` how many each has.
+    ``space_before[i]`` (only with ``with_space_tokens``): spaCy puts a whitespace token before that
+    chunk (the whitespace before it is not a single " "; at the start of a text, any whitespace).
+    """
+
+    n_rows: int
+    row: np.ndarray
+    code: np.ndarray
+    uniq: pl.DataFrame
+    tokens: pl.Series
+    n_tokens: np.ndarray
+    space_before: np.ndarray | None = None
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        out = np.zeros(self.uniq.height + 1, dtype=np.int64)
+        np.cumsum(self.n_tokens, out=out[1:])
+        return out
+
+    @cached_property
+    def token_chunk(self) -> np.ndarray:
+        """For each entry of ``tokens``, its distinct chunk."""
+        return np.repeat(np.arange(self.uniq.height), self.n_tokens)
+
+    def chunk_sum(self, per_token: np.ndarray) -> np.ndarray:
+        """Sum a per-``tokens`` value over each distinct chunk."""
+        return np.bincount(self.token_chunk, weights=per_token, minlength=self.uniq.height)
+
+    def row_sum(self, per_chunk: np.ndarray) -> np.ndarray:
+        """Sum a per-distinct-chunk value over each text row (over all its chunk occurrences)."""
+        return np.bincount(self.row, weights=per_chunk[self.code], minlength=self.n_rows)
+
+    @cached_property
+    def word_index(self) -> np.ndarray:
+        """Index into ``tokens`` of every word of every row, in text order."""
+        counts = self.n_tokens[self.code]
+        total = int(counts.sum())
+        starts = self.offsets[self.code]
+        shift = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        return np.arange(total, dtype=np.int64) + shift
+
+    @cached_property
+    def word_row(self) -> np.ndarray:
+        """Row of every word in ``word_index`` order."""
+        return np.repeat(self.row, self.n_tokens[self.code])
+
+    def words(self) -> pl.DataFrame:
+        """``row`` and ``word`` for every word of every row, in text order."""
+        return pl.DataFrame(
+            {"row": self.word_row.astype(np.uint32), "word": self.tokens.gather(self.word_index)},
         )
-        .then(pl.lit(2))
-        .otherwise(pl.lit(3))
-    )
-    if lang == "fr":
-        # French keeps some whole words by pattern before any affix rule; leave those to the rules
-        g = g.with_columns(
-            _kind=pl.when((pl.col("_kind") == 2) & c.str.contains(r"['’\-‐‑–—]")).then(3).otherwise(pl.col("_kind"))
-        )
-    kind = pl.col("_kind")
-    g = g.join(specials.rename({"toks": "_stoks"}), on="chunk", how="left", maintain_order="left")
-    # rare shapes: each distinct chunk once through the exact rules
-    rare = g.filter(kind == 3).select("chunk").unique()
-    if rare.height:
-        tok = rule_tokenizer(lang)
-        rare = rare.with_columns(
-            _rtoks=pl.Series([tok.split(x) for x in rare["chunk"].to_list()], dtype=pl.List(pl.Utf8))
-        )
-        g = g.join(rare, on="chunk", how="left", maintain_order="left")
-    else:
-        g = g.with_columns(_rtoks=pl.lit(None, pl.List(pl.Utf8)))
-    approx = c.str.extract_all(r"[\p{L}\p{M}\p{N}]+|[^\p{L}\p{M}\p{N}]")
-    toks = (
-        pl.when(kind == 0)
-        .then(pl.col("_stoks"))
-        .when(kind == 1)
-        .then(pl.concat_list(c))
-        .when(kind == 2)
-        .then(pl.concat_list(core, c.str.tail(1)))
-        .when(kind == 3)
-        .then(pl.col("_rtoks"))
-        .otherwise(approx)
-    )
-    return g.with_columns(toks=toks).drop("_n", "_special", "_kind", "_stoks", "_rtoks")
 
 
-def word_table(
+def chunk_table(
     frame: pl.DataFrame,
     *,
     text: str = "text",
     lang: str = "lang",
     with_space_tokens: bool = False,
-) -> pl.DataFrame:
-    """Words of every row of ``frame``, in order: columns ``row`` (u32 row index) and ``word``.
+) -> ChunkTable:
+    """Cut ``frame[text]`` into chunks and split each distinct (language, chunk) into words.
 
-    ``frame[lang]`` must already be a key from ``lang_key``. Rows without words have no entry.
-    With ``with_space_tokens``, also ``space_before`` (bool): spaCy emits a whitespace token before
-    this chunk's first word (the whitespace run before it is neither empty nor a single " "); the
-    sentence splitter counts those tokens.
+    ``frame[lang]`` must hold keys from ``lang_key``.
     """
-    base = frame.select(pl.col(text).alias("_text"), pl.col(lang).alias("lang")).with_row_index("row")
-    if with_space_tokens:
-        pieces = base.select(
-            "row", "lang", piece=pl.col("_text").str.extract_all(WS + "*" + NON_WS_RUN)
-        ).explode("piece")
-        pieces = pieces.filter(pl.col("piece").is_not_null()).with_columns(
-            _ws=pl.col("piece").str.extract(r"^(" + WS + "*)", 1)
-        )
-        first = pl.col("row") != pl.col("row").shift(1)
-        chunks = pieces.select(
-            "row",
-            "lang",
-            chunk=pl.col("piece").str.slice(pl.col("_ws").str.len_chars()),
-            # spaCy drops one " " between chunks; any other run is a token (at the start, any run)
-            space_before=(pl.col("_ws") != "") & (first.fill_null(True) | (pl.col("_ws") != " ")),
-        )
+    texts = frame.get_column(text)
+    langs = frame.get_column(lang).cast(pl.Utf8)
+    texts = _join_spaced(texts, langs)
+    chunk_lists = texts.str.extract_all(NON_WS_RUN)
+    counts = chunk_lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+    row = np.repeat(np.arange(frame.height, dtype=np.int64), counts)
+    flat = chunk_lists.explode().drop_nulls()
+    idx, dictionary = _encode(flat)
+    lang_values = langs.unique().sort().to_list()
+    if len(lang_values) <= 1:
+        code = idx
+        uniq = pl.DataFrame({"lang": [lang_values[0] if lang_values else DEFAULT_LANG] * len(dictionary)})
+        uniq = uniq.with_columns(chunk=dictionary)
     else:
-        chunks = base.select("row", "lang", chunk=pl.col("_text").str.extract_all(NON_WS_RUN)).explode("chunk")
-        chunks = chunks.filter(pl.col("chunk").is_not_null())
-    split = split_chunks(chunks)
+        # distinct (chunk, language) pairs, numbered in pair order, without sorting the occurrences
+        n_lang = len(lang_values)
+        lang_idx = langs.replace_strict(lang_values, list(range(n_lang)), return_dtype=pl.Int64).to_numpy()
+        pair = idx * n_lang + lang_idx[row]
+        seen = np.zeros(len(dictionary) * n_lang, dtype=bool)
+        seen[pair] = True
+        pairs = np.flatnonzero(seen)
+        number = np.cumsum(seen) - 1
+        code = number[pair]
+        uniq = pl.DataFrame(
+            {
+                "lang": pl.Series(lang_values).gather(pairs % n_lang),
+                "chunk": dictionary.gather(pairs // n_lang),
+            }
+        )
+    tokens, n_tokens = _split_flat(uniq) if uniq.height else (pl.Series("tok", [], pl.Utf8), np.zeros(0, np.int64))
+    space_before = None
     if with_space_tokens:
-        out = split.with_row_index("_ci").select("row", "_ci", "space_before", word="toks").explode("word")
-        first_tok = pl.col("_ci") != pl.col("_ci").shift(1)
-        return out.select("row", "word", space_before=pl.col("space_before") & first_tok.fill_null(True))
-    return split.select("row", word="toks").explode("word").select("row", "word")
+        space_before = _space_before(texts, counts)
+    return ChunkTable(frame.height, row, code.astype(np.int64), uniq, tokens, n_tokens, space_before)
+
+
+def _encode(flat: pl.Series) -> tuple[np.ndarray, pl.Series]:
+    """Number the distinct strings of ``flat``: (code of each entry, the distinct strings by code)."""
+    if flat.len() == 0:
+        return np.zeros(0, dtype=np.int64), pl.Series("chunk", [], pl.Utf8)
+    # A private categorical mapping numbers strings in first-seen order (faster than Arrow's
+    # dictionary encoding); its strings are read while the categorical column is still alive.
+    categories = getattr(pl, "Categories", None)  # Polars >= 1.32
+    if categories is not None:
+        codes = flat.cast(pl.Categorical(categories.random())).to_physical().to_numpy().astype(np.int64)
+        # a fresh mapping numbers strings in first-seen order: the distinct strings are the entries
+        # where the code first appears (checked on a sample; Arrow's encoding otherwise)
+        seen_before = np.concatenate([[-1], np.maximum.accumulate(codes)[:-1]])
+        firsts = np.flatnonzero(codes > seen_before)
+        strings = flat.gather(firsts).rename("chunk")
+        probe = np.linspace(0, codes.size - 1, num=min(64, codes.size)).astype(np.int64)
+        if len(strings) == int(codes.max()) + 1 and (strings.gather(codes[probe]) == flat.gather(probe)).all():
+            return codes, strings
+    arr = flat.to_arrow().cast(pa.large_string())  # fallback: Arrow's dictionary encoding
+    enc = pc.dictionary_encode(arr)
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), pl.Series("chunk", enc.dictionary)
+
+
+def _join_spaced(texts: pl.Series, langs: pl.Series) -> pl.Series:
+    """Replace the space of each space-containing exception (of the row's language) by ``JOINER``.
+
+    spaCy merges such an exception's words across the space when they are whole tokens; the
+    character before and after must be one that spaCy splits off (approximated by a fixed set).
+    """
+    for lang in langs.unique().to_list():
+        spaced = rule_tokenizer(lang or DEFAULT_LANG).spaced
+        for special in spaced:
+            mine = (langs == lang) & texts.str.contains(special, literal=True)
+            if not mine.any():
+                continue
+            pattern = _BEFORE_SPACED + re.escape(special).replace("\\ ", " ") + _AFTER_SPACED
+            joined = "${1}" + special.replace(" ", JOINER).replace("$", "$$") + "${2}"
+            texts = pl.select(
+                pl.when(mine).then(texts.str.replace_all(pattern, joined)).otherwise(texts)
+            ).to_series().rename(texts.name)
+    return texts
+
+
+def _space_before(texts: pl.Series, chunk_counts: np.ndarray) -> np.ndarray:
+    runs = texts.str.extract_all(WS + "+")
+    run_counts = runs.list.len().fill_null(0).to_numpy().astype(np.int64)
+    run_flat = runs.explode().drop_nulls()
+    lead = texts.str.contains("^" + WS).fill_null(False).to_numpy()
+    token = (run_flat != " ").to_numpy() if run_flat.len() else np.zeros(0, dtype=bool)
+    run_start = np.concatenate([[0], np.cumsum(run_counts)[:-1]])
+    chunk_start = np.concatenate([[0], np.cumsum(chunk_counts)[:-1]])
+    rows = np.repeat(np.arange(len(chunk_counts)), chunk_counts)
+    j = np.arange(int(chunk_counts.sum())) - chunk_start[rows]
+    # the run before chunk j is run j-1, or run j when the text starts with whitespace
+    k = j - 1 + lead[rows].astype(np.int64)
+    out = np.zeros(j.size, dtype=bool)
+    has = k >= 0
+    gi = run_start[rows[has]] + k[has]
+    out[has] = token[gi]
+    # a leading run is a token even when it is a single " "
+    first_lead = has & (k == 0) & lead[rows]
+    out[first_lead] = True
+    return out
+
+
+def word_table(frame: pl.DataFrame, *, text: str = "text", lang: str = "lang") -> pl.DataFrame:
+    """Words of every row of ``frame``, in order: ``row`` (u32 row index) and ``word``.
+
+    ``frame[lang]`` must hold keys from ``lang_key``. Rows without words have no entry.
+    """
+    return chunk_table(frame, text=text, lang=lang).words()

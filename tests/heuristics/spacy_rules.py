@@ -61,7 +61,7 @@ def build() -> dict[str, Any]:
         "langs": {},
     }
     for lang in LANGS:
-        tok = spacy.blank(lang).tokenizer
+        tok: Any = spacy.blank(lang).tokenizer
         rules = {orth: [t[65] if 65 in t else t["ORTH"] for t in toks] for orth, toks in tok.rules.items()}
         # special cases that spaCy also looks for across affix-split tokens (its "special matcher")
         bare = spacy.tokenizer.Tokenizer(
