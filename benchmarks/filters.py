@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--corpora", type=Path, default=Path(os.environ.get("CURATE_CORPORA", REPO.parent / "shared" / "corpora")))
     ap.add_argument("--skip-datatrove", action="store_true", help="time only this project")
+    ap.add_argument("--skip-extra", action="store_true", help="skip the language ID and PII throughput")
     args = ap.parse_args()
 
     os.environ["POLARS_MAX_THREADS"] = "1"  # one thread per worker process (set before polars loads)
@@ -151,6 +152,11 @@ def main() -> None:
         agree=(pl.col("agree") * pl.col("docs")).sum() / pl.col("docs").sum()
     )
     print("verdict agreement: " + ", ".join(f"{k} {a:.2%}" for k, a in agree.iter_rows()))
+    if not args.skip_extra:  # language ID and PII throughput on the same number of documents
+        import subprocess
+        import sys
+        subprocess.run([sys.executable, str(Path(__file__).with_name("filters_extra.py")), "--docs", str(args.docs)],
+                       check=False)
 
 
 if __name__ == "__main__":
