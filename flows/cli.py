@@ -80,7 +80,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     r = s["release"]
     state = "written" if r["created"] else "unchanged: identical to an existing release"
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
-                  f"{r['tokens']:,} tokens, {r['shards']} shards\n  {r['path']}\n"
+                  f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
                   f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
 
 
