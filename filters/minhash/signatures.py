@@ -82,6 +82,18 @@ class MinHashParams(BaseModel):
         return max(1, self.num_perm // DEFAULT_ROWS), min(DEFAULT_ROWS, self.num_perm)
 
 
+def string_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A string column as the C kernels take it: UTF-8 bytes and int64 offsets (nulls as "")."""
+    arr = texts.fill_null("").to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string())
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=len(arr) + 1, offset=arr.offset * 8)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
+    return data, offsets
+
+
 def normalised_text(text: pl.Expr) -> pl.Expr:
     """The part of normalisation done by Polars: Unicode lower-casing. Word breaks, whitespace
     and digit folding are applied by the kernel on the bytes."""
@@ -103,19 +115,8 @@ class SignatureComputer:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_pool": None}
 
-    @staticmethod
-    def _buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        arr = texts.fill_null("").to_arrow()
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        arr = arr.cast(pa.large_string())
-        bufs = arr.buffers()
-        offsets = np.frombuffer(bufs[1], dtype=np.int64, count=len(arr) + 1, offset=arr.offset * 8)
-        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
-        return data, offsets
-
     def lowered(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        return self._buffers(texts.to_frame("t").select(normalised_text(pl.col("t"))).to_series())
+        return string_buffers(texts.to_frame("t").select(normalised_text(pl.col("t"))).to_series())
 
     def threads(self) -> int:
         if self.params.threads:
