@@ -34,17 +34,10 @@ Definitions (see docs/dedup.md):
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 
 import numpy as np
 
+from engines.native import cache_dir, load_library  # noqa: F401  (cache_dir: re-exported)
 from filters.minhash._csrc import SOURCE
 
 MASK64 = (1 << 64) - 1
@@ -121,73 +114,24 @@ def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5,
 
 # --- the compiled library -------------------------------------------------------------------
 
-_LIB: ctypes.CDLL | None = None
-_LOCK = threading.Lock()
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _SIGNATURES = {
-    "mh_signatures": [_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64,
-                      _PTR, _PTR, _PTR, _PTR],
-    "mh_signature_matrix": [_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR],
-    "mh_shingle_hashes": [_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR],
-    "mh_bucket_pairs": [_PTR, _PTR, _I64, _I64, _PTR, _PTR],
-    "mh_jaccard": [_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR],
-    "mh_union": [_PTR, _PTR, _PTR, _I64],
-    "mh_roots": [_PTR, _I64],
-    "mh_fnv_strings": [_PTR, _PTR, _I64, _PTR],
+    "mh_signatures": ([_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64,
+                       _PTR, _PTR, _PTR, _PTR], _I64),
+    "mh_signature_matrix": ([_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR], _I64),
+    "mh_shingle_hashes": ([_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR], _I64),
+    "mh_bucket_pairs": ([_PTR, _PTR, _I64, _I64, _PTR, _PTR], _I64),
+    "mh_jaccard": ([_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR], None),
+    "mh_union": ([_PTR, _PTR, _PTR, _I64], None),
+    "mh_roots": ([_PTR, _I64], None),
+    "mh_fnv_strings": ([_PTR, _PTR, _I64, _PTR], None),
 }
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CURATE_CACHE_DIR") or Path.home() / ".cache" / "curate")
-
-
-def _build(target: Path) -> None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise RuntimeError("the minhash stages compile a small C kernel once per machine and found no C compiler "
-                           "(install gcc, or set CC)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "minhash.c"
-        src.write_text(SOURCE)
-        out = Path(tmp) / target.name
-        errors = ""
-        for flags in (["-O3", "-march=native"], ["-O3"]):
-            r = subprocess.run([cc, *flags, "-fPIC", "-shared", "-o", str(out), str(src)], capture_output=True, text=True)
-            if r.returncode == 0:
-                os.replace(out, target)  # atomic: concurrent builders all end with a complete file
-                return
-            errors = r.stderr
-        raise RuntimeError(f"compiling the minhash kernel failed:\n{errors[-2000:]}")
-
-
 def lib() -> ctypes.CDLL:
-    """The compiled kernel library (built on first use, then loaded from the cache)."""
-    global _LIB
-    if _LIB is None:
-        with _LOCK:
-            if _LIB is None:
-                key = hashlib.sha256((SOURCE + platform.machine() + _cpu_flags()).encode()).hexdigest()[:16]
-                target = cache_dir() / f"minhash-{key}.so"
-                if not target.exists():
-                    _build(target)
-                loaded = ctypes.CDLL(str(target))
-                for name, args in _SIGNATURES.items():
-                    fn = getattr(loaded, name)
-                    fn.argtypes = args
-                    fn.restype = None if name in ("mh_jaccard", "mh_union", "mh_roots", "mh_fnv_strings") else _I64
-                _LIB = loaded
-    return _LIB
+    """The compiled kernel library (built on first use, then loaded from the cache; see
+    ``engines.native``)."""
+    return load_library("minhash", SOURCE, _SIGNATURES)
 
 
 def _p(a: np.ndarray) -> int:

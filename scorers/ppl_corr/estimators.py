@@ -23,19 +23,48 @@ Estimators (the package's names and normalisations; pairs are unordered model pa
 ``sign``       2/(N(N-1)) sum_{i<k} sign(y_k - y_i) (x_k - x_i).
 ``product``    mean_k y_k x_k.
 
-How they are computed here (all exact, vectorised over domains)
----------------------------------------------------------------
-* ``sign`` / ``sign_cdf``: the pair sum is linear in x, so
+How they are computed here (all exact)
+--------------------------------------
+* ``sign`` / ``product``: the pair sum of ``sign`` is linear in x, so
   sum_{i<k} sign(y_k - y_i)(x_k - x_i) = sum_k c_k x_k with
   c_k = #{i: y_i < y_k} - #{i: y_i > y_k}; one O(N log N) pass over y and one
-  matrix-vector product over X (or over the rank matrix): O(N D).
-* ``spearmanr``: one argsort per domain (O(N log N D)); the rank differences are
-  reduced through a matrix-vector product.
-* ``sign_sign``: models are visited in increasing error; for each domain the set of
-  sorted-x positions already seen (one bit per model) is kept as a bitset of ceil(N/64) 64-bit words (built by a running OR), and the concordant minus discordant count
-  for a model is two popcounts per word. O(N D ceil(N/64)) word operations after one
-  argsort per domain, instead of the O(N^2 D) pair loop. Ties count 0, exactly as
-  ``sign(0) == 0`` in the package.
+  matrix-vector product over X (NumPy/BLAS, one pass over X, bound by memory bandwidth).
+* ``spearmanr`` / ``sign_cdf`` / ``sign_sign``: a compiled C kernel
+  (``scorers/ppl_corr/_csrc.py``, built once per machine, see ``kernels.py``). Every
+  estimator is a sum over model pairs, O(N^2) compares per domain, and the kernel
+  vectorises ACROSS domains: a block of 64 adjacent domains (one row of 64 contiguous
+  values per model; X is C-contiguous) is copied into an L1-sized buffer as float32, so one
+  AVX-512 compare handles 16 domains, and the model loops are plain scalar loops.
+
+  - rank sums: with cnt_k = #{i: x_i < x_k} (rank x_k = 1 + cnt_k when the column has no
+    tie), sum_k w_k cnt_k = sum_{i<k} w_i + sum_{i<k} (w_k - w_i) [x_i < x_k]: one compare
+    and one masked integer add per unordered pair. ``spearmanr`` takes w = rank y
+    (times 2 for mid-ranks) and sum (ry - rx)^2 = sum ry^2 + N(N+1)(2N+1)/6 - 2 sum ry rx,
+    an exact integer, finished with the package's own expression, so results are bit for
+    bit the package's. ``sign_cdf`` takes w = c_k above: sum_k c_k rank_k = sum_k c_k cnt_k
+    since sum_k c_k = 0.
+  - ``sign_sign`` (Kendall tau-a): models are reordered by increasing error (stable), so
+    sign(err_k - err_i) = +1 exactly for the before[k] models with strictly smaller error
+    (ties in error give 0 and are not visited); the kernel counts the pairs i < before[k]
+    with x_i < x_k, and without ties in x the sum of signs is 2 * count - #pairs.
+
+  Why float32 is exact: rounding to float32 is monotone, so x_i < x_k in float32 implies
+  x_i < x_k in float64; it can only merge two different values into a tie. The kernel
+  also flags every domain where a counted pair is EQUAL in float32 (one masked compare per
+  pair), i.e. every domain with a float64 tie or a tie created by rounding. In an
+  unflagged domain every pair is strictly ordered the same way in both precisions, and
+  all sums are integers (accumulated per model in int32, then in float64), so the result
+  is exactly the float64 one. Flagged domains are recomputed exactly: ``spearmanr`` and
+  ``sign_cdf`` by the NumPy rank path below (the package's tie order or mid-ranks);
+  ``sign_sign`` by a float64 C pass in which ties count 0. The kernel also checks the
+  values of X (finite, >= 0) while copying, so X is read once.
+  Domain blocks are split over threads (``CURATE_PPL_THREADS``, default: the CPUs this
+  process may use, at most 16); the result does not depend on the thread count.
+* Without a C compiler (or with ``CURATE_PPL_NATIVE=0``) the same estimators run in
+  NumPy with the same results: ranks by one argsort per domain, reduced through
+  matrix-vector products (exact integer sums); for ``sign_sign`` a bitset of the
+  sorted-x positions already seen, two popcounts per 64-bit word, O(N D ceil(N/64)) after
+  one argsort per domain. Ties count 0 in ``sign_sign``, exactly as ``sign(0) == 0``.
 
 Ties
 ----
@@ -54,6 +83,8 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import numpy as np
+
+from scorers.ppl_corr import kernels as _kernels
 
 __all__ = [
     "ESTIMATORS",
@@ -103,7 +134,9 @@ def to_error(y: np.ndarray, kind: YKind) -> np.ndarray:
     return 1.0 - y if kind == "accuracy" else y.copy()
 
 
-def _check(X: np.ndarray, y: np.ndarray, kind: YKind) -> tuple[np.ndarray, np.ndarray]:
+def _check(X: np.ndarray, y: np.ndarray, kind: YKind, scan_x: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Shapes, ``y`` and (unless ``scan_x`` is False: the compiled kernels check the
+    values while they copy X, see ``_check_x_values``) the values of X."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"X has {X.ndim} dimensions but expected 2 (models x domains)")
@@ -112,6 +145,12 @@ def _check(X: np.ndarray, y: np.ndarray, kind: YKind) -> tuple[np.ndarray, np.nd
         raise ValueError(f"X has {X.shape[0]} models (rows) but y has {err.shape[0]}")
     if X.shape[0] < 2:
         raise ValueError("need at least 2 models")
+    if scan_x or X.shape[1] == 0:
+        _check_x_values(X)
+    return X, err
+
+
+def _check_x_values(X: np.ndarray) -> None:
     lo, hi = X.min(), X.max()  # two reductions, no temporaries; NaN propagates
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("X contains NaN or infinite values")
@@ -119,7 +158,13 @@ def _check(X: np.ndarray, y: np.ndarray, kind: YKind) -> tuple[np.ndarray, np.nd
         # Log-likelihoods (<= 0, higher is better) instead of bits-per-byte would
         # flip the sign of every estimate.
         raise ValueError("X has negative entries: expected bits-per-byte (>= 0)")
-    return X, err
+
+
+def _kernel_checked(X: np.ndarray, valid: bool) -> None:
+    """The compiled kernels found a negative, NaN or infinite value: raise the usual error."""
+    if not valid:
+        _check_x_values(X)
+        raise AssertionError("kernel reported invalid values that the NumPy check accepts")
 
 
 # ---------------------------------------------------------------------------
@@ -200,31 +245,89 @@ def sign(X: np.ndarray, y: np.ndarray, *, kind: YKind) -> np.ndarray:
     return (_pair_sign_weights(err) @ X) * (2.0 / (n * (n - 1)))
 
 
-def sign_cdf(X: np.ndarray, y: np.ndarray, *, kind: YKind, ties: Ties = "reference") -> np.ndarray:
-    """U-statistic of sign(err_k - err_i) (F(x_k) - F(x_i)), F = column rank / N."""
-    X, err = _check(X, y, kind)
+def _use_native(n: int, n_dom: int) -> bool:
+    """Compiled kernels unless turned off (``CURATE_PPL_NATIVE=0``) or unavailable."""
+    return n <= _kernels.MAX_MODELS and n_dom > 0 and _kernels.active()
+
+
+def _rank_pair_sum(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compiled path: per domain ``sum_k w_k #{i: x_i < x_k}`` (integer ``w``) and the flag of
+    domains with a float32 tie (their sum is not the float64 one and must be recomputed)."""
+    n = X.shape[0]
+    s, flag, valid = _kernels.pairs_f32(X, lim=np.arange(n), w=w)
+    _kernel_checked(X, valid)
+    # sum_k w_k cnt_k = sum_{i<k} (w_i [x_i > x_k] + w_k [x_i < x_k]); without ties
+    # [x_i > x_k] = 1 - [x_i < x_k], so it is sum_{i<k} w_i + the kernel's pair sum.
+    s += float(w @ (n - 1 - np.arange(n)))  # in place: D-sized temporaries cost page faults
+    return s, flag
+
+
+def _sign_cdf_numpy(X: np.ndarray, c: np.ndarray, ties: Ties) -> np.ndarray:
     n, n_dom = X.shape
-    c = _pair_sign_weights(err) * (2.0 / (n * (n - 1)) / n)
     out = np.empty(n_dom, dtype=np.float64)
     for sl in _blocks(n_dom):
+        # R @ c is an exact integer (or half-integer) sum: same value as the compiled path
         out[sl] = _block_ranks(np.ascontiguousarray(X[:, sl].T), ties) @ c
+    return out * (2.0 / (n * (n - 1))) / n
+
+
+def sign_cdf(X: np.ndarray, y: np.ndarray, *, kind: YKind, ties: Ties = "reference") -> np.ndarray:
+    """U-statistic of sign(err_k - err_i) (F(x_k) - F(x_i)), F = column rank / N."""
+    X, err = _check(X, y, kind, scan_x=False)
+    if ties not in ("reference", "average"):
+        raise ValueError(f"ties must be 'reference' or 'average', got {ties!r}")
+    n, n_dom = X.shape
+    c = _pair_sign_weights(err)  # integers, sum 0
+    if not _use_native(n, n_dom):
+        _check_x_values(X)
+        return _sign_cdf_numpy(X, c, ties)
+    # sum_k c_k rank_k = sum_k c_k (1 + cnt_k) = sum_k c_k cnt_k  (sum_k c_k = 0)
+    out, flag = _rank_pair_sum(X, c.astype(np.int32))
+    out *= 2.0 / (n * (n - 1))
+    out /= n
+    idx = np.flatnonzero(flag)
+    if idx.size:
+        out[idx] = _sign_cdf_numpy(X[:, idx], c, ties)
     return out
 
 
-def spearmanr(X: np.ndarray, y: np.ndarray, *, kind: YKind, ties: Ties = "reference") -> np.ndarray:
-    """Per-domain Spearman correlation 1 - 6 sum d^2 / (N (N^2 - 1)) of x with err."""
-    X, err = _check(X, y, kind)
+def _spearman_numpy(X: np.ndarray, ry: np.ndarray, ties: Ties) -> np.ndarray:
     n, n_dom = X.shape
-    ry = _ordinal_ranks_1d(err) if ties == "reference" else _average_ranks_1d(err)
     ry2 = float(ry @ ry)
-    scale = 6.0 / (n * (n * n - 1.0))
     out = np.empty(n_dom, dtype=np.float64)
     for sl in _blocks(n_dom):
         R = _block_ranks(np.ascontiguousarray(X[:, sl].T), ties)
         # sum (ry - rx)^2 = sum ry^2 + sum rx^2 - 2 ry.rx ; all terms are exact
         # in float64 for integer and half-integer ranks of realistic N.
         d2 = ry2 + np.einsum("ij,ij->i", R, R) - 2.0 * (R @ ry)
-        out[sl] = 1.0 - scale * d2
+        out[sl] = 1.0 - 6.0 * d2 / (n * (n * n - 1.0))  # the package's expression
+    return out
+
+
+def spearmanr(X: np.ndarray, y: np.ndarray, *, kind: YKind, ties: Ties = "reference") -> np.ndarray:
+    """Per-domain Spearman correlation 1 - 6 sum d^2 / (N (N^2 - 1)) of x with err."""
+    X, err = _check(X, y, kind, scan_x=False)
+    if ties not in ("reference", "average"):
+        raise ValueError(f"ties must be 'reference' or 'average', got {ties!r}")
+    n, n_dom = X.shape
+    ry = _ordinal_ranks_1d(err) if ties == "reference" else _average_ranks_1d(err)
+    if not _use_native(n, n_dom):
+        _check_x_values(X)
+        return _spearman_numpy(X, ry, ties)
+    w2 = 2.0 * ry  # integers (mid-ranks are half-integers)
+    out, flag = _rank_pair_sum(X, w2.astype(np.int32))  # s2 = sum_k w2_k cnt_k
+    # without x ties rank x_k = 1 + cnt_k, so 2 sum ry rx = sum w2 + s2 and sum rx^2 is
+    # N(N+1)(2N+1)/6: d2 = C - s2 with C below, an exact integer (quarter-integers for mid-ranks).
+    C = float(ry @ ry) + n * (n + 1) * (2 * n + 1) / 6 - float(w2.sum())
+    # 1 - 6 d2 / (N(N^2-1)), the package's expression, evaluated in place as
+    # ((s2 - C) * 6) / denominator + 1: the same roundings (negation is exact).
+    out -= C
+    out *= 6.0
+    out /= n * (n * n - 1.0)
+    out += 1.0
+    idx = np.flatnonzero(flag)
+    if idx.size:
+        out[idx] = _spearman_numpy(X[:, idx], ry, ties)
     return out
 
 
@@ -249,22 +352,15 @@ def _bit_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
     return bit, low
 
 
-def sign_sign(X: np.ndarray, y: np.ndarray, *, kind: YKind) -> np.ndarray:
-    """U-statistic of sign(err_k - err_i) sign(x_k - x_i): Kendall's tau-a per domain."""
-    X, err = _check(X, y, kind)
-    n, n_dom = X.shape
-    # visit models by increasing error; `before[j]` = number of models with strictly
-    # smaller error than the j-th visited one (models tied in error give 0).
-    y_order = np.argsort(err, kind="stable")
-    e_sorted = err[y_order]
-    before = np.searchsorted(e_sorted, e_sorted, side="left")
+def _sign_sign_numpy(X_by_err: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """sum_k sum_{i < before[k]} sign(x_k - x_i) per domain, rows of X in error order."""
+    n, n_dom = X_by_err.shape
     # prefix index: the OR of bits of visited models 0..before[j]-1 is row before[j]
     # of the exclusive cumulative OR (row 0 is the empty set).
     bit, low = _bit_tables(n)
     words = bit.shape[0]
     out = np.empty(n_dom, dtype=np.float64)
     base = float(before.sum())
-    X_by_err = X[y_order]
     for sl in _blocks(n_dom):
         XT = np.ascontiguousarray(X_by_err[:, sl].T)  # (m domains, n models by error)
         m = XT.shape[0]
@@ -307,8 +403,34 @@ def sign_sign(X: np.ndarray, y: np.ndarray, *, kind: YKind) -> np.ndarray:
             total += np.bitwise_count(seen & lw[end]).sum(axis=0, dtype=np.int64)  # x_i <= x_k
         # per pair (smaller-error i, larger-error k): [x_i < x_k] counted twice,
         # [x_i == x_k] once, [x_i > x_k] never; minus one per pair = sign(x_k - x_i).
-        out[sl] = (total - base) * (2.0 / (n * (n - 1)))
+        out[sl] = total - base
     return out
+
+
+def sign_sign(X: np.ndarray, y: np.ndarray, *, kind: YKind) -> np.ndarray:
+    """U-statistic of sign(err_k - err_i) sign(x_k - x_i): Kendall's tau-a per domain."""
+    X, err = _check(X, y, kind, scan_x=False)
+    n, n_dom = X.shape
+    # visit models by increasing error; `before[j]` = number of models with strictly
+    # smaller error than the j-th visited one (models tied in error give 0).
+    y_order = np.argsort(err, kind="stable")
+    e_sorted = err[y_order]
+    before = np.searchsorted(e_sorted, e_sorted, side="left")
+    scale = 2.0 / (n * (n - 1))
+    if not _use_native(n, n_dom):
+        _check_x_values(X)
+        return _sign_sign_numpy(X[y_order], before) * scale
+    # float32 pass: #{counted pairs with x_i < x_k}; without ties in a counted pair the
+    # others have x_i > x_k, so the sign sum is 2 * count - #pairs.
+    total, flag, valid = _kernels.pairs_f32(X, lim=before, rows=y_order)
+    _kernel_checked(X, valid)
+    total *= 2.0
+    total -= float(before.sum())
+    idx = np.flatnonzero(flag)
+    if idx.size:  # a float32 (maybe float64) tie in a counted pair: exact float64 pass
+        total[idx] = _kernels.sign_pairs_f64(X, idx, before, rows=y_order)
+    total *= scale
+    return total
 
 
 ESTIMATORS: dict[str, Callable[..., np.ndarray]] = {

@@ -42,7 +42,7 @@ def _ref(name, X, y):
 def test_estimators_match_reference(name, seed, n, ties):
     X, y = _data(seed, n, 500, ties)
     ours = getattr(est, name)(X, y, kind="error")
-    np.testing.assert_allclose(ours, _ref(name, X, y), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ours, _ref(name, X, y), rtol=0, atol=2e-15)
 
 
 def test_estimate_dispatch_and_average_ties():
