@@ -14,6 +14,7 @@ The contract an executor offers (so a Ray executor can slot in without touching 
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -122,26 +123,49 @@ def output_schema(stage: Stage) -> pa.Schema:
     return annotation_schema({**stage.writes(), ERROR_COLUMN: pa.string()})
 
 
+class _ColumnStream:
+    """One column of a Parquet file handed out in slices of any length, reading a row group's
+    worth at a time (so a fed column never sits in memory whole)."""
+
+    def __init__(self, f: Any, column: str, batch_rows: int):
+        self._it = pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=[column])
+        self._cur: pa.Array | None = None
+        self._off = 0
+
+    def take(self, n: int) -> pa.Array:
+        parts: list[pa.Array] = []
+        while n:
+            if self._cur is None or self._off == len(self._cur):
+                rb = next(self._it, None)
+                if rb is None:
+                    raise ValueError("a fed annotation file has fewer rows than its raw shard")
+                self._cur, self._off = rb.column(0), 0
+            k = min(n, len(self._cur) - self._off)
+            parts.append(self._cur.slice(self._off, k))
+            self._off += k
+            n -= k
+        if len(parts) == 1:
+            return parts[0]
+        return pa.concat_arrays(parts) if parts else pa.array([])
+
+
 def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tuple[pa.Array, pl.DataFrame]]:
     """Stream one shard as (ids, batch) pairs: the document columns the stage needs, plus the
-    columns fed from earlier stages' annotation files (sliced to the same rows)."""
+    columns fed from earlier stages' annotation files, read alongside in step with the shard."""
     fed = {alias for alias, _, _ in task.inputs}
     doc_cols = ["id"] + [c for c in stage.needs if c != "id" and c not in fed and c in DOCUMENT.names]
-    side = {}
-    for alias, path, column in task.inputs:
-        fs, p = storage.fs_and_path(path)
-        with fs.open(p, "rb") as f:
-            side[alias] = pq.read_table(f, columns=[column]).column(0)
-    fs, raw = storage.fs_and_path(task.raw_path)
-    offset = 0
-    with fs.open(raw, "rb") as fh:
+    with contextlib.ExitStack() as stack:
+        side = {}
+        for alias, path, column in task.inputs:
+            fs, p = storage.fs_and_path(path)
+            side[alias] = _ColumnStream(stack.enter_context(fs.open(p, "rb")), column, batch_rows)
+        fs, raw = storage.fs_and_path(task.raw_path)
+        fh = stack.enter_context(fs.open(raw, "rb"))
         for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=doc_cols):
             batch = pl.from_arrow(pa.Table.from_batches([rb]))
             assert isinstance(batch, pl.DataFrame)
             if side:
-                batch = batch.with_columns(
-                    [pl.Series(a, col.slice(offset, rb.num_rows)) for a, col in side.items()])
-            offset += rb.num_rows
+                batch = batch.with_columns([pl.Series(a, s.take(rb.num_rows)) for a, s in side.items()])
             yield rb.column("id"), batch
 
 

@@ -9,6 +9,10 @@ from typing import Annotated, Any
 
 # No network is assumed: keep Prefect's server from trying to send telemetry.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Before Polars and PyArrow load: their allocators read these once (see engines/allocators.py).
+from engines.allocators import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402

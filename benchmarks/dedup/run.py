@@ -16,9 +16,9 @@ wall time. Quality is scored against exact Jaccard (benchmarks/dedup/truth.py) a
 This project runs as the flow does (benchmarks/dedup/run_curate.py: the signature stage over every
 raw shard, the dedup fit, the per-shard apply) with ``executor.workers: 1`` (one process; the
 signature kernel runs one thread per core), from a lake of raw shards written before the clock
-starts (ingest is not dedup; the peers read the same text from Parquet files). Two rows: ``curate``
-with the memory-lean settings of docs/dedup.md (``batch_rows: 1024``, ``ARROW_DEFAULT_MEMORY_POOL=
-system``, ``MALLOC_ARENA_MAX=2``) and ``curate-defaults`` without them.
+starts (ingest is not dedup; the peers read the same text from Parquet files), with the allocator
+settings the ``curate`` CLI applies (engines/allocators.py). Two rows: ``curate`` (default
+``batch_rows``, 4096) and ``curate-lean`` (``batch_rows: 1024``).
 
 Peers live in their own virtualenv (see docs/dedup.md for the pip specs)::
 
@@ -52,7 +52,7 @@ from benchmarks.dedup.corpus import generate  # noqa: E402
 from benchmarks.dedup.truth import compute_truth, score  # noqa: E402
 from schemas.documents import DOCUMENT  # noqa: E402
 
-TOOLS = ("curate", "curate-defaults", "datasketch", "text-dedup", "datatrove")
+TOOLS = ("curate", "curate-lean", "datasketch", "text-dedup", "datatrove")
 
 
 def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
@@ -154,12 +154,11 @@ def run_tool(tool: str, a: argparse.Namespace, peer_dir: Path, lake: Path, work:
     out = work / f"removed-{tool}.npy"
     bench_py = a.bench_python
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if tool in ("curate", "curate-defaults"):
+    if tool in ("curate", "curate-lean"):
         cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmarks.dedup.run_curate", "--lake", str(lake),
                "--out", str(out), "--workers", str(a.curate_workers), "--threshold", str(a.threshold)]
-        if tool == "curate":  # the memory-lean settings of docs/dedup.md
+        if tool == "curate-lean":  # smaller batches (docs/dedup.md, memory model)
             cmd += ["--batch-rows", "1024"]
-            env.update(ARROW_DEFAULT_MEMORY_POOL="system", MALLOC_ARENA_MAX="2")
     elif tool == "datasketch":
         cmd = [bench_py, str(REPO / "benchmarks/dedup/peers.py"), "datasketch", "--input", str(peer_dir), "--out", str(out)]
     elif tool == "datatrove":

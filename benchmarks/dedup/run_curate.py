@@ -17,10 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from engines.allocators import apply_defaults  # noqa: E402  (as the curate CLI does, before Polars loads)
+
+apply_defaults()
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
 
 from engines.executor import LocalExecutor, ShardTask  # noqa: E402
 from engines.stage import StageContext  # noqa: E402

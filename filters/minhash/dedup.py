@@ -97,60 +97,59 @@ def _list_parts(col: pl.Series, value_type: Any) -> tuple[np.ndarray, np.ndarray
     return values, lengths
 
 
-class _PartitionedWriter:
-    """Buffers (key, value) rows and appends them to one Parquet file per partition, chosen by
-    the key's top bits; rows keep their arrival order inside a partition."""
+class _PartitionedSpill:
+    """Rows spread over ``partitions`` folders by a per-row partition number, buffered up to
+    ``flush_rows`` rows and then written as one small Parquet file per partition and flush
+    (``part-XXXX/NNNNN.parquet``). No writer stays open between flushes: an open Parquet writer
+    holds about a megabyte of page and compressor buffers, so 64 of them cost more memory than
+    the whole fit otherwise needs. Rows keep their arrival order inside a partition."""
 
-    def __init__(self, folder: str, partitions: int, schema: pa.Schema):
+    def __init__(self, folder: str, partitions: int, flush_rows: int = FLUSH_ROWS):
         os.makedirs(folder, exist_ok=True)
-        self.folder, self.partitions, self.schema = folder, partitions, schema
-        self.buf: list[tuple[np.ndarray, np.ndarray]] = []
-        self.rows = 0
-        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.folder, self.partitions, self.flush_rows = folder, partitions, flush_rows
+        self.buf: list[tuple[np.ndarray, pa.Table]] = []
+        self.rows = self.flushes = 0
+        self.files: dict[int, list[str]] = {}
 
-    def path(self, p: int) -> str:
-        return f"{self.folder}/part-{p:04d}.parquet"
+    @staticmethod
+    def part_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+        """Partition of each 64-bit key from its top 32 bits (multiply-shift range reduction:
+        monotone in the key, so partitions hold consecutive key ranges)."""
+        return (((keys >> np.uint64(32)) * np.uint64(partitions)) >> np.uint64(32)).astype(np.int64)
 
-    def part_of(self, keys: np.ndarray) -> np.ndarray:
-        """Partition of each key from its top 32 bits (multiply-shift range reduction)."""
-        return (((keys >> np.uint64(32)) * np.uint64(self.partitions)) >> np.uint64(32)).astype(np.int64)
-
-    def add(self, keys: np.ndarray, pos: np.ndarray) -> None:
-        if len(keys):
-            self.buf.append((keys, pos))
-            self.rows += len(keys)
-            if self.rows >= FLUSH_ROWS:
+    def add(self, part: np.ndarray, table: pa.Table) -> None:
+        if table.num_rows:
+            self.buf.append((part, table))
+            self.rows += table.num_rows
+            if self.rows >= self.flush_rows:
                 self.flush()
 
     def flush(self) -> None:
         if not self.buf:
             return
-        keys = np.concatenate([k for k, _ in self.buf])
-        pos = np.concatenate([p for _, p in self.buf])
+        part = np.concatenate([p for p, _ in self.buf])
+        table = pa.concat_tables([t for _, t in self.buf]).combine_chunks()
         self.buf, self.rows = [], 0
-        part = self.part_of(keys)
-        order = np.argsort(part, kind="stable")  # keeps pos ascending inside each partition
+        order = np.argsort(part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
-        for p in range(self.partitions):
-            sel = order[bounds[p]:bounds[p + 1]]
-            if not len(sel):
-                continue
-            w = self.writers.get(p)
-            if w is None:
-                w = self.writers[p] = pq.ParquetWriter(self.path(p), self.schema, compression="zstd",
-                                                       compression_level=1)
-            w.write_table(pa.table([pa.array(keys[sel]), pa.array(pos[sel])], schema=self.schema))
+        for p in np.flatnonzero(np.diff(bounds)).tolist():
+            folder = f"{self.folder}/part-{p:04d}"
+            os.makedirs(folder, exist_ok=True)
+            path = f"{folder}/{self.flushes:05d}.parquet"
+            pq.write_table(table.take(order[bounds[p]:bounds[p + 1]]), path, compression="zstd",
+                           compression_level=1)
+            self.files.setdefault(p, []).append(path)
+        self.flushes += 1
 
-    def close(self) -> list[str]:
+    def close(self) -> dict[int, list[str]]:
+        """Flush what is buffered; the files of each non-empty partition, in partition order."""
         self.flush()
-        for w in self.writers.values():
-            w.close()
-        return [self.path(p) for p in sorted(self.writers)]
+        return dict(sorted(self.files.items()))
 
 
-BUCKET_SCHEMA = pa.schema([pa.field("key", pa.uint64()), pa.field("pos", pa.int64())])
-# A candidate pair is coded as lo << 32 | hi (positions); "mix" only spreads pairs over partitions.
-PAIR_SCHEMA = pa.schema([pa.field("mix", pa.uint64()), pa.field("pair", pa.int64())])
+# Cluster members per partition in the survivor step (a partition is sorted and grouped in memory:
+# ~100 bytes per member, in a few Polars frames at once).
+MEMBERS_PER_PART = 1 << 16
 
 
 @register_stage
@@ -187,7 +186,7 @@ class MinHashDedup(GlobalStage):
         timings: dict[str, float] = {}
         spill = f"{artifact_dir}/_spill"
         os.makedirs(spill, exist_ok=True)
-        buckets = _PartitionedWriter(f"{artifact_dir}/buckets", p.partitions, BUCKET_SCHEMA)
+        buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
         meta_writer: pq.ParquetWriter | None = None
         shingle_file = open(f"{spill}/shingles.u32", "wb") if p.verify else None
         shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads))
@@ -214,7 +213,9 @@ class MinHashDedup(GlobalStage):
                 n_empty += int(n - good.sum())
                 row_of_value = np.repeat(np.arange(n), lengths)
                 keep_values = good[row_of_value]
-                buckets.add(values[keep_values], pos[row_of_value[keep_values]])
+                bkeys = values[keep_values]
+                buckets.add(_PartitionedSpill.part_of(bkeys, p.partitions),
+                            pa.table({"key": bkeys, "pos": pos[row_of_value[keep_values]]}))
                 meta = batch.select(
                     pl.Series("pos", pos), pl.Series("key", document_keys(batch)), pl.col("id"), pl.col("source"),
                     pl.col("crawl_date"),
@@ -243,19 +244,27 @@ class MinHashDedup(GlobalStage):
                 shingle_file.close()
             if meta_writer is not None:
                 meta_writer.close()
-        bucket_files = buckets.close()
+        bucket_parts = buckets.close()
         pa.default_memory_pool().release_unused()
         if n_docs >= 1 << 32:
             raise ValueError("minhash_dedup codes candidate pairs in 64 bits: at most 2^32 documents per fit")
         timings["scan_s"] = time.perf_counter() - t0
 
         # Candidate pairs, per bucket partition, spilled and partitioned again by pair code.
+        # Each partition's flush files become one file sorted by (key, pos): the band index
+        # kept in the artifact.
         t1 = time.perf_counter()
-        pairs = _PartitionedWriter(f"{spill}/pairs", p.partitions, PAIR_SCHEMA)
+        pairs = _PartitionedSpill(f"{spill}/pairs", p.partitions)
         bucket_pairs = 0  # before de-duplication across partitions
         largest_bucket = 0
-        for path in bucket_files:
-            f = pl.read_parquet(path).filter(pl.col("key").is_duplicated()).sort("key", "pos")
+        os.makedirs(f"{artifact_dir}/buckets", exist_ok=True)
+        for part, files in bucket_parts.items():
+            f = pl.read_parquet(files).sort("key", "pos")
+            f.write_parquet(f"{artifact_dir}/buckets/part-{part:04d}.parquet", compression="zstd",
+                            compression_level=1)
+            for path in files:
+                os.remove(path)
+            f = f.filter(pl.col("key").is_duplicated())
             if f.height == 0:
                 continue
             keys = f.get_column("key").to_numpy()
@@ -266,7 +275,7 @@ class MinHashDedup(GlobalStage):
             largest_bucket = max(largest_bucket, int(f.group_by("key").len().get_column("len").max() or 0))
             # Partition by a mix of the code so each pair partition gets a fair share.
             mixed = code * np.uint64(0x9E3779B97F4A7C15)
-            pairs.add(mixed, code.view(np.int64))
+            pairs.add(_PartitionedSpill.part_of(mixed, p.partitions), pa.table({"pair": code.view(np.int64)}))
         pair_files = pairs.close()
         timings["candidates_s"] = time.perf_counter() - t1
 
@@ -278,8 +287,8 @@ class MinHashDedup(GlobalStage):
         candidates = accepted = 0
         sims_hist = np.zeros(20, dtype=np.int64)
         fd = os.open(f"{spill}/shingles.u32", os.O_RDONLY) if p.verify else None
-        for path in pair_files:
-            code = np.unique(pl.read_parquet(path, columns=["pair"]).get_column("pair").to_numpy().view(np.uint64))
+        for files in pair_files.values():
+            code = np.unique(pl.read_parquet(files, columns=["pair"]).get_column("pair").to_numpy().view(np.uint64))
             lo = (code >> np.uint64(32)).astype(np.int64)
             hi = (code & np.uint64(0xFFFFFFFF)).astype(np.int64)
             candidates += len(code)
@@ -298,26 +307,22 @@ class MinHashDedup(GlobalStage):
 
         # Clusters and survivors.
         t3 = time.perf_counter()
-        sizes = np.bincount(roots, minlength=n_docs) if n_docs else np.zeros(0, np.int64)
-        member = sizes[roots] > 1 if n_docs else np.zeros(0, bool)
-        members = pl.DataFrame({"pos": np.flatnonzero(member).astype(np.int64), "root": roots[member]})
-        del parent, roots, sizes, member
-        assignment, clusters, largest = self._survivors(f"{spill}/docs.parquet", members, p.largest_clusters)
-        assignment.sort("key").write_parquet(f"{artifact_dir}/assignment.parquet", compression="zstd")
+        del parent
+        summary = self._survivors(f"{spill}/docs.parquet", roots, spill, f"{artifact_dir}/assignment.parquet")
+        del roots
+        largest = summary["largest"]
         largest.write_parquet(f"{artifact_dir}/largest_clusters.parquet")
         timings["clusters_s"] = time.perf_counter() - t3
-        dup_by_source = (assignment.filter(~pl.col("is_survivor")).group_by("source").len().sort("source"))
         import shutil
         shutil.rmtree(spill, ignore_errors=True)
         return {
-            "documents": n_docs, "without_signature": n_empty, "bands": n_bands, "bucket_partitions": len(bucket_files),
+            "documents": n_docs, "without_signature": n_empty, "bands": n_bands, "bucket_partitions": len(bucket_parts),
             "largest_bucket": largest_bucket, "bucket_pairs": bucket_pairs, "candidate_pairs": candidates, "accepted_pairs": accepted,
             "rejected_pairs": candidates - accepted if p.verify else 0, "verify": p.verify, "threshold": p.threshold,
             "candidate_similarity_histogram": sims_hist.tolist() if p.verify else None,
-            "clusters": clusters, "clustered_documents": assignment.height,
-            "duplicates": int(assignment.height - clusters),
-            "duplicates_by_source": dict(zip(dup_by_source.get_column("source").to_list(),
-                                             dup_by_source.get_column("len").to_list())),
+            "clusters": summary["clusters"], "clustered_documents": summary["clustered"],
+            "duplicates": summary["clustered"] - summary["clusters"],
+            "duplicates_by_source": dict(sorted(summary["duplicates_by_source"].items())),
             "largest_clusters": [{k2: (str(v) if k2 == "cluster_id" else v) for k2, v in r.items()}
                                  for r in largest.to_dicts()],
             "seconds": {k2: round(v, 3) for k2, v in timings.items()},
@@ -341,55 +346,84 @@ class MinHashDedup(GlobalStage):
                 os.preadv(fd, [view[int(local_off[i]) * 4:int(local_off[i + 1]) * 4]], a * 4)
         return k.jaccard_kernel(values, local_off, full[docs], inv[:len(lo)], inv[len(lo):])
 
-    def _survivors(self, docs_path: str, members: pl.DataFrame, top: int
-                   ) -> tuple[pl.DataFrame, int, pl.DataFrame]:
-        """(assignment, number of clusters, the ``top`` largest clusters). Only the columns the
-        policy needs are read for every member; ids only for the survivors."""
+    def _survivors(self, docs_path: str, roots: np.ndarray, spill: str, out_path: str) -> dict[str, Any]:
+        """Survivor of every cluster, written as ``out_path`` (one row per document in a cluster
+        of two or more, sorted by document key), in bounded memory: one pass over the metadata
+        spill sends each cluster member to a partition chosen by its cluster root
+        (``MEMBERS_PER_PART`` members each), every partition is ranked by the policy on its own,
+        and the rows go through key-range partitions so that writing them in partition order
+        gives a file sorted by key. Returns counts, duplicates per source and the largest
+        clusters."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
-        cols = ["pos", "key", "source"]
+        cols = ["pos", "key", "id", "source"]
         if p.survivor == "first":
             order, desc = ["pos"], [False]
         elif p.survivor == "min_id":
-            order, desc, cols = ["id", "pos"], [False, False], cols + ["id"]
+            order, desc = ["id", "pos"], [False, False]
         elif p.survivor == "quality":
             order, desc, cols = ["score", "pos"], [True, False], cols + ["score"]
         elif p.survivor == "newest":
             order, desc, cols = ["crawl_date", "pos"], [True, False], cols + ["crawl_date"]
         else:
             order, desc = ["_rank", "pos"], [False, False]
-        if members.height:
-            info = (pl.scan_parquet(docs_path).select(cols).join(members.lazy(), on="pos", how="inner")
-                    .collect(engine="streaming"))
-        else:
-            info = pl.DataFrame(schema={"pos": pl.Int64, "key": pl.UInt64, "source": pl.String, "id": pl.String,
-                                        "score": pl.Float64, "crawl_date": pl.Datetime("us", "UTC"),
-                                        "root": pl.Int64}).select([*cols, "root"])
-        if p.survivor == "source_priority":
-            rank = {s: i for i, s in enumerate(p.source_priority)}
-            info = info.with_columns(pl.col("source").replace_strict(rank, default=len(rank), return_dtype=pl.Int64)
-                                     .alias("_rank"))
-        ranked = info.sort(["root", *order], descending=[False, *desc], nulls_last=True)
-        del info
-        clusters = ranked.group_by("root", maintain_order=True).agg(
-            pl.col("key").min().alias("cluster_id"), pl.len().cast(pl.Int64).alias("cluster_size"),
-            pl.col("pos").first().alias("survivor_pos"), pl.col("key").first().alias("survivor_key"))
-        ids = pl.DataFrame(schema={"pos": pl.Int64, "id": pl.String})
-        if clusters.height:
-            ids = (pl.scan_parquet(docs_path).select("pos", "id")
-                   .join(clusters.lazy().select(pl.col("survivor_pos").alias("pos")), on="pos", how="inner")
-                   .collect(engine="streaming"))
-        clusters = clusters.join(ids.rename({"pos": "survivor_pos", "id": "survivor_id"}), on="survivor_pos",
-                                 how="left", maintain_order="left")
-        assignment = ranked.select("key", "pos", "source", "root").join(
-            clusters.select("root", "cluster_id", "cluster_size", "survivor_id", "survivor_key"), on="root").select(
-            "key", "pos", "source", "cluster_id", "cluster_size", "survivor_id",
-            (pl.col("key") == pl.col("survivor_key")).alias("is_survivor"))
-        largest = clusters.sort(["cluster_size", "cluster_id"], descending=[True, False]).head(top)
-        sources = (ranked.join(largest.select("root"), on="root").group_by("root")
-                   .agg(pl.col("source").first().alias("survivor_source"), pl.col("source").unique().sort().alias("sources")))
-        largest = (largest.join(sources, on="root", how="left", maintain_order="left")
-                   .select("cluster_id", "cluster_size", "survivor_id", "survivor_source", "sources"))
-        return assignment, clusters.height, largest
+        sizes = np.bincount(roots, minlength=len(roots)) if len(roots) else np.zeros(0, np.int64)
+        member = sizes[roots] > 1 if len(roots) else np.zeros(0, bool)
+        del sizes
+        parts = max(1, -(-int(member.sum()) // MEMBERS_PER_PART))
+        by_root = _PartitionedSpill(f"{spill}/members", parts, MEMBERS_PER_PART)
+        if member.any():
+            for rb in pq.ParquetFile(docs_path).iter_batches(batch_size=1 << 16, columns=cols):
+                pos = rb.column("pos").to_numpy()
+                sel = member[pos]
+                if sel.any():
+                    r = roots[pos[sel]]
+                    mixed = r.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+                    table = pa.Table.from_batches([rb]).filter(pa.array(sel)).append_column("root", pa.array(r))
+                    by_root.add(_PartitionedSpill.part_of(mixed, parts), table)
+        del member
+        by_key = _PartitionedSpill(f"{spill}/assignment", parts, MEMBERS_PER_PART)
+        n_clusters = clustered = 0
+        dups: dict[str, int] = {}
+        tops: list[pl.DataFrame] = []
+        rank = {s: i for i, s in enumerate(p.source_priority)}
+        for files in by_root.close().values():
+            info = pl.read_parquet(files)
+            if p.survivor == "source_priority":
+                info = info.with_columns(pl.col("source").replace_strict(rank, default=len(rank), return_dtype=pl.Int64)
+                                         .alias("_rank"))
+            ranked = info.sort(["root", *order], descending=[False, *desc], nulls_last=True)
+            del info
+            clusters = ranked.group_by("root", maintain_order=True).agg(
+                pl.col("key").min().alias("cluster_id"), pl.len().cast(pl.Int64).alias("cluster_size"),
+                pl.col("key").first().alias("survivor_key"), pl.col("id").first().alias("survivor_id"),
+                pl.col("source").first().alias("survivor_source"))
+            rows = ranked.select("key", "source", "root").join(
+                clusters.select("root", "cluster_id", "cluster_size", "survivor_id", "survivor_key"), on="root",
+                how="left", maintain_order="left").select(
+                "key", "source", "cluster_id", "cluster_size", "survivor_id",
+                (pl.col("key") == pl.col("survivor_key")).alias("is_survivor"))
+            n_clusters += clusters.height
+            clustered += rows.height
+            for src, n in rows.filter(~pl.col("is_survivor")).group_by("source").len().iter_rows():
+                dups[src] = dups.get(src, 0) + n
+            by_key.add(_PartitionedSpill.part_of(rows.get_column("key").to_numpy(), parts), rows.to_arrow())
+            if p.largest_clusters:
+                top = clusters.sort(["cluster_size", "cluster_id"], descending=[True, False]).head(p.largest_clusters)
+                sources = (ranked.join(top.select("root"), on="root").group_by("root")
+                           .agg(pl.col("source").unique().sort().alias("sources")))
+                tops.append(top.join(sources, on="root", how="left", maintain_order="left").select(
+                    "cluster_id", "cluster_size", "survivor_id", "survivor_source", "sources"))
+        schema = pa.schema([("key", pa.uint64()), ("source", pa.string()), ("cluster_id", pa.uint64()),
+                            ("cluster_size", pa.int64()), ("survivor_id", pa.string()), ("is_survivor", pa.bool_())])
+        with pq.ParquetWriter(out_path, schema, compression="zstd") as writer:
+            # Key-range partitions in order: the file comes out sorted by key.
+            for files in by_key.close().values():
+                writer.write_table(pl.read_parquet(files).sort("key").to_arrow().cast(schema))
+        largest = (pl.concat(tops).sort(["cluster_size", "cluster_id"], descending=[True, False])
+                   .head(p.largest_clusters) if tops else
+                   pl.DataFrame(schema={"cluster_id": pl.UInt64, "cluster_size": pl.Int64, "survivor_id": pl.String,
+                                        "survivor_source": pl.String, "sources": pl.List(pl.String)}))
+        return {"clusters": n_clusters, "clustered": clustered, "duplicates_by_source": dups, "largest": largest}
 
     # --- apply ------------------------------------------------------------------------------
     def setup(self, ctx: StageContext) -> None:
