@@ -64,3 +64,33 @@ def test_selects_the_planted_domain_and_keeps_the_ratio(tmp_path, corpora):
 def test_kind_is_required(tmp_path):
     with pytest.raises(ValueError, match="kind"):
         PerplexityCorrelation({"bpb": "b.csv", "scores": "s.csv", "targets": ["x"]})
+
+
+def test_selection_drives_the_release(tmp_path, corpora):
+    """``pc.keep`` in ``release.select``: the release holds exactly the selected documents, and
+    the drops are attributed to the stage."""
+    from pathlib import Path
+
+    from schemas.config import PipelineConfig
+    from warehouse.release import StageInfo, build_release
+    texts = {"good": real_texts(corpora, "wiki_en", 200), "other": real_texts(corpora, "wiki_fr", 200),
+             "third": real_texts(corpora, "wiki_es", 200)}
+    make_lake(tmp_path, {s: [t] for s, t in texts.items()})
+    _files(tmp_path, {"good"}, list(texts))
+    params = {"bpb": "bpb.csv", "scores": "scores.csv", "targets": ["bench_acc"], "kind": "accuracy",
+              "group_by": "source", "ratio": 0.25}
+    _, out, _ = _run(tmp_path, params)
+    cfg = PipelineConfig.model_validate({
+        "name": "t", "lake": str(tmp_path),
+        "sources": [{"name": s, "format": "parquet", "paths": ["x"]} for s in texts],
+        "release": {"name": "rel", "select": "pc.keep", "order": "ingest", "shard_rows": 100, "seed": 1}})
+    lake = Lake(str(tmp_path))
+    stage = PerplexityCorrelation(params)
+    info = [StageInfo("pc", stage.key("pc"), list(stage.writes()), None)]
+    manifest, _ = build_release(cfg, lake, info, "run-1", "test")
+    d = Path(lake.release_dir("rel", manifest["version"]))
+    released = sorted(r["text"] for s in manifest["shards"] for r in pq.read_table(d / s["file"]).to_pylist())
+    wanted = sorted(t for s in texts for t, k in zip(texts[s], out[s].column("keep").to_pylist()) if k and t.strip())
+    assert released == wanted and 0 < len(wanted) < 600
+    dropped = sum(x["rows"] for x in manifest["drop_reasons"] if (x["stage"], x["reason"]) == ("pc", "ppl_corr_not_selected"))
+    assert dropped == 600 - len(wanted) - sum(1 for s in texts for t in texts[s] if not t.strip())
