@@ -3,28 +3,34 @@
 **Fit** (one pass over every shard's ``minhash_bands`` from ``minhash_signatures``, plus the
 provenance columns, plus the text when ``verify`` is on):
 
-1. Streams the batches, numbering documents in lake order (``pos``). Band keys go to
-   ``buckets/part-XX.parquet`` (``key``, ``pos``), partitioned by the key's top bits; document
-   metadata goes to a spill file; with ``verify`` each document's shingle set (its
-   ``max_shingles`` smallest distinct 32-bit shingle values, i.e. all of them for documents up to
-   that size) is derived from the text and appended to a flat spill file. Memory: one batch plus
-   small write buffers.
-2. Per bucket partition: rows whose key occurs more than once are sorted by (key, pos); each
-   bucket member is paired with the bucket's first member and with up to ``window`` members
-   before it. Pairs are spilled, partitioned again, and de-duplicated per partition.
+1. Streams the batches, numbering documents in lake order (``pos``). Band keys (``key``,
+   ``pos``) go to a spill partitioned by the key's top bits (small Parquet files per partition
+   and flush; no writer stays open); document metadata goes to a spill file; with ``verify``
+   each document's shingle set (its ``max_shingles`` smallest distinct 32-bit shingle values,
+   i.e. all of them for documents up to that size) is derived from the text and appended to a
+   flat spill file. Memory: one batch plus a 4 MB buffer.
+2. Per bucket partition: its files become one file sorted by (key, pos),
+   ``buckets/part-XXXX.parquet`` (the band index kept in the artifact); rows whose key occurs
+   more than once are paired: each bucket member with the bucket's first member and with up to
+   ``window`` members before it. Pairs are spilled, partitioned again, and de-duplicated per
+   partition.
 3. With ``verify`` (default) each unique candidate pair's Jaccard is computed from the spilled
    shingle sets (exact for documents up to ``max_shingles`` distinct shingles, a bottom-k
    estimate beyond) and kept only when it is at least ``threshold``. Without it every
    candidate is kept.
 4. Union-find over the kept pairs (the larger root always joins the smaller, so components do
-   not depend on edge order); the survivor of each cluster is chosen by ``survivor``.
-5. Writes ``assignment.parquet`` (one row per document in a cluster of 2 or more: document key,
-   cluster id, size, survivor id, survivor flag), ``largest_clusters.parquet`` and returns
-   metrics (duplicates per source, the largest clusters) that the catalog records.
+   not depend on edge order).
+5. Survivors (``_survivors``): one pass over the metadata spill sends every document of a
+   cluster of 2+ to a partition chosen by its cluster root; each partition (``MEMBERS_PER_PART``
+   members) is ranked by the ``survivor`` policy on its own; the rows pass through key-range
+   partitions and are written in partition order as ``assignment.parquet`` (one row per
+   clustered document: key, source, cluster id, size, survivor id, survivor flag; sorted by
+   key), plus ``largest_clusters.parquet``; the metrics (duplicates per source, the largest
+   clusters) go to the catalog.
 
-Memory in the fit: 17 bytes per document (union-find parent, shingle offset, a flag), plus one
-bucket partition (about 16 x bands x documents / partitions bytes) and one pair partition at a
-time. Signatures are never all in memory.
+Memory in the fit: 25 bytes per document (union-find parent and root 8 + 8, shingle-set offset
+8, a flag), plus one bucket partition (about 16 x bands x documents / partitions bytes), one
+pair partition, or one survivor partition at a time. Signatures are never all in memory.
 
 **Apply** (per shard): a document in a cluster that is not its survivor gets ``keep=false``,
 ``reason="near_duplicate"``; every document gets ``cluster_id`` (the smallest document key of
