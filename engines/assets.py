@@ -18,7 +18,9 @@ from filelock import FileLock
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CURATE_CACHE", Path.home() / ".cache" / "curate"))
+    """curate's cache folder (models, wheels, compiled kernels): ``$CURATE_CACHE``, else
+    ``~/.cache/curate``."""
+    return Path(os.environ.get("CURATE_CACHE") or Path.home() / ".cache" / "curate")
 
 
 def wheel_file(requirement: str, member_suffix: str, dest_name: str | None = None) -> Path:

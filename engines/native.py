@@ -3,7 +3,8 @@
 A stage that needs a tight loop ships its C source as a Python string and calls
 ``load_library(name, source, signatures)``: the source is compiled with the system C
 compiler (``$CC``, else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, falling back to
-``-O3``) into the cache folder (``$CURATE_CACHE_DIR``, else ``~/.cache/curate``) under a name
+``-O3``) into the cache folder (``engines.assets.cache_dir()``: ``$CURATE_CACHE``, else
+``~/.cache/curate``) under a name
 keyed by a hash of the source, the machine, the CPU flags and any extra compiler flags, so a
 changed kernel or a different CPU gets its own build and nothing is rebuilt otherwise.
 Concurrent builders (threads or processes) all end with a complete file: each compiles in a
@@ -25,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from engines.assets import cache_dir
+
 __all__ = ["cache_dir", "compiler", "load_library"]
 
 _LOCK = threading.Lock()
@@ -33,11 +36,6 @@ _LOADED: dict[tuple[str, str, tuple[str, ...]], ctypes.CDLL] = {}
 
 #: ``{function name: (argtypes, restype)}``; restype ``None`` for ``void``.
 Signatures = Mapping[str, tuple[Sequence[Any], Any]]
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels live: ``$CURATE_CACHE_DIR``, else ``~/.cache/curate``."""
-    return Path(os.environ.get("CURATE_CACHE_DIR") or Path.home() / ".cache" / "curate")
 
 
 def compiler() -> str | None:

@@ -13,7 +13,7 @@ SIG = {"add_one": ([ctypes.c_long], ctypes.c_long)}
 
 @pytest.mark.skipif(native.compiler() is None, reason="no C compiler")
 def test_compile_load_and_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CURATE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CURATE_CACHE", str(tmp_path))
     src = SRC + f"/* {tmp_path.name} */\n"  # a source no other test has loaded in this process
     lib = native.load_library("t_native", src, SIG)
     assert lib.add_one(41) == 42
@@ -26,7 +26,7 @@ def test_compile_load_and_cache(tmp_path, monkeypatch):
 
 
 def test_no_compiler_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("CURATE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CURATE_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
         native.load_library("t_native", SRC + "/* none */\n", SIG)

@@ -2,7 +2,7 @@
 
 Everything that runs per byte, per word or per shingle is C (``filters/minhash/_csrc.py``),
 compiled once per machine with the system C compiler (``cc -O3 -march=native``) into a cache
-folder (``$CURATE_CACHE_DIR``, else ``~/.cache/curate``) and called through ctypes, which
+folder (``$CURATE_CACHE``, else ``~/.cache/curate``) and called through ctypes, which
 releases the GIL, so threads run kernels in parallel. A shared library costs a process about
 nothing, where a JIT (Numba was tried first) cost ~200 MB of private memory per process.
 
@@ -37,7 +37,7 @@ import ctypes
 
 import numpy as np
 
-from engines.native import cache_dir, load_library  # noqa: F401  (cache_dir: re-exported)
+from engines.native import load_library
 from filters.minhash._csrc import SOURCE
 
 MASK64 = (1 << 64) - 1
