@@ -103,8 +103,14 @@ def _list_parts(col: pl.Series, value_type: Any) -> tuple[np.ndarray, np.ndarray
     return values, lengths
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """Spread values that are not uniform (pair codes, cluster roots) over the 64-bit range, so
+    their top bits choose partitions evenly (Fibonacci hashing)."""
+    return x.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+
+
 class _PartitionedSpill:
-    """Rows spread over ``partitions`` folders by a per-row partition number, buffered up to
+    """Rows spread over ``partitions`` folders by a 64-bit routing key per row, buffered up to
     ``flush_rows`` rows and then written as one small Parquet file per partition and flush
     (``part-XXXX/NNNNN.parquet``). No writer stays open between flushes: an open Parquet writer
     holds about a megabyte of page and compressor buffers, so 64 of them cost more memory than
@@ -117,15 +123,15 @@ class _PartitionedSpill:
         self.rows = self.flushes = 0
         self.files: dict[int, list[str]] = {}
 
-    @staticmethod
-    def part_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    def part_of(self, keys: np.ndarray) -> np.ndarray:
         """Partition of each 64-bit key from its top 32 bits (multiply-shift range reduction:
         monotone in the key, so partitions hold consecutive key ranges)."""
-        return (((keys >> np.uint64(32)) * np.uint64(partitions)) >> np.uint64(32)).astype(np.int64)
+        return (((keys >> np.uint64(32)) * np.uint64(self.partitions)) >> np.uint64(32)).astype(np.int64)
 
-    def add(self, part: np.ndarray, table: pa.Table) -> None:
+    def add(self, route: np.ndarray, table: pa.Table) -> None:
+        """Buffer ``table``; row i goes to the partition of ``route[i]`` (``part_of``)."""
         if table.num_rows:
-            self.buf.append((part, table))
+            self.buf.append((self.part_of(route), table))
             self.rows += table.num_rows
             if self.rows >= self.flush_rows:
                 self.flush()
@@ -220,8 +226,7 @@ class MinHashDedup(GlobalStage):
                 row_of_value = np.repeat(np.arange(n), lengths)
                 keep_values = good[row_of_value]
                 bkeys = values[keep_values]
-                buckets.add(_PartitionedSpill.part_of(bkeys, p.partitions),
-                            pa.table({"key": bkeys, "pos": pos[row_of_value[keep_values]]}))
+                buckets.add(bkeys, pa.table({"key": bkeys, "pos": pos[row_of_value[keep_values]]}))
                 meta = batch.select(
                     pl.Series("pos", pos), pl.Series("key", document_keys(batch)), pl.col("id"), pl.col("source"),
                     pl.col("crawl_date"),
@@ -279,9 +284,7 @@ class MinHashDedup(GlobalStage):
             code = np.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
             bucket_pairs += len(code)
             largest_bucket = max(largest_bucket, int(f.group_by("key").len().get_column("len").max() or 0))
-            # Partition by a mix of the code so each pair partition gets a fair share.
-            mixed = code * np.uint64(0x9E3779B97F4A7C15)
-            pairs.add(_PartitionedSpill.part_of(mixed, p.partitions), pa.table({"pair": code.view(np.int64)}))
+            pairs.add(_mix(code), pa.table({"pair": code.view(np.int64)}))
         pair_files = pairs.close()
         timings["candidates_s"] = time.perf_counter() - t1
 
@@ -383,9 +386,8 @@ class MinHashDedup(GlobalStage):
                 sel = member[pos]
                 if sel.any():
                     r = roots[pos[sel]]
-                    mixed = r.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
                     table = pa.Table.from_batches([rb]).filter(pa.array(sel)).append_column("root", pa.array(r))
-                    by_root.add(_PartitionedSpill.part_of(mixed, parts), table)
+                    by_root.add(_mix(r), table)
         del member
         by_key = _PartitionedSpill(f"{spill}/assignment", parts, MEMBERS_PER_PART)
         n_clusters = clustered = 0
@@ -412,7 +414,7 @@ class MinHashDedup(GlobalStage):
             clustered += rows.height
             for src, n in rows.filter(~pl.col("is_survivor")).group_by("source").len().iter_rows():
                 dups[src] = dups.get(src, 0) + n
-            by_key.add(_PartitionedSpill.part_of(rows.get_column("key").to_numpy(), parts), rows.to_arrow())
+            by_key.add(rows.get_column("key").to_numpy(), rows.to_arrow())
             if p.largest_clusters:
                 top = clusters.sort(["cluster_size", "cluster_id"], descending=[True, False]).head(p.largest_clusters)
                 sources = (ranked.join(top.select("root"), on="root").group_by("root")
