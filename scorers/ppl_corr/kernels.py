@@ -114,6 +114,13 @@ def _rows_index(rows: np.ndarray, n: int) -> np.ndarray:
     return rows64
 
 
+def _lim_index(lim: np.ndarray, n: int) -> np.ndarray:
+    lim64 = np.ascontiguousarray(lim, dtype=np.int64)
+    if lim64.shape != (n,) or np.any(lim64 < 0) or np.any(lim64 > np.arange(n)):
+        raise ValueError("lim[k] must be in [0, k]")
+    return lim64
+
+
 def _ranges(n_dom: int, n_threads: int) -> list[tuple[int, int]]:
     t = max(1, min(n_threads, n_dom // _MIN_COLS_PER_THREAD))
     blocks = -(-n_dom // _BLOCK)
@@ -140,9 +147,7 @@ def pairs_f32(
     n, n_dom = X.shape
     if n > MAX_MODELS:
         raise ValueError(f"at most {MAX_MODELS} models")
-    lim = np.ascontiguousarray(lim, dtype=np.int64)
-    if lim.shape != (n,) or np.any(lim < 0) or np.any(lim > np.arange(n)):
-        raise ValueError("lim[k] must be in [0, k]")
+    lim = _lim_index(lim, n)
     w32 = None
     if w is not None:
         w64 = np.asarray(w, dtype=np.int64)
@@ -182,9 +187,7 @@ def sign_pairs_f64(
     cols = np.ascontiguousarray(cols, dtype=np.int64)
     if cols.size and (cols.min() < 0 or cols.max() >= X.shape[1]):
         raise IndexError("column index out of range")
-    lim = np.ascontiguousarray(lim, dtype=np.int64)
-    if lim.shape != (n,) or np.any(lim < 0) or np.any(lim > np.arange(n)):
-        raise ValueError("lim[k] must be in [0, k]")
+    lim = _lim_index(lim, n)
     rows64 = None if rows is None else _rows_index(rows, n)
     out = np.empty(cols.size, dtype=np.float64)
     if cols.size and lib.pc_sign_pairs_f64(_p(X), ld, n, _p(rows64), _p(cols), cols.size, _p(lim), _p(out)) != 0:
