@@ -30,3 +30,22 @@ def corpora() -> Path:
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     return DEMO
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A live S3-protocol server (moto's standalone server) for the whole session; its client
+    variables (AWS_ENDPOINT_URL, credentials) are set in this process and inherited by children.
+    Make a fresh bucket per test with ``s3_server.bucket()``."""
+    from tests.s3server import S3Server
+    server = S3Server().start()
+    old = server.apply_env()
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
