@@ -71,7 +71,19 @@ class VectorSpill:
 
 
 def rows_f32(vectors: np.ndarray, positions: np.ndarray | slice) -> np.ndarray:
-    return np.ascontiguousarray(vectors[positions], dtype=np.float32)
+    """A writable float32 copy of the rows (never a view of the read-only map: faiss and the
+    normalisation write into it)."""
+    return np.array(vectors[positions], dtype=np.float32, order="C", copy=True)
+
+
+def unit_rows(vectors: np.ndarray, positions: np.ndarray | slice) -> np.ndarray:
+    """Rows as float32 scaled to unit norm: stored float16 vectors are up to ~1e-3 off unit
+    length, more than the float32 products' error, so products are taken on re-normalised rows
+    (their float32 dot is the float64 ``exact_cosine`` within ~1e-6, well inside ``BAND``)."""
+    x = rows_f32(vectors, positions)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
 
 
 def exact_cosine(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -291,7 +303,7 @@ class ClusterSearch:
         self.stats.largest_cluster = max(self.stats.largest_cluster, m)
         if m == 0 or (m == 1 and g == 0):
             return
-        xm = rows_f32(self.vectors, members)
+        xm = unit_rows(self.vectors, members)
         graph = _LocalGraph(m + g)
         step = max(1, BLOCK_CELLS // m)
         lo_thr = self.threshold - BAND
@@ -311,7 +323,7 @@ class ClusterSearch:
             gstep = max(1, BLOCK_CELLS // m)
             for s in range(0, g, gstep):
                 e = min(g, s + gstep)
-                xg = rows_f32(self.vectors, guests[s:e])
+                xg = unit_rows(self.vectors, guests[s:e])
                 sim = xg @ xm.T
                 rows = np.arange(e - s)
                 best = sim.argmax(axis=1)
@@ -395,7 +407,7 @@ def brute_force_pairs(vectors: np.ndarray, valid: np.ndarray, threshold: float, 
     blocked matrix products over all pairs (float32 to find candidates within ``BAND``, float64
     to decide them). O(n^2 d): for checking the stage, not for production."""
     pos = np.flatnonzero(np.asarray(valid))
-    x = rows_f32(vectors, pos)
+    x = unit_rows(vectors, pos)
     out = []
     for s in range(0, len(pos), block):
         sim = x[s:s + block] @ x[s:].T
