@@ -26,12 +26,13 @@ def blobs(n=4000, d=32, centers=40, dups=400, seed=0, spread=0.35, noise=0.08):
     return x.astype(np.float32)
 
 
-def batches(x, valid=None, sources=None, scores=None, rows=700, dtype=pa.float16()):
+def batches(x, valid=None, sources=None, scores=None, rows=700, dtype=None):
     n, d = x.shape
     valid = np.ones(n, bool) if valid is None else valid
     for s in range(0, n, rows):
         e = min(n, s + rows)
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(x[s:e].ravel()).cast(dtype), d, mask=pa.array(~valid[s:e]))
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(x[s:e].ravel()).cast(dtype or pa.float16()), d,
+                                                mask=pa.array(~valid[s:e]))
         cols = {"id": [f"d{i}" for i in range(s, e)],
                 "source": sources[s:e] if sources is not None else ["a"] * (e - s),
                 "ingest_run": ["r"] * (e - s), "src_file": ["f"] * (e - s), "src_offset": list(range(s, e)),
@@ -129,7 +130,7 @@ def test_d4_prunes_the_most_prototypical(tmp_path):
     x = blobs(n=2000, dups=100, seed=5)
     _, _, m, out = fit_apply(tmp_path, x, {"eps": 0.1, "n_clusters": 12, "d4_fraction": 0.6})
     kept = out.filter(pl.col("keep"))
-    for (c,), part in kept.group_by("cluster"):
+    for _, part in kept.group_by("cluster"):
         n_keep = part.get_column("d4_keep").sum()
         assert n_keep == math.ceil(0.6 * part.height)
         if n_keep < part.height:  # every pruned one is closer to the centroid than every kept one
