@@ -21,8 +21,11 @@ from engines.inference.models import resolve_model
 
 
 def spans_from_offsets(tokenizer: Any, texts: list[str], max_tokens: int, max_chunks: int) -> list[list[str]]:
-    """Cut each text into at most ``max_chunks`` pieces of at most ``max_tokens`` tokens, at token
-    boundaries, using a Hugging Face fast tokenizer's character offsets (one batched pass)."""
+    """Cut each text into at most ``max_chunks`` pieces of at most ``max_tokens`` tokens, using a
+    Hugging Face fast tokenizer's character offsets (one batched pass). A cut falls between two
+    tokens with text between them (whitespace), moved back from the ``max_tokens`` mark if that
+    splits a word (a word longer than a whole piece is cut where it must), so each piece
+    tokenises on its own exactly as it did inside the document."""
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
                     return_token_type_ids=False)
     out: list[list[str]] = []
@@ -32,10 +35,16 @@ def spans_from_offsets(tokenizer: Any, texts: list[str], max_tokens: int, max_ch
             out.append([text])
             continue
         pieces = []
-        for c in range(min(max_chunks, -(-n // max_tokens))):
-            first, last = c * max_tokens, min(n, (c + 1) * max_tokens) - 1
-            start = 0 if c == 0 else offsets[first][0]
-            pieces.append(text[start:offsets[last][1]])
+        first = 0
+        while first < n and len(pieces) < max_chunks:
+            end = min(n, first + max_tokens)  # the piece is tokens [first, end)
+            if end < n:
+                cut = end
+                while cut > first + 1 and offsets[cut][0] <= offsets[cut - 1][1]:
+                    cut -= 1
+                end = cut if cut > first + 1 else end
+            pieces.append(text[0 if first == 0 else offsets[first][0]:offsets[end - 1][1]])
+            first = end
         out.append(pieces)
     return out
 

@@ -94,13 +94,8 @@ class VLLMBackend(InferenceBackend):
     def embed_requests(self, texts: list[str]) -> list[dict[str, Any]]:
         """The prompts of one ``llm.embed`` call: token ids with the tokenizer's special tokens
         ([CLS] ... [SEP] for BERT-like models), the text cut to ``max_embed_tokens``."""
-        limit = self.max_embed_tokens
-        out = []
-        for t in texts:
-            ids = self.tok.encode(t, add_special_tokens=False)[:limit]
-            out.append({"prompt_token_ids": self.tok.build_inputs_with_special_tokens(ids)
-                        if hasattr(self.tok, "build_inputs_with_special_tokens") else ids})
-        return out
+        enc = self.tok(texts, add_special_tokens=True, truncation=True, max_length=self.max_embed_tokens + 2)
+        return [{"prompt_token_ids": list(ids)} for ids in enc["input_ids"]]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
