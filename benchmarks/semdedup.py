@@ -1,15 +1,16 @@
 """Semantic dedup: exactness against brute force, speed and memory against semhash, embedding
 throughput against sentence-transformers, and a 1,000,000-vector memory run.
 
-    python benchmarks/semdedup.py                 # everything except the 1M run (~15-30 min on 2 cores)
-    python benchmarks/semdedup.py --quick         # 4,000 documents, a smoke run
+    python benchmarks/semdedup.py                 # everything except the 1M run (20,000 documents)
+    python benchmarks/semdedup.py --quick         # 3,000 documents, a smoke run
     python benchmarks/semdedup.py --memory 1000000 250000   # the memory run(s) only
 
-Corpus (real text, >= 20,000 documents): the shared corpora (Wikipedia summaries in English,
-French and Spanish, Python docs, Gutenberg, the Debian handbook WARC: 127 pages in 26
-languages) plus planted rewrites of 1,000 English summaries (sentences reordered, one dropped,
-case and punctuation changed). Embedded once with the ``embed`` stage (all-MiniLM-L6-v2,
-chunking defaults) and cached in ``$CURATE_CACHE/bench``.
+Corpus (real text, ``--docs`` 20,000 by default): the shared corpora in this order: English
+Wikipedia summaries (10,033), planted rewrites of 1,000 of them (sentences reordered, one
+dropped, case and punctuation changed), the Debian handbook WARC (3,302 pages: 127 pages in 26
+languages, so translations of one page are in the corpus), then French and Spanish Wikipedia
+(Python docs and Gutenberg after them, up to 31,122). Embedded once with the ``embed`` stage
+(all-MiniLM-L6-v2, ``pooling: first``) and cached in ``$CURATE_CACHE/bench`` (resumable).
 
 1. Embedding throughput: the ``embed`` stage (``pooling: first``, empty cache) against
    ``SentenceTransformer.encode`` on the same 1,000 texts in the same process (ratio <= 1.1).
@@ -83,21 +84,23 @@ def _rewrite(text: str, rng: random.Random) -> str:
     return out.replace(",", "").replace(";", ".")
 
 
-def build_corpus(limit: int | None = None, planted: int = 1000) -> pl.DataFrame:
-    rows: list[dict] = []
-    for name in ("wiki_en", "wiki_fr", "wiki_es", "python_docs", "gutenberg"):
-        t = pq.read_table(CORPORA / f"{name}.parquet").to_pylist()
-        rows += [{"source": name, "key": r.get("url") or r.get("path") or str(i), "text": r["text"]}
-                 for i, r in enumerate(t)]
-    rows += [{"source": "handbook", "key": u, "text": t} for u, t in _handbook()]
+def _parquet_rows(name: str) -> list[dict]:
+    t = pq.read_table(CORPORA / f"{name}.parquet").to_pylist()
+    return [{"source": name, "key": r.get("url") or r.get("path") or str(i), "text": r["text"]} for i, r in enumerate(t)]
+
+
+def build_corpus(docs: int, planted: int = 1000) -> pl.DataFrame:
+    """The first ``docs`` documents of: English Wikipedia, the planted rewrites of some of them,
+    the handbook pages (26 languages), then French and Spanish Wikipedia, Python docs, Gutenberg."""
+    en = _parquet_rows("wiki_en")
     rng = random.Random(0)
-    en = [r for r in rows if r["source"] == "wiki_en" and len(r["text"]) > 300]
-    for r in rng.sample(en, planted):
-        rows.append({"source": "planted", "key": "rewrite:" + r["key"], "text": _rewrite(r["text"], rng)})
-    if limit:
-        rng.shuffle(rows)
-        rows = rows[:limit]
-    return pl.DataFrame(rows)
+    base = [r for r in en if len(r["text"]) > 300]
+    rows = en + [{"source": "planted", "key": "rewrite:" + r["key"], "text": _rewrite(r["text"], rng)}
+                 for r in rng.sample(base, planted)]
+    rows += [{"source": "handbook", "key": u, "text": t} for u, t in _handbook()]
+    for name in ("wiki_fr", "wiki_es", "python_docs", "gutenberg"):
+        rows += _parquet_rows(name)
+    return pl.DataFrame(rows[:docs])
 
 
 def embed_corpus(corpus: pl.DataFrame, cache: Path) -> tuple[np.ndarray, np.ndarray, float]:
@@ -116,7 +119,8 @@ def embed_corpus(corpus: pl.DataFrame, cache: Path) -> tuple[np.ndarray, np.ndar
     # pages would otherwise cost up to 8 forward passes each, hours on 2 shared cores. The cache
     # keeps every vector, so an interrupted run resumes where it stopped.
     stage = Embed({"pooling": "first",
-                   "inference": {"backend": "sentence_transformers", "model": "all-minilm-l6-v2", "batch_size": 64}})
+                   "inference": {"backend": "sentence_transformers", "model": "all-minilm-l6-v2", "batch_size": 64,
+                                 "threads": 1}})
     stage.setup(StageContext(cache_dir=str(cache)))
     vecs, valid = [], []
     t0 = time.perf_counter()
@@ -333,6 +337,7 @@ def main() -> None:
     ap.add_argument("--memory-child", nargs=2)
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--embed-only", action="store_true", help="embed (and cache) the corpus, then stop")
+    ap.add_argument("--docs", type=int, default=20_000, help="documents of the real-text corpus (max 31,122)")
     ap.add_argument("--skip-speed", action="store_true", help="leave out the embedding throughput comparison")
     args = ap.parse_args()
     if args.child:
@@ -354,7 +359,7 @@ def main() -> None:
     from engines.assets import cache_dir
     cache = cache_dir() / "bench"
     cache.mkdir(parents=True, exist_ok=True)
-    corpus = build_corpus(limit=4000 if args.quick else None, planted=200 if args.quick else 1000)
+    corpus = build_corpus(3000 if args.quick else args.docs, planted=200 if args.quick else 1000)
     print(f"corpus: {corpus.height:,} documents", dict(corpus.group_by("source").len().iter_rows()), flush=True)
     texts = corpus.get_column("text").to_list()
 
