@@ -235,16 +235,20 @@ def _child(kind: str, data: str, n_probe: int, record: bool, out_path: str) -> N
     Path(out_path).write_text(json.dumps(res))
 
 
-def in_subprocess(kind: str, data: str, n_probe: int = 3, record: bool = False) -> dict:
+def _run_child(args: list[str]) -> dict:
+    """Run this script with ``args`` plus a result path; its JSON result and its peak RSS."""
     out = tempfile.mktemp(suffix=".json")
-    cmd = [sys.executable, __file__, "--child", kind, data, str(n_probe), str(int(record)), out]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen([sys.executable, __file__, *args, out])
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
-        raise RuntimeError(f"{kind} run failed ({status})")
+        raise RuntimeError(f"{' '.join(args)} failed ({status})")
     res = json.loads(Path(out).read_text())
     res["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
     return res
+
+
+def in_subprocess(kind: str, data: str, n_probe: int = 3, record: bool = False) -> dict:
+    return _run_child(["--child", kind, data, str(n_probe), str(int(record))])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,14 +310,7 @@ def memory_child(n: int, out_path: str) -> None:
 
 
 def memory_run(n: int) -> dict:
-    out = tempfile.mktemp(suffix=".json")
-    proc = subprocess.Popen([sys.executable, __file__, "--memory-child", str(n), out])
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"memory run failed ({status})")
-    res = json.loads(Path(out).read_text())
-    res["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
-    return res
+    return _run_child(["--memory-child", str(n)])
 
 
 # ----------------------------------------------------------------------------------------------

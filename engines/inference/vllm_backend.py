@@ -17,14 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.inference.base import (
-    Generation,
-    InferenceBackend,
-    InferenceConfig,
-    Messages,
-    SamplingParams,
-    normalise_rows,
-)
+from engines.inference.base import Generation, InferenceBackend, InferenceConfig, Messages, SamplingParams
+from engines.inference.base import normalise_rows as normalise_rows
 from engines.inference.models import resolve_model
 
 
