@@ -40,6 +40,7 @@ from engines.inference.cache import VectorCache, cache_key, text_hash
 from engines.stage import Stage, StageContext, register_stage
 
 CHUNK_RULE_VERSION = "embed-chunks-v1"
+CHARS_PER_TOKEN_CAP = 32
 
 
 def _default_inference() -> InferenceConfig:
@@ -92,7 +93,11 @@ class Embed(Stage):
     def _compute(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors (float32, NaN rows where the backend failed) and piece counts of ``texts``."""
         p: EmbedParams = self.params  # type: ignore[assignment]
-        spans = self.backend.token_spans(texts, self.chunk_tokens, p.max_chunks if p.pooling == "mean" else 1)
+        chunks = p.max_chunks if p.pooling == "mean" else 1
+        # Only the first chunks x chunk_tokens tokens are embedded: a giant document is not
+        # tokenised whole (at most CHARS_PER_TOKEN_CAP characters per token are looked at).
+        cap = chunks * self.chunk_tokens * CHARS_PER_TOKEN_CAP
+        spans = self.backend.token_spans([t[:cap] for t in texts], self.chunk_tokens, chunks)
         flat = [s for pieces in spans for s in pieces]
         owner = np.repeat(np.arange(len(texts)), [len(s) for s in spans])
         weights = np.array([max(len(s), 1) for s in flat], dtype=np.float64)

@@ -155,6 +155,8 @@ def test_float32_embeddings_and_tiny_corpora(tmp_path):
     x = blobs(n=30, dups=5, d=8)
     _, _, m, out = fit_apply(tmp_path, x, {"eps": 0.05}, dtype=pa.float32())
     assert out.height == 30 and m["clusters"] == 1
+    _, _, m0, out0 = fit_apply(tmp_path, x, {}, valid=np.zeros(len(x), bool))  # nothing embedded
+    assert out0.get_column("keep").all() and out0.get_column("cluster").null_count() == 30 and m0["embedded"] == 0
     one = blobs(n=1, dups=0, d=8)
     _, _, m1, out1 = fit_apply(tmp_path, one, {})
     assert out1.get_column("keep").to_list() == [True] and m1["groups"] == 0

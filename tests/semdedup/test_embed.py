@@ -101,6 +101,12 @@ def test_embed_stage_pools_chunks_and_caches(tmp_path, backend, corpora):
                        atol=1e-3)
 
 
+def test_giant_document_is_not_tokenised_whole(tmp_path, backend):
+    giant = "lorem ipsum dolor sit amet " * 800_000  # 21.6 MB of text
+    out = _stage(tmp_path, backend).transform(pl.DataFrame({"id": ["g"], "text": [giant]}))
+    assert out.get_column("chunks").to_list() == [8] and out.get_column("embed_error").to_list() == [None]
+
+
 def test_a_failing_backend_costs_only_its_rows(tmp_path, backend, corpora):
     class HalfBroken(Counting):
         def embed(self, texts):
