@@ -216,10 +216,10 @@ def run_semhash(vectors: np.ndarray, valid: np.ndarray, texts: list[str]) -> dic
     result = sh.self_deduplicate(threshold=1 - EPS)
     seconds = time.perf_counter() - t
     found = set()
-    for item in result.filtered:
+    for item in result.filtered:  # a removed record and the kept record it duplicates
         found.add(int(item.record["pos"]))
-        for rec, _score in item.duplicates:
-            found.add(int(rec["pos"]))
+        if item.duplicate_of is not None:
+            found.add(int(item.duplicate_of["pos"]))
     return {"seconds": seconds, "in_group": sorted(found), "removed": len(result.filtered)}
 
 
