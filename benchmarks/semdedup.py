@@ -338,6 +338,7 @@ def main() -> None:
     ap.add_argument("--embed-only", action="store_true", help="embed (and cache) the corpus, then stop")
     ap.add_argument("--docs", type=int, default=20_000, help="documents of the real-text corpus (max 31,122)")
     ap.add_argument("--skip-speed", action="store_true", help="leave out the embedding throughput comparison")
+    ap.add_argument("--speed-docs", type=int, default=1000, help="documents of the embedding throughput comparison")
     args = ap.parse_args()
     if args.child:
         kind, data, n_probe, record, out = args.child
@@ -367,7 +368,7 @@ def main() -> None:
         return
     if not args.skip_speed:
         report["embedding_speed"] = embedding_speed(
-            corpus.filter(pl.col("source") == "wiki_en").get_column("text").head(300 if args.quick else 1000).to_list(),
+            corpus.filter(pl.col("source") == "wiki_en").get_column("text").head(args.speed_docs).to_list(),
             cache)
         print("embedding throughput", json.dumps(report["embedding_speed"]), flush=True)
     report["corpus"] = {"documents": corpus.height, "embedded": int(valid.sum()), "embed_seconds": round(emb_s, 1)}
