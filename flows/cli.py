@@ -209,6 +209,7 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
         rel_dir = Path(release)
     else:
         name, _, version = release.partition("/")
+        _check_names(("release name", name), ("release version", version))
         if not version:
             pointer = Path(root) / "releases" / name / "LATEST"
             if not pointer.exists():
@@ -231,6 +232,16 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
         raise typer.Exit(1) from None
     console.print(f"[bold green]exported {rel_dir.parent.name}/{rel_dir.name} as {format}[/]: "
                   f"{info['rows']:,} documents, {info['tokens']:,} tokens\n  {dest}")
+
+
+def _check_names(*named: tuple[str, str]) -> None:
+    """Exit 2 if a name from the command line would not be a safe lake folder name."""
+    from schemas.names import name_problem
+    for what, value in named:
+        problem = name_problem(value, what) if value else None
+        if problem:
+            console.print(f"[red]{problem}[/]")
+            raise typer.Exit(2)
 
 
 def main() -> None:
