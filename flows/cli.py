@@ -35,8 +35,12 @@ LakeOpt = Annotated[str, typer.Option("--lake", "-l", help="Lake folder, or a pi
 
 def _lake_root(lake: str) -> str:
     if lake.endswith((".yaml", ".yml")):
-        from schemas.config import load_config
-        return load_config(lake).lake_path
+        from schemas.config import ConfigError, load_config
+        try:
+            return load_config(lake).lake_path
+        except ConfigError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
     return str(Path(lake).resolve()) if "://" not in lake else lake
 
 

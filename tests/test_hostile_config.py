@@ -62,10 +62,11 @@ def test_alias_bomb_refused_fast_and_small(tmp_path):
 def test_alias_bomb_through_the_cli(tmp_path):
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(BOMB)
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "validate", str(bomb)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert "alias bomb" in out.stderr and "Traceback" not in out.stderr + out.stdout
+    for args, stream in ((["validate", str(bomb)], "stderr"), (["stats", "--lake", str(bomb)], "stdout")):
+        out = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2, args
+        assert "alias bomb" in getattr(out, stream) and "Traceback" not in out.stderr + out.stdout
 
 
 def test_ordinary_aliases_still_work(tmp_path):
