@@ -6,9 +6,10 @@ temporary server takes tens of seconds to start) and without loading a model:
 - the YAML itself and its schema (schemas.config.load_config: size and alias limits, names,
   unknown keys, types; each error names the file line and the key);
 - each stage: a known ``kind`` (else "did you mean ..."), its ``params`` against the stage's
-  Params model (an unknown key lists the valid ones), its ``inputs:`` (``stage.column`` of an
-  earlier stage that writes it, for a column the stage reads), its ``sources:``, and the columns
-  it needs being provided;
+  Params model (an unknown key lists the valid ones), source names in params (``source_params``,
+  e.g. fasttext_quality's positive/negative), its ``inputs:`` (``stage.column`` of an earlier
+  stage that writes it, for a column the stage reads), its ``sources:``, and the columns it needs
+  being provided;
 - local files named in params (benchmarks, CSV/Parquet tables, model files and folders), and
   ``release.mixture.results``;
 - the expressions: ``release.select`` parsed against the stages' columns, and the mixture and
@@ -173,6 +174,13 @@ def _check_stages(c: _Checker) -> tuple[dict[str, set[str]], set[str]]:
                     c.local_file(loc + ("params",) + sub, value, c.cfg.base_dir)
         for sub, value in _model_paths(params):
             c.local_file(loc + ("params",) + sub, value)
+        seen = sc.sources or sources
+        for spec in getattr(cls, "source_params", ()):
+            for sub, value in _values_at(dump, spec):
+                if value not in seen:
+                    scope = "" if sc.sources is None else " among the stage's sources"
+                    c.error(loc + ("params",) + sub, f"no source named {value!r}{scope}{did_you_mean(str(value), seen)} "
+                                                     f"(sources: {', '.join(seen)})")
         _check_feeds(c, i, sc.name, sc.inputs, stage.needs, written, writers, broken)
         written[sc.name] = set(stage.writes())
         for col in written[sc.name]:

@@ -101,6 +101,7 @@ def test_inputs_references(tmp_path, data):
           - {name: later, kind: length_filter}
           - {name: ens2, kind: score_ensemble, params: {columns: [x, y]}, inputs: {x: q.buckett, y: q}}
           - {name: ens3, kind: score_ensemble, params: {columns: [x, y]}, inputs: {x: q.n_words, y: q.n_chars, z: q.keep}}
+          - {name: quality, kind: fasttext_quality, params: {positive: [wiki], negative: [a]}}
         release: {name: r}
         """)
     errors = validate_pipeline(p).errors
@@ -109,7 +110,8 @@ def test_inputs_references(tmp_path, data):
     assert "stages.3.inputs.x: stage 'q' writes no column 'buckett'" in text
     assert "stages.3.inputs.y: 'q' is not of the form stage.column" in text
     assert "stages.4.inputs.z: stage 'ens3' does not read a column 'z'" in text
-    assert len(errors) == 5, text  # stages.0.inputs.y names a later stage too
+    assert "stages.5.params.positive.0: no source named 'wiki' (sources: a)" in text
+    assert len(errors) == 6, text  # stages.0.inputs.y names a later stage too
 
 
 def test_stage_sources_and_mixture_references(tmp_path, data):
