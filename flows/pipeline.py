@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from engines import storage
-from engines.executor import LocalExecutor, ShardTask, make_executor
+from engines.executor import Executor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
@@ -48,7 +48,7 @@ class RunContext:
     config_path: str
     lake: Lake
     catalog: Catalog
-    executor: LocalExecutor
+    executor: Executor
     run_id: str
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).
@@ -118,7 +118,7 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
         fs, art_p = storage.fs_and_path(art)
         tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
         fs.makedirs(tmp, exist_ok=True)
-        metrics = ctx.executor.fit(cs.stage, tasks, tmp)  # type: ignore[arg-type]
+        metrics = ctx.executor.fit(cs.stage, tasks, tmp, StageContext(cache_dir=f"{ctx.lake.root}/cache"))  # type: ignore[arg-type]
         with fs.open(f"{tmp}/_fit.json", "w") as f:
             json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
         fs.mv(tmp, art_p, recursive=True)

@@ -33,8 +33,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, SamplingParams, make_backend
+from engines.inference.base import backend_resources
+from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
-from engines.stage import Stage, StageContext, register_stage
+from engines.stage import Resources, Stage, StageContext, register_stage
 from scorers.llm_parsing import Parsed, parse_edu, parse_multi, yes_probability
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -67,6 +69,12 @@ class LLMGrader(Stage):
     version = "1"
     needs = ("text",)
     Params = GraderParams
+    # A model load per worker: keep set-up copies in long-lived workers (actors on Ray).
+    stateful = True
+    runtime_params = inference_runtime_params("inference")
+
+    def resources(self) -> Resources:
+        return backend_resources([self.params.inference])  # type: ignore[attr-defined]
 
     def writes(self) -> dict[str, pa.DataType]:
         return {"score": pa.float64(), "label": pa.string(), "criteria": pa.string(), "raw": pa.string(),
@@ -136,6 +144,14 @@ class LLMGrader(Stage):
                     results[i] = _as_dict(parsed, raw)
             self.cache.put_many({keys[i]: results[i] for i in todo})
         return [cached.get(k) or results[i] for i, k in enumerate(keys)]
+
+    def teardown(self) -> None:
+        """Close the model backend and the result cache (frees GPU memory under vLLM)."""
+        for b in [getattr(self, "backend", None)]:
+            if b is not None:
+                b.close()
+        if getattr(self, "cache", None) is not None:
+            self.cache.close()
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: GraderParams = self.params  # type: ignore[assignment]

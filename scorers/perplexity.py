@@ -26,8 +26,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, make_backend
+from engines.inference.base import backend_resources
+from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
-from engines.stage import Stage, StageContext, register_stage
+from engines.stage import Resources, Stage, StageContext, register_stage
 from scorers.llm_grade import in_sample
 
 
@@ -58,6 +60,12 @@ class Perplexity(Stage):
     version = "1"
     needs = ("text",)
     Params = PerplexityParams
+    # A model load per worker: keep set-up copies in long-lived workers (actors on Ray).
+    stateful = True
+    runtime_params = inference_runtime_params("models[].inference")
+
+    def resources(self) -> Resources:
+        return backend_resources([m.inference for m in self.params.models])  # type: ignore[attr-defined]
 
     def writes(self) -> dict[str, pa.DataType]:
         cols = {f"bpb__{m.name}": pa.float64() for m in self.params.models}  # type: ignore[attr-defined]
@@ -69,6 +77,14 @@ class Perplexity(Stage):
         self.backends: dict[str, InferenceBackend] = {m.name: given.get(m.name) or make_backend(m.inference)
                                                       for m in p.models}
         self.cache = ResultCache(Path(ctx.cache_dir or Path.home() / ".cache" / "curate") / "ppl_results.sqlite")
+
+    def teardown(self) -> None:
+        """Close the model backends and the result cache (frees GPU memory under vLLM)."""
+        for b in getattr(self, "backends", {}).values():
+            if b is not None:
+                b.close()
+        if getattr(self, "cache", None) is not None:
+            self.cache.close()
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: PerplexityParams = self.params  # type: ignore[assignment]

@@ -173,6 +173,7 @@ class MinHashDedup(GlobalStage):
     needs = ("id", "source", "ingest_run", "src_file", "src_offset", "crawl_date", "text",
              BANDS_COLUMN, COUNT_COLUMN, "score")
     Params = MinHashDedupParams
+    runtime_params = ("threads",)
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         super().__init__(params, upstream)
@@ -201,7 +202,8 @@ class MinHashDedup(GlobalStage):
         buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
         meta_writer: pq.ParquetWriter | None = None
         shingle_file = open(f"{spill}/shingles.u32", "wb") if p.verify else None
-        shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads))
+        shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads),
+                                   self.context.threads)
         sh_offsets: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
         full_flags: list[np.ndarray] = []
         n_docs = n_empty = 0
