@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,7 +31,9 @@ class TwoNodeRay:
     """Head with 1 CPU plus a second node with 1 CPU and the custom resource ``node2``."""
 
     def __init__(self, env: dict[str, str]):
-        self.env = env
+        # Ray 2.59+ authenticates local clusters by token: one token for the cluster and its drivers.
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        self.env = {**env, **self.auth}
         self.port = free_port()
         # Short: Ray's Unix sockets live under it and socket paths are limited to ~107 bytes.
         self.tmp = tempfile.mkdtemp(prefix="cr", dir="/tmp")
@@ -47,10 +50,9 @@ class TwoNodeRay:
 
     def start(self, timeout: float = 240) -> TwoNodeRay:
         common = ("--num-cpus=1", "--num-gpus=0", "--object-store-memory=150000000")
-        self._ray("--head", f"--port={self.port}", f"--temp-dir={self.tmp}", "--include-dashboard=false",
-                  "--node-ip-address=127.0.0.1", *common)
+        self._ray("--head", f"--port={self.port}", f"--temp-dir={self.tmp}", "--include-dashboard=false", *common)
         self._wait_nodes(1, timeout)
-        self._ray(f"--address={self.address}", "--resources={\"node2\": 1}", "--node-ip-address=127.0.0.1", *common)
+        self._ray(f"--address={self.address}", "--resources={\"node2\": 1}", *common)
         self._wait_nodes(2, timeout)
         return self
 

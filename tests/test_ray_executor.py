@@ -10,6 +10,7 @@ The lake is local here: the storage layer that puts it on S3 is another branch o
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -108,15 +109,15 @@ def two_nodes():
         cluster.stop()
 
 
-def test_two_nodes_with_a_worker_killed_mid_shard(tmp_path, demo_dir, local_run, two_nodes, monkeypatch):
+def test_two_nodes_with_a_worker_killed_mid_shard(tmp_path, demo_dir, local_run, two_nodes):
     ref_files, ref_counts, _ = local_run
     once = tmp_path / "once"
     once.mkdir()
-    # The first Ray worker to reach the middle of a shard SIGKILLs itself; Ray retries the shard.
-    monkeypatch.setenv("CURATE_FAULT", "shard:mid_write")
-    monkeypatch.setenv("CURATE_FAULT_ONCE_DIR", str(once))
     p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, where_seconds=0.3)
-    run_pipeline(str(p))
+    # The first Ray worker to reach the middle of a shard SIGKILLs itself; Ray retries the shard.
+    run = _curate_run(p, _env(tmp_path, two_nodes.auth, CURATE_FAULT="shard:mid_write",
+                              CURATE_FAULT_ONCE_DIR=str(once)))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (once / "shard_mid_write").exists(), "no worker was killed: the fault point never fired"
     lake = tmp_path / "lake"
     assert release_files(lake) == ref_files
@@ -126,16 +127,27 @@ def test_two_nodes_with_a_worker_killed_mid_shard(tmp_path, demo_dir, local_run,
     assert len(nodes) == 2 and "" not in nodes, f"shards ran on {nodes}, not on both nodes"
 
 
-def _env(root: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), CURATE_PLUGINS="tests.plugins", CURATE_PROGRESS="0",
+def _env(root: Path, auth: dict[str, str], **extra: str) -> dict[str, str]:
+    env = dict(os.environ, **auth, PYTHONPATH=str(REPO), CURATE_PLUGINS="tests.plugins", CURATE_PROGRESS="0",
                PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
     env.pop("PREFECT_API_URL", None)
     return env
 
 
 def _curate_run(pipeline: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(pipeline)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900, start_new_session=True)
+    """``curate run`` in a process group of its own; whatever it leaves behind when it is killed
+    (its temporary Prefect server) is ended with the group. Output goes to a file, not a pipe an
+    orphan could hold open."""
+    log = pipeline.parent / f"run-{time.time_ns()}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(pipeline)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=900)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(errors="replace"), "")
 
 
 def test_driver_killed_mid_stage_then_rerun(tmp_path, demo_dir, local_run, two_nodes):
@@ -144,7 +156,7 @@ def test_driver_killed_mid_stage_then_rerun(tmp_path, demo_dir, local_run, two_n
     once.mkdir()
     p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address})
     lake = tmp_path / "lake"
-    crashed = _curate_run(p, _env(tmp_path, CURATE_FAULT="ray:driver_after_shard", CURATE_FAULT_ONCE_DIR=str(once)))
+    crashed = _curate_run(p, _env(tmp_path, two_nodes.auth, CURATE_FAULT="ray:driver_after_shard", CURATE_FAULT_ONCE_DIR=str(once)))
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-2000:] + crashed.stderr[-2000:]
     assert not list(lake.glob("releases/demo/*/manifest.json"))
     done = {f: (f.stat().st_mtime_ns, f.stat().st_ino)
@@ -152,7 +164,7 @@ def test_driver_killed_mid_stage_then_rerun(tmp_path, demo_dir, local_run, two_n
     assert any("annotations" in str(f) for f in done), "the driver died before any shard was annotated"
     time.sleep(1)  # mtimes of a rewrite would differ
 
-    again = _curate_run(p, _env(tmp_path))
+    again = _curate_run(p, _env(tmp_path, two_nodes.auth))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for f, stamp in done.items():
         assert (f.stat().st_mtime_ns, f.stat().st_ino) == stamp, f"{f} was recomputed"
