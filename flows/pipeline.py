@@ -50,6 +50,8 @@ class RunContext:
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).
     keys: dict[str, str] = field(default_factory=dict)
+    # When this run started: the lake-order time of the ingest runs it plans (Lake.record_ingest_run).
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
 
 
 @dataclass
@@ -151,6 +153,7 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     if not tasks:
         log.info("source %s: no new input files since the last run", source.name)
         return {"source": source.name, "files": 0, "rows_in": 0, "rows_written": 0, "rows_quarantined": 0}
+    ctx.lake.record_ingest_run(source.name, tasks[0].ingest_run, ctx.started_at, ctx.run_id)
     results = list(ctx.executor.map(ingest_file, tasks, desc=f"ingest {source.name}"))
     recorded = ctx.catalog.ingested_fingerprints(source.name)
     for r in sorted(results, key=lambda r: r.file_index):

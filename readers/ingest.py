@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engines import storage
+from engines.faults import delay_point
 from readers.base import OFFSET_COLUMN, Quarantined
 from schemas.config import ColumnMap, SourceConfig
 from schemas.documents import DOCUMENT, QUARANTINE
@@ -252,6 +253,7 @@ def ingest_file(task: IngestFileTask) -> IngestFileResult:
     if quarantined:
         res.quarantine_file = f"{task.quarantine_dir}/{task.file_index:05d}.parquet"
         storage.write_table_atomic(res.quarantine_file, quarantine_table(quarantined, task.run_id, task.source.name, "ingest"))
+    delay_point(f"ingest:{task.file.rsplit('/', 1)[-1]}")  # race tests: finish out of order
     res.seconds = time.perf_counter() - t0
     res.ingested_at = datetime.now(UTC).isoformat(timespec="microseconds")
     fs, p = storage.fs_and_path(marker)
