@@ -39,7 +39,9 @@ ERROR_COLUMN = "_error"
 @dataclass(frozen=True)
 class ShardTask:
     """Annotate one raw shard. ``inputs`` feeds columns from earlier stages' annotations:
-    (column name seen by the stage, annotation file aligned with the shard, column in that file)."""
+    (column name seen by the stage, annotation file aligned with the shard, column in that file).
+    Several entries for one column are a chain of derived text (engines/derived_text.py), resolved
+    with coalesce in the order given; an entry with an empty path names the shard's own column."""
 
     source: str
     raw_path: str
@@ -153,20 +155,34 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
     """Stream one shard as (ids, batch) pairs: the document columns the stage needs, plus the
     columns fed from earlier stages' annotation files, read alongside in step with the shard."""
     fed = {alias for alias, _, _ in task.inputs}
+    own = {column for _, path, column in task.inputs if not path}  # chain fallbacks to the shard's columns
     doc_cols = ["id"] + [c for c in stage.needs if c != "id" and c not in fed and c in DOCUMENT.names]
+    doc_cols += sorted(own - set(doc_cols))
     with contextlib.ExitStack() as stack:
-        side = {}
+        side: dict[str, list[_ColumnStream | str]] = {}
         for alias, path, column in task.inputs:
-            fs, p = storage.fs_and_path(path)
-            side[alias] = _ColumnStream(stack.enter_context(fs.open(p, "rb")), column, batch_rows)
+            if path:
+                fs, p = storage.fs_and_path(path)
+                side.setdefault(alias, []).append(_ColumnStream(stack.enter_context(fs.open(p, "rb")), column, batch_rows))
+            else:
+                side.setdefault(alias, []).append(column)
         fs, raw = storage.fs_and_path(task.raw_path)
         fh = stack.enter_context(fs.open(raw, "rb"))
         for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=doc_cols):
             batch = pl.from_arrow(pa.Table.from_batches([rb]))
             assert isinstance(batch, pl.DataFrame)
             if side:
-                batch = batch.with_columns([pl.Series(a, s.take(rb.num_rows)) for a, s in side.items()])
+                batch = batch.with_columns([_fed_column(alias, parts, batch, rb.num_rows) for alias, parts in side.items()])
             yield rb.column("id"), batch
+
+
+def _fed_column(alias: str, parts: list[_ColumnStream | str], batch: pl.DataFrame, n: int) -> pl.Series:
+    """One fed column: a single source, or the coalesce of a derived-text chain (first non-null wins)."""
+    cols = [batch.get_column(p) if isinstance(p, str) else pl.Series(p.take(n)) for p in parts]
+    if len(cols) == 1:
+        return cols[0].alias(alias)
+    frame = pl.DataFrame({f"_{i}": c for i, c in enumerate(cols)})
+    return frame.select(pl.coalesce(pl.all()).alias(alias)).to_series()
 
 
 def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_rows: int) -> ShardResult:

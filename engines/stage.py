@@ -17,7 +17,8 @@ Conventions every stage follows:
   can be recomputed alone and the result is identical.
 - Filters write ``keep`` (bool) and ``reason`` (str, null when kept): the release selection and
   the drop-reason statistics read those two by convention.
-- A stage never deletes rows and never rewrites ``text``; a cleaned text is a column of its own.
+- A stage never deletes rows and never rewrites ``text``; a cleaned text is a column of its own,
+  declared in ``text_columns`` and null where the text is unchanged (engines/derived_text.py).
 
 Stages must be picklable before ``setup`` (parameters only), so a process pool or a Ray task
 can ship them to workers.
@@ -56,6 +57,9 @@ class Stage:
     # Document columns this stage reads (``id`` is always available).
     needs: ClassVar[tuple[str, ...]] = ("text",)
     Params: ClassVar[type[BaseModel]] = NoParams
+    # Derived text columns it writes (null where unchanged): what ``release.text`` and
+    # ``stages[].inputs: {text: stage.column}`` may name.
+    text_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         if params is None or isinstance(params, dict):

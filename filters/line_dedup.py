@@ -8,10 +8,10 @@ drops those lines from each document and writes ``text_clean``.
 
 Lines are the text split on ``"\\n"``; a line is normalised by stripping it, collapsing runs of
 whitespace to one space and lower-casing (``lowercase=true``); blank lines are never boilerplate and
-are kept. ``text_clean`` is the remaining lines joined by ``"\\n"``, verbatim (a text with nothing to
-remove comes back unchanged, byte for byte). ``lines_removed`` counts the dropped lines,
-``chars_removed`` is ``len(text) - len(text_clean)`` in characters (the lines plus their newlines).
-``keep`` is false, reason ``all_lines_boilerplate``, when the text had non-blank content and none is
+are kept. ``text_clean`` is the remaining lines joined by ``"\\n"``, verbatim, and null when nothing
+was removed (the text is unchanged: stored once, see engines/derived_text.py). ``lines_removed``
+counts the dropped lines, ``chars_removed`` is ``len(text) - len(text_clean)`` in characters (the
+lines plus their newlines). ``keep`` is false, reason ``all_lines_boilerplate``, when the text had non-blank content and none is
 left; otherwise true (an empty text is kept: emptiness is other filters' business).
 
 Why these defaults. Line- or paragraph-level exact dedup is an old tool: C4 drops every repeated
@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines.derived_text import store_once
 from engines.stage import GlobalStage, StageContext, register_stage
 
 
@@ -73,9 +74,10 @@ def _lines(batch: pl.DataFrame, lowercase: bool) -> pl.DataFrame:
 @register_stage
 class LineDedup(GlobalStage):
     kind = "line_dedup"
-    version = "1"
+    version = "2"  # 2: text_clean is null where nothing was removed
     needs = ("text", "domain", "source")
     Params = LineDedupParams
+    text_columns = ("text_clean",)
 
     def writes(self) -> dict[str, pa.DataType]:
         return {"text_clean": pa.large_string(), "lines_removed": pa.int64(), "chars_removed": pa.int64(),
@@ -143,7 +145,7 @@ class LineDedup(GlobalStage):
             per_doc, on="doc", how="left", maintain_order="left")
         emptied = (pl.col("text_clean").str.strip_chars() == "") & (pl.col("text").str.strip_chars() != "")
         return out.select(
-            "text_clean", "lines_removed",
+            store_once(pl.col("text_clean"), pl.col("text")).alias("text_clean"), "lines_removed",
             (pl.col("text").str.len_chars().cast(pl.Int64) - pl.col("text_clean").str.len_chars().cast(pl.Int64))
             .alias("chars_removed"),
             (~emptied).alias("keep"),

@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from engines import storage
+from engines.derived_text import chain_feed, feeds_for_source
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.registry import load_stages
@@ -84,7 +85,9 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
                 up, _, up_col = sc.inputs[col].partition(".")
                 if up_col not in written.get(up, set()):
                     raise ValueError(f"stages[{sc.name}].inputs.{col}: no earlier stage {up!r} writing {up_col!r}")
-                feeds.append((col, up, up_col))
+                up_cs = next(c for c in out if c.name == up)
+                feeds.extend(chain_feed(col, up, up_col, up_cs.feeds) if up_col in up_cs.stage.text_columns
+                             else [(col, up, up_col)])
             elif col in writers:
                 feeds.append((col, writers[col], col))
         missing = [c for c in stage.needs if c not in DOCUMENT.names and c not in {f[0] for f in feeds}]
@@ -182,10 +185,15 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
     raw_all = ctx.lake.shards_by_age(sources)
     # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
-    cs.stage.upstream = {col: f"{ctx.keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
+    ups: dict[str, list[str]] = {}
+    for col, up, up_col in cs.feeds:
+        ups.setdefault(col, []).append(f"{ctx.keys[up]}:{up_col}" if up else up_col)
+    cs.stage.upstream = {col: "|".join(v) for col, v in ups.items()}
     key = cs.stage.key(cs.name)
-    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), up_col) for col, up, up_col in cs.feeds)
-             for _, raw in raw_all}
+    runs_on = {sc.name: sc.sources for sc in ctx.cfg.stages}
+    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw) if up else "", up_col) for col, up, up_col
+                        in feeds_for_source(cs.feeds, {u: v is None or src in v for u, v in runs_on.items()}))
+             for src, raw in raw_all}
     sctx = StageContext(cache_dir=f"{ctx.lake.root}/cache")
     if isinstance(cs.stage, GlobalStage):
         fit_tasks = [ShardTask(src, raw, "", feeds[raw]) for src, raw in raw_all]

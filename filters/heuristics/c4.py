@@ -1,7 +1,8 @@
 """C4's heuristic cleaning (Raffel et al. 2020, section 2.2), vectorised: stage ``c4``.
 
 Line rules remove lines; document rules drop the document. Writes ``keep``, ``reason`` and
-``text_clean`` (the kept lines), at parity with datatrove's ``C4QualityFilter``.
+``text_clean`` (the kept lines; null where that is the text unchanged), at parity with datatrove's
+``C4QualityFilter``.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from engines.derived_text import store_once
 from engines.stage import Stage, StageContext, register_stage
 from filters.heuristics.common import KEEP_REASON, char_class, first_failure, py_strip, splitlines_list, with_lang
 from filters.heuristics.words import NON_WS_RUN, ChunkTable, chunk_table, warm_up
@@ -78,13 +80,15 @@ class C4Quality(Stage):
     policy", "uses cookies", "use of cookies", "use cookies"). Phrase tests are on the lowercased line.
 
     ``text_clean`` is the kept lines joined by "\\n" and stripped, for every document, kept or not
-    (datatrove only rewrites the text of kept documents; for those the two are equal).
+    (datatrove only rewrites the text of kept documents; for those the two are equal), and null
+    where that equals the input text (stored once: engines/derived_text.py).
     """
 
     kind = "c4"
-    version = "1"
+    version = "2"  # 2: text_clean is null where the text is unchanged
     needs = ("text", "lang")
     Params = C4Params
+    text_columns = ("text_clean",)
 
     def setup(self, ctx: StageContext) -> None:
         warm_up()
@@ -153,6 +157,7 @@ class C4Quality(Stage):
             .join(sentences, on="row", how="left")
             .join(text_clean, on="row", how="left")
             .sort("row")
+            .with_columns(text=batch.get_column("text"))
         )
         reason = first_failure(
             [
@@ -164,7 +169,7 @@ class C4Quality(Stage):
         return out.select(
             keep=reason.is_null(),
             reason=reason,
-            text_clean=py_strip(pl.col("clean").fill_null("")),
+            text_clean=store_once(py_strip(pl.col("clean").fill_null("")), pl.col("text")),
         )
 
 
