@@ -61,10 +61,13 @@ def _print(cols: list[str], rows: list[tuple], title: str | None = None, limit: 
 
 @app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e.g. demo/pipeline.yaml.")],
-        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None):
+        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None,
+        accept_gates: Annotated[bool, typer.Option(
+            "--accept-gates", help="Publish the release even if release.gates fail (recorded as accepted).")] = False):
     """Run a pipeline once: ingest new input, run the stages, write a release, update the catalog.
 
-    Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
+    Safe to re-run: finished work is skipped, and a release with identical inputs is reused. A
+    release that fails its gates (release.gates) is not published and the command exits with 3.
     """
     from schemas.config import ConfigError, load_config
     try:
@@ -73,7 +76,13 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
     from flows.pipeline import run_pipeline
-    summary = run_pipeline(str(pipeline), workers=workers)
+    from warehouse.releasing.gates import GateFailed
+    try:
+        summary = run_pipeline(str(pipeline), workers=workers, accept_gates=accept_gates)
+    except GateFailed as e:
+        console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
+                      f"version = '{e.version}'\"\nthe record: {e.record}")
+        raise typer.Exit(3) from None
     _print_summary(summary)
 
 
@@ -82,7 +91,11 @@ def _print_summary(s: dict[str, Any]) -> None:
                               ("stages", s["stages"], ("stage", "computed", "skipped", "failed", "row_errors"))):
         _print(list(cols), [tuple(r.get(c, "") for c in cols) for r in rows], title=title)
     r = s["release"]
+    for message in r.get("warnings") or []:
+        console.print(f"[yellow]warning: {message}[/]")
     state = "written" if r["created"] else "unchanged: identical to an existing release"
+    if r.get("accepted"):
+        state += ", gates failed and were accepted (--accept-gates)"
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
                   f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
                   f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
@@ -204,21 +217,13 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
     if format not in FORMATS:
         console.print(f"[red]unknown format {format!r}[/]; choose one of {', '.join(FORMATS)}")
         raise typer.Exit(2)
+    from warehouse.releasing.publish import ManifestError, ReleaseNotFound, resolve
     root = _lake_root(lake)
-    if (Path(release) / "manifest.json").is_file():
-        rel_dir = Path(release)
-    else:
-        name, _, version = release.partition("/")
-        if not version:
-            pointer = Path(root) / "releases" / name / "LATEST"
-            if not pointer.exists():
-                console.print(f"[red]no release named {name!r} in {root}[/] (see `curate releases --lake {root}`)")
-                raise typer.Exit(1)
-            version = pointer.read_text().strip()
-        rel_dir = Path(root) / "releases" / name / version
-    if not (rel_dir / "manifest.json").exists():
-        console.print(f"[red]{rel_dir} is not a release folder (no manifest.json)[/]")
-        raise typer.Exit(1)
+    try:  # a committed release only: LATEST is checked against the manifests, a damaged one is named
+        rel_dir = Path(release) if (Path(release) / "manifest.json").is_file() else Path(resolve(root, release))
+    except (ManifestError, ReleaseNotFound) as e:
+        console.print(f"[red]{e}[/] (see `curate releases --lake {root}`)")
+        raise typer.Exit(1) from None
     tok_path: str | None = tokenizer
     if tokenizer == "smollm2":
         from engines.inference.models import smollm2_tokenizer

@@ -30,6 +30,9 @@ from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
 from warehouse.lake import Lake
 from warehouse.release import StageInfo, build_release
+from warehouse.releasing.gates import GateFailed
+from warehouse.releasing.gates import warnings as gate_warnings
+from warehouse.releasing.text import check_chain
 from warehouse.selection import parse_selection
 
 
@@ -253,30 +256,44 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
 
 
 @task(name="release", retries=1, retry_delay_seconds=2, cache_policy=NONE)
-def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
+def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool = False) -> dict[str, Any]:
+    log = get_run_logger()
     infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
     ingest_q = {s.name: sum(m["rows_quarantined"] for m in ctx.lake.ingest_markers(s.name)) for s in ctx.cfg.sources}
     planner, plan_cols = release_planner(ctx.cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
-    manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
-                                      planner=planner, plan_columns=plan_cols)
+    optional = {s.name for s in ctx.cfg.sources if getattr(s, "optional", False)}
+    try:
+        manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
+                                          planner=planner, plan_columns=plan_cols, accept_gates=accept_gates,
+                                          optional_sources=optional)
+    except GateFailed as e:  # not retried: the same inputs fail the same gates
+        ctx.catalog.record_rejected({"name": e.name, "version": e.version, "gates": e.report}, ctx.run_id)
+        log.error("%s", e)
+        return {"gate_failure": e}
     path = ctx.lake.release_dir(manifest["name"], manifest["version"])
     ctx.catalog.record_release(manifest, ctx.run_id, path)
-    get_run_logger().info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
-                          "written" if created else "unchanged (same inputs as an existing release)",
-                          manifest["totals"]["rows"], manifest["totals"]["tokens"], len(manifest["shards"]))
+    for message in gate_warnings(manifest.get("gates", {})) if created else []:
+        log.warning("%s", message)
+    log.info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
+             "written" if created else "unchanged (same inputs as an existing release)",
+             manifest["totals"]["rows"], manifest["totals"]["tokens"], len(manifest["shards"]))
     return {"name": manifest["name"], "version": manifest["version"], "created": created, "path": path,
-            **manifest["totals"], "shards": len(manifest["shards"])}
+            **manifest["totals"], "shards": len(manifest["shards"]),
+            "warnings": gate_warnings(manifest.get("gates", {})), "accepted": manifest.get("gates", {}).get("accepted")}
 
 
 @flow(name="curate", log_prints=True)
-def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
-    """Run a pipeline file end to end and return a summary (also stored in the catalog)."""
+def curate_flow(config_path: str, workers: int | None = None, accept_gates: bool = False) -> dict[str, Any]:
+    """Run a pipeline file end to end and return a summary (also stored in the catalog).
+
+    A release stopped by its gates fails the flow (``GateFailed``) unless ``accept_gates``."""
     cfg = load_config(config_path)
     if workers is not None:
         cfg.executor.workers = workers
     stages = configure_stages(cfg)
     # Fail before any work if the selection names a stage or column that does not exist.
     parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
+    check_release_text(cfg, stages)
     release_planner(cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
@@ -293,8 +310,10 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
         staged = [run_stage(ctx, cs) for cs in stages]
-        rel = release(ctx, stages)
+        rel = release(ctx, stages, accept_gates)
         catalog.refresh_views(lake.root, dict(ctx.keys))
+        if "gate_failure" in rel:
+            raise rel["gate_failure"]
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
         return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel}
     except BaseException as e:
@@ -304,7 +323,13 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
         executor.close()
 
 
-def run_pipeline(config_path: str, workers: int | None = None) -> dict[str, Any]:
+def run_pipeline(config_path: str, workers: int | None = None, accept_gates: bool = False) -> dict[str, Any]:
     """Validate the file (clear errors before Prefect starts), then run the flow."""
     load_config(config_path)
-    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers)
+    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers, accept_gates=accept_gates)
+
+
+def check_release_text(cfg: PipelineConfig, stages: list[ConfiguredStage]) -> None:
+    """``release.text`` must name a chain of derived text columns wired through ``inputs.text``."""
+    reads = {cs.name: next((f"{u}.{c}" for col, u, c in cs.feeds if col == "text" and u), None) for cs in stages}
+    check_chain(list(cfg.release.text), {cs.name: cs.stage.text_columns for cs in stages}, reads)

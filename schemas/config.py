@@ -25,10 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from schemas.gates import GatesConfig
 
 
 class _Strict(BaseModel):
@@ -96,6 +98,11 @@ class ReleaseConfig(_Strict):
     anneal: dict[str, Any] | None = None
     shard_rows: int = Field(default=50_000, gt=0)
     shard_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # The text the release carries: derived text columns ("stage.column"), each stage reading the
+    # previous one's output (stages[].inputs.text); empty: the raw text. See README "Text in a release".
+    text: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    # Checks before publishing (schemas/gates.py); a failed gate fails the run and publishes nothing.
+    gates: GatesConfig = GatesConfig()
 
 
 class ExecutorConfig(_Strict):

@@ -15,6 +15,10 @@ Tables (all append-only except ``releases``' LATEST flag):
   repeats) and its drops per stage and reason.
 - ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
   phase, and where each phase starts and ends (rows and tokens) in training order.
+- ``release_gates``: every gate check of every release step, published or stopped (outcome pass,
+  warn, fail or skipped, with the value, the threshold and a message).
+- ``release_text``: per release, source and ``release.text`` step, what the step changed in the
+  kept documents (documents changed, characters and lines in and removed).
 
 Views: ``documents`` (all raw shards), ``release_shards`` (all release shards), and one
 ``ann_<stage>`` view per configured stage over its annotation files.
@@ -32,6 +36,8 @@ from typing import Any, Iterator
 import duckdb
 
 from engines import storage
+from warehouse.releasing.publish import published_shards
+from warehouse.releasing.records import gate_rows, text_rows
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
@@ -72,6 +78,12 @@ CREATE TABLE IF NOT EXISTS bpb_matrix(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS release_gates(
+  name VARCHAR, version VARCHAR, run_id VARCHAR, gate VARCHAR, outcome VARCHAR, source VARCHAR, rule VARCHAR,
+  value DOUBLE, threshold DOUBLE, message VARCHAR, published BOOLEAN, accepted BOOLEAN, recorded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS release_text(
+  name VARCHAR, version VARCHAR, source VARCHAR, step BIGINT, stage VARCHAR, column_name VARCHAR, docs BIGINT,
+  docs_changed BIGINT, chars_in BIGINT, chars_removed BIGINT, lines_in BIGINT, lines_removed BIGINT);
 """
 
 
@@ -190,11 +202,17 @@ class Catalog:
                  "weight": w, "epochs": mix["epochs"].get(src), "tokens_available": mix["tokens"].get(src),
                  "rows_kept": manifest["sources"].get(src, {}).get("rows_kept"), "tokens_released": released.get(src)}
                 for ph in mix["phases"] for src, w in ph["weights"].items()])
+        self.insert("release_gates", gate_rows(manifest, run_id, now()))
+        self.insert("release_text", text_rows(manifest))
         phases = manifest.get("phases") or []
         self.insert("release_phases", [
             {"name": name, "version": version, "phase": p.get("name"), "start_row": p.get("start_row"),
              "end_row": p.get("end_row"), "start_token": p.get("start_token"), "end_token": p.get("end_token")}
             for p in phases])
+
+    def record_rejected(self, record: dict[str, Any], run_id: str) -> None:
+        """The gate checks of a release its gates stopped (it has no other catalog rows)."""
+        self.insert("release_gates", gate_rows(record, run_id, now()))
 
     def refresh_views(self, lake_root: str, stage_keys: dict[str, str]) -> None:
         """(Re)create the views over Parquet files; a view is made only when files exist."""
@@ -204,7 +222,11 @@ class Catalog:
                     con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT *{extra} FROM "
                                 f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true)")
             view("documents", f"{lake_root}/raw/*/*/part-*.parquet")
-            view("release_shards", f"{lake_root}/releases/*/*/shard-*.parquet")
+            shards = published_shards(lake_root)  # committed releases only, never a half-written one
+            if shards:
+                listing = ", ".join(f"'{_lit(p)}'" for p in shards)
+                con.execute("CREATE OR REPLACE VIEW release_shards AS SELECT * FROM "
+                            f"read_parquet([{listing}], union_by_name=true, filename=true)")
             for stage, key in stage_keys.items():
                 view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet")
 
