@@ -59,7 +59,7 @@ _MAX_WORD_BYTES = 64
 
 
 class BenchmarkSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # documented under DecontamParams.benchmarks
     name: str
     path: str
     format: Literal["jsonl", "parquet", "hf"] | None = None
@@ -69,10 +69,13 @@ class BenchmarkSpec(BaseModel):
 
 
 class DecontamParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+    """Local benchmark files (name, path, text_field, ...) whose n-grams must not appear in training data."""
     ngram: int = Field(default=13, ge=1)
+    """Word n-gram length compared (13, as GPT-3 and Llama did)."""
     min_matches: int = Field(default=1, ge=1)
+    """Shared n-grams with one benchmark example needed to drop a document (``contaminated``)."""
 
 
 # --- normalisation and hashing ------------------------------------------------------------------

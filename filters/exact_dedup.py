@@ -30,8 +30,10 @@ from engines.stage import GlobalStage, StageContext, register_stage
 
 
 class ExactDedupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     normalise: bool = True
+    """Compare lower-cased text with whitespace collapsed; copies after the first in lake order are
+    dropped (``exact_duplicate``). ``false``: byte-exact."""
 
 
 def _normalised(text: pl.Expr, normalise: bool) -> pl.Expr:

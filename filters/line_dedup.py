@@ -48,10 +48,14 @@ from engines.stage import GlobalStage, StageContext, register_stage
 
 
 class LineDedupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     min_docs: int = Field(default=3, ge=2)
+    """A line in at least this many documents of one site (domain, else source) is boilerplate and
+    removed from ``text_clean``; a document left empty is dropped (``all_lines_boilerplate``)."""
     keep_first: bool = True
+    """The first document in lake order keeps its copy of each boilerplate line."""
     lowercase: bool = True
+    """Compare lines lower-cased (always stripped, whitespace collapsed)."""
 
 
 def _group() -> pl.Expr:

@@ -113,14 +113,17 @@ _MASK_TEMPLATE = "${p}${p6}${w}" + _MARK + "${r}${r6}${v}"
 
 
 class PiiParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     emails: bool = True
+    """Redact e-mail addresses as ``<EMAIL>`` in ``text_redacted``."""
     ips: bool = True
+    """Redact public IPv4/IPv6 addresses as ``<IP_ADDRESS>`` (version strings and OIDs spared)."""
     phones: bool = True
-    # Also redact private, loopback, documentation, multicast ... addresses (see the module doc).
+    """Redact North American and ``+``-prefixed international numbers as ``<PHONE>``."""
     redact_reserved_ips: bool = False
-    # When set, the stage is a filter too: keep=false when emails + IPs + phones > max_pii.
+    """Also redact private, loopback, documentation, multicast ... addresses."""
     max_pii: int | None = Field(default=None, ge=0)
+    """Null: not a filter. A number: more findings than this: dropped (``too_much_pii``)."""
 
 
 def _step(frame: pl.DataFrame, pattern: str, template: str, token: str | None = None) -> tuple[pl.DataFrame, pl.Series]:

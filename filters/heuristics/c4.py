@@ -39,17 +39,28 @@ _NONE, _PERIOD, _WORD = 0, 1, 2  # sentencizer events of a token: none, sentence
 
 
 class C4Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     split_paragraph: bool = True
+    """Rules apply per line (only ``true`` is implemented)."""
     remove_citations: bool = True
+    """Remove ``[12]``, ``[edit]``, ``[citation needed]`` from lines."""
     filter_no_terminal_punct: bool = True
+    """Remove lines not ending in ``. ? ! " '`` (or ending in "..."): headings, menus, code."""
     min_num_sentences: int = 5
+    """Kept lines hold fewer sentences: dropped (``c4_too_few_sentences``); -1 off. Web-crawl default:
+    drops 75% of English Wikipedia summaries; use 1-2 for short encyclopedic text."""
     min_words_per_line: int = 3
+    """Remove lines with fewer words; -1 off."""
     max_word_length: int = 1000
+    """Remove lines with a longer word; -1 off."""
     filter_lorem_ipsum: bool = True
+    """A kept line with "lorem ipsum": dropped (``c4_lorem_ipsum``)."""
     filter_javascript: bool = True
+    """Remove lines mentioning "javascript"."""
     filter_curly_bracket: bool = True
+    """A kept line with "{": dropped (``c4_curly_bracket``); drops 12% of the Python docs (code)."""
     filter_policy: bool = True
+    """Remove lines with "terms of use", "privacy policy", "cookie policy", "uses cookies"..."""
 
     @field_validator("split_paragraph")
     @classmethod

@@ -67,22 +67,35 @@ FLUSH_ROWS = 1 << 18  # buffered (key, pos) rows before the partitions are writt
 
 
 class MinHashDedupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # A verified candidate pair is a near duplicate when its Jaccard is at least this.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """A verified candidate pair is a near duplicate at this Jaccard or more; all but the survivor of
+    a cluster are dropped (``near_duplicate``)."""
     verify: bool = True
+    """Check each candidate pair's exact Jaccard on the text (false: every LSH candidate pair counts)."""
     # Verification re-derives shingle sets from the text: use the same ngram / fold_digits as
     # minhash_signatures. Documents with more distinct shingles keep a bottom-k sample this big.
     ngram: int = Field(5, ge=1, le=64)
+    """Word n-gram length of the verification shingles (as ``minhash_signatures``)."""
     fold_digits: bool = False
+    """Read every digit as 0 when verifying (as ``minhash_signatures``)."""
     max_shingles: int = Field(4096, ge=16)
+    """Larger shingle sets are verified on a bottom-k sample of this size."""
     threads: int = Field(0, ge=0, le=256)
+    """Kernel threads (0: all cores in the main process); does not change the output."""
     survivor: Literal["first", "min_id", "quality", "source_priority", "newest"] = "first"
+    """Which member of a cluster stays: ``first`` in lake order (the earliest ingested), ``min_id``,
+    highest ``quality``, ``source_priority``, ``newest`` crawl date."""
     score_column: str = "score"
+    """The score column fed in for ``survivor: quality``."""
     source_priority: list[str] = []
+    """Sources in order of preference for ``survivor: source_priority``."""
     partitions: int = Field(64, ge=1, le=4096)
+    """Spill partitions of the fit (memory per partition ~ 16 x bands x documents / partitions bytes)."""
     window: int = Field(8, ge=1, le=1024)
+    """Candidate pairs per bucket member: the bucket's first member and this many before it."""
     largest_clusters: int = Field(20, ge=0)
+    """Clusters listed in the fit's metrics and ``largest_clusters.parquet``."""
 
 
 def document_keys(frame: pl.DataFrame) -> np.ndarray:
