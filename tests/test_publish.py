@@ -132,3 +132,59 @@ def test_rejected_release_leaves_no_version_folder(root):
     assert record.endswith("/_rejected/2026-01-02-bbbbbb.json")
     assert _names(root) == {"2026-01-01-aaaaaa", "LATEST", "_rejected"}
     assert publish.latest_version(root) == "2026-01-01-aaaaaa"
+
+
+@pytest.mark.parametrize("planned", [False, True])
+def test_build_release_on_s3_matches_local(tmp_path, corpora, s3_server, planned):
+    """The whole release step on a lake in a real S3 server: the same shards, byte for byte, as on
+    local disk; a failed gate there publishes nothing either."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from engines.executor import LocalExecutor, ShardTask
+    from filters.length import LengthFilter
+    from planning.release_plan import make_planner
+    from schemas.config import ExecutorConfig, PipelineConfig
+    from tests.helpers import make_lake, real_texts
+    from warehouse.lake import Lake
+    from warehouse.release import StageInfo, build_release
+    from warehouse.releasing.gates import GateFailed
+
+    local = tmp_path / "lake"
+    make_lake(local, {"wiki_en": [real_texts(corpora, "wiki_en", 300)], "wiki_fr": [real_texts(corpora, "wiki_fr", 200)]})
+    stage = LengthFilter({"min_words": 20})
+    key = stage.key("length")
+    lake = Lake(str(local))
+    with LocalExecutor(ExecutorConfig(workers=1), show_progress=False) as ex:
+        ex.run_stage("length", stage, [ShardTask(s, p, lake.annotation_path(key, p))
+                                       for s in ("wiki_en", "wiki_fr") for p in lake.raw_shards(s)])
+    remote = f"{s3_server.bucket()}/lake"
+    fs, rpath = fsspec.core.url_to_fs(remote)
+    fs.put(str(local) + "/", rpath, recursive=True)
+    info = [StageInfo("length", key, list(stage.writes()), None)]
+    release = {"name": "rel", "select": "length.keep", "shard_rows": 70, "seed": 3}
+    if planned:
+        release.update(order="shuffle", mixture={"method": "unimax", "max_epochs": 2})
+
+    def build(root: str, **kw):
+        cfg = PipelineConfig.model_validate({"name": "t", "lake": root, "release": release, "sources": [
+            {"name": s, "format": "parquet", "paths": ["x"]} for s in ("wiki_en", "wiki_fr")]})
+        planner = make_planner(release.get("mixture"), None, None, 3) if planned else None
+        return build_release(cfg, Lake(root), info, "r", "test", planner=planner, **kw)[0]
+
+    here, there = build(str(local)), build(remote)
+    assert here["version"] == there["version"] and here["content_hash"] == there["content_hash"]
+    assert [s["sha256"] for s in here["shards"]] == [s["sha256"] for s in there["shards"]] and len(here["shards"]) > 2
+    root = f"{remote}/releases/rel"
+    assert publish.latest_version(root) == there["version"]
+    fs.invalidate_cache()
+    got = pq.read_table(fs.open(f"{rpath}/releases/rel/{there['version']}/shard-000000.parquet", "rb"))
+    assert got.num_rows == there["shards"][0]["rows"]
+    assert sorted(_names(root)) == sorted([there["version"], "LATEST"])
+    # A gate that fails on S3: nothing published, LATEST unchanged, the record kept.
+    release["select"] = "length.keep and length.n_words > 100000"
+    with pytest.raises(GateFailed) as err:
+        build(remote)
+    assert publish.latest_version(root) == there["version"]
+    assert sorted(_names(root)) == sorted([there["version"], "LATEST", "_rejected"])
+    assert err.value.record.startswith("s3://") and _names(f"{root}/_rejected") == {f"{err.value.version}.json"}

@@ -20,8 +20,8 @@ Named fault points (``CURATE_FAULT``, engines/faults.py), in order: ``release:pr
 ``release:staged`` (planned releases), ``release:shard_written`` (after each shard),
 ``release:shards_written``, ``release:manifest_written``, ``release:latest_written``.
 
-Cost: one streaming pass over the kept text; a planned order adds an out-of-core DuckDB sort
-(memory bounded by ``writer.SORT_MEMORY``).
+Cost: one streaming pass over the kept text; a planned order adds an external bucket sort (two
+more passes over the kept text on local scratch disk; memory: one raw shard plus one bucket).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -80,7 +81,7 @@ def latest_version(lake: Lake, name: str) -> str | None:
 
 
 class _Scratch:
-    """Local scratch space for a planned release (staged rows, DuckDB spill files): beside the
+    """Local scratch space for a planned release (staged rows, sort buckets): beside the
     release on a local lake (so a crash leaves it where the next run cleans it), else in the
     system's temporary folder."""
 
@@ -89,7 +90,9 @@ class _Scratch:
         if "://" not in lake.root:
             self.path = f"{lake.release_dir(name)}/{publish.SCRATCH}{version}"
             fs.makedirs(self.path, exist_ok=True)
-        else:
+        else:  # a killed run's scratch for this version is stale: the lake lock allows one writer
+            for old in Path(tempfile.gettempdir()).glob(f"curate-release-{version}-*"):
+                shutil.rmtree(old, ignore_errors=True)
             self.path = tempfile.mkdtemp(prefix=f"curate-release-{version}-")
 
     def remove(self) -> None:
@@ -199,19 +202,22 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
         storage.write_table_atomic(path, table)
         small[source].append(kept.select(
             pl.lit(len(staging), pl.Int64).alias("_file"), pl.int_range(kept.height, dtype=pl.Int64).alias("_row"),
-            "id", "n_tokens", *[pl.col(c) for c in plan_columns]))
+            pl.col("text").str.len_bytes().cast(pl.Int64).alias("_bytes"), "id", "n_tokens",
+            *[pl.col(c) for c in plan_columns]))
         staging.append(path)
     plan_extras: dict[str, Any] = {}
     released = None
     if planner is not None:
         fault_point("release:staged")
         frames = {s: pl.concat(parts, how="vertical_relaxed") for s, parts in small.items() if parts}
+        frames = {s: f for s, f in frames.items() if f.height}
         del small
-        ordered, plan_extras = planner(frames)
+        # Nothing kept: nothing to plan (the gates judge the empty release).
+        ordered, plan_extras = planner(frames) if frames else (pl.DataFrame(), {})
         if ordered.height:
             got = ordered.group_by("source").agg(pl.len().alias("rows"), pl.col("n_tokens").sum().alias("tokens"))
             released = {s: {"rows": 0, "tokens": 0} for s in sources}
             released.update({r["source"]: {"rows": int(r["rows"]), "tokens": int(r["tokens"])} for r in got.to_dicts()})
-            write_in_order(staging, ordered.select("_file", "_row"), writer, scratch)
+            write_in_order(staging, ordered.select("_file", "_row", "_bytes"), writer, scratch)
     writer.close()
     return acc, text_stats, plan_extras, released

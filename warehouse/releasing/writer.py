@@ -6,19 +6,19 @@ boundaries depend only on the ordered rows, never on how they were batched on th
 same rows give byte-identical shards. Memory: one row group of text (at most ``ROW_GROUP_BYTES``
 plus one document), whatever the shard size.
 
-``write_in_order`` fetches staged rows in a planned order (mixture repeats, curriculum) with a
-DuckDB join and sort under ``memory_limit``, spilling to a local scratch folder beyond it.
+``write_in_order`` fetches staged rows in a planned order (mixture repeats, curriculum) with an
+external bucket sort: memory is one staged file plus one bucket of ``BUCKET_BYTES`` of text.
 """
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
-import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engines import storage
 from engines.faults import fault_point
@@ -26,9 +26,11 @@ from schemas.documents import DOCUMENT
 
 RELEASE_SCHEMA = pa.schema(list(DOCUMENT) + [pa.field("n_tokens", pa.int64())])
 ROW_GROUP_ROWS = 10_000
-ROW_GROUP_BYTES = 64 * 1024 * 1024
-# DuckDB's budget for the planned-order sort; beyond it, it spills to the scratch folder.
-SORT_MEMORY = "256MB"
+ROW_GROUP_BYTES = 32 * 1024 * 1024
+# Text per bucket of the planned-order sort, and the most buckets open at once (beyond that many
+# times the bucket size, buckets grow).
+BUCKET_BYTES = 32 * 1024 * 1024
+MAX_BUCKETS = 512
 
 
 def sha256_of(url: str) -> str:
@@ -103,26 +105,41 @@ class ShardWriter:
 
 
 def write_in_order(staging: list[str], order: pl.DataFrame, writer: ShardWriter, scratch: str,
-                   memory_limit: str = SORT_MEMORY) -> None:
-    """Write staged rows (local Parquet files) in the planned order ``order`` (``_file``, ``_row``;
-    repeats allowed), sorted out of core by DuckDB."""
-    con = duckdb.connect()
+                   bucket_bytes: int = BUCKET_BYTES) -> None:
+    """Write staged rows in the planned order ``order`` (``_file``, ``_row``, ``_bytes``: staged file,
+    row in it, its text bytes; repeats allowed), in two passes that each hold a bounded slice.
+
+    The planned positions are cut into buckets of about ``bucket_bytes`` of text, in order. Pass 1
+    reads each staged file once and appends its rows, tagged with their positions, to the buckets
+    they belong to (Arrow IPC streams in ``scratch``). Pass 2 reads the buckets in order, sorts each
+    by position and hands it to the writer. Memory: one staged file plus one bucket; disk: the
+    planned text once more, in ``scratch``.
+    """
+    total = int(order.get_column("_bytes").sum() or 0)
+    bucket_bytes = max(bucket_bytes, total // MAX_BUCKETS + 1)  # at most MAX_BUCKETS files open at once
+    plan = order.select("_file", "_row", pl.int_range(pl.len(), dtype=pl.Int64).alias("_ord"),
+                        ((pl.col("_bytes").cum_sum() - pl.col("_bytes")) // bucket_bytes).cast(pl.Int64).alias("_bucket"))
+    schema = RELEASE_SCHEMA.append(pa.field("_ord", pa.int64()))
+    last: Any = plan.get_column("_bucket").max()
+    paths = [f"{scratch}/bucket-{b:05d}.arrows" for b in range(int(last or 0) + 1)]
+    sinks: dict[int, Any] = {}
     try:
-        con.execute(f"SET temp_directory='{scratch}'")
-        con.execute(f"SET memory_limit='{memory_limit}'")
-        # Keep insertion order off the table: ORDER BY decides, and fewer threads hold fewer buffers.
-        con.execute("SET preserve_insertion_order=false")
-        con.execute("SET threads=2")
-        plan = order.with_row_index("_ord").to_arrow()
-        files = pa.table({"_file": pa.array(range(len(staging)), pa.int64()), "filename": pa.array(staging)})
-        con.register("plan_order", plan)
-        con.register("plan_files", files)
-        listing = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in staging) + "]"
-        reader = con.sql(
-            f"SELECT s.* EXCLUDE (filename, file_row_number) FROM plan_order o JOIN plan_files f USING (_file) "
-            f"JOIN read_parquet({listing}, filename=true, file_row_number=true) s "
-            "ON s.filename = f.filename AND s.file_row_number = o._row ORDER BY o._ord").to_arrow_reader(2_048)
-        for rb in reader:
-            writer.add(pa.Table.from_batches([rb]).cast(RELEASE_SCHEMA))
+        for (f,), wanted in plan.sort("_file").partition_by(["_file"], as_dict=True, maintain_order=True).items():
+            staged = pq.read_table(staging[int(f)]).cast(RELEASE_SCHEMA)
+            for (b,), part in wanted.partition_by(["_bucket"], as_dict=True, maintain_order=True).items():
+                rows = staged.take(pa.array(part.get_column("_row").to_numpy()))
+                sink = sinks.get(int(b)) or sinks.setdefault(int(b), pa.ipc.new_stream(paths[int(b)], schema))
+                sink.write_table(rows.append_column("_ord", pa.array(part.get_column("_ord").to_numpy())))
+            del staged
     finally:
-        con.close()
+        for sink in sinks.values():
+            sink.close()
+    for b, path in enumerate(paths):
+        if b not in sinks:
+            continue
+        with pa.memory_map(path) as source:
+            bucket = pa.ipc.open_stream(source).read_all()
+        bucket = bucket.take(pc.sort_indices(bucket.column("_ord"))).drop_columns(["_ord"])
+        writer.add(bucket)
+        del bucket
+        storage.fs_and_path(path)[0].rm(path)
