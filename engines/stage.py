@@ -60,6 +60,11 @@ class Stage:
     # Derived text columns it writes (null where unchanged): what ``release.text`` and
     # ``stages[].inputs: {text: stage.column}`` may name.
     text_columns: ClassVar[tuple[str, ...]] = ()
+    # Params naming local files the stage reads ("key", "key.sub", "items[].path"): `curate validate`
+    # checks they exist. Such files are read as data, never executed.
+    path_params: ClassVar[tuple[str, ...]] = ()
+    # Params naming sources, in the same notation ("positive[]"): `curate validate` checks the names.
+    source_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         if params is None or isinstance(params, dict):
