@@ -3,12 +3,13 @@
 1. **quarantined** if a stage the release reads (the selection's stages and the ``release.text``
    stages) recorded an error for the row (``<stage>._error``) or has no usable annotation file
    for the shard (it failed there);
-2. **dropped** with reason ``release:empty_text`` if the text the release carries (after
-   ``release.text``) is empty or whitespace;
+2. **dropped** with reason ``release:empty_text`` if the raw text is empty or whitespace;
 3. **dropped** if the selection expression is false, attributed to the first filter the
    selection reads (pipeline order) whose ``keep`` is false (``<stage>:<its reason>``), else to
    ``select``;
-4. otherwise **kept**. Stages the release does not read never drop anything.
+4. **dropped** with reason ``release:empty_after_text_transforms`` if the text the release
+   carries (after ``release.text``) is empty or whitespace;
+5. otherwise **kept**. Stages the release does not read never drop anything.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict
         err = pl.col(f"{s.name}.{ERROR_COLUMN}").is_not_null()
         fate, stage = fate.when(err).then(pl.lit("quarantined")), stage.when(err).then(pl.lit(s.name))
         reason = reason.when(err).then(pl.col(f"{s.name}.{ERROR_COLUMN}"))
-    empty = text.fill_null("").str.strip_chars().str.len_bytes() == 0
+    empty = pl.col("text").fill_null("").str.strip_chars().str.len_bytes() == 0
     fate, stage, reason = (fate.when(empty).then(pl.lit("dropped")), stage.when(empty).then(pl.lit("release")),
                            reason.when(empty).then(pl.lit("empty_text")))
     for s in applicable:
@@ -120,9 +121,13 @@ def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict
             r = pl.col(f"{s.name}.reason") if "reason" in s.columns else pl.lit("keep=false")
             reason = reason.when(drop).then(r.fill_null("keep=false"))
     # Columns of stages that do not apply to this source are null, so the selection sees nulls.
-    fate = fate.when(~select).then(pl.lit("dropped")).otherwise(pl.lit("kept"))
-    stage = stage.when(~select).then(pl.lit("select")).otherwise(pl.lit(None))
-    reason = reason.when(~select).then(pl.lit("selection expression is false")).otherwise(pl.lit(None))
+    fate, stage = fate.when(~select).then(pl.lit("dropped")), stage.when(~select).then(pl.lit("select"))
+    reason = reason.when(~select).then(pl.lit("selection expression is false"))
+    # Selected, but the text transforms left nothing to train on.
+    emptied = text.fill_null("").str.strip_chars().str.len_bytes() == 0
+    fate = fate.when(emptied).then(pl.lit("dropped")).otherwise(pl.lit("kept"))
+    stage = stage.when(emptied).then(pl.lit("release")).otherwise(pl.lit(None))
+    reason = reason.when(emptied).then(pl.lit("empty_after_text_transforms")).otherwise(pl.lit(None))
     return df.with_columns(fate.alias("_fate"), stage.alias("_stage"), reason.alias("_reason"))
 
 

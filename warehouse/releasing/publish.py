@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import fsspec
@@ -128,8 +129,9 @@ def _check_shards(version_url: str, manifest: dict[str, Any]) -> str | None:
 
 def scan(release_root: str, since: str | None = None) -> Listing:
     """Classify the entries of ``releases/<name>/``; with ``since`` (a version), manifests of versions
-    dated before it are not read (they cannot be newer)."""
+    dated more than a day before it are not read (they cannot be newer)."""
     out = Listing()
+    cutoff = _day_before(since) if since else None
     for entry in _entries(release_root):
         name = _basename(entry)
         url = _as_url(release_root, str(entry["name"]).rstrip("/"))
@@ -138,7 +140,7 @@ def scan(release_root: str, since: str | None = None) -> Listing:
             continue
         if name.startswith(("_", ".")) or name == LATEST or entry.get("type") != "directory":
             continue
-        if since and name[:10] < since[:10]:
+        if cutoff and name[:10] < cutoff:
             continue
         if not storage.exists(f"{url}/{MANIFEST}"):
             out.incomplete.append(url)
@@ -156,6 +158,15 @@ def scan(release_root: str, since: str | None = None) -> Listing:
             out.committed.append(manifest)
     out.committed.sort(key=lambda m: (str(m["created_at"]), str(m["version"])))
     return out
+
+
+def _day_before(version: str) -> str | None:
+    """The date a day before a version's date: a release built across midnight is dated by its
+    start but created after it, so one day of margin keeps every possibly newer version."""
+    try:
+        return (datetime.strptime(version[:10], "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
+    except ValueError:
+        return None
 
 
 def _pointer(release_root: str) -> str | None:
