@@ -61,10 +61,13 @@ def _print(cols: list[str], rows: list[tuple], title: str | None = None, limit: 
 
 @app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e.g. demo/pipeline.yaml.")],
-        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None):
+        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None,
+        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another run holds the lake "
+                                                          "(default: exit at once, naming it).")] = 0.0):
     """Run a pipeline once: ingest new input, run the stages, write a release, update the catalog.
 
     Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
+    One run per lake at a time: a second one waits (--wait) or exits with code 75.
     """
     from schemas.config import ConfigError, load_config
     try:
@@ -72,8 +75,9 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
     except ConfigError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
+    from flows.commands.health import _waiting
     from flows.pipeline import run_pipeline
-    summary = run_pipeline(str(pipeline), workers=workers)
+    summary = run_pipeline(str(pipeline), workers=workers, wait_s=wait, on_wait=_waiting)
     _print_summary(summary)
 
 
@@ -142,13 +146,15 @@ def stats(lake: LakeOpt = "./lake"):
 def sql(query: Annotated[str, typer.Argument(help="SQL for DuckDB, e.g. \"SELECT * FROM releases\".")],
         lake: LakeOpt = "./lake",
         as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False):
-    """Run a read-only SQL query against the catalog (tables: runs, ingested_files, shards,
+    """Run one read-only SQL query against the catalog (tables: runs, ingested_files, shards,
     stage_runs, quarantine, releases, release_sources, drop_reasons; views: documents,
-    release_shards, ann_<stage>)."""
+    release_shards, ann_<stage>). Only SELECT-like statements run, and only the lake can be read."""
     import duckdb
+
+    from warehouse.sql_door import readonly_query
     cat = _catalog(lake)
     try:
-        cols, rows = cat.query(query)
+        cols, rows = readonly_query(cat.path, cat.lake_root, query)
     except duckdb.Error as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None
@@ -233,8 +239,20 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
                   f"{info['rows']:,} documents, {info['tokens']:,} tokens\n  {dest}")
 
 
+from flows.commands import health  # noqa: E402
+
+app.command()(health.check)
+app.command()(health.repair)
+app.add_typer(health.catalog_app, name="catalog")
+
+
 def main() -> None:
-    app()
+    from warehouse.errors import LakeError
+    try:
+        app()
+    except LakeError as e:  # a lake problem with a remedy: one line, no traceback
+        console.print(f"[red]{e}[/]", highlight=False)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

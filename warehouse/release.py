@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from engines import storage
 from schemas.config import PipelineConfig, stable_hash
 from schemas.documents import DOCUMENT
+from warehouse.errors import DamagedFile
 from warehouse.lake import Lake
 from warehouse.selection import parse_selection
 
@@ -75,8 +76,11 @@ def _sha256(path: str) -> str:
 
 def _read_columns(path: str, columns: list[str] | None = None) -> pa.Table:
     fs, p = storage.fs_and_path(path)
-    with fs.open(p, "rb") as f:
-        return pq.read_table(f, columns=columns)
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_table(f, columns=columns)
+    except (pa.ArrowException, OSError) as e:  # name the file: a bare ArrowInvalid says nothing
+        raise DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
 def content_hash(cfg: PipelineConfig, stages: list[StageInfo], raw_shards: list[str], lake: Lake, code_version: str) -> str:
