@@ -110,6 +110,17 @@ def test_stale_lock_of_a_dead_process_on_this_host_is_taken_over(lake_root):
         assert lock.record.generation == 1
 
 
+def test_a_holder_killed_right_after_acquiring_is_taken_over(lake_root):
+    code = f"from warehouse.lock import LakeLock; LakeLock({lake_root!r}, 'run').acquire(); print('survived')"
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "CURATE_FAULT": "lock:acquired"})
+    assert p.returncode == -signal.SIGKILL and "survived" not in p.stdout
+    holder = LakeLock(lake_root, "x").current()
+    assert holder is not None and holder[1] is not None and holder[1].released_at is None
+    with lake_lock(lake_root, "run") as lock:
+        assert lock.record.generation == holder[0] + 1
+
+
 def test_other_host_is_stale_only_after_the_heartbeat_timeout(lake_root):
     _plant(lake_root, _record(3, "another-host", heartbeat_age_s=5))
     with pytest.raises(LakeBusy, match="another-host"):

@@ -112,7 +112,7 @@ class Catalog:
             if not read_only:
                 con.execute(SCHEMA)
             yield con
-        except (duckdb.IOException, duckdb.Error) as e:
+        except duckdb.Error as e:
             if "Corrupt database file" in str(e) or (self.path in str(e) and "read enough bytes" in str(e)):
                 raise CatalogDamaged(f"the catalog {self.path} is damaged ({str(e).splitlines()[0][:160]}). Rebuild "
                                      f"it from the lake with `curate catalog rebuild --lake {self.lake_root}`") from None

@@ -219,13 +219,13 @@ class LakeLock:
         mine = LockRecord(generation=gen, token=uuid.uuid4().hex, owner=_user(), host=socket.gethostname(),
                           pid=os.getpid(), pid_started=process_started(os.getpid()), run_id=self.run_id,
                           purpose=self.purpose, started_at=_now(), heartbeat_at=_now())
-        fault_point("lock:before_create")
         if not storage.create_exclusive(self._path(gen), mine.to_bytes()):
             return None  # someone else created this generation first
         if self.generations()[-1] != gen:  # our number had been used and pruned: a newer holder exists
             self._remove(gen)
             return None
         self.record = mine
+        fault_point("lock:acquired")  # crash tests: a holder killed before its first heartbeat
         self._prune(gen)
         return mine
 
