@@ -1,6 +1,7 @@
 """Filesystem helpers: fsspec paths, atomic writes, Parquet sizes. Local and remote alike."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -162,6 +163,16 @@ def complete_parquet_rows(url: str) -> int | None:
             "%s is damaged (%s: %s); removing it so it is computed again", url, type(e).__name__, str(e)[:160])
         fs.rm(path)
         return None
+
+
+def file_sha256(url: str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    fs, path = fs_and_path(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_bytes(url: str) -> bytes:

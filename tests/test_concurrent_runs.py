@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import demo_config
+from tests.helpers import cli_env, demo_config
 from warehouse.health import check_lake
 
 pytestmark = pytest.mark.slow
@@ -33,15 +33,8 @@ def _pipeline(root: Path, demo_dir: Path, slow_s: float = 0.0) -> Path:
     return root / "p.yaml"
 
 
-def _env(root: Path) -> dict[str, str]:
-    env = dict(os.environ, CURATE_PLUGINS="tests.plugins", PYTHONPATH=str(REPO), CURATE_PROGRESS="0",
-               PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
-    return env
-
-
 def _cli(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=_env(root), text=True,
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=cli_env(root), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 

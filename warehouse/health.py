@@ -29,7 +29,6 @@ missing are re-ingested. Checks that read data (row counts, ids, checksums) are 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -88,15 +87,6 @@ def _ids(path: str) -> list[str]:
     fs, p = storage.fs_and_path(path)
     with fs.open(p, "rb") as f:
         return pq.read_table(f, columns=["id"]).column("id").to_pylist()
-
-
-def _sha256(path: str) -> str:
-    fs, p = storage.fs_and_path(path)
-    h = hashlib.sha256()
-    with fs.open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_json(path: str) -> Any:
@@ -179,7 +169,7 @@ def _check_releases(root: str) -> list[Finding]:
             problem = parquet_problem(path, s.get("rows"))
             if problem is None and s.get("bytes") is not None and fs.size(storage.fs_and_path(path)[1]) != s["bytes"]:
                 problem = f"has {fs.size(storage.fs_and_path(path)[1])} bytes, the manifest says {s['bytes']}"
-            if problem is None and s.get("sha256") and _sha256(path) != s["sha256"]:
+            if problem is None and s.get("sha256") and storage.file_sha256(path) != s["sha256"]:
                 problem = "sha256 differs from the manifest"
             if problem is not None:
                 found.append(Finding("release_damaged", path, f"release shard {problem}", hint, repairable=False))

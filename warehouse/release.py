@@ -26,7 +26,6 @@ Cost: one streaming pass over the kept text; ``order: shuffle`` adds an out-of-c
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,12 +65,7 @@ class StageInfo:
 
 
 def _sha256(path: str) -> str:
-    fs, p = storage.fs_and_path(path)
-    h = hashlib.sha256()
-    with fs.open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return storage.file_sha256(path)
 
 
 def _read_columns(path: str, columns: list[str] | None = None) -> pa.Table:
