@@ -151,10 +151,14 @@ def sql(query: Annotated[str, typer.Argument(help="SQL for DuckDB, e.g. \"SELECT
     release_shards, ann_<stage>). Only SELECT-like statements run, and only the lake can be read."""
     import duckdb
 
+    from warehouse.errors import LakeError
     from warehouse.sql_door import readonly_query
     cat = _catalog(lake)
     try:
         cols, rows = readonly_query(cat.path, cat.lake_root, query)
+    except LakeError as e:  # refused, unparsable, or the catalog busy/damaged: one line
+        console.print(f"[red]{e}[/]", highlight=False)
+        raise typer.Exit(e.exit_code) from None
     except duckdb.Error as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None

@@ -18,7 +18,17 @@ import pytest
 
 from engines import storage
 from tests.conftest import REPO
-from warehouse.lock import LakeBusy, LakeLock, LockLost, LockRecord, is_stale, lake_lock, lock_holder, process_started
+from warehouse.lock import (
+    LakeBusy,
+    LakeLock,
+    LockLost,
+    LockRecord,
+    is_stale,
+    lake_lock,
+    lock_holder,
+    pid_namespace,
+    process_started,
+)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -28,10 +38,12 @@ def lake_root(request, tmp_path):
     return request.getfixturevalue("s3_server").bucket() + "/lake"
 
 
-def _record(gen: int, host: str, heartbeat_age_s: float, pid: int = 4242, started: str | None = None) -> LockRecord:
+def _record(gen: int, host: str, heartbeat_age_s: float, pid: int = 4242, started: str | None = None,
+            pid_ns: str | None = None) -> LockRecord:
     beat = (datetime.now(UTC) - timedelta(seconds=heartbeat_age_s)).isoformat()
     return LockRecord(generation=gen, token=f"tok{gen}", owner="someone", host=host, pid=pid, pid_started=started,
-                      run_id=f"run-{gen}", purpose="run", started_at=beat, heartbeat_at=beat)
+                      run_id=f"run-{gen}", purpose="run", started_at=beat, heartbeat_at=beat,
+                      pid_ns=pid_ns if pid_ns is not None else pid_namespace())
 
 
 def _plant(root: str, rec: LockRecord) -> None:
@@ -136,6 +148,10 @@ def test_a_reused_pid_is_not_mistaken_for_the_holder():
     assert not is_stale(_record(0, host, 0, pid=me, started=started))
     if started is not None:  # Linux: the same pid started at another time is another process
         assert is_stale(_record(0, host, 0, pid=me, started=str(int(started) - 1)))
+    # Another container with the same host name: its pids mean nothing here; the heartbeat decides.
+    dead_pid_elsewhere = _record(0, host, 0, pid=2**22 + 7, pid_ns="pid:[1]")
+    assert not is_stale(dead_pid_elsewhere, stale_after_s=60)
+    assert is_stale(_record(0, host, 120, pid=2**22 + 7, pid_ns="pid:[1]"), stale_after_s=60)
 
 
 def _race(root: str, barrier, results) -> None:

@@ -152,11 +152,10 @@ def sync_catalog(catalog: Catalog, lake_root: str) -> dict[str, int]:
     with catalog.connect() as con:
         known_runs = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
         applied = {r[0] for r in con.execute("SELECT entry FROM _journal").fetchall()}
-    for rec in runlog.read_runs(lake_root):
-        if rec["run_id"] not in known_runs:
-            with catalog.connect() as con:
-                Catalog.apply_rows(con, "runs", [rec])
-            added["runs"] += 1
+    for rec in runlog.read_runs(lake_root, skip=known_runs):
+        with catalog.connect() as con:
+            Catalog.apply_rows(con, "runs", [rec])
+        added["runs"] += 1
     for name in runlog.journal_entries(lake_root):
         if name in applied:
             continue

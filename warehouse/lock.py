@@ -22,7 +22,8 @@ How it works (local disk and object stores alike; no rename, no delete needed):
   each rewrite, checks it is still the newest generation; if not, ``check()`` raises
   ``LockLost`` at the next step boundary and the run stops.
 - A record is *stale* when its holder is gone: on the same host, its process no longer exists
-  (or the pid now belongs to a process started later); on another host, its heartbeat is older
+  (or the pid now belongs to a process started later); on another host (or in another pid
+  namespace: containers may share a host name), its heartbeat is older
   than ``stale_after_s`` (default 300 s; ``CURATE_LOCK_STALE_S``). Hosts' clocks are assumed to
   agree within a fraction of that (NTP). A stale record is never modified: taking over is just
   creating the next generation, so the race above covers it.
@@ -93,6 +94,7 @@ class LockRecord:
     started_at: str
     heartbeat_at: str
     released_at: str | None = None
+    pid_ns: str | None = None  # the pid namespace: two containers may share a host name, not pids
 
     def describe(self) -> str:
         run = f", run {self.run_id}" if self.run_id else ""
@@ -133,6 +135,14 @@ def process_started(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def pid_namespace() -> str | None:
+    """This process's pid namespace (Linux), so a record from another container is not judged by pid."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _process_alive(pid: int, started: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -152,7 +162,7 @@ def _process_alive(pid: int, started: str | None) -> bool:
 
 def is_stale(rec: LockRecord, stale_after_s: float | None = None) -> bool:
     """True when the holder of ``rec`` is gone (see the module docstring)."""
-    if rec.host == socket.gethostname():
+    if rec.host == socket.gethostname() and rec.pid_ns == pid_namespace():
         return not _process_alive(rec.pid, rec.pid_started)
     return _age_s(rec.heartbeat_at) > (stale_after_s if stale_after_s is not None else _stale_after())
 
@@ -218,7 +228,7 @@ class LakeLock:
             gen += 1
         mine = LockRecord(generation=gen, token=uuid.uuid4().hex, owner=_user(), host=socket.gethostname(),
                           pid=os.getpid(), pid_started=process_started(os.getpid()), run_id=self.run_id,
-                          purpose=self.purpose, started_at=_now(), heartbeat_at=_now())
+                          purpose=self.purpose, started_at=_now(), heartbeat_at=_now(), pid_ns=pid_namespace())
         if not storage.create_exclusive(self._path(gen), mine.to_bytes()):
             return None  # someone else created this generation first
         if self.generations()[-1] != gen:  # our number had been used and pruned: a newer holder exists

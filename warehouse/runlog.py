@@ -65,10 +65,12 @@ def update_run(lake_root: str, run_id: str, changes: dict[str, Any]) -> None:
     write_run(lake_root, row)
 
 
-def read_runs(lake_root: str) -> list[dict[str, Any]]:
-    """Every run record of the lake, oldest first."""
+def read_runs(lake_root: str, skip: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """Every run record of the lake (but those whose run id is in ``skip``: not even read), oldest first."""
     rows = []
     for path in storage.glob(f"{lake_root}/{RUNS_DIR}/*.json"):
+        if path.rsplit("/", 1)[-1].removesuffix(".json") in skip:
+            continue
         try:
             rows.append(json.loads(storage.read_bytes(path)))
         except ValueError:

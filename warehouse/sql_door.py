@@ -42,12 +42,16 @@ class QueryRefused(LakeError):
     exit_code = 2
 
 
+class QueryInvalid(LakeError):
+    """A query DuckDB cannot parse."""
+
+
 def checked_statement(sql: str) -> str:
     """The one read-only statement in ``sql``; raises ``QueryRefused`` for anything else."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
-        raise QueryRefused(f"cannot parse the query: {str(e).splitlines()[0]}") from None
+        raise QueryInvalid(f"cannot parse the query: {str(e).splitlines()[0]}") from None
     if len(statements) != 1:
         raise QueryRefused(f"curate sql runs one statement at a time; got {len(statements)}")
     st = statements[0]
