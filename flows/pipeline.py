@@ -22,8 +22,10 @@ from prefect.cache_policies import NONE
 from engines import storage
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
-from readers.ingest import IngestFileTask, file_fingerprint, ingest_file
+from flows.validate import validate_pipeline
+from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
 from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
@@ -53,6 +55,8 @@ class RunContext:
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).
     keys: dict[str, str] = field(default_factory=dict)
+    # Sources to ingest afresh (`curate run --reingest`).
+    reingest: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -126,25 +130,10 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
 
 
 def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
-    """The input files of a source that no earlier ingest completed (by fingerprint)."""
-    files: list[str] = []
-    for pattern in source.paths:
-        found = storage.glob(ctx.cfg.resolve(pattern))
-        if not found:
-            get_run_logger().warning("source %s: nothing matches %s", source.name, ctx.cfg.resolve(pattern))
-        files.extend(found)
-    done = {m.get("fingerprint") for m in ctx.lake.ingest_markers(source.name)}
-    fps = [file_fingerprint(f) for f in sorted(set(files))]
-    new = [fp for fp in fps if fp["fingerprint"] not in done]
-    if not new:
-        return []
-    # Same new files + same config + same code => same ingest run, so a re-run resumes it.
-    ingest_run = "ing-" + stable_hash({"source": source.model_dump(mode="json"), "files": [f["fingerprint"] for f in new],
-                                       "code": ctx.code_version})[:12]
-    return [IngestFileTask(source=source, file=fp["path"], file_index=i, out_dir=ctx.lake.raw_dir(source.name, ingest_run),
-                           quarantine_dir=ctx.lake.quarantine_dir(ingest_run, source.name), ingest_run=ingest_run,
-                           run_id=ctx.run_id, shard_bytes=ctx.cfg.executor.shard_bytes, fingerprint=fp["fingerprint"])
-            for i, fp in enumerate(new)]
+    """The input files of a source that no live ingest has (by fingerprint: file and reader
+    config), superseding earlier ingests of the same files (flows.ingest_plan)."""
+    return plan_source_ingest(ctx.cfg, ctx.lake, source, ctx.run_id, ctx.code_version,
+                              reingest=source.name in ctx.reingest, warn=get_run_logger().warning)
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=NONE)
@@ -247,7 +236,8 @@ def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
 
 
 @flow(name="curate", log_prints=True)
-def curate_flow(config_path: str, workers: int | None = None, wait_s: float = 0.0) -> dict[str, Any]:
+def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
+                wait_s: float = 0.0) -> dict[str, Any]:
     """Run a pipeline file end to end and return a summary (also stored in the catalog)."""
     cfg = load_config(config_path)
     if workers is not None:
@@ -262,11 +252,11 @@ def curate_flow(config_path: str, workers: int | None = None, wait_s: float = 0.
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     # One writer per lake (warehouse/lock.py); `curate run` already holds it, `curate serve` takes it here.
     with lake_lock(lake.root, "run", run_id=run_id, wait_s=wait_s) as lock:
-        return _run_locked(cfg, config_path, stages, lake, catalog, run_id, lock)
+        return _run_locked(cfg, config_path, stages, lake, catalog, run_id, lock, frozenset(reingest or ()))
 
 
 def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredStage], lake: Lake, catalog: Catalog,
-                run_id: str, lock: LakeLock) -> dict[str, Any]:
+                run_id: str, lock: LakeLock, reingest: frozenset[str]) -> dict[str, Any]:
     """The flow's work, holding the lake lock: heal what the lake needs, then ingest, stages, release."""
     for line in heal_on_start(lake.root, catalog, run_id):
         get_run_logger().warning("healing the lake: %s", line)
@@ -277,7 +267,7 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         prefect_id = None
     catalog.start_run(run_id, cfg.name, str(Path(config_path).resolve()), cfg.config_hash(), code_version(), prefect_id)
     executor = make_executor(cfg.executor, show_progress=os.environ.get("CURATE_PROGRESS", "1") != "0")
-    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version())
+    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=reingest)
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
         lock.check()
@@ -294,13 +284,16 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         executor.close()
 
 
-def run_pipeline(config_path: str, workers: int | None = None, wait_s: float = 0.0,
-                 on_wait: Any = None) -> dict[str, Any]:
-    """Validate the file (clear errors before Prefect starts), take the lake lock (waiting up to
-    ``wait_s`` seconds for another writer; ``LakeBusy`` names it), check the catalog opens, then
-    run the flow."""
+def run_pipeline(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
+                 validated: bool = False, wait_s: float = 0.0, on_wait: Any = None) -> dict[str, Any]:
+    """Validate the file (every problem at once, before Prefect starts: flows.validate), take the
+    lake lock (waiting up to ``wait_s`` seconds for another writer; ``LakeBusy`` names it), check
+    the catalog opens, then run the flow. ``reingest``: sources to ingest afresh. ``validated``:
+    the caller already checked."""
+    if not validated:
+        validate_pipeline(config_path, reingest or ()).raise_for_errors()
     cfg = load_config(config_path)
     with lake_lock(cfg.lake_path, "run", wait_s=wait_s, on_wait=on_wait):
         if "://" not in cfg.lake_path and Path(cfg.lake_path, "catalog.duckdb").exists():
             Catalog(f"{cfg.lake_path}/catalog.duckdb").init()  # a damaged catalog is named before Prefect starts
-        return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers)
+        return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers, reingest=list(reingest or ()))

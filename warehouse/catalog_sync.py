@@ -21,17 +21,20 @@ import json
 import os
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from engines import storage
 from warehouse import runlog
 from warehouse.catalog import Catalog, now
 from warehouse.lake import Lake
+from warehouse.supersede import superseded_rows
 
 
 def record_ingested_file(catalog: Catalog, marker: dict[str, Any], run_id: str | None) -> bool:
-    """Record one input file's ingest (its marker): ``ingested_files``, ``shards`` and its
-    quarantined rows, in one transaction. False if it was recorded already."""
+    """Record one input file's ingest (its marker): ``ingested_files``, ``shards``, its
+    quarantined rows and the earlier ingests it supersedes, in one transaction. False if it was
+    recorded already."""
     at = marker.get("ingested_at") or now()
     with catalog.transaction(), catalog.connect() as con:
         row = con.execute("SELECT count(*) FROM ingested_files WHERE source=? AND fingerprint=? AND ingest_run=?",
@@ -51,6 +54,7 @@ def record_ingested_file(catalog: Catalog, marker: dict[str, Any], run_id: str |
             "rows": p["rows"], "text_bytes": p["text_bytes"], "run_id": run_id, "created_at": at} for p in parts])
         if marker.get("quarantine_file") and storage.exists(marker["quarantine_file"]):
             catalog.load_quarantine_file(marker["quarantine_file"], recorded_at=at)
+        Catalog.apply_rows(con, "superseded_ingests", superseded_rows([SimpleNamespace(**marker)], cast(str, run_id), at))
     return True
 
 

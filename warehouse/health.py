@@ -43,6 +43,7 @@ from warehouse.catalog import Catalog
 from warehouse.catalog_access import CatalogBusy, CatalogDamaged
 from warehouse.errors import LakeError
 from warehouse.lock import LOCK_DIR, held_lock, lock_holder
+from warehouse.supersede import marker_id
 
 log = logging.getLogger("curate.health")
 
@@ -96,20 +97,39 @@ def _read_json(path: str) -> Any:
 
 
 # --- checks ----------------------------------------------------------------------------------------
-def _check_raw(root: str, deep: bool) -> tuple[list[Finding], dict[str, int]]:
-    """Markers and the raw shards they list; also returns {raw shard: rows} of the healthy ones."""
-    found: list[Finding] = []
-    rows: dict[str, int] = {}
+def _all_markers(root: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(path, marker) of every readable ingest marker, and the paths of unreadable ones."""
+    good, bad = [], []
     for marker_path in storage.glob(f"{root}/raw/*/*/_done/*.json"):
-        run_dir = marker_path.rsplit("/", 2)[0]
         try:
             m = _read_json(marker_path)
-            parts = [(f"{run_dir}/{p['path'].rsplit('/', 1)[-1]}", int(p["rows"])) for p in m["parts"]]
-        except (ValueError, KeyError, TypeError) as e:
-            found.append(Finding("marker_damaged", marker_path, f"ingest marker cannot be read ({type(e).__name__})",
-                                 "remove it and its input file's parts, so the next run re-ingests that file",
-                                 info={"marker": marker_path, "marker_data": None}))
-            continue
+            if not isinstance(m.get("parts"), list):
+                raise TypeError("no parts")
+            good.append((marker_path, m))
+        except (ValueError, TypeError, AttributeError):
+            bad.append(marker_path)
+    return good, bad
+
+
+def live_markers(root: str) -> list[tuple[str, dict[str, Any]]]:
+    """(path, marker) of the ingests that count: readable and not superseded by a later ingest."""
+    good, _ = _all_markers(root)
+    superseded = {s for _, m in good for s in m.get("supersedes") or ()}
+    return [(p, m) for p, m in good if marker_id(p) not in superseded]
+
+
+def _check_raw(root: str, deep: bool) -> tuple[list[Finding], dict[str, int]]:
+    """Live markers and the raw shards they list (superseded ingests are history: not judged);
+    also returns {raw shard: rows} of the healthy ones."""
+    found: list[Finding] = []
+    rows: dict[str, int] = {}
+    for marker_path in _all_markers(root)[1]:
+        found.append(Finding("marker_damaged", marker_path, "ingest marker cannot be read",
+                             "remove it and its input file's parts, so the next run re-ingests that file",
+                             info={"marker": marker_path, "marker_data": None}))
+    for marker_path, m in live_markers(root):
+        run_dir = marker_path.rsplit("/", 2)[0]
+        parts = [(f"{run_dir}/{p['path'].rsplit('/', 1)[-1]}", int(p["rows"])) for p in m["parts"]]
         for part, n in parts:
             problem = parquet_problem(part, n, deep)
             if problem is None:
@@ -363,6 +383,8 @@ def _forget_in_catalog(catalog: Catalog, run_dir: str, idx: str, marker: dict[st
                     "(SELECT run_id FROM ingested_files WHERE source=? AND fingerprint=? AND ingest_run=?))",
                     [marker["source"], marker["file"], *key])
         con.execute("DELETE FROM ingested_files WHERE source=? AND fingerprint=? AND ingest_run=?", key)
+        con.execute("DELETE FROM superseded_ingests WHERE source=? AND new_ingest_run=? AND new_file_index=?",
+                    [marker["source"], marker["ingest_run"], int(idx)])
         con.execute("DELETE FROM shards WHERE path LIKE ? ESCAPE '\\'",
                     [_like_prefix(f"{run_dir}/part-{idx}-") + "%"])
 
@@ -448,12 +470,8 @@ def heal_on_start(root: str, catalog: Catalog, run_id: str) -> list[str]:
 def _markers_with_missing_parts(root: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
     listed: dict[str, set[str]] = {}
-    for marker_path in storage.glob(f"{root}/raw/*/*/_done/*.json"):
+    for marker_path, m in live_markers(root):  # a damaged marker is left to `curate check` / `repair`
         run_dir = marker_path.rsplit("/", 2)[0]
-        try:
-            m = _read_json(marker_path)
-        except ValueError:
-            continue  # damaged marker: `curate check` / `curate repair`
         if run_dir not in listed:
             listed[run_dir] = {p.rsplit("/", 1)[-1] for p in storage.glob(f"{run_dir}/part-*.parquet")}
         if any(p["path"].rsplit("/", 1)[-1] not in listed[run_dir] for p in m.get("parts") or []):

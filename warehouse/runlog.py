@@ -3,7 +3,7 @@
 Losing ``catalog.duckdb`` must lose nothing, so every fact the catalog holds is also in the lake:
 
 - tables derived from lake files (``LAKE_DERIVED``) are rebuilt from those files: ingest
-  markers (``ingested_files``, ``shards``), quarantine files (``quarantine``), release
+  markers (``ingested_files``, ``shards``, ``superseded_ingests``), quarantine files (``quarantine``), release
   manifests (``releases`` and its per-source tables) and run records (``runs``);
 - run records: ``<lake>/runs/<run_id>.json`` holds a run's catalog row, written when it starts
   and rewritten when it ends (or is found killed);
@@ -28,8 +28,8 @@ from engines import storage
 RUNS_DIR = "runs"
 JOURNAL_DIR = "journal"
 # Tables whose rows the catalog derives from lake files, so they are never journaled.
-LAKE_DERIVED = frozenset({"runs", "ingested_files", "shards", "quarantine", "releases", "release_sources",
-                          "drop_reasons", "release_mixture", "release_phases"})
+LAKE_DERIVED = frozenset({"runs", "ingested_files", "shards", "quarantine", "superseded_ingests", "releases",
+                          "release_sources", "drop_reasons", "release_mixture", "release_phases"})
 
 
 def _dumps(obj: Any) -> bytes:
