@@ -188,8 +188,9 @@ def _fed_column(alias: str, parts: list[_ColumnStream | str], batch: pl.DataFram
 def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_rows: int) -> ShardResult:
     """Annotate one shard (in whichever process calls it). Writes ``task.out_path`` atomically."""
     t0 = time.perf_counter()
-    if storage.exists(task.out_path):
-        return ShardResult(task, "skipped", rows=storage.parquet_rows(task.out_path))
+    done_rows = storage.complete_parquet_rows(task.out_path)
+    if done_rows is not None:
+        return ShardResult(task, "skipped", rows=done_rows)
     try:
         ready = _ready_stage(stage, key, ctx)
         schema = output_schema(ready)
@@ -266,8 +267,9 @@ class LocalExecutor:
                   ctx: StageContext | None = None) -> list[ShardResult]:
         ctx = ctx or StageContext()
         key = stage.key(name)
-        todo = [t for t in tasks if not storage.exists(t.out_path)]
-        results = [ShardResult(t, "skipped", rows=storage.parquet_rows(t.out_path)) for t in tasks if t not in todo]
+        done = {t: storage.complete_parquet_rows(t.out_path) for t in tasks}  # a damaged output is redone
+        todo = [t for t in tasks if done[t] is None]
+        results = [ShardResult(t, "skipped", rows=n) for t, n in done.items() if n is not None]
         runner = _ShardRunner(stage, key, ctx, self.config.batch_rows)
         results.extend(self.map(runner, todo, desc=f"{name} ({len(todo)} shards)"))
         return sorted(results, key=lambda r: r.task.raw_path)

@@ -72,19 +72,23 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
         reingest: Annotated[list[str] | None, typer.Option(
             help="Ingest every file of this source again (repeatable); earlier ingests of it are superseded.")] = None,
         accept_gates: Annotated[bool, typer.Option(
-            "--accept-gates", help="Publish the release even if release.gates fail (recorded as accepted).")] = False):
+            "--accept-gates", help="Publish the release even if release.gates fail (recorded as accepted).")] = False,
+        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another run holds the lake "
+                                                          "(default: exit at once, naming it).")] = 0.0):
     """Run a pipeline once: ingest new input, run the stages, write a release, update the catalog.
 
     Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
     The file is validated first (as `curate validate` does); problems stop the run before it starts.
     A release that fails its gates (release.gates) is not published and the command exits with 3.
+    One run per lake at a time: a second one waits (--wait) or exits with code 75.
     """
     check_or_exit(pipeline, reingest, quiet=True)
+    from flows.commands.health import _waiting
     from flows.pipeline import run_pipeline
     from warehouse.releasing.gates import GateFailed
     try:
         summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True,
-                               accept_gates=accept_gates)
+                               accept_gates=accept_gates, wait_s=wait, on_wait=_waiting)
     except GateFailed as e:
         console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
                       f"version = '{e.version}'\"\nthe record: {e.record}")
@@ -160,13 +164,19 @@ def stats(lake: LakeOpt = "./lake"):
 def sql(query: Annotated[str, typer.Argument(help="SQL for DuckDB, e.g. \"SELECT * FROM releases\".")],
         lake: LakeOpt = "./lake",
         as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False):
-    """Run a read-only SQL query against the catalog (tables: runs, ingested_files, shards,
+    """Run one read-only SQL query against the catalog (tables: runs, ingested_files, shards,
     stage_runs, quarantine, releases, release_sources, drop_reasons; views: documents,
-    release_shards, ann_<stage>)."""
+    release_shards, ann_<stage>). Only SELECT-like statements run, and only the lake can be read."""
     import duckdb
+
+    from warehouse.errors import LakeError
+    from warehouse.sql_door import readonly_query
     cat = _catalog(lake)
     try:
-        cols, rows = cat.query(query)
+        cols, rows = readonly_query(cat.path, cat.lake_root, query)
+    except LakeError as e:  # refused, unparsable, or the catalog busy/damaged: one line
+        console.print(f"[red]{e}[/]", highlight=False)
+        raise typer.Exit(e.exit_code) from None
     except duckdb.Error as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None
@@ -256,8 +266,20 @@ def _check_names(*named: tuple[str, str]) -> None:
             raise typer.Exit(2)
 
 
+from flows.commands import health  # noqa: E402
+
+app.command()(health.check)
+app.command()(health.repair)
+app.add_typer(health.catalog_app, name="catalog")
+
+
 def main() -> None:
-    app()
+    from warehouse.errors import LakeError
+    try:
+        app()
+    except LakeError as e:  # a lake problem with a remedy: one line, no traceback
+        console.print(f"[red]{e}[/]", highlight=False)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -30,13 +30,15 @@ from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
 from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
+from warehouse.catalog_sync import record_ingested_file, record_stage_results
+from warehouse.health import heal_on_start
 from warehouse.lake import Lake
+from warehouse.lock import LakeLock, lake_lock
 from warehouse.release import StageInfo, build_release
 from warehouse.releasing.gates import GateFailed
 from warehouse.releasing.gates import warnings as gate_warnings
 from warehouse.releasing.text import check_chain
 from warehouse.selection import parse_selection
-from warehouse.supersede import superseded_rows
 
 
 def code_version() -> str:
@@ -152,20 +154,8 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
         return {"source": source.name, "files": 0, "rows_in": 0, "rows_written": 0, "rows_quarantined": 0}
     ctx.lake.record_ingest_run(source.name, tasks[0].ingest_run, ctx.started_at, ctx.run_id)
     results = list(ctx.executor.map(ingest_file, tasks, desc=f"ingest {source.name}"))
-    recorded = ctx.catalog.ingested_keys(source.name)
     for r in sorted(results, key=lambda r: r.file_index):
-        if (r.fingerprint, r.ingest_run) in recorded:
-            continue
-        ctx.catalog.insert("ingested_files", [{
-            "source": r.source, "path": r.file, "fingerprint": r.fingerprint, "size": r.bytes_read,
-            "ingest_run": r.ingest_run, "run_id": ctx.run_id, "rows_in": r.rows_in, "rows_written": r.rows_written,
-            "rows_quarantined": r.rows_quarantined, "seconds": r.seconds, "ingested_at": now()}])
-        ctx.catalog.insert("shards", [{
-            "path": p["path"], "source": r.source, "ingest_run": r.ingest_run, "input_file": r.file,
-            "rows": p["rows"], "text_bytes": p["text_bytes"], "run_id": ctx.run_id, "created_at": now()} for p in r.parts])
-        if r.quarantine_file:
-            ctx.catalog.load_quarantine_file(r.quarantine_file)
-        ctx.catalog.insert("superseded_ingests", superseded_rows([r], ctx.run_id, now()))
+        record_ingested_file(ctx.catalog, asdict(r), ctx.run_id)
     summary = {"source": source.name, "files": len(results), "rows_in": sum(r.rows_in for r in results),
                "rows_written": sum(r.rows_written for r in results),
                "rows_quarantined": sum(r.rows_quarantined for r in results),
@@ -203,13 +193,10 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
         again = ctx.executor.run_stage(cs.name, cs.stage, [r.task for r in failed], sctx)
         results = [r for r in results if r.task.raw_path not in retry] + again
     at = now()
-    ctx.catalog.insert("stage_runs", [{
+    record_stage_results(ctx.catalog, [{
         "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind,
         "version": cs.stage.version, "source": r.task.source, "shard": r.task.raw_path, "status": r.status,
         "rows": r.rows, "row_errors": r.row_errors, "seconds": r.seconds, "error": r.error, "recorded_at": at} for r in results])
-    for r in results:
-        if r.status == "computed" and r.row_errors:
-            ctx.catalog.load_stage_errors(ctx.run_id, r.task.source, cs.name, r.task.out_path, r.task.raw_path)
     if cs.stage.kind == "perplexity":
         p = cs.stage.params
         ctx.catalog.record_bpb_matrix(ctx.run_id, cs.name, key, ctx.lake.root, [m.name for m in p.models], p.group_by)  # type: ignore[attr-defined]
@@ -278,7 +265,7 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
 
 @flow(name="curate", log_prints=True)
 def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
-                accept_gates: bool = False) -> dict[str, Any]:
+                accept_gates: bool = False, wait_s: float = 0.0) -> dict[str, Any]:
     """Run a pipeline file end to end and return a summary (also stored in the catalog).
 
     A release stopped by its gates fails the flow (``GateFailed``) unless ``accept_gates``."""
@@ -294,6 +281,17 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
     catalog = Catalog(lake.catalog_path)
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    # One writer per lake (warehouse/lock.py); `curate run` already holds it, `curate serve` takes it here.
+    with lake_lock(lake.root, "run", run_id=run_id, wait_s=wait_s) as lock:
+        return _run_locked(cfg, config_path, stages, lake, catalog, run_id, lock, frozenset(reingest or ()),
+                           accept_gates)
+
+
+def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredStage], lake: Lake, catalog: Catalog,
+                run_id: str, lock: LakeLock, reingest: frozenset[str], accept_gates: bool) -> dict[str, Any]:
+    """The flow's work, holding the lake lock: heal what the lake needs, then ingest, stages, release."""
+    for line in heal_on_start(lake.root, catalog, run_id):
+        get_run_logger().warning("healing the lake: %s", line)
     try:
         from prefect.runtime import flow_run
         prefect_id = str(flow_run.id) if flow_run.id else None
@@ -301,10 +299,12 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
         prefect_id = None
     catalog.start_run(run_id, cfg.name, str(Path(config_path).resolve()), cfg.config_hash(), code_version(), prefect_id)
     executor = make_executor(cfg.executor, show_progress=os.environ.get("CURATE_PROGRESS", "1") != "0")
-    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=frozenset(reingest or ()))
+    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=reingest)
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
+        lock.check()
         staged = [run_stage(ctx, cs) for cs in stages]
+        lock.check()
         rel = release(ctx, stages, accept_gates)
         catalog.refresh_views(lake.root, dict(ctx.keys))
         if "gate_failure" in rel:
@@ -319,14 +319,20 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
 
 
 def run_pipeline(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
-                 validated: bool = False, accept_gates: bool = False) -> dict[str, Any]:
-    """Validate the file (every problem at once, before Prefect starts: flows.validate), then run
-    the flow. ``reingest``: sources to ingest afresh. ``validated``: the caller already checked.
-    ``accept_gates``: publish the release even if its gates fail."""
+                 validated: bool = False, accept_gates: bool = False, wait_s: float = 0.0,
+                 on_wait: Any = None) -> dict[str, Any]:
+    """Validate the file (every problem at once, before Prefect starts: flows.validate), take the
+    lake lock (waiting up to ``wait_s`` seconds for another writer; ``LakeBusy`` names it), check
+    the catalog opens, then run the flow. ``reingest``: sources to ingest afresh. ``validated``:
+    the caller already checked. ``accept_gates``: publish the release even if its gates fail."""
     if not validated:
         validate_pipeline(config_path, reingest or ()).raise_for_errors()
-    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers, reingest=list(reingest or ()),
-                       accept_gates=accept_gates)
+    cfg = load_config(config_path)
+    with lake_lock(cfg.lake_path, "run", wait_s=wait_s, on_wait=on_wait):
+        if "://" not in cfg.lake_path and Path(cfg.lake_path, "catalog.duckdb").exists():
+            Catalog(f"{cfg.lake_path}/catalog.duckdb").init()  # a damaged catalog is named before Prefect starts
+        return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers,
+                           reingest=list(reingest or ()), accept_gates=accept_gates)
 
 
 def check_release_text(cfg: PipelineConfig, stages: list[ConfiguredStage]) -> None:

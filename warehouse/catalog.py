@@ -29,12 +29,18 @@ Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (the s
 committed release), and one
 ``ann_<stage>`` view per configured stage over its annotation files (of live ingests too).
 
-Only the flow's main process writes; connections are short-lived so ``curate stats`` can read
-between runs.
+Only the flow's main process writes, under the lake lock (warehouse/lock.py); connections
+are short-lived, and both sides wait out the other's file lock (warehouse/catalog_access.py),
+so ``curate stats`` can read during a run. Everything here is also in the lake: ingest markers,
+quarantine files and release manifests hold their tables' facts, and run records plus a
+journal of the other inserts are written to the lake before the catalog (warehouse/runlog.py),
+so ``curate catalog rebuild`` restores a lost catalog (warehouse/catalog_sync.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Iterator
@@ -42,6 +48,8 @@ from typing import Any, Iterator
 import duckdb
 
 from engines import storage
+from warehouse import runlog
+from warehouse.catalog_access import CatalogDamaged, open_catalog
 from warehouse.releasing.publish import published_shards
 from warehouse.releasing.records import gate_rows, text_rows
 
@@ -99,6 +107,7 @@ CREATE TABLE IF NOT EXISTS release_text(
 CREATE TABLE IF NOT EXISTS superseded_ingests(
   source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
   new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS _journal(entry VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ);
 """
 # Rows of ingests that a later ingest superseded are left out of the `documents` and `ann_<stage>`
 # views. Raw and annotation files both end in <source>/<ingest run>/part-<file index>-<k>.parquet.
@@ -111,60 +120,117 @@ def now() -> datetime:
 
 
 class Catalog:
-    def __init__(self, path: str):
+    """The catalog of the lake around ``path`` (``<lake>/catalog.duckdb``).
+
+    ``journal=False`` skips writing lake records (used when replaying them into a new catalog)."""
+
+    def __init__(self, path: str, journal: bool = True):
         self.path = path
+        self.lake_root = storage.parent(path)
+        self.journal = journal
+        self._tx = threading.local()
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        tx = getattr(self._tx, "con", None)
+        if tx is not None:  # inside transaction(): every statement joins it
+            yield tx
+            return
         if read_only and not storage.exists(self.path):
             raise FileNotFoundError(f"no catalog at {self.path}: run `curate run PIPELINE.yaml` first")
-        con = duckdb.connect(self.path, read_only=read_only)
+        con = open_catalog(self.path, read_only)
         try:
             if not read_only:
                 con.execute(SCHEMA)
             yield con
+        except duckdb.Error as e:
+            if "Corrupt database file" in str(e) or (self.path in str(e) and "read enough bytes" in str(e)):
+                raise CatalogDamaged(f"the catalog {self.path} is damaged ({str(e).splitlines()[0][:160]}). Rebuild "
+                                     f"it from the lake with `curate catalog rebuild --lake {self.lake_root}`") from None
+            raise
         finally:
             con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: all of them reach the catalog, or none (a kill mid-way leaves no half record)."""
+        if getattr(self._tx, "con", None) is not None:
+            yield
+            return
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            self._tx.con = con
+            try:
+                yield
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                self._tx.con = None
 
     def init(self) -> None:
         with self.connect():
             pass
 
     # --- writes -----------------------------------------------------------------------------
-    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+    def insert(self, table: str, rows: list[dict[str, Any]], replace: dict[str, Any] | None = None) -> None:
+        """Append rows (after deleting the rows matching ``replace``, if given).
+
+        Rows of tables the lake does not otherwise hold are first written to the lake's
+        journal (warehouse/runlog.py), so the catalog never knows what the lake does not."""
+        if not rows and not replace:
             return
-        cols = list(rows[0])
-        sql = f"INSERT INTO {table} ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        with self.connect() as con:
+        entry = None
+        if self.journal and table not in runlog.LAKE_DERIVED:
+            entry = runlog.write_journal(self.lake_root, table, rows, replace)
+        with self.transaction(), self.connect() as con:
+            self.apply_rows(con, table, rows, replace)
+            if entry:
+                con.execute("INSERT INTO _journal VALUES (?, ?)", [entry, now()])
+
+    @staticmethod
+    def apply_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]],
+                   replace: dict[str, Any] | None = None) -> None:
+        if replace:
+            con.execute(f"DELETE FROM {_q(table)} WHERE " + " AND ".join(f"{_q(k)} = ?" for k in replace),
+                        list(replace.values()))
+        if rows:
+            cols = list(rows[0])
+            sql = f"INSERT INTO {_q(table)} ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' for _ in cols)})"
             con.executemany(sql, [[r.get(c) for c in cols] for r in rows])
 
     def start_run(self, run_id: str, pipeline: str, config_path: str, config_hash: str, code_version: str,
                   prefect_flow_run: str | None) -> None:
-        self.insert("runs", [{"run_id": run_id, "pipeline": pipeline, "config_path": config_path,
-                              "config_hash": config_hash, "code_version": code_version,
-                              "prefect_flow_run": prefect_flow_run, "started_at": now(), "status": "running"}])
+        row = {"run_id": run_id, "pipeline": pipeline, "config_path": config_path, "config_hash": config_hash,
+               "code_version": code_version, "prefect_flow_run": prefect_flow_run, "started_at": now(),
+               "status": "running"}
+        runlog.write_run(self.lake_root, row)
+        self.insert("runs", [row])
 
     def finish_run(self, run_id: str, status: str, release: tuple[str, str] | None = None, message: str = "") -> None:
+        changes = {"finished_at": now(), "status": status, "release_name": release[0] if release else None,
+                   "release_version": release[1] if release else None, "message": message}
+        runlog.update_run(self.lake_root, run_id, changes)
         with self.connect() as con:
-            con.execute(
-                "UPDATE runs SET finished_at=?, status=?, release_name=?, release_version=?, message=? WHERE run_id=?",
-                [now(), status, release[0] if release else None, release[1] if release else None, message, run_id])
+            con.execute("UPDATE runs SET " + ", ".join(f"{k}=?" for k in changes) + " WHERE run_id=?",
+                        [*changes.values(), run_id])
 
-    def load_quarantine_file(self, path: str) -> None:
+    def load_quarantine_file(self, path: str, recorded_at: datetime | str | None = None) -> None:
         with self.connect() as con:
             con.execute(
                 "INSERT INTO quarantine SELECT run_id, source, stage, file, \"offset\", rows, error, raw, ? "
-                "FROM read_parquet(?)", [now(), path])
+                "FROM read_parquet(?)", [recorded_at or now(), path])
 
-    def load_stage_errors(self, run_id: str, source: str, stage: str, ann_path: str, raw_path: str) -> None:
+    def load_stage_errors(self, run_id: str, source: str, stage: str, ann_path: str, raw_path: str,
+                          recorded_at: datetime | str | None = None) -> None:
         """Quarantine entries for rows a stage could not process (their text stays in the raw shard)."""
         with self.connect() as con:
             con.execute(
                 "INSERT INTO quarantine SELECT ?, ?, ?, r.src_file, r.src_offset, 1, a._error, NULL, ? "
                 "FROM read_parquet(?, file_row_number=true) a "
                 "JOIN read_parquet(?, file_row_number=true) r USING (file_row_number) WHERE a._error IS NOT NULL",
-                [run_id, source, stage, now(), ann_path, raw_path])
+                [run_id, source, stage, recorded_at or now(), ann_path, raw_path])
 
     def record_bpb_matrix(self, run_id: str, stage: str, key: str, lake_root: str, models: list[str],
                           group_by: str) -> None:
@@ -173,16 +239,19 @@ class Catalog:
         if not storage.glob(ann):
             return
         grp = "coalesce(r.domain, r.source)" if group_by == "domain" else "r.source"
-        with self.connect() as con:
-            con.execute("DELETE FROM bpb_matrix WHERE stage_key = ?", [key])
+        rows: list[dict[str, Any]] = []
+        with contextlib.closing(duckdb.connect()) as con:  # computed apart: the catalog stays free meanwhile
             for m in models:
-                con.execute(
-                    f"INSERT INTO bpb_matrix SELECT ?, ?, ?, ?, {grp}, avg(a.\"bpb__{m}\"), count(a.\"bpb__{m}\") "
+                got = con.execute(
+                    f"SELECT {grp}, avg(a.\"bpb__{m}\"), count(a.\"bpb__{m}\") "
                     f"FROM read_parquet('{_lit(ann)}', filename=true, file_row_number=true) a "
                     f"JOIN read_parquet('{_lit(lake_root)}/raw/*/*/part-*.parquet', filename=true, file_row_number=true) r "
                     f"ON r.filename = replace(a.filename, '/annotations/{_lit(key)}/', '/raw/') "
                     "AND r.file_row_number = a.file_row_number "
-                    f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp}", [run_id, stage, key, m])
+                    f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp} ORDER BY 1").fetchall()
+                rows += [{"run_id": run_id, "stage": stage, "stage_key": key, "model": m, "grp": g, "bpb": b, "docs": n}
+                         for g, b, n in got]
+        self.insert("bpb_matrix", rows, replace={"stage_key": key})
 
     def load_artifact_tables(self, stage: str, key: str, artifact_dir: str) -> None:
         """Rows a global stage's fit left in ``<artifact>/catalog/<table>.parquet`` go into the
@@ -217,6 +286,11 @@ class Catalog:
             return bool(row and row[0])
 
     def record_release(self, manifest: dict[str, Any], run_id: str, path: str) -> None:
+        """Record a release from its manifest, all tables in one transaction."""
+        with self.transaction():
+            self._record_release(manifest, run_id, path)
+
+    def _record_release(self, manifest: dict[str, Any], run_id: str, path: str) -> None:
         name, version = manifest["name"], manifest["version"]
         if self.release_exists(name, version):
             return

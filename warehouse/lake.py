@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 
 from engines import storage
+from warehouse.errors import DamagedFile
 from warehouse.supersede import live_markers
 
 # Written once per ingest run when it is planned: the run's place in lake order.
@@ -47,8 +48,11 @@ class Lake:
         out = []
         for path in storage.glob(f"{self.root}/raw/{source}/*/_done/*.json"):
             fs, p = storage.fs_and_path(path)
-            with fs.open(p, "r") as f:
-                marker = json.load(f)
+            try:
+                with fs.open(p, "r") as f:
+                    marker = json.load(f)
+            except ValueError as e:
+                raise DamagedFile(path, f"ingest marker is not valid JSON ({e})") from None
             # Re-anchor part paths on where the marker is now, so a moved lake still works.
             run_dir = path.rsplit("/", 2)[0]
             for part in marker["parts"]:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engines import storage
+from warehouse.errors import DamagedFile
 
 ERROR_COLUMN = "_error"
 
@@ -69,8 +70,11 @@ class Reads:
 
 def _read(path: str, columns: list[str] | None = None) -> pa.Table:
     fs, p = storage.fs_and_path(path)
-    with fs.open(p, "rb") as f:
-        return pq.read_table(f, columns=columns)
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_table(f, columns=columns)
+    except (pa.ArrowException, OSError) as e:  # name the file: a bare ArrowInvalid says nothing
+        raise DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
 def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,

@@ -11,7 +11,6 @@ external bucket sort: memory is one staged file plus one bucket of ``BUCKET_BYTE
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -34,12 +33,7 @@ MAX_BUCKETS = 512
 
 
 def sha256_of(url: str) -> str:
-    fs, p = storage.fs_and_path(url)
-    h = hashlib.sha256()
-    with fs.open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return storage.file_sha256(url)
 
 
 def _cut(text_bytes: np.ndarray, rows_left: int, bytes_left: int) -> int:
