@@ -61,10 +61,14 @@ def _print(cols: list[str], rows: list[tuple], title: str | None = None, limit: 
 
 @app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e.g. demo/pipeline.yaml.")],
-        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None):
+        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None,
+        refit: Annotated[list[str] | None, typer.Option(
+            help="Fit this global stage again over every shard (repeatable), although a pinned model "
+                 "or incremental index exists; its annotations are recomputed.")] = None):
     """Run a pipeline once: ingest new input, run the stages, write a release, update the catalog.
 
     Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
+    Trained models stay pinned and dedup indexes grow night after night (see README).
     """
     from schemas.config import ConfigError, load_config
     try:
@@ -72,8 +76,13 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
     except ConfigError as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(2) from None
+    from flows.fitting import RefitError
     from flows.pipeline import run_pipeline
-    summary = run_pipeline(str(pipeline), workers=workers)
+    try:
+        summary = run_pipeline(str(pipeline), workers=workers, refit=refit)
+    except RefitError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
     _print_summary(summary)
 
 
@@ -86,6 +95,14 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
                   f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
                   f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
+
+
+@app.command()
+def gc(pipelines: Annotated[list[Path], typer.Argument(help="The pipeline YAML file(s) writing to the lake.")],
+       yes: Annotated[bool, typer.Option("--yes", help="Delete (default: only list what would go).")] = False):
+    """Remove annotation folders, models/indexes and pins no release, pin or current stage uses."""
+    from flows.commands.gc import gc_command
+    gc_command([str(p) for p in pipelines], yes, console)
 
 
 @app.command()

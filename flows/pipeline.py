@@ -6,7 +6,6 @@ is missing. Without ``PREFECT_API_URL`` Prefect starts a temporary local server 
 """
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from prefect.cache_policies import NONE
 from engines import storage
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from flows.fitting import FitRun, RefitError, fit_stage
 from flows.registry import load_stages
 from readers.ingest import IngestFileTask, file_fingerprint, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
@@ -50,6 +50,8 @@ class RunContext:
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).
     keys: dict[str, str] = field(default_factory=dict)
+    # Global stages to fit again although a pinned model or index exists (`curate run --refit`).
+    refit: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -100,26 +102,10 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
 
 
 def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[ShardTask]) -> tuple[str, str]:
-    """Fit a global stage once per (config, input shards); returns (effective key, artifact dir).
-
-    The artifact folder is written under a temporary name and renamed when complete, so a crash
-    mid-fit leaves nothing that a re-run would mistake for a finished fit.
-    """
-    raw = [t.raw_path for t in tasks]
-    fit_id = stable_hash([p[len(ctx.lake.root):] for p in raw])[:8]
-    key = f"{key}-fit{fit_id}"
-    art = ctx.lake.artifact_dir(key)
-    if not storage.exists(f"{art}/_fit.json"):
-        fs, art_p = storage.fs_and_path(art)
-        tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
-        fs.makedirs(tmp, exist_ok=True)
-        metrics = ctx.executor.fit(cs.stage, tasks, tmp)  # type: ignore[arg-type]
-        with fs.open(f"{tmp}/_fit.json", "w") as f:
-            json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
-        fs.mv(tmp, art_p, recursive=True)
-        ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
-                                          "metrics": json.dumps(metrics, default=str), "created_at": now()}])
-    return key, art
+    """Fit, reuse or extend a global stage by its fit policy (flows/fitting.py); returns
+    (effective key, artifact dir)."""
+    run = FitRun(ctx.lake, ctx.catalog, ctx.executor, ctx.run_id, get_run_logger())
+    return fit_stage(run, cs.name, cs.stage, key, tasks, refit=cs.name in ctx.refit)  # type: ignore[arg-type]
 
 
 def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
@@ -173,14 +159,19 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     return summary
 
 
+def stage_key(cs: ConfiguredStage, keys: dict[str, str]) -> str:
+    """The stage's key given the effective keys of earlier stages (also used by `curate gc`)."""
+    # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
+    cs.stage.upstream = {col: f"{keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
+    return cs.stage.key(cs.name)
+
+
 @task(name="stage", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
     raw_all = ctx.lake.shards_by_age(sources)
-    # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
-    cs.stage.upstream = {col: f"{ctx.keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
-    key = cs.stage.key(cs.name)
+    key = stage_key(cs, ctx.keys)
     feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), up_col) for col, up, up_col in cs.feeds)
              for _, raw in raw_all}
     sctx = StageContext(cache_dir=f"{ctx.lake.root}/cache")
@@ -258,12 +249,16 @@ def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
 
 
 @flow(name="curate", log_prints=True)
-def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
-    """Run a pipeline file end to end and return a summary (also stored in the catalog)."""
+def curate_flow(config_path: str, workers: int | None = None, refit: list[str] | None = None) -> dict[str, Any]:
+    """Run a pipeline file end to end and return a summary (also stored in the catalog).
+
+    ``refit`` names global stages to fit again over every shard although a pinned model or
+    incremental index exists (flows/fitting.py)."""
     cfg = load_config(config_path)
     if workers is not None:
         cfg.executor.workers = workers
     stages = configure_stages(cfg)
+    check_refit(stages, refit or [])
     # Fail before any work if the selection names a stage or column that does not exist.
     parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
     release_planner(cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
@@ -278,7 +273,7 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
         prefect_id = None
     catalog.start_run(run_id, cfg.name, str(Path(config_path).resolve()), cfg.config_hash(), code_version(), prefect_id)
     executor = make_executor(cfg.executor, show_progress=os.environ.get("CURATE_PROGRESS", "1") != "0")
-    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version())
+    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), refit=frozenset(refit or ()))
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
         staged = [run_stage(ctx, cs) for cs in stages]
@@ -293,7 +288,17 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
         executor.close()
 
 
-def run_pipeline(config_path: str, workers: int | None = None) -> dict[str, Any]:
+def run_pipeline(config_path: str, workers: int | None = None, refit: list[str] | None = None) -> dict[str, Any]:
     """Validate the file (clear errors before Prefect starts), then run the flow."""
-    load_config(config_path)
-    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers)
+    cfg = load_config(config_path)
+    if refit:
+        check_refit(configure_stages(cfg), refit)
+    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers, refit=refit)
+
+
+def check_refit(stages: list[ConfiguredStage], names: list[str]) -> None:
+    """``--refit`` must name global stages of the pipeline."""
+    fitted = [cs.name for cs in stages if isinstance(cs.stage, GlobalStage)]
+    for n in names:
+        if n not in fitted:
+            raise RefitError(f"--refit {n}: not a global stage of this pipeline; global stages: {', '.join(fitted) or 'none'}")

@@ -8,6 +8,9 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``shards``: every raw shard with its rows and text bytes.
 - ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
+- ``pins``: each time a global stage's pin moved (which artifact, why, trained on how many
+  shards and rows; ``<lake>/pins/<stage-key>.json`` holds the current one).
+- ``gc_removed``: what ``curate gc`` deleted (path, kind, bytes; ``<lake>/gc/<gc_id>.json`` too).
 - ``bpb_matrix``: mean bits per byte per model and domain (or source) from ``perplexity`` stages.
 - ``quarantine``: rows that could not be read or processed, with file, offset, error and raw bytes.
 - ``releases``, ``release_sources``, ``drop_reasons``: each release, its per-source accounting
@@ -72,6 +75,12 @@ CREATE TABLE IF NOT EXISTS bpb_matrix(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS pins(
+  stage VARCHAR, kind VARCHAR, policy VARCHAR, stage_key VARCHAR, fit_key VARCHAR, artifact VARCHAR,
+  pinned_at TIMESTAMPTZ, run_id VARCHAR, reason VARCHAR, shards BIGINT, rows BIGINT, bytes BIGINT,
+  previous_artifact VARCHAR);
+CREATE TABLE IF NOT EXISTS gc_removed(
+  gc_id VARCHAR, path VARCHAR, what VARCHAR, bytes BIGINT, removed_at TIMESTAMPTZ);
 """
 
 
