@@ -94,7 +94,9 @@ def plan(lake: Lake, refs: References) -> list[Garbage]:
             states = [s for s in _children(f"{lake.root}/{rel}") if s.startswith("s-")]
             named = {s for s in states if f"{rel}/{s}" in pinned_states}
             for s in states:
-                if named and s not in named:
+                if ".tmp-" in s:
+                    add(f"{rel}/{s}", "unfinished fit", "an index update that never completed (its run stopped)")
+                elif named and s not in named:
                     add(f"{rel}/{s}", "index state", "superseded by the pinned state of the same index")
     for p in pins:
         if p not in live_pins:

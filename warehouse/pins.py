@@ -13,7 +13,8 @@ table. A record holds:
 - ``pinned_at``, ``run_id``, ``reason`` (first fit, ``--refit``, inputs changed, new shards);
 - ``trained_on``: shards and rows the artifact covers, ``inputs`` (``GlobalStage.fit_inputs``),
   ``bytes`` (size of the artifact folder);
-- ``history``: earlier records of the same stage key (without their own history), newest last.
+- ``history``: earlier pins of the same stage key under other keys (earlier models or index
+  lineages, without their own history), newest last.
 
 Writes are atomic (temporary file and rename), so a crash leaves the old pin or the new one.
 """
@@ -57,11 +58,12 @@ def read_pin(lake: Lake, stage_key: str) -> dict[str, Any] | None:
 
 
 def write_pin(lake: Lake, record: dict[str, Any]) -> dict[str, Any]:
-    """Write the pin of ``record["stage_key"]``, moving the previous one (if it named another
-    artifact) into ``history``. Returns the record written."""
+    """Write the pin of ``record["stage_key"]``, moving the previous one into ``history`` when it
+    had another key (another model, or another index lineage; the nightly states of one index
+    are not history). Returns the record written."""
     old = read_pin(lake, record["stage_key"])
     history = list(old.get("history", [])) if old else []
-    if old and old.get("artifact") != record.get("artifact"):
+    if old and old.get("fit_key") != record.get("fit_key"):
         history.append({k: old.get(k) for k in _HISTORY_FIELDS})
     record = {**record, "history": history}
     write_json(pin_path(lake, record["stage_key"]), record)

@@ -28,6 +28,11 @@ provenance columns, plus the text when ``verify`` is on):
    key), plus ``largest_clusters.parquet``; the metrics (duplicates per source, the largest
    clusters) go to the catalog.
 
+The artifact keeps what a later night needs to extend the fit instead of redoing it: the band
+index (``buckets/``), the document metadata (``docs.parquet``), the cluster roots
+(``roots.parquet``) and ``state.json``. With ``survivor: first`` the stage is incremental
+(``fit_incremental``: filters/minhash/incremental.py); other survivor policies refit.
+
 Memory in the fit: 25 bytes per document (union-find parent and root 8 + 8, shingle-set offset
 8, a flag), plus one bucket partition (about 16 x bands x documents / partitions bytes), one
 pair partition, or one survivor partition at a time. Signatures are never all in memory.

@@ -74,8 +74,15 @@ def _references(cfgs: list[PipelineConfig], lake: Lake) -> References:
 
 def gc_command(pipelines: list[str], yes: bool, console: Any) -> None:
     """The CLI's output: a table of what goes (or went), and the total."""
+    import typer
     from rich.table import Table
-    garbage, record = run_gc(pipelines, yes)
+
+    from schemas.config import ConfigError
+    try:
+        garbage, record = run_gc(pipelines, yes)
+    except (ConfigError, ValueError) as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
     table = Table(title="removed" if record else "would remove (dry run)")
     for col in ("what", "path", "MB", "why"):
         table.add_column(col, overflow="fold")
