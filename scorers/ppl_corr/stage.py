@@ -72,6 +72,7 @@ def _read(path: str) -> pl.DataFrame:
 @register_stage
 class PerplexityCorrelation(GlobalStage):
     kind = "perplexity_correlation"
+    path_params = ("bpb", "scores")
     version = "2"  # 2: the generaliser is stored quantised by default
     needs = ("text", "domain", "source")
     Params = PplCorrParams
