@@ -234,7 +234,7 @@ def test_lake_stays_bounded(nights):
         assert 0 < grew <= 1.5 * per_raw * raw_added, (k, grew, raw_added, per_raw, s)
     # One artifact folder per global stage, whatever the number of nights.
     assert len(list((nights["lake"] / "artifacts").iterdir())) == 4
-    # And the model is small: quantised, not the 544 MB float matrix of a 2M-bucket model.
+    # And the model is small: quantised, not the 531 MB float matrix of a 2M-bucket model.
     assert model < 20_000_000
 
 
