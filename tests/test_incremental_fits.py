@@ -369,3 +369,33 @@ def test_minhash_incremental_without_verification_equals_full_fit(tmp_path, text
         assert ann.get_column("keep").sum() <= ann.height - 3
     finally:
         nights.close()
+
+
+def test_stop_between_fit_and_pin_resumes_without_refitting(tmp_path, texts, monkeypatch):
+    """A run that stops after the new index state is in place but before the pin moved (what
+    SIGKILL at fault point fit:before-pin leaves): the next run adopts that state, does not fit
+    again, and removes the superseded one."""
+    import flows.fitting as fitting
+    write_night(tmp_path, 1, {"wiki": [texts[0:100]]})
+    write_night(tmp_path, 2, {"wiki": [texts[100:200] + [texts[1]]]})
+    _hidden_nights(tmp_path, 2)
+    nights = Nights(tmp_path, ExactDedup())
+    try:
+        _, first = nights.night()
+        _reveal(tmp_path, 2)
+        real_pin = fitting._pin
+        monkeypatch.setattr(fitting, "_pin", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt("stop")))
+        with pytest.raises(KeyboardInterrupt):
+            nights.night()
+        states = sorted(p.name for p in Path(first).parent.iterdir())
+        assert len(states) == 2 and Path(first).exists(), states  # the new state, and the pinned old one
+        monkeypatch.setattr(fitting, "_pin", real_pin)
+        fits = []
+        monkeypatch.setattr(nights.ex, "fit_incremental", lambda *a, **k: fits.append(a) or {})
+        fkey, art = nights.night()
+        assert fits == [] and not Path(first).exists() and Path(art).exists()
+        assert [p.name for p in Path(art).parent.iterdir()] == [Path(art).name]
+        ann = nights.annotations(fkey)
+        assert sum((~df.get_column("keep")).sum() for df in ann.values()) == 1
+    finally:
+        nights.close()
