@@ -229,6 +229,7 @@ def test_lake_stays_bounded(nights):
                 for f in nights["quality_files"][0][1])
     derived = [x["annotations"] + x["artifacts"] + x["pins"] for x in s]
     per_raw = (derived[0] - model) / s[0]["raw"]
+    print("lake bytes per night:", json.dumps(s), "derived:", derived, "model:", model)  # shown with -rP
     for k in (1, 2):
         grew, raw_added = derived[k] - derived[k - 1], s[k]["raw"] - s[k - 1]["raw"]
         assert 0 < grew <= 1.5 * per_raw * raw_added, (k, grew, raw_added, per_raw, s)
