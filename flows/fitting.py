@@ -185,6 +185,7 @@ def _fit_into(run: FitRun, name: str, stage: GlobalStage, fkey: str, art: str, t
     fault_point("fit:before-pin")
     run.catalog.insert("artifacts", [{"stage": name, "stage_key": fkey, "path": art, "run_id": run.run_id,
                                       "metrics": json.dumps(metrics, default=str), "created_at": now()}])
+    run.catalog.load_artifact_tables(name, fkey, art)  # a fit's catalog/*.parquet, e.g. semantic_groups
 
 
 def _pin(run: FitRun, name: str, stage: GlobalStage, key: str, fkey: str, art: str, policy: str, reason: str) -> None:
