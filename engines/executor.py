@@ -10,7 +10,8 @@ The contract an executor offers (so a Ray executor can slot in without touching 
 - ``run_stage(name, stage, tasks)`` -> one ``ShardResult`` per task, skipping tasks whose
   output already exists (outputs are written atomically, so existing means complete);
 - ``map(fn, items)`` -> results of a module-level function over items, in completion order;
-- ``fit(stage, tasks, artifact_dir)`` -> the metrics of a global stage's fit over those shards.
+- ``fit(stage, tasks, artifact_dir)`` -> the metrics of a global stage's fit over those shards;
+  ``fit_incremental(stage, previous_dir, tasks, earlier, artifact_dir)`` adds new shards to a fit.
 """
 from __future__ import annotations
 
@@ -279,6 +280,14 @@ class LocalExecutor:
         Runs in this process: a fit is one pass that a stage may parallelise inside (Polars does)."""
         batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
         return stage.fit(batches, artifact_dir)
+
+    def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
+                        earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+        """Stream the new shards of ``tasks`` through ``stage.fit_incremental`` on top of the
+        artifact in ``previous_dir`` (fitted over the ``earlier`` shards, which it may read back)."""
+        from engines.earlier_rows import ShardRows
+        batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
+        return stage.fit_incremental(previous_dir, batches, artifact_dir, ShardRows([t.raw_path for t in earlier]))
 
 
 @dataclass

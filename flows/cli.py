@@ -71,6 +71,9 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
         workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None,
         reingest: Annotated[list[str] | None, typer.Option(
             help="Ingest every file of this source again (repeatable); earlier ingests of it are superseded.")] = None,
+        refit: Annotated[list[str] | None, typer.Option(
+            help="Fit this global stage again over every shard (repeatable), although a pinned model "
+                 "or incremental index exists; its annotations are recomputed.")] = None,
         accept_gates: Annotated[bool, typer.Option(
             "--accept-gates", help="Publish the release even if release.gates fail (recorded as accepted).")] = False,
         wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another run holds the lake "
@@ -79,16 +82,21 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
 
     Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
     The file is validated first (as `curate validate` does); problems stop the run before it starts.
+    Trained models stay pinned and dedup indexes grow night after night (see README).
     A release that fails its gates (release.gates) is not published and the command exits with 3.
     One run per lake at a time: a second one waits (--wait) or exits with code 75.
     """
     check_or_exit(pipeline, reingest, quiet=True)
     from flows.commands.health import _waiting
+    from flows.fitting import RefitError
     from flows.pipeline import run_pipeline
     from warehouse.releasing.gates import GateFailed
     try:
-        summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True,
+        summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True, refit=refit,
                                accept_gates=accept_gates, wait_s=wait, on_wait=_waiting)
+    except RefitError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
     except GateFailed as e:
         console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
                       f"version = '{e.version}'\"\nthe record: {e.record}")
@@ -109,6 +117,14 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
                   f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
                   f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
+
+
+@app.command()
+def gc(pipelines: Annotated[list[Path], typer.Argument(help="The pipeline YAML file(s) writing to the lake.")],
+       yes: Annotated[bool, typer.Option("--yes", help="Delete (default: only list what would go).")] = False):
+    """Remove annotation folders, models/indexes and pins no release, pin or current stage uses."""
+    from flows.commands.gc import gc_command
+    gc_command([str(p) for p in pipelines], yes, console)
 
 
 @app.command()

@@ -6,7 +6,6 @@ is missing. Without ``PREFECT_API_URL`` Prefect starts a temporary local server 
 """
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -23,11 +22,12 @@ from engines import storage
 from engines.derived_text import chain_feed, feeds_for_source
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
-from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
+from schemas.config import PipelineConfig, SourceConfig, load_config
 from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
 from warehouse.catalog_sync import record_ingested_file, record_stage_results
@@ -63,6 +63,8 @@ class RunContext:
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
     # Sources to ingest afresh (`curate run --reingest`).
     reingest: frozenset[str] = frozenset()
+    # Global stages to fit again although a pinned model or index exists (`curate run --refit`).
+    refit: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -115,27 +117,10 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
 
 
 def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[ShardTask]) -> tuple[str, str]:
-    """Fit a global stage once per (config, input shards); returns (effective key, artifact dir).
-
-    The artifact folder is written under a temporary name and renamed when complete, so a crash
-    mid-fit leaves nothing that a re-run would mistake for a finished fit.
-    """
-    raw = [t.raw_path for t in tasks]
-    fit_id = stable_hash([p[len(ctx.lake.root):] for p in raw])[:8]
-    key = f"{key}-fit{fit_id}"
-    art = ctx.lake.artifact_dir(key)
-    if not storage.exists(f"{art}/_fit.json"):
-        fs, art_p = storage.fs_and_path(art)
-        tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
-        fs.makedirs(tmp, exist_ok=True)
-        metrics = ctx.executor.fit(cs.stage, tasks, tmp)  # type: ignore[arg-type]
-        with fs.open(f"{tmp}/_fit.json", "w") as f:
-            json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
-        fs.mv(tmp, art_p, recursive=True)
-        ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
-                                          "metrics": json.dumps(metrics, default=str), "created_at": now()}])
-        ctx.catalog.load_artifact_tables(cs.name, key, art)  # a fit's catalog/*.parquet, e.g. semantic_groups
-    return key, art
+    """Fit, reuse or extend a global stage by its fit policy (flows/fitting.py); returns
+    (effective key, artifact dir)."""
+    run = FitRun(ctx.lake, ctx.catalog, ctx.executor, ctx.run_id, get_run_logger())
+    return fit_stage(run, cs.name, cs.stage, key, tasks, refit=cs.name in ctx.refit)  # type: ignore[arg-type]
 
 
 def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
@@ -164,17 +149,22 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     return summary
 
 
+def stage_key(cs: ConfiguredStage, keys: dict[str, str]) -> str:
+    """The stage's key given the effective keys of earlier stages (also used by `curate gc`)."""
+    # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
+    ups: dict[str, list[str]] = {}
+    for col, up, up_col in cs.feeds:
+        ups.setdefault(col, []).append(f"{keys[up]}:{up_col}" if up else up_col)
+    cs.stage.upstream = {col: "|".join(v) for col, v in ups.items()}
+    return cs.stage.key(cs.name)
+
+
 @task(name="stage", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
     raw_all = ctx.lake.shards_by_age(sources)
-    # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
-    ups: dict[str, list[str]] = {}
-    for col, up, up_col in cs.feeds:
-        ups.setdefault(col, []).append(f"{ctx.keys[up]}:{up_col}" if up else up_col)
-    cs.stage.upstream = {col: "|".join(v) for col, v in ups.items()}
-    key = cs.stage.key(cs.name)
+    key = stage_key(cs, ctx.keys)
     runs_on = {sc.name: sc.sources for sc in ctx.cfg.stages}
     feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw) if up else "", up_col) for col, up, up_col
                         in feeds_for_source(cs.feeds, {u: v is None or src in v for u, v in runs_on.items()}))
@@ -265,14 +255,17 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
 
 @flow(name="curate", log_prints=True)
 def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
-                accept_gates: bool = False, wait_s: float = 0.0) -> dict[str, Any]:
+                accept_gates: bool = False, wait_s: float = 0.0, refit: list[str] | None = None) -> dict[str, Any]:
     """Run a pipeline file end to end and return a summary (also stored in the catalog).
 
-    A release stopped by its gates fails the flow (``GateFailed``) unless ``accept_gates``."""
+    A release stopped by its gates fails the flow (``GateFailed``) unless ``accept_gates``.
+    ``refit`` names global stages to fit again over every shard although a pinned model or
+    incremental index exists (flows/fitting.py)."""
     cfg = load_config(config_path)
     if workers is not None:
         cfg.executor.workers = workers
     stages = configure_stages(cfg)
+    check_refit(stages, refit or [])
     # Fail before any work if the selection names a stage or column that does not exist.
     parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
     check_release_text(cfg, stages)
@@ -284,11 +277,12 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
     # One writer per lake (warehouse/lock.py); `curate run` already holds it, `curate serve` takes it here.
     with lake_lock(lake.root, "run", run_id=run_id, wait_s=wait_s) as lock:
         return _run_locked(cfg, config_path, stages, lake, catalog, run_id, lock, frozenset(reingest or ()),
-                           accept_gates)
+                           accept_gates, frozenset(refit or ()))
 
 
 def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredStage], lake: Lake, catalog: Catalog,
-                run_id: str, lock: LakeLock, reingest: frozenset[str], accept_gates: bool) -> dict[str, Any]:
+                run_id: str, lock: LakeLock, reingest: frozenset[str], accept_gates: bool,
+                refit: frozenset[str]) -> dict[str, Any]:
     """The flow's work, holding the lake lock: heal what the lake needs, then ingest, stages, release."""
     for line in heal_on_start(lake.root, catalog, run_id):
         get_run_logger().warning("healing the lake: %s", line)
@@ -299,7 +293,8 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         prefect_id = None
     catalog.start_run(run_id, cfg.name, str(Path(config_path).resolve()), cfg.config_hash(), code_version(), prefect_id)
     executor = make_executor(cfg.executor, show_progress=os.environ.get("CURATE_PROGRESS", "1") != "0")
-    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=reingest)
+    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=reingest,
+                     refit=refit)
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
         lock.check()
@@ -320,19 +315,30 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
 
 def run_pipeline(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
                  validated: bool = False, accept_gates: bool = False, wait_s: float = 0.0,
-                 on_wait: Any = None) -> dict[str, Any]:
+                 on_wait: Any = None, refit: list[str] | None = None) -> dict[str, Any]:
     """Validate the file (every problem at once, before Prefect starts: flows.validate), take the
     lake lock (waiting up to ``wait_s`` seconds for another writer; ``LakeBusy`` names it), check
     the catalog opens, then run the flow. ``reingest``: sources to ingest afresh. ``validated``:
-    the caller already checked. ``accept_gates``: publish the release even if its gates fail."""
+    the caller already checked. ``accept_gates``: publish the release even if its gates fail.
+    ``refit``: global stages to fit again (``RefitError`` when one is not a global stage)."""
     if not validated:
         validate_pipeline(config_path, reingest or ()).raise_for_errors()
     cfg = load_config(config_path)
+    if refit:
+        check_refit(configure_stages(cfg), refit)
     with lake_lock(cfg.lake_path, "run", wait_s=wait_s, on_wait=on_wait):
         if "://" not in cfg.lake_path and Path(cfg.lake_path, "catalog.duckdb").exists():
             Catalog(f"{cfg.lake_path}/catalog.duckdb").init()  # a damaged catalog is named before Prefect starts
         return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers,
-                           reingest=list(reingest or ()), accept_gates=accept_gates)
+                           reingest=list(reingest or ()), accept_gates=accept_gates, refit=list(refit or ()))
+
+
+def check_refit(stages: list[ConfiguredStage], names: list[str]) -> None:
+    """``--refit`` must name global stages of the pipeline."""
+    fitted = [cs.name for cs in stages if isinstance(cs.stage, GlobalStage)]
+    for n in names:
+        if n not in fitted:
+            raise RefitError(f"--refit {n}: not a global stage of this pipeline; global stages: {', '.join(fitted) or 'none'}")
 
 
 def check_release_text(cfg: PipelineConfig, stages: list[ConfiguredStage]) -> None:

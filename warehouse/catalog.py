@@ -8,6 +8,9 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``shards``: every raw shard with its rows and text bytes.
 - ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
+- ``pins``: each time a global stage's pin moved (which artifact, why, trained on how many
+  shards and rows; ``<lake>/pins/<stage-key>.json`` holds the current one).
+- ``gc_removed``: what ``curate gc`` deleted (path, kind, bytes; ``<lake>/gc/<gc_id>.json`` too).
 - ``bpb_matrix``: mean bits per byte per model and domain (or source) from ``perplexity`` stages.
 - ``semantic_groups``, ``semantic_sources``: the groups ``semantic_dedup`` found (size, survivor,
   sources) and its counts per source, loaded from its artifact's ``catalog/*.parquet``.
@@ -108,6 +111,12 @@ CREATE TABLE IF NOT EXISTS superseded_ingests(
   source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
   new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS _journal(entry VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS pins(
+  stage VARCHAR, kind VARCHAR, policy VARCHAR, stage_key VARCHAR, fit_key VARCHAR, artifact VARCHAR,
+  pinned_at TIMESTAMPTZ, run_id VARCHAR, reason VARCHAR, shards BIGINT, rows BIGINT, bytes BIGINT,
+  previous_artifact VARCHAR);
+CREATE TABLE IF NOT EXISTS gc_removed(
+  gc_id VARCHAR, path VARCHAR, what VARCHAR, bytes BIGINT, removed_at TIMESTAMPTZ);
 """
 # Rows of ingests that a later ingest superseded are left out of the `documents` and `ann_<stage>`
 # views. Raw and annotation files both end in <source>/<ingest run>/part-<file index>-<k>.parquet.
