@@ -56,6 +56,9 @@ class Stage:
     # Document columns this stage reads (``id`` is always available).
     needs: ClassVar[tuple[str, ...]] = ("text",)
     Params: ClassVar[type[BaseModel]] = NoParams
+    # Optional packages it needs, by pip extra: {"models": ("torch", "transformers")} (engines/extras.py).
+    # Checked when the pipeline is configured, so a missing extra fails with the pip command that fixes it.
+    requires: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         if params is None or isinstance(params, dict):
@@ -70,6 +73,10 @@ class Stage:
     def writes(self) -> dict[str, pa.DataType]:
         """The columns ``transform`` returns, with their Arrow types."""
         raise NotImplementedError
+
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        """``requires``, or what these params need (override when it depends on them)."""
+        return dict(self.requires)
 
     def setup(self, ctx: StageContext) -> None:
         """Load models and compile what is expensive; called once per worker process."""

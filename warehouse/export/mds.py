@@ -32,12 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from engines.extras import EXTRAS
+from engines.extras import check as check_extras
 from warehouse.export.release_reader import Release, SourceCounter, iter_shards
 from warehouse.export.tokenize import TextTokenizer
 
 
 def load() -> types.SimpleNamespace:
     """``MDSWriter``, ``StreamingDataset`` and ``Stream`` from mosaicml-streaming."""
+    check_extras("the mds format", {"export": EXTRAS["export"]})
     try:
         mod = importlib.import_module("streaming")
         return types.SimpleNamespace(MDSWriter=mod.MDSWriter, StreamingDataset=mod.StreamingDataset, Stream=mod.Stream)
@@ -45,7 +48,8 @@ def load() -> types.SimpleNamespace:
         sys.modules.pop("streaming", None)
     spec = importlib.util.find_spec("streaming")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the mds format needs the mosaicml-streaming package (pip install mosaicml-streaming)")
+        raise ImportError("the mds format needs the mosaicml-streaming package: "
+                          "pip install --no-deps mosaicml-streaming==0.10.0 (its own pins need transformers<5)")
     pkg = types.ModuleType("streaming")
     pkg.__path__ = list(spec.submodule_search_locations)
     pkg.__spec__ = spec
