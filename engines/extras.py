@@ -73,11 +73,20 @@ def missing(requires: Requires) -> dict[str, list[str]]:
     return out
 
 
+def problem(requires: Requires) -> str | None:
+    """``needs X, Y, which are not installed: run pip install ...`` if an extra in ``requires`` is
+    missing, else None."""
+    gaps = missing(requires)
+    if not gaps:
+        return None
+    mods = ", ".join(m for ms in gaps.values() for m in ms)
+    return (f"needs {mods}, which {'is' if ',' not in mods else 'are'} not installed: "
+            f"run {install_command(list(gaps))}")
+
+
 def check(what: str, requires: Requires) -> None:
     """Raise ``MissingExtra`` naming ``what`` (e.g. ``stages[grade] (llm_grader)``), the missing
     packages and the pip command, if any extra in ``requires`` is not installed."""
-    gaps = missing(requires)
-    if gaps:
-        mods = ", ".join(m for ms in gaps.values() for m in ms)
-        raise MissingExtra(f"{what} needs {mods}, which {'is' if ',' not in mods else 'are'} not installed: "
-                           f"run {install_command(list(gaps))}")
+    gap = problem(requires)
+    if gap:
+        raise MissingExtra(f"{what} {gap}")

@@ -59,6 +59,11 @@ class Stage:
     # Optional packages it needs, by pip extra: {"models": ("torch", "transformers")} (engines/extras.py).
     # Checked when the pipeline is configured, so a missing extra fails with the pip command that fixes it.
     requires: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Params naming local files the stage reads ("key", "key.sub", "items[].path"): `curate validate`
+    # checks they exist. Such files are read as data, never executed.
+    path_params: ClassVar[tuple[str, ...]] = ()
+    # Params naming sources, in the same notation ("positive[]"): `curate validate` checks the names.
+    source_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         if params is None or isinstance(params, dict):

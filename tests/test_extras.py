@@ -177,6 +177,12 @@ def test_model_stage_and_fitted_mixture_fail_at_configuration(tmp_path, demo_dir
             out["regmix"] = None
         except ValueError as e:
             out["regmix"] = str(e)
+        from typer.testing import CliRunner
+        from flows.cli import app
+        r = CliRunner().invoke(app, ["validate", {str(grader)!r}])
+        out["validate"] = [r.exit_code, r.output]
+        r = CliRunner().invoke(app, ["validate", {str(regmix)!r}])
+        out["validate_regmix"] = [r.exit_code, r.output]
         out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in {HIDDEN!r})
         print(json.dumps(out))
     """, tmp_path)
@@ -186,6 +192,12 @@ def test_model_stage_and_fitted_mixture_fail_at_configuration(tmp_path, demo_dir
     assert f'pip install -e "{REPO}[models]"' in out["grader"]
     assert out["served"] == ["length", "grade"]
     assert "release.mixture.method 'regmix' needs lightgbm" in out["regmix"] and "[mixture]" in out["regmix"]
+    # `curate validate` (and so `curate run`, which validates first) says the same in one line, no traceback
+    code, output = out["validate"]
+    assert code != 0 and "stages.1.kind: llm_grader needs torch, transformers" in output and "[models]" in output
+    assert "Traceback" not in output
+    code, output = out["validate_regmix"]
+    assert code != 0 and "release.mixture.method: method 'regmix' needs lightgbm" in output and "[mixture]" in output
     assert out["loaded"] == []
 
 
