@@ -59,7 +59,8 @@ def _members(raw: Any, new: Callable[[], Any], bounded: bool, name: str) -> Iter
 
 def decompressed_chunks(path: str) -> Iterator[bytes]:
     """The decompressed bytes of a file, by compression inferred from its name, in chunks of about
-    1 MiB (an uncompressed file: BLOCK_BYTES). Raises StreamError once the good data is exhausted if the file is truncated or corrupt."""
+    1 MiB (an uncompressed file: BLOCK_BYTES). Raises StreamError once the good data is exhausted if
+    the file is truncated or corrupt."""
     kind = infer_compression(path)
     with open_binary(path, compression=None if kind in ("gzip", "zstd") else "infer") as raw:
         if kind == "gzip":
