@@ -130,12 +130,12 @@ def _to_timestamp(col: pl.Series) -> pl.Series:
 _STRINGS = (pa.string(), pa.large_string())
 
 
-def _string_array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """A column as one large_string Arrow array: string columns as they are (no copy through Polars),
-    any other type converted as ``_as_string`` converts it (Polars' casts, JSON for nested values)."""
+def _string_array(column: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedArray:
+    """A column as large_string: string columns as they are, chunks and all (no copy of the text,
+    no round trip through Polars); any other type converted as ``_as_string`` converts it (Polars'
+    casts, JSON for nested values)."""
     if column.type in _STRINGS:
-        arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        return arr.cast(pa.large_string())
+        return column.cast(pa.large_string())
     series = pl.from_arrow(column)
     assert isinstance(series, pl.Series)
     return _as_string(series).to_arrow().cast(pa.large_string())
@@ -162,8 +162,8 @@ def _filled(value: str | None, n: int) -> pa.Array:
 class Normaliser:
     """Turns a reader's native table into DOCUMENT rows, quarantining rows that cannot be used.
 
-    Arrow-first: the text and the other string columns stay Arrow arrays (one concatenation, no
-    round trip through Polars); Polars is used where its semantics define the output: the domain
+    Arrow-first: the text and the other string columns stay Arrow arrays (the text is never copied
+    or converted to Polars); Polars is used where its semantics define the output: the domain
     regex, date parsing, casts of non-string fields, and the ``meta`` JSON."""
 
     def __init__(self, task: IngestFileTask):
