@@ -60,6 +60,9 @@ class Stage:
     # Derived text columns it writes (null where unchanged): what ``release.text`` and
     # ``stages[].inputs: {text: stage.column}`` may name.
     text_columns: ClassVar[tuple[str, ...]] = ()
+    # Optional packages it needs, by pip extra: {"models": ("torch", "transformers")} (engines/extras.py).
+    # Checked when the pipeline is configured, so a missing extra fails with the pip command that fixes it.
+    requires: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Params naming local files the stage reads ("key", "key.sub", "items[].path"): `curate validate`
     # checks they exist. Such files are read as data, never executed.
     path_params: ClassVar[tuple[str, ...]] = ()
@@ -79,6 +82,10 @@ class Stage:
     def writes(self) -> dict[str, pa.DataType]:
         """The columns ``transform`` returns, with their Arrow types."""
         raise NotImplementedError
+
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        """``requires``, or what these params need (override when it depends on them)."""
+        return dict(self.requires)
 
     def setup(self, ctx: StageContext) -> None:
         """Load models and compile what is expensive; called once per worker process."""

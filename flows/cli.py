@@ -259,13 +259,13 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
         console.print(f"[red]{e}[/] (see `curate releases --lake {root}`)")
         raise typer.Exit(1) from None
     tok_path: str | None = tokenizer
-    if tokenizer == "smollm2":
-        from engines.inference.models import smollm2_tokenizer
-        tok_path = str(smollm2_tokenizer())
     dest = out or Path(root) / "exports" / rel_dir.parent.name / rel_dir.name / format
     try:
+        if tokenizer == "smollm2":
+            from engines.inference.models import smollm2_tokenizer
+            tok_path = str(smollm2_tokenizer())
         info = export_release(rel_dir, dest, format, tokenizer_path=tok_path, overwrite=overwrite)  # type: ignore[arg-type]
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, ImportError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None
     console.print(f"[bold green]exported {rel_dir.parent.name}/{rel_dir.name} as {format}[/]: "

@@ -18,7 +18,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from engines import storage
+from engines import extras, storage
 from engines.derived_text import chain_feed, feeds_for_source
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
@@ -91,6 +91,7 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
             raise ValueError(f"stages[{sc.name}].params: {e}") from None
         stage = cls(params)
         stage.base_dir = cfg.base_dir
+        extras.check(f"stages[{sc.name}] ({sc.kind})", stage.requirements())
         feeds: list[tuple[str, str, str]] = []
         for col in stage.needs:
             if col in sc.inputs:

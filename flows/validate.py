@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from engines import extras
 from schemas.config import ConfigError, PipelineConfig, load_config, read_config_yaml
 from schemas.documents import DOCUMENT
 from schemas.yaml_safe import line_of
@@ -167,6 +168,9 @@ def _check_stages(c: _Checker) -> tuple[dict[str, set[str]], set[str]]:
             c.error(loc + ("params",), str(e))
             broken.add(sc.name)
             continue
+        gap = extras.problem(stage.requirements())
+        if gap:
+            c.error(loc + ("kind",), f"{sc.kind} {gap}")
         dump = params.model_dump(mode="json")
         for spec in getattr(cls, "path_params", ()):
             for sub, value in _values_at(dump, spec):
@@ -251,7 +255,7 @@ def _check_release_text(c: _Checker, broken: set[str]) -> None:
 def _check_release_plan(c: _Checker, written: dict[str, set[str]]) -> None:
     """The mixture/curriculum/anneal blocks: schema, the sources and columns they name, files."""
     from planning.curriculum import CurriculumConfig
-    from planning.mixture import MixtureConfig
+    from planning.mixture import METHOD_REQUIRES, MixtureConfig
     rel = c.cfg.release
     sources = [s.name for s in c.cfg.sources]
     columns = sorted(f"{st}.{col}" for st, cols in written.items() for col in cols)
@@ -272,6 +276,9 @@ def _check_release_plan(c: _Checker, written: dict[str, set[str]]) -> None:
                     if src not in sources:
                         c.error(("release", "mixture", *key.split(".")), f"no source named {src!r}"
                                 f"{did_you_mean(src, sources)} (sources: {', '.join(sources)})")
+            gap = extras.problem(METHOD_REQUIRES.get(mix.method, {}))
+            if gap:
+                c.error(("release", "mixture", "method"), f"method {mix.method!r} {gap}")
             if mix.results:
                 c.local_file(("release", "mixture", "results"), mix.results, c.cfg.base_dir)
             elif mix.method in ("regmix", "mixing_law", "cmr"):

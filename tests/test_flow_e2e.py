@@ -110,7 +110,7 @@ def test_rerun_is_a_no_op(demo_copy, first_run):
 
 
 def test_nightly_run_ingests_only_new_files(demo_copy, first_run, corpora):
-    extra = pq.read_table(corpora / "wiki_en.parquet").slice(5000, 250)
+    extra = pq.read_table(corpora / "wiki_en.parquet").slice(3000, 250)  # the demo has rows 0-599; the sample 3,500
     pq.write_table(extra, demo_copy / "data" / "wiki_en_new.parquet")
     night = run_pipeline(str(demo_copy / "pipeline.yaml"))
     ingest = {i["source"]: i for i in night["ingest"]}

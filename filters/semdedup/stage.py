@@ -108,6 +108,7 @@ def embedding_matrix(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 class SemanticDedup(GlobalStage):
     kind = "semantic_dedup"
     version = "1"
+    requires = {"semantic": ("faiss",)}
     needs = (*KEY_COLUMNS, "embedding", "score")
     Params = SemDedupParams
 
