@@ -86,6 +86,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
                   f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
                   f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
+    if s.get("ablation"):
+        from flows.commands.ablate import print_flow_ablation
+        print_flow_ablation(console, s["ablation"])
 
 
 @app.command()
@@ -231,6 +234,11 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
         raise typer.Exit(1) from None
     console.print(f"[bold green]exported {rel_dir.parent.name}/{rel_dir.name} as {format}[/]: "
                   f"{info['rows']:,} documents, {info['tokens']:,} tokens\n  {dest}")
+
+
+from flows.commands.ablate import ablate  # noqa: E402
+
+app.command()(ablate)
 
 
 def main() -> None:

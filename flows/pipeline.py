@@ -22,6 +22,7 @@ from prefect.cache_policies import NONE
 from engines import storage
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from flows.ablation_step import ablate_release, check_ablation
 from flows.registry import load_stages
 from readers.ingest import IngestFileTask, file_fingerprint, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
@@ -267,6 +268,7 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
     # Fail before any work if the selection names a stage or column that does not exist.
     parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
     release_planner(cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
+    check_ablation(cfg)
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
     catalog = Catalog(lake.catalog_path)
@@ -284,8 +286,10 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
         staged = [run_stage(ctx, cs) for cs in stages]
         rel = release(ctx, stages)
         catalog.refresh_views(lake.root, dict(ctx.keys))
+        ablation = ablate_release(lake.root, catalog, cfg, rel) if cfg.ablation else None
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
-        return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel}
+        return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel,
+                "ablation": ablation}
     except BaseException as e:
         catalog.finish_run(run_id, "failed", message=f"{type(e).__name__}: {e}")
         raise

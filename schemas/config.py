@@ -113,6 +113,9 @@ class PipelineConfig(_Strict):
     sources: list[SourceConfig]
     stages: list[StageConfig] = []
     release: ReleaseConfig
+    # Optional proxy-model ablation after the release (ablations.config.PipelineAblation); it
+    # does not change what is released, so it is left out of the config hash.
+    ablation: dict[str, Any] | None = Field(default=None, exclude=True)
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
 

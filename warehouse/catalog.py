@@ -15,6 +15,8 @@ Tables (all append-only except ``releases``' LATEST flag):
   repeats) and its drops per stage and reason.
 - ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
   phase, and where each phase starts and ends (rows and tokens) in training order.
+- ``ablations``, ``ablation_evals``: proxy-model runs per (ablation, release, seed) and their
+  metrics per step (``ablations.results``; loaded from ``<lake>/ablations/``).
 
 Views: ``documents`` (all raw shards), ``release_shards`` (all release shards), and one
 ``ann_<stage>`` view per configured stage over its annotation files.
@@ -72,6 +74,14 @@ CREATE TABLE IF NOT EXISTS bpb_matrix(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS ablations(
+  ablation_id VARCHAR, created_at TIMESTAMPTZ, release VARCHAR, seed BIGINT, run_key VARCHAR, config_hash VARCHAR,
+  model VARCHAR, params BIGINT, params_non_embedding BIGINT, tokenizer_sha256 VARCHAR, export_format VARCHAR,
+  budget_tokens BIGINT, tokens_seen BIGINT, steps BIGINT, release_tokens BIGINT, epochs DOUBLE,
+  decontaminated BOOLEAN, seconds DOUBLE, path VARCHAR);
+CREATE TABLE IF NOT EXISTS ablation_evals(
+  ablation_id VARCHAR, release VARCHAR, seed BIGINT, run_key VARCHAR, step BIGINT, tokens_seen BIGINT,
+  metric VARCHAR, value DOUBLE);
 """
 
 
