@@ -49,6 +49,14 @@ class ModelSpec(_Strict):
     tie_word_embeddings: bool | None = None
     rope_theta: float | None = Field(default=None, gt=0)
 
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ablations.model import PRESETS
+        if v not in PRESETS:
+            raise ValueError(f"unknown model preset {v!r}; choose one of {', '.join(PRESETS)}")
+        return v
+
 
 class ScheduleSpec(_Strict):
     """AdamW with linear warm-up then cosine (or linear, or no) decay to ``min_lr_ratio * lr``."""

@@ -75,8 +75,11 @@ def prepare(refs: list[str], cfg: AblationConfig, lake_root: str, workdir: str, 
         tok = TextTokenizer(resolve_tokenizer(cfg.tokenizer, cfg.base_dir))
     except (FileNotFoundError, ValueError) as e:
         raise AblationError(f"tokenizer: {e}") from None
-    model_shape(cfg)  # an unknown preset or a bad override fails here, not after the exports
-    device = resolve_device(cfg)
+    try:  # a bad shape override or a missing GPU fails here, not after the exports
+        model_shape(cfg)
+        device = resolve_device(cfg)
+    except ValueError as e:
+        raise AblationError(f"model: {e}") from None
 
     heldout, files, identity = [], [], []
     for spec in cfg.eval.heldout:
