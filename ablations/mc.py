@@ -132,13 +132,17 @@ _HF_TOKENIZERS: dict[str, Any] = {}
 
 
 def hf_tokenizer(text_tokenizer: Any) -> Any:
-    """The ablation tokenizer as a ``transformers`` fast tokenizer (what HFLM expects)."""
+    """The ablation tokenizer as a ``transformers`` fast tokenizer (what HFLM expects), adding
+    the end-of-text token in front of a text, as every training document follows one."""
     key = text_tokenizer.sha256
     if key not in _HF_TOKENIZERS:
+        from tokenizers import Tokenizer, processors
         from transformers import PreTrainedTokenizerFast
+
         eos = text_tokenizer.eos_token
-        _HF_TOKENIZERS[key] = PreTrainedTokenizerFast(tokenizer_file=str(text_tokenizer.path), eos_token=eos,
-                                                      pad_token=eos)
+        tok = Tokenizer.from_file(str(text_tokenizer.path))
+        tok.post_processor = processors.TemplateProcessing(single=f"{eos} $A", special_tokens=[(eos, text_tokenizer.eos_id)])
+        _HF_TOKENIZERS[key] = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, pad_token=eos)
     return _HF_TOKENIZERS[key]
 
 
@@ -152,7 +156,7 @@ def evaluate_task(model: Any, text_tokenizer: Any, task: MCTask, cfg: AblationCo
     config = {**task.config, "dataset_kwargs": {**task.config["dataset_kwargs"], "cache_dir": cache_dir}}
     with _quiet_offline(cache_dir):
         lm = HFLM(pretrained=model, tokenizer=hf_tokenizer(text_tokenizer), batch_size=cfg.eval.batch_size,
-                  max_length=cfg.seq_len, device=device)
+                  max_length=cfg.seq_len, device=device, add_bos_token=True)
         out = simple_evaluate(model=lm, tasks=[config], task_manager=TaskManager(include_defaults=False),
                               limit=task.limit, num_fewshot=0, bootstrap_iters=0, log_samples=False,
                               random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)

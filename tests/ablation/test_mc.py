@@ -25,8 +25,8 @@ def _reference(model, tok, rows: list[dict], seq_len: int) -> tuple[float, float
     for r in rows:
         lls = []
         for choice in r["choices"]:
-            ctx = tok.encode(r["context"], add_special_tokens=False).ids
-            whole = tok.encode(r["context"] + " " + choice, add_special_tokens=False).ids
+            ctx = [0] + tok.encode(r["context"], add_special_tokens=False).ids  # after an end-of-text, as in training
+            whole = [0] + tok.encode(r["context"] + " " + choice, add_special_tokens=False).ids
             cont = whole[len(ctx):]
             seq = (ctx + cont)[-(seq_len + 1):]
             with torch.no_grad():
