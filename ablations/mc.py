@@ -19,10 +19,11 @@ bookkeeping per request.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,8 @@ def prepare_task(spec: BenchmarkSpec, path: str) -> MCTask:
 
 @contextmanager
 def _quiet_offline(cache_dir: str) -> Iterator[None]:
-    """HF libraries offline, lm-eval's progress bars and per-request logs off, for one call."""
-    keys = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "HF_DATASETS_CACHE": cache_dir}
+    """HF libraries offline, lm-eval's progress bars (stderr) and per-request logs off, for one call."""
+    keys = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": cache_dir}
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval")]
@@ -117,7 +118,8 @@ def _quiet_offline(cache_dir: str) -> Iterator[None]:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with redirect_stderr(io.StringIO()):
+            yield
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)

@@ -10,10 +10,12 @@ The first release named is the baseline of the summary's differences.
 """
 from __future__ import annotations
 
+import io
 import platform
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -197,7 +199,8 @@ def train_one(p: Prepared, rel: ReleaseRef, seed: int, key: str, log: Log = prin
 def _save_checkpoint(model: Any, tokenizer_path: Path, url: str) -> None:
     fs, path = storage.fs_and_path(url)
     with tempfile.TemporaryDirectory(prefix="curate-ckpt-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with redirect_stderr(io.StringIO()):  # transformers' progress bar
+            model.save_pretrained(tmp, safe_serialization=True)
         (Path(tmp) / "tokenizer.json").write_bytes(tokenizer_path.read_bytes())
         if fs.exists(path):
             fs.rm(path, recursive=True)
