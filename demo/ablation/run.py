@@ -40,15 +40,21 @@ def _texts(path: Path) -> list[str]:
 
 
 def write_shuffled(out: Path) -> None:
-    """One word-shuffled copy of every document (the degraded source); deterministic."""
+    """One word-shuffled copy of every document (the degraded source); deterministic. The file
+    is rewritten only when its content would change: a new modification time would make the
+    next `curate run` ingest it again as a new input file."""
     rng = random.Random(18)
+    lines = []
+    for name in ("wiki_en.parquet", "wiki_fr.jsonl.gz", "wiki_es.jsonl.zst", "python_docs.jsonl"):
+        for i, text in enumerate(_texts(REPO / "demo" / "data" / name)):
+            words = text.split()
+            rng.shuffle(words)
+            lines.append(json.dumps({"id": f"{name}:{i}", "text": " ".join(words)}, ensure_ascii=False) + "\n")
+    data = "".join(lines).encode()
+    if out.exists() and out.read_bytes() == data:
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        for name in ("wiki_en.parquet", "wiki_fr.jsonl.gz", "wiki_es.jsonl.zst", "python_docs.jsonl"):
-            for i, text in enumerate(_texts(REPO / "demo" / "data" / name)):
-                words = text.split()
-                rng.shuffle(words)
-                f.write(json.dumps({"id": f"{name}:{i}", "text": " ".join(words)}, ensure_ascii=False) + "\n")
+    out.write_bytes(data)
 
 
 def absolute(cfg: dict, base: Path) -> dict:
