@@ -27,10 +27,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.config import ConfigError, _line_of, stable_hash
+from schemas.config import ConfigError, read_config_yaml, stable_hash
+from schemas.yaml_safe import line_of
 
 
 class _Strict(BaseModel):
@@ -191,15 +191,9 @@ def load_ablation_config(path: str | Path | None = None, data: dict[str, Any] | 
     if path is not None:
         p = Path(path)
         where = str(p)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such ablation config (pass a YAML file, e.g. demo/ablation/ablation.yaml)") from None
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such ablation config (pass a YAML file, e.g. demo/ablation/ablation.yaml)")
+        node, data = read_config_yaml(p)  # size and alias-expansion limits, duplicate keys
         base_dir = str(p.resolve().parent)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping (model, tokenizer, budget_tokens, eval ...)")
@@ -210,7 +204,7 @@ def load_ablation_config(path: str | Path | None = None, data: dict[str, Any] | 
         lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            line = _line_of(node, loc) if node is not None else None
+            line = line_of(node, loc) if node is not None else None
             key = ".".join(str(x) for x in loc) or "(top level)"
             lines.append(f"{where}:{line}: {key}: {err['msg']}" if line else f"{where}: {key}: {err['msg']}")
         raise ConfigError("invalid ablation config:\n  " + "\n  ".join(lines)) from None

@@ -32,6 +32,7 @@ import yaml
 
 from ablations.config import AblationConfig, BenchmarkSpec
 from ablations.data import AblationError
+from schemas.yaml_safe import YamlLimitError, load_yaml, read_limited
 
 LOCAL_BUILDERS = ("json", "parquet", "csv")
 
@@ -49,9 +50,11 @@ def _load_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
     if depth > 4:
         raise AblationError(f"{path}: include chain too deep")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        _, data = load_yaml(read_limited(path))  # bounded size and alias expansion, safe loader
     except FileNotFoundError:
         raise AblationError(f"benchmark task file not found: {path}") from None
+    except YamlLimitError as e:
+        raise AblationError(f"{path}: {e}") from None
     except yaml.constructor.ConstructorError as e:
         raise AblationError(f"{path}: {e.problem} (task files that call Python with !function are not run; "
                             "write the prompt with Jinja fields instead)") from None

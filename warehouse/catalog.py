@@ -15,11 +15,14 @@ Tables (all append-only except ``releases``' LATEST flag):
   repeats) and its drops per stage and reason.
 - ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
   phase, and where each phase starts and ends (rows and tokens) in training order.
+- ``superseded_ingests``: ingests of a file replaced by a later ingest of it (changed content or
+  reader config, or ``--reingest``); the lake records the same in the new ingest's marker
+  (warehouse.supersede). A superseded ingest no longer counts anywhere.
 - ``ablations``, ``ablation_evals``: proxy-model runs per (ablation, release, seed) and their
   metrics per step (``ablations.results``; loaded from ``<lake>/ablations/``).
 
-Views: ``documents`` (all raw shards), ``release_shards`` (all release shards), and one
-``ann_<stage>`` view per configured stage over its annotation files.
+Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (all release shards), and one
+``ann_<stage>`` view per configured stage over its annotation files (of live ingests too).
 
 Only the flow's main process writes; connections are short-lived so ``curate stats`` can read
 between runs.
@@ -74,6 +77,9 @@ CREATE TABLE IF NOT EXISTS bpb_matrix(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS superseded_ingests(
+  source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
+  new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS ablations(
   ablation_id VARCHAR, created_at TIMESTAMPTZ, release VARCHAR, seed BIGINT, run_key VARCHAR, config_hash VARCHAR,
   model VARCHAR, params BIGINT, params_non_embedding BIGINT, tokenizer_sha256 VARCHAR, export_format VARCHAR,
@@ -83,6 +89,10 @@ CREATE TABLE IF NOT EXISTS ablation_evals(
   ablation_id VARCHAR, release VARCHAR, seed BIGINT, run_key VARCHAR, step BIGINT, tokens_seen BIGINT,
   metric VARCHAR, value DOUBLE);
 """
+# Rows of ingests that a later ingest superseded are left out of the `documents` and `ann_<stage>`
+# views. Raw and annotation files both end in <source>/<ingest run>/part-<file index>-<k>.parquet.
+_LIVE = (r" d WHERE NOT EXISTS (SELECT 1 FROM superseded_ingests s WHERE s.source || '/' || s.old_ingest_run || '/' "
+         r"|| s.old_file_index = regexp_replace(d.filename, '^.*/([^/]+/[^/]+)/part-0*([0-9]+)-[0-9]+\.parquet$', '\1/\2'))")
 
 
 def now() -> datetime:
@@ -164,9 +174,14 @@ class Catalog:
                     f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp}", [run_id, stage, key, m])
 
     def ingested_fingerprints(self, source: str) -> set[str]:
+        return {fp for fp, _ in self.ingested_keys(source)}
+
+    def ingested_keys(self, source: str) -> set[tuple[str, str]]:
+        """(fingerprint, ingest_run) of every ingest recorded for a source (a re-ingest of an
+        unchanged file has the same fingerprint but another ingest run)."""
         with self.connect() as con:
-            return {r[0] for r in con.execute(
-                "SELECT fingerprint FROM ingested_files WHERE source=?", [source]).fetchall()}
+            return {(r[0], r[1]) for r in con.execute(
+                "SELECT fingerprint, ingest_run FROM ingested_files WHERE source=?", [source]).fetchall()}
 
     def release_exists(self, name: str, version: str) -> bool:
         with self.connect() as con:
@@ -209,14 +224,14 @@ class Catalog:
     def refresh_views(self, lake_root: str, stage_keys: dict[str, str]) -> None:
         """(Re)create the views over Parquet files; a view is made only when files exist."""
         with self.connect() as con:
-            def view(name: str, pattern: str, extra: str = "") -> None:
+            def view(name: str, pattern: str, extra: str = "", where: str = "") -> None:
                 if storage.glob(pattern):
                     con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT *{extra} FROM "
-                                f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true)")
-            view("documents", f"{lake_root}/raw/*/*/part-*.parquet")
+                                f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true){where}")
+            view("documents", f"{lake_root}/raw/*/*/part-*.parquet", where=_LIVE)
             view("release_shards", f"{lake_root}/releases/*/*/shard-*.parquet")
             for stage, key in stage_keys.items():
-                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet")
+                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE)
 
     # --- reads ------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:

@@ -67,6 +67,7 @@ def _read(path: str) -> pl.DataFrame:
 @register_stage
 class PerplexityCorrelation(GlobalStage):
     kind = "perplexity_correlation"
+    path_params = ("bpb", "scores")
     version = "1"
     needs = ("text", "domain", "source")
     Params = PplCorrParams
