@@ -119,3 +119,29 @@ def test_bad_configs_name_the_line(lake: Path, tmp_path: Path) -> None:
     heads = _config(tmp_path / "h.yaml", model={"preset": "test", "num_attention_heads": 3})
     res = CliRunner().invoke(app, ["ablate", "en", "--config", str(heads), "--lake", str(lake)])
     assert res.exit_code == 1 and "hidden_size 32 is not a multiple of num_attention_heads 3" in res.output
+
+
+def test_hostile_ablation_configs_are_refused(lake: Path, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb.write_text("\n".join(levels) + "\nmodel: {preset: test}\nbudget_tokens: *a8\n")
+    res = CliRunner().invoke(app, ["ablate", "en", "--config", str(bomb), "--lake", str(lake)])
+    assert res.exit_code == 2 and "alias" in res.output and "Traceback" not in res.output
+    task = tmp_path / "task.yaml"
+    task.write_text("\n".join(levels) + "\ntask: t\n")
+    cfg = _config(tmp_path / "t.yaml", eval={"benchmarks": [{"name": "t", "task": str(task)}]})
+    res = CliRunner().invoke(app, ["ablate", "en", "--config", str(cfg), "--lake", str(lake)])
+    assert res.exit_code == 1 and "alias" in res.output
+
+
+def test_curate_validate_checks_the_ablation_block(tmp_path: Path, demo_dir: Path) -> None:
+    from flows.validate import validate_pipeline
+
+    p = tmp_path / "pipeline.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": "x", "sources": [{"name": "w", "format": "parquet", "paths": [str(demo_dir / "data" / "wiki_en.parquet")]}],
+        "release": {"name": "x"}, "ablation": {"settings": {"budget_tokens": 1000, "seq_len": 64, "batch_size": 4,
+                                                            "model": {"preset": "nope"}}}}, sort_keys=False))
+    report = validate_pipeline(p)
+    assert not report.ok and any("ablation" in e and "unknown model preset 'nope'" in e for e in report.errors)
