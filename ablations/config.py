@@ -29,8 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.config import ConfigError, read_config_yaml, stable_hash
-from schemas.yaml_safe import line_of
+from schemas.config import ConfigError, read_config_yaml, stable_hash, validation_lines
 
 
 class _Strict(BaseModel):
@@ -201,13 +200,7 @@ def load_ablation_config(path: str | Path | None = None, data: dict[str, Any] | 
     try:
         return AblationConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            line = line_of(node, loc) if node is not None else None
-            key = ".".join(str(x) for x in loc) or "(top level)"
-            lines.append(f"{where}:{line}: {key}: {err['msg']}" if line else f"{where}: {key}: {err['msg']}")
-        raise ConfigError("invalid ablation config:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("invalid ablation config:\n  " + "\n  ".join(validation_lines(e, node, where))) from None
 
 
 class PipelineAblation(_Strict):
