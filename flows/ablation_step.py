@@ -27,7 +27,7 @@ def releases_to_compare(block: PipelineAblation, name: str, version: str, parent
 
 @task(name="ablate", retries=0, cache_policy=NONE)
 def ablate_release(lake_root: str, catalog: Any, cfg: PipelineConfig, rel: dict[str, Any]) -> dict[str, Any]:
-    from ablations.data import AblationError
+    from ablations.data import AblationError, resolve_release
     from ablations.runner import run_ablation
     from warehouse.export.release_reader import open_release
 
@@ -38,6 +38,9 @@ def ablate_release(lake_root: str, catalog: Any, cfg: PipelineConfig, rel: dict[
     refs = releases_to_compare(block, rel["name"], rel["version"], parent)
     log = get_run_logger()
     try:
+        # `compare: [NAME]` names LATEST, which may be the new release itself: train it once.
+        labels = list(dict.fromkeys(resolve_release(r, lake_root).label for r in refs))
+        refs = labels if len(labels) < len(refs) else refs
         info = run_ablation(refs, acfg, lake_root, log=log.info, catalog=catalog)
     except AblationError as e:  # the release stands; say why its ablation did not run
         log.error("ablation of %s not run: %s", ", ".join(refs), e)

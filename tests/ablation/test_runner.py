@@ -145,3 +145,14 @@ def test_curate_validate_checks_the_ablation_block(tmp_path: Path, demo_dir: Pat
                                                             "model": {"preset": "nope"}}}}, sort_keys=False))
     report = validate_pipeline(p)
     assert not report.ok and any("ablation" in e and "unknown model preset 'nope'" in e for e in report.errors)
+
+
+def test_releases_a_pipeline_compares() -> None:
+    from ablations.config import PipelineAblation
+    from flows.ablation_step import releases_to_compare
+
+    block = PipelineAblation(config="a.yaml", compare=["parent", "other/v1", "n/v2"])
+    assert releases_to_compare(block, "n", "v2", "v1") == ["n/v1", "other/v1", "n/v2"]
+    assert releases_to_compare(block, "n", "v2", None) == ["other/v1", "n/v2"]
+    with pytest.raises(ValueError, match="exactly one of"):
+        PipelineAblation(compare=["parent"])
