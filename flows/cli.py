@@ -117,6 +117,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
                   f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
                   f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
+    if s.get("ablation"):
+        from flows.commands.ablate import print_flow_ablation
+        print_flow_ablation(console, s["ablation"])
 
 
 @app.command()
@@ -287,6 +290,9 @@ from flows.commands import health  # noqa: E402
 app.command()(health.check)
 app.command()(health.repair)
 app.add_typer(health.catalog_app, name="catalog")
+from flows.commands.ablate import ablate  # noqa: E402
+
+app.command()(ablate)
 
 
 def main() -> None:

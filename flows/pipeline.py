@@ -22,6 +22,7 @@ from engines import extras, storage
 from engines.derived_text import chain_feed, feeds_for_source
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from flows.ablation_step import ablate_release, check_ablation
 from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
@@ -271,6 +272,7 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
     parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
     check_release_text(cfg, stages)
     release_planner(cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
+    check_ablation(cfg)
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
     catalog = Catalog(lake.catalog_path)
@@ -305,8 +307,10 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         catalog.refresh_views(lake.root, dict(ctx.keys))
         if "gate_failure" in rel:
             raise rel["gate_failure"]
+        ablation = ablate_release(lake.root, catalog, cfg, rel) if cfg.ablation else None
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
-        return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel}
+        return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel,
+                "ablation": ablation}
     except BaseException as e:
         catalog.finish_run(run_id, "failed", message=f"{type(e).__name__}: {e}")
         raise

@@ -328,6 +328,13 @@ def validate_pipeline(path: str | Path, reingest: tuple[str, ...] | list[str] = 
     _check_release_text(c, broken)
     _check_release_plan(c, written)
     _check_sources(c)
+    if cfg.ablation:
+        from flows.ablation_step import check_ablation
+        try:
+            check_ablation(cfg)
+        except ConfigError as e:
+            report.errors.extend(f"{c.at('ablation')}: {line.strip()}" for line in str(e).splitlines()
+                                 if line.strip() and line.strip() != "invalid ablation config:")
     names = [s.name for s in cfg.sources]
     for name in reingest:
         if name not in names:

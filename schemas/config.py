@@ -127,6 +127,9 @@ class PipelineConfig(_Strict):
     sources: list[SourceConfig]
     stages: list[StageConfig] = []
     release: ReleaseConfig
+    # Optional proxy-model ablation after the release (ablations.config.PipelineAblation); it
+    # does not change what is released, so it is left out of the config hash.
+    ablation: dict[str, Any] | None = Field(default=None, exclude=True)
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
 
@@ -177,13 +180,18 @@ def load_config(path: str | Path) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            where = line_of(node, loc)
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            lines.append(f"{path}:{where}: {key}: {err['msg']}")
-        raise ConfigError("invalid pipeline file:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("invalid pipeline file:\n  " + "\n  ".join(validation_lines(e, node, str(path)))) from None
+
+
+def validation_lines(e: ValidationError, node: yaml.Node | None, where: str) -> list[str]:
+    """One ``where:line: key.path: message`` per pydantic error (the line from the YAML node tree)."""
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        lines.append(f"{where}:{line_of(node, loc)}: {key}: {err['msg']}" if node is not None
+                     else f"{where}: {key}: {err['msg']}")
+    return lines
 
 
 def read_config_yaml(path: Path) -> tuple[yaml.Node | None, Any]:

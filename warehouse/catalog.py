@@ -27,6 +27,8 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``superseded_ingests``: ingests of a file replaced by a later ingest of it (changed content or
   reader config, or ``--reingest``); the lake records the same in the new ingest's marker
   (warehouse.supersede). A superseded ingest no longer counts anywhere.
+- ``ablations``, ``ablation_evals``: proxy-model runs per (ablation, release, seed) and their
+  metrics per step (``ablations.results``; loaded from ``<lake>/ablations/``).
 
 Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (the shards of every
 committed release), and one
@@ -117,6 +119,14 @@ CREATE TABLE IF NOT EXISTS pins(
   previous_artifact VARCHAR);
 CREATE TABLE IF NOT EXISTS gc_removed(
   gc_id VARCHAR, path VARCHAR, what VARCHAR, bytes BIGINT, removed_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS ablations(
+  ablation_id VARCHAR, created_at TIMESTAMPTZ, release VARCHAR, seed BIGINT, run_key VARCHAR, config_hash VARCHAR,
+  model VARCHAR, params BIGINT, params_non_embedding BIGINT, tokenizer_sha256 VARCHAR, export_format VARCHAR,
+  budget_tokens BIGINT, tokens_seen BIGINT, steps BIGINT, release_tokens BIGINT, epochs DOUBLE,
+  decontaminated BOOLEAN, seconds DOUBLE, path VARCHAR);
+CREATE TABLE IF NOT EXISTS ablation_evals(
+  ablation_id VARCHAR, release VARCHAR, seed BIGINT, run_key VARCHAR, step BIGINT, tokens_seen BIGINT,
+  metric VARCHAR, value DOUBLE);
 """
 # Rows of ingests that a later ingest superseded are left out of the `documents` and `ann_<stage>`
 # views. Raw and annotation files both end in <source>/<ingest run>/part-<file index>-<k>.parquet.
