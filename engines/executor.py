@@ -8,6 +8,7 @@ once per worker, not per shard or batch. Memory per worker is bounded by one bat
 The contract every executor offers is ``Executor`` below; ``make_executor`` picks one from
 ``executor.kind`` (``local`` here, ``ray`` in engines/ray_executor.py). Both run the same stage
 code through ``run_shard``/``shard_batches``, so their outputs are byte-identical.
+``LocalExecutor.fit_incremental`` (and the Ray executor's) adds new shards to an earlier fit.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ ERROR_COLUMN = "_error"
 @dataclass(frozen=True)
 class ShardTask:
     """Annotate one raw shard. ``inputs`` feeds columns from earlier stages' annotations:
-    (column name seen by the stage, annotation file aligned with the shard, column in that file)."""
+    (column name seen by the stage, annotation file aligned with the shard, column in that file).
+    Several entries for one column are a chain of derived text (engines/derived_text.py), resolved
+    with coalesce in the order given; an entry with an empty path names the shard's own column."""
 
     source: str
     raw_path: str
@@ -77,6 +80,12 @@ class Executor(Protocol):
             ctx: StageContext | None = None) -> dict[str, Any]:
         """Stream the shards of ``tasks`` (in order, with their fed columns) through ``stage.fit``,
         which writes its artifact under ``artifact_dir``; returns the fit's metrics."""
+        ...
+
+    def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
+                        earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+        """Stream the new shards ``tasks`` through ``stage.fit_incremental`` on top of the artifact
+        in ``previous_dir`` (fitted over the ``earlier`` shards)."""
         ...
 
     def close(self) -> None:
@@ -212,28 +221,45 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
     """Stream one shard as (ids, batch) pairs: the document columns the stage needs, plus the
     columns fed from earlier stages' annotation files, read alongside in step with the shard."""
     fed = {alias for alias, _, _ in task.inputs}
+    own = {column for _, path, column in task.inputs if not path}  # chain fallbacks to the shard's columns
     doc_cols = ["id"] + [c for c in stage.needs if c != "id" and c not in fed and c in DOCUMENT.names]
+    doc_cols += sorted(own - set(doc_cols))
     with contextlib.ExitStack() as stack:
-        side = {}
+        side: dict[str, list[_ColumnStream | str]] = {}
         for alias, path, column in task.inputs:
-            fs, p = storage.fs_and_path(path)
-            side[alias] = _ColumnStream(stack.enter_context(fs.open(p, "rb")), column, batch_rows, path)
+            if path:
+                fs, p = storage.fs_and_path(path)
+                side.setdefault(alias, []).append(_ColumnStream(stack.enter_context(fs.open(p, "rb")), column,
+                                                                batch_rows, path))
+            else:
+                side.setdefault(alias, []).append(column)
         fs, raw = storage.fs_and_path(task.raw_path)
         fh = stack.enter_context(fs.open(raw, "rb"))
         for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=doc_cols):
             batch = pl.from_arrow(pa.Table.from_batches([rb]))
             assert isinstance(batch, pl.DataFrame)
             if side:
-                ids = rb.column("id")
-                batch = batch.with_columns([pl.Series(a, s.take(ids)) for a, s in side.items()])
+                batch = batch.with_columns([_fed_column(alias, parts, batch, rb.column("id"))
+                                            for alias, parts in side.items()])
             yield rb.column("id"), batch
+
+
+def _fed_column(alias: str, parts: list[_ColumnStream | str], batch: pl.DataFrame, ids: pa.Array) -> pl.Series:
+    """One fed column: a single source, or the coalesce of a derived-text chain (first non-null wins).
+    Fed files are checked against the shard's ``ids`` (aligned by id, not only by position)."""
+    cols = [batch.get_column(p) if isinstance(p, str) else pl.Series(p.take(ids)) for p in parts]
+    if len(cols) == 1:
+        return cols[0].alias(alias)
+    frame = pl.DataFrame({f"_{i}": c for i, c in enumerate(cols)})
+    return frame.select(pl.coalesce(pl.all()).alias(alias)).to_series()
 
 
 def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_rows: int) -> ShardResult:
     """Annotate one shard (in whichever process calls it). Writes ``task.out_path`` atomically."""
     t0 = time.perf_counter()
-    if storage.exists(task.out_path):
-        return ShardResult(task, "skipped", rows=storage.parquet_rows(task.out_path))
+    done_rows = storage.complete_parquet_rows(task.out_path)
+    if done_rows is not None:
+        return ShardResult(task, "skipped", rows=done_rows)
     try:
         ready = _ready_stage(stage, key, ctx)
         schema = output_schema(ready)
@@ -251,6 +277,14 @@ def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_
     except Exception as e:  # noqa: BLE001 - a shard that cannot be processed is reported, not fatal
         return ShardResult(task, "failed", seconds=time.perf_counter() - t0,
                            error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+
+
+def split_done(tasks: list[ShardTask]) -> tuple[list[ShardTask], list[ShardResult]]:
+    """(tasks still to run, ``skipped`` results of those whose output is complete); a damaged
+    output is redone."""
+    done = {t: storage.complete_parquet_rows(t.out_path) for t in tasks}
+    todo = [t for t in tasks if done[t] is None]
+    return todo, [ShardResult(t, "skipped", rows=n) for t, n in done.items() if n is not None]
 
 
 def _progress(transient: bool = False) -> Progress:
@@ -318,8 +352,7 @@ class LocalExecutor:
                   ctx: StageContext | None = None) -> list[ShardResult]:
         ctx = dataclasses.replace(ctx or StageContext(), threads=self.threads_per_worker())
         key = stage.key(name)
-        todo = [t for t in tasks if not storage.exists(t.out_path)]
-        results = [ShardResult(t, "skipped", rows=storage.parquet_rows(t.out_path)) for t in tasks if t not in todo]
+        todo, results = split_done(tasks)
         runner = _ShardRunner(stage, key, ctx, self.config.batch_rows)
         results.extend(self.map(runner, todo, desc=f"{name} ({len(todo)} shards)"))
         return sorted(results, key=lambda r: r.task.raw_path)
@@ -332,6 +365,15 @@ class LocalExecutor:
         stage.bind(dataclasses.replace(ctx or StageContext(), threads=max(1, os.cpu_count() or 1)))
         batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
         return stage.fit(batches, artifact_dir)
+
+    def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
+                        earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+        """Stream the new shards of ``tasks`` through ``stage.fit_incremental`` on top of the
+        artifact in ``previous_dir`` (fitted over the ``earlier`` shards, which it may read back)."""
+        from engines.earlier_rows import ShardRows
+        stage.bind(StageContext(threads=max(1, os.cpu_count() or 1)))
+        batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
+        return stage.fit_incremental(previous_dir, batches, artifact_dir, ShardRows([t.raw_path for t in earlier]))
 
 
 @dataclass

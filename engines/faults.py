@@ -1,4 +1,4 @@
-"""Fault injection for crash tests: stop the process hard at a named point.
+"""Fault injection for crash and race tests: stop the process hard, or slow it, at a named point.
 
 ``fault_point("release:after_shards")`` does nothing unless ``CURATE_FAULT`` names that point
 (several may be given, comma-separated); then the process kills itself with SIGKILL, as the OOM
@@ -7,11 +7,15 @@ prove that a re-run after a crash at any named step ends in the same state as an
 With ``CURATE_FAULT_ONCE_DIR`` set, each point fires once only (the first process to create
 ``<dir>/<point>`` dies; retries and other workers pass): a worker killed once, then retried.
 Cost when unset: one environment lookup.
+
+``delay_point("ingest:wiki_a.parquet")`` sleeps when ``CURATE_DELAY`` lists ``name=seconds``
+(comma-separated): race tests use it to make workers finish in another order than they started.
 """
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def fault_point(name: str) -> None:
@@ -25,3 +29,14 @@ def fault_point(name: str) -> None:
             except FileExistsError:
                 return
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def delay_point(name: str) -> None:
+    """Sleep if ``$CURATE_DELAY`` lists ``name=seconds``."""
+    wanted = os.environ.get("CURATE_DELAY")
+    if not wanted:
+        return
+    for item in wanted.split(","):
+        point, _, seconds = item.strip().rpartition("=")
+        if point == name:
+            time.sleep(float(seconds))

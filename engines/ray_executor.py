@@ -40,6 +40,7 @@ from engines.executor import (
     _progress,
     run_shard,
     shard_batches,
+    split_done,
     teardown_stages,
 )
 from engines.faults import fault_point
@@ -85,6 +86,14 @@ def _fit(stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str, ctx: Sta
     stage.bind(ctx)
     batches = (batch for t in tasks for _, batch in shard_batches(stage, t, batch_rows))
     return stage.fit(batches, artifact_dir)
+
+
+def _fit_incremental(stage: GlobalStage, previous_dir: str, tasks: list[ShardTask], earlier: list[str],
+                     artifact_dir: str, ctx: StageContext, batch_rows: int) -> dict[str, Any]:
+    from engines.earlier_rows import ShardRows
+    stage.bind(ctx)
+    batches = (batch for t in tasks for _, batch in shard_batches(stage, t, batch_rows))
+    return stage.fit_incremental(previous_dir, batches, artifact_dir, ShardRows(earlier))  # type: ignore[attr-defined]
 
 
 class _ShardActor:
@@ -196,13 +205,11 @@ class RayExecutor:
 
     def run_stage(self, name: str, stage: Stage, tasks: list[ShardTask],
                   ctx: StageContext | None = None) -> list[ShardResult]:
-        from engines import storage
         ray = self._connect()
         res = stage.resources()
         ctx = dataclasses.replace(ctx or StageContext(), threads=max(1, int(res.cpus)))
         key = stage.key(name)
-        todo = [t for t in tasks if not storage.exists(t.out_path)]
-        results = [ShardResult(t, "skipped", rows=storage.parquet_rows(t.out_path)) for t in tasks if t not in todo]
+        todo, results = split_done(tasks)
         if todo:
             log = _log()
             how = "actors" if stage.stateful else "tasks"
@@ -217,15 +224,24 @@ class RayExecutor:
             ctx: StageContext | None = None) -> dict[str, Any]:
         """One Ray task streaming every shard through ``stage.fit`` with the largest node's CPUs
         (the fit's threads), writing the same artifacts as the local executor."""
+        return self._fit_task(_fit, stage, len(tasks), ctx, stage, tasks, artifact_dir)
+
+    def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
+                        earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+        """``stage.fit_incremental`` over the new shards, as one Ray task (see ``fit``)."""
+        return self._fit_task(_fit_incremental, stage, len(tasks), None, stage, previous_dir, tasks,
+                              [t.raw_path for t in earlier], artifact_dir)
+
+    def _fit_task(self, fn: Callable[..., Any], stage: GlobalStage, shards: int, ctx: StageContext | None,
+                  *args: Any) -> dict[str, Any]:
         ray = self._connect()
         cpus = max(self._largest_node_cpus(), int(stage.resources().cpus))
         ctx = dataclasses.replace(ctx or StageContext(), threads=cpus)
         res = dataclasses.replace(stage.resources(), cpus=cpus)
         t0 = time.perf_counter()
-        ref = self._remote(_fit).options(**_options(res)).remote(stage, tasks, artifact_dir, ctx,
-                                                                   self.config.batch_rows)
+        ref = self._remote(fn).options(**_options(res)).remote(*args, ctx, self.config.batch_rows)
         metrics = ray.get(ref)
-        _log().info("fit of %s over %s shards: %.1f s on Ray", stage.kind, len(tasks), time.perf_counter() - t0)
+        _log().info("fit of %s over %s shards: %.1f s on Ray", stage.kind, shards, time.perf_counter() - t0)
         return metrics  # type: ignore[no-any-return]
 
     # --- per-shard placement --------------------------------------------------------------------

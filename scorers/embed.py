@@ -80,6 +80,9 @@ class Embed(Stage):
     def resources(self) -> Resources:
         return backend_resources([self.params.inference])  # type: ignore[attr-defined]
 
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        return self.params.inference.requires()  # type: ignore[attr-defined]
+
     def writes(self) -> dict[str, pa.DataType]:
         p: EmbedParams = self.params  # type: ignore[assignment]
         value = pa.float16() if p.dtype == "float16" else pa.float32()

@@ -33,7 +33,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, SamplingParams, make_backend
-from engines.inference.base import backend_resources
+from engines.inference.base import BACKEND_REQUIRES, backend_resources
 from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
 from engines.stage import Resources, Stage, StageContext, register_stage
@@ -75,6 +75,11 @@ class LLMGrader(Stage):
 
     def resources(self) -> Resources:
         return backend_resources([self.params.inference])  # type: ignore[attr-defined]
+
+    requires = BACKEND_REQUIRES["transformers"]  # the default backend; requirements() follows the params
+
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        return self.params.inference.requires()  # type: ignore[attr-defined]
 
     def writes(self) -> dict[str, pa.DataType]:
         return {"score": pa.float64(), "label": pa.string(), "criteria": pa.string(), "raw": pa.string(),

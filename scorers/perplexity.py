@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, make_backend
-from engines.inference.base import backend_resources
+from engines.inference.base import BACKEND_REQUIRES, backend_resources
 from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
 from engines.stage import Resources, Stage, StageContext, register_stage
@@ -66,6 +66,14 @@ class Perplexity(Stage):
 
     def resources(self) -> Resources:
         return backend_resources([m.inference for m in self.params.models])  # type: ignore[attr-defined]
+
+    requires = BACKEND_REQUIRES["transformers"]  # the default backend; requirements() follows the params
+
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {}
+        for m in self.params.models:  # type: ignore[attr-defined]
+            out.update(m.inference.requires())
+        return out
 
     def writes(self) -> dict[str, pa.DataType]:
         cols = {f"bpb__{m.name}": pa.float64() for m in self.params.models}  # type: ignore[attr-defined]
