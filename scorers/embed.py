@@ -35,7 +35,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, make_backend
-from engines.inference.base import backend_resources, normalise_rows
+from engines.inference.base import backend_resources, close_all, normalise_rows
 from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import VectorCache, cache_key, text_hash
 from engines.stage import Resources, Stage, StageContext, register_stage
@@ -122,11 +122,7 @@ class Embed(Stage):
 
     def teardown(self) -> None:
         """Close the model backend and the result cache (frees GPU memory under vLLM)."""
-        for b in [getattr(self, "backend", None)]:
-            if b is not None:
-                b.close()
-        if getattr(self, "cache", None) is not None:
-            self.cache.close()
+        close_all(getattr(self, "backend", None), getattr(self, "cache", None))
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: EmbedParams = self.params  # type: ignore[assignment]

@@ -33,7 +33,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, SamplingParams, make_backend
-from engines.inference.base import BACKEND_REQUIRES, backend_resources
+from engines.inference.base import BACKEND_REQUIRES, backend_resources, close_all
 from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
 from engines.stage import Resources, Stage, StageContext, register_stage
@@ -152,11 +152,7 @@ class LLMGrader(Stage):
 
     def teardown(self) -> None:
         """Close the model backend and the result cache (frees GPU memory under vLLM)."""
-        for b in [getattr(self, "backend", None)]:
-            if b is not None:
-                b.close()
-        if getattr(self, "cache", None) is not None:
-            self.cache.close()
+        close_all(getattr(self, "backend", None), getattr(self, "cache", None))
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: GraderParams = self.params  # type: ignore[assignment]

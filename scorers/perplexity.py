@@ -26,7 +26,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, make_backend
-from engines.inference.base import BACKEND_REQUIRES, backend_resources
+from engines.inference.base import BACKEND_REQUIRES, backend_resources, close_all
 from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
 from engines.stage import Resources, Stage, StageContext, register_stage
@@ -88,11 +88,7 @@ class Perplexity(Stage):
 
     def teardown(self) -> None:
         """Close the model backends and the result cache (frees GPU memory under vLLM)."""
-        for b in getattr(self, "backends", {}).values():
-            if b is not None:
-                b.close()
-        if getattr(self, "cache", None) is not None:
-            self.cache.close()
+        close_all(*getattr(self, "backends", {}).values(), getattr(self, "cache", None))
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: PerplexityParams = self.params  # type: ignore[assignment]

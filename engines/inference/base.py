@@ -194,3 +194,10 @@ def backend_resources(configs: list[InferenceConfig]) -> Any:
     gpus = 1.0 if any(c.backend == "vllm" for c in configs) else 0.0
     cpus = max([float(c.threads or 1) for c in configs if c.backend != "openai"] or [1.0])
     return Resources(cpus=cpus, gpus=gpus)
+
+
+def close_all(*resources: Any) -> None:
+    """``close()`` each of a model stage's backends and caches that was set up (None: skipped)."""
+    for r in resources:
+        if r is not None:
+            r.close()
