@@ -216,3 +216,35 @@ def test_actors_errors_and_teardown_like_the_local_executor(tmp_path, corpora):
     assert got["ray"] == got["local"]
     assert [s for s, *_ in got["ray"]].count("failed") == 2  # the missing shard, under each stage
     assert any(e > 0 for _, _, e, _ in got["ray"])  # the trap's rows were isolated, not the shard
+
+
+def test_llm_grader_on_a_ray_actor_matches_the_local_executor(tmp_path, corpora):
+    """A model stage through the Ray executor: one model load per actor (transformers backend on
+    CPU; with ``backend: vllm`` the same stage asks for a GPU per actor), the same grades as local."""
+    from engines.executor import LocalExecutor, ShardTask
+    from engines.ray_executor import RayExecutor
+    from engines.stage import StageContext, stage_class
+    from flows.registry import load_stages
+    from schemas.config import ExecutorConfig
+    from tests.helpers import make_lake, real_texts
+    from warehouse.lake import Lake
+
+    load_stages()
+    texts = real_texts(corpora, "wiki_en", 6)
+    make_lake(tmp_path / "lake", {"wiki_en": [texts[:3], texts[3:]]})
+    lake = Lake(str(tmp_path / "lake"))
+    params = {"grader": "ask_llm", "sample_rate": 1.0,
+              "inference": {"backend": "transformers", "model": "smollm2-135m-instruct", "max_input_tokens": 64,
+                            "threads": 1}}
+    grades = {}
+    for kind, ex in (("local", LocalExecutor(ExecutorConfig(workers=1), show_progress=False)),
+                     ("ray", RayExecutor(ExecutorConfig(kind="ray", workers=1), show_progress=False))):
+        stage = stage_class("llm_grader")(params)
+        assert stage.stateful and stage.resources().gpus == 0
+        tasks = [ShardTask("wiki_en", p, f"{tmp_path}/{kind}/{i}.parquet") for i, p in enumerate(lake.raw_shards("wiki_en"))]
+        with ex:  # separate caches: the Ray run must grade, not read the local run's results
+            res = ex.run_stage("grade", stage, tasks, StageContext(cache_dir=str(tmp_path / f"cache-{kind}")))
+        assert [r.status for r in res] == ["computed", "computed"], [r.error for r in res]
+        grades[kind] = [s for t in tasks for s in pq.read_table(t.out_path).column("score").to_pylist()]
+    assert all(g is not None for g in grades["ray"])
+    assert grades["ray"] == pytest.approx(grades["local"], abs=1e-6)
