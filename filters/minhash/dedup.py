@@ -243,9 +243,10 @@ class MinHashDedup(GlobalStage):
                     _, n_distinct, sv, soff = shingler.compute(batch.get_column("text"), p.max_shingles,
                                                                band_keys=False)
                     sl = np.diff(soff)
-                    sl = np.where(good, sl, 0)
-                    sv = sv[good[np.repeat(np.arange(n), np.diff(soff))]]
-                    shingle_file.write(np.ascontiguousarray(sv, dtype=np.uint32).tobytes())
+                    if not good.all():
+                        sv = sv[np.repeat(good, sl)]
+                        sl = np.where(good, sl, 0)
+                    shingle_file.write(memoryview(np.ascontiguousarray(sv, dtype=np.uint32)))
                     sh_offsets.append(sh_total + np.cumsum(sl))
                     sh_total += int(sl.sum())
                     full_flags.append(n_distinct <= p.max_shingles)
@@ -345,14 +346,7 @@ class MinHashDedup(GlobalStage):
         if fd is None or not len(lo):
             return np.zeros(len(lo))
         docs, inv = np.unique(np.concatenate([lo, hi]), return_inverse=True)
-        starts, ends = offsets[docs], offsets[docs + 1]
-        local_off = np.zeros(len(docs) + 1, dtype=np.int64)
-        np.cumsum(ends - starts, out=local_off[1:])
-        values = np.empty(int(local_off[-1]), dtype=np.uint32)
-        view = memoryview(values).cast("B")
-        for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):  # one read per document
-            if b > a:
-                os.preadv(fd, [view[int(local_off[i]) * 4:int(local_off[i + 1]) * 4]], a * 4)
+        values, local_off = k.read_u32_ranges(fd, offsets[docs], offsets[docs + 1])  # one read per document
         return k.jaccard_kernel(values, local_off, full[docs], inv[:len(lo)], inv[len(lo):])
 
     def _survivors(self, docs_path: str, roots: np.ndarray, spill: str, out_path: str) -> dict[str, Any]:

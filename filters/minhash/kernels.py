@@ -121,7 +121,7 @@ def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5,
 
 # --- the compiled library and its fallback ---------------------------------------------------
 
-ABI = 1  # must match ABI_VERSION in csrc/minhash.c: an older build is treated as missing
+ABI = 2  # must match ABI_VERSION in csrc/minhash.c: an older build is treated as missing
 EXTENSION = "filters.minhash._minhash"
 _warned = False
 
@@ -279,3 +279,18 @@ def fnv_strings_kernel(data, offsets):
     out = np.empty(len(offsets) - 1, dtype=np.uint64)
     mod.fnv_strings(data, offsets, out)
     return out
+
+
+def read_u32_ranges(fd: int, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The uint32 values ``[starts[i], ends[i])`` of an open file, concatenated, and the n+1
+    offsets of each range in the result (one ``pread`` per range; nothing mapped)."""
+    starts, ends = _c(starts, np.int64), _c(ends, np.int64)
+    local_off = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=local_off[1:])
+    values = np.empty(int(local_off[-1]), dtype=np.uint32)
+    mod = ext()
+    if mod is None:
+        nk.read_u32_ranges(fd, starts, ends, values, local_off)
+    else:
+        mod.read_u32_ranges(int(fd), starts, ends, values)
+    return values, local_off

@@ -411,6 +411,18 @@ def _jaccard_chunk(values, offsets, full, left, right, out) -> None:
     out[:] = np.where(empty, 0.0, res)
 
 
+def read_u32_ranges(fd: int, starts: np.ndarray, ends: np.ndarray, values: np.ndarray, local_off: np.ndarray) -> None:
+    """Fills ``values`` with the uint32 ranges of the file (one ``preadv`` per range)."""
+    import os
+
+    view = memoryview(values).cast("B")
+    for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist())):
+        if b > a:
+            got = os.preadv(fd, [view[int(local_off[i]) * 4:int(local_off[i + 1]) * 4]], a * 4)
+            if got != (b - a) * 4:
+                raise EOFError("the file ends before a range")
+
+
 def roots(parent: np.ndarray) -> None:
     """Every entry becomes its root, in place (pointer jumping)."""
     while True:

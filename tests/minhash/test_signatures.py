@@ -1,6 +1,8 @@
 """MinHash signatures: the kernel against a plain-Python reference, datasketch and exact Jaccard."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import polars as pl
 import pytest
@@ -200,6 +202,20 @@ def test_numpy_fallback_equals_compiled_kernels(corpora):
     left, right = rng.integers(0, nsets, 3000), rng.integers(0, nsets, 3000)
     assert np.array_equal(nk.jaccard(stored, soff, full.astype(np.uint8), left, right, chunk_values=5000),
                           k.jaccard_kernel(stored, soff, full, left, right))
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        f = f"{tmp}/sets.u32"
+        stored.tofile(f)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            docs = np.unique(rng.integers(0, nsets, 200))
+            got = k.read_u32_ranges(fd, soff[docs], soff[docs + 1])
+            vals = np.empty(len(got[0]), np.uint32)
+            nk.read_u32_ranges(fd, soff[docs], soff[docs + 1], vals, got[1])
+            assert np.array_equal(vals, got[0])
+            assert np.array_equal(got[0], np.concatenate([stored[soff[d]:soff[d + 1]] for d in docs]))
+        finally:
+            os.close(fd)
     n = 4000
     lo, hi = rng.integers(0, n, 2500), rng.integers(0, n, 2500)
     p1, p2 = np.arange(n), np.arange(n)

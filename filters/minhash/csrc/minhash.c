@@ -12,9 +12,11 @@
  * run kernels in parallel.
  */
 #include "curate_native.h"
+#include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 #define FNV_OFFSET 0xCBF29CE484222325ULL
 #define FNV_PRIME 0x100000001B3ULL
@@ -51,52 +53,126 @@ static inline int is_sep_cp(int64_t cp, const seps_t *s) {
     return l < s->n && s->lo[l] <= cp;
 }
 
-/* Word hashes of data[start:end] into out (or only their count when out is NULL).
-   UTF-8 is decoded leniently: a lead byte takes its continuation bytes whatever they are, and a
-   byte that cannot start a sequence is a code point of its own. */
-static int64_t word_hashes(const uint8_t *data, int64_t start, int64_t end, int fold, const seps_t *seps,
-                           uint64_t *out) {
+/* The byte an ASCII word character adds to its word's hash (upper case folded; with fold_digits,
+   digits become '0'), 0 for an ASCII separator. Filled at import. */
+static uint8_t ASCII_BYTE[2][128];
+
+static void init_tables(void) {
+    for (int f = 0; f < 2; f++)
+        for (int c = 0; c < 128; c++) {
+            int b = c;
+            if (b >= 'A' && b <= 'Z') b += 32;
+            else if (f && b >= '0' && b <= '9') b = '0';
+            ASCII_BYTE[f][c] = ASCII_WORD[c] ? (uint8_t)b : 0;
+        }
+}
+
+/* Decodes the code point at data[i] (lenient UTF-8: a lead byte takes its continuation bytes
+   whatever they are, a byte that cannot start a sequence is a code point of its own) and returns
+   its size in bytes. */
+static inline int64_t decode(const uint8_t *data, int64_t i, int64_t end, int64_t *cp) {
+    const int64_t c = data[i];
+    if (c >= 0xF0 && i + 3 < end) {
+        *cp = ((c & 0x07) << 18) | ((int64_t)(data[i + 1] & 0x3F) << 12) | ((int64_t)(data[i + 2] & 0x3F) << 6)
+              | (data[i + 3] & 0x3F);
+        return 4;
+    }
+    if (c >= 0xE0 && i + 2 < end) {
+        *cp = ((c & 0x0F) << 12) | ((int64_t)(data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F);
+        return 3;
+    }
+    if (c >= 0xC0 && i + 1 < end) {
+        *cp = ((c & 0x1F) << 6) | (data[i + 1] & 0x3F);
+        return 2;
+    }
+    *cp = c;
+    return 1;
+}
+
+/* Number of words in data[start:end] (sizes a buffer for an enormous document). */
+static int64_t count_words(const uint8_t *data, int64_t start, int64_t end, const seps_t *seps) {
     int64_t n = 0, i = start;
-    uint64_t h = FNV_OFFSET;
     int in_word = 0;
     while (i < end) {
-        const int64_t c = data[i];
-        if (c < 0x80) { /* ASCII: one table lookup */
-            if (ASCII_WORD[c]) {
-                int64_t b = c;
-                if (b <= 'Z' && b >= 'A') b += 32;
-                else if (fold && b <= '9') b = '0';
-                h = (h ^ (uint64_t)b) * FNV_PRIME;
-                in_word = 1;
-            } else if (in_word) {
-                if (out) out[n] = fmix64(h);
-                n++; h = FNV_OFFSET; in_word = 0;
-            }
-            i++;
-            continue;
-        }
-        int64_t cp, size;
-        if (c >= 0xF0 && i + 3 < end) {
-            cp = ((c & 0x07) << 18) | ((int64_t)(data[i + 1] & 0x3F) << 12) | ((int64_t)(data[i + 2] & 0x3F) << 6)
-                 | (data[i + 3] & 0x3F);
-            size = 4;
-        } else if (c >= 0xE0 && i + 2 < end) {
-            cp = ((c & 0x0F) << 12) | ((int64_t)(data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F);
-            size = 3;
-        } else if (c >= 0xC0 && i + 1 < end) {
-            cp = ((c & 0x1F) << 6) | (data[i + 1] & 0x3F);
-            size = 2;
-        } else { cp = c; size = 1; }
-        if (is_sep_cp(cp, seps)) {
-            if (in_word) { if (out) out[n] = fmix64(h); n++; h = FNV_OFFSET; in_word = 0; }
-        } else {
-            in_word = 1;
-            for (int64_t j = 0; j < size; j++) h = (h ^ (uint64_t)data[i + j]) * FNV_PRIME;
-        }
+        int64_t cp, size = 1, w;
+        if (data[i] < 0x80) w = ASCII_WORD[data[i]];
+        else { size = decode(data, i, end, &cp); w = !is_sep_cp(cp, seps); }
+        n += in_word & !w;
+        in_word = (int)w;
         i += size;
     }
-    if (in_word) { if (out) out[n] = fmix64(h); n++; }
-    return n;
+    return n + in_word;
+}
+
+/* The word hasher handles one or two streams of bytes. A stream's state is (i, n, h, in_word): the
+   position, the words finished, the running FNV-1a state and whether a word is open; finished
+   words' raw states go to out[] (the finaliser is applied afterwards). The ASCII step has no
+   branch on the data: the state is written at out[n] every byte and n advances only where a word
+   byte is followed by a separator (so out holds one value more than the words), and the reset
+   to the FNV offset at a separator is a mask. Bytes >= 0x80 (rare in most text) take a branch. */
+#define WORD_STEP(i, end, n, h, in_word, out)                                                   \
+    do {                                                                                        \
+        const uint32_t c_ = data[i];                                                            \
+        if (__builtin_expect(c_ < 0x80, 1)) {                                                   \
+            const uint64_t b_ = tab[c_];                                                        \
+            const uint64_t w_ = b_ != 0, m_ = 0 - w_;                                           \
+            out[n] = h;                                                                         \
+            n += in_word & (w_ ^ 1);                                                            \
+            h = (((h ^ b_) * FNV_PRIME) & m_) | (FNV_OFFSET & ~m_);                             \
+            in_word = w_;                                                                       \
+            i++;                                                                                \
+        } else {                                                                                \
+            int64_t cp_;                                                                        \
+            const int64_t size_ = decode(data, i, end, &cp_);                                   \
+            if (is_sep_cp(cp_, seps)) {                                                         \
+                out[n] = h;                                                                     \
+                n += in_word;                                                                   \
+                h = FNV_OFFSET;                                                                 \
+                in_word = 0;                                                                    \
+            } else {                                                                            \
+                for (int64_t j_ = 0; j_ < size_; j_++) h = (h ^ (uint64_t)data[i + j_]) * FNV_PRIME; \
+                in_word = 1;                                                                    \
+            }                                                                                   \
+            i += size_;                                                                         \
+        }                                                                                       \
+    } while (0)
+
+/* Word hashes of data[start:end] into out, which holds (end - start) / 2 + 2 values; tmp holds as
+   many. Returns the word count. Long documents are cut in two at an ASCII separator near the
+   middle and both halves hashed in one loop: FNV-1a is a serial chain per word, and two
+   independent chains keep the multiplier busy. */
+static int64_t word_hashes(const uint8_t *data, int64_t start, int64_t end, int fold, const seps_t *seps,
+                           uint64_t *restrict out, uint64_t *restrict tmp) {
+    const uint8_t *tab = ASCII_BYTE[fold ? 1 : 0];
+    int64_t mid = end;
+    if (end - start >= 256) { /* an ASCII separator after the middle (never inside a UTF-8 sequence) */
+        for (int64_t j = start + (end - start) / 2, lim = j + 64 < end ? j + 64 : end; j < lim; j++)
+            if (data[j] < 0x80 && !ASCII_WORD[data[j]]) { mid = j; break; }
+    }
+    int64_t ia = start, na = 0;
+    uint64_t ha = FNV_OFFSET, wa = 0;
+    if (mid < end) {
+        int64_t ib = mid, nb = 0;
+        uint64_t hb = FNV_OFFSET, wb = 0;
+        while (ia < mid && ib < end) {
+            WORD_STEP(ia, mid, na, ha, wa, out);
+            WORD_STEP(ib, end, nb, hb, wb, tmp);
+        }
+        while (ib < end) WORD_STEP(ib, end, nb, hb, wb, tmp);
+        tmp[nb] = hb;
+        nb += wb;
+        while (ia < mid) WORD_STEP(ia, mid, na, ha, wa, out);
+        out[na] = ha;
+        na += wa;
+        memcpy(out + na, tmp, sizeof(uint64_t) * (size_t)nb);
+        na += nb;
+    } else {
+        while (ia < end) WORD_STEP(ia, end, na, ha, wa, out);
+        out[na] = ha;
+        na += wa;
+    }
+    for (int64_t j = 0; j < na; j++) out[j] = fmix64(out[j]);
+    return na;
 }
 
 /* Shingle hashes from word hashes, in place: shingle i overwrites word i, which no later shingle
@@ -127,7 +203,8 @@ static int64_t shingles(uint64_t *words, int64_t nw, int64_t ngram) {
 static uint64_t *word_buffer(uint64_t *buf, int64_t *cap, const uint8_t *data, int64_t start, int64_t end, int fold,
                              const seps_t *seps) {
     if ((end - start) / 2 + 2 <= *cap) return buf;
-    const int64_t need = word_hashes(data, start, end, fold, seps, NULL) + 2;
+    (void)fold;
+    const int64_t need = count_words(data, start, end, seps) + 2;
     if (need <= *cap) return buf;
     free(buf);
     *cap = need;
@@ -189,6 +266,45 @@ static void quick_u64(uint64_t *a, int64_t n) {
         else { quick_u64(a + j + 1, n - j - 1); n = j + 1; }
     }
     insertion_u64(a, n);
+}
+
+/* Sorts a[0:n] ascending (aux holds n values): insertion sort when short, else an LSD radix sort
+   on bytes (one counting pass, then a scatter pass per byte that is not the same everywhere). */
+static void sort_u32(uint32_t *a, uint32_t *aux, int64_t n) {
+    if (n <= 32) {
+        for (int64_t i = 1; i < n; i++) {
+            const uint32_t v = a[i];
+            int64_t j = i - 1;
+            while (j >= 0 && a[j] > v) { a[j + 1] = a[j]; j--; }
+            a[j + 1] = v;
+        }
+        return;
+    }
+    uint32_t count[4][256];
+    memset(count, 0, sizeof count);
+    for (int64_t i = 0; i < n; i++) {
+        const uint32_t v = a[i];
+        count[0][v & 255]++; count[1][(v >> 8) & 255]++; count[2][(v >> 16) & 255]++; count[3][v >> 24]++;
+    }
+    uint32_t *src = a, *dst = aux;
+    for (int p = 0; p < 4; p++) {
+        uint32_t sum = 0;
+        int same = 0;
+        for (int d = 0; d < 256; d++) {
+            const uint32_t c = count[p][d];
+            same |= c == (uint32_t)n;
+            count[p][d] = sum;
+            sum += c;
+        }
+        if (same) continue;
+        const int shift = 8 * p;
+        for (int64_t i = 0; i < n; i++) {
+            const uint32_t v = src[i];
+            dst[count[p][(v >> shift) & 255]++] = v;
+        }
+        uint32_t *t = src; src = dst; dst = t;
+    }
+    if (src != a) memcpy(a, src, sizeof(uint32_t) * (size_t)n);
 }
 
 /* Sorts a[0:n] ascending and removes repeats; returns the count left. tmp holds n values. */
@@ -327,14 +443,32 @@ typedef struct {
     int64_t cap;
 } scratch_t;
 
+/* Each thread keeps one standard-size scratch between calls: fresh buffers of this size are
+   mapped pages, and faulting them in again for every batch cost more than the kernel's work on
+   small batches. Buffers grown for an enormous document are freed after the call. */
+static _Thread_local scratch_t CACHED;
+
 static int scratch_init(scratch_t *s) {
+    if (CACHED.words) {
+        *s = CACHED;
+        CACHED.words = CACHED.tmp = NULL;
+        return 0;
+    }
     s->cap = START_CAP;
     s->words = malloc(sizeof(uint64_t) * START_CAP);
     s->tmp = malloc(sizeof(uint64_t) * 4 * START_CAP);
     return s->words && s->tmp ? 0 : -1;
 }
 
-static void scratch_free(scratch_t *s) { free(s->words); free(s->tmp); }
+static void scratch_free(scratch_t *s) {
+    if (s->cap == START_CAP && s->words && s->tmp && !CACHED.words) {
+        CACHED = *s;
+    } else {
+        free(s->words);
+        free(s->tmp);
+    }
+    s->words = s->tmp = NULL;
+}
 
 /* Word buffer and scratch (4x: a hash table of a power of two >= 2 x words) for document [start, end). Returns -1 when out of memory. */
 static int scratch_fit(scratch_t *s, const uint8_t *data, int64_t start, int64_t end, int fold, const seps_t *seps) {
@@ -369,7 +503,7 @@ static int64_t run_signatures(const sig_args *g) {
     for (int64_t d = 0; d < g->n; d++) {
         const int64_t st = g->offsets[d], en = g->offsets[d + 1];
         if (scratch_fit(&s, g->data, st, en, (int)g->fold, &g->seps) < 0) { scratch_free(&s); return -1; }
-        const int64_t nw = word_hashes(g->data, st, en, (int)g->fold, &g->seps, s.words);
+        const int64_t nw = word_hashes(g->data, st, en, (int)g->fold, &g->seps, s.words, s.tmp);
         const int64_t ns = shingles(s.words, nw, g->ngram);
         int64_t w = g->stored_off[d];
         g->stored_off[d + 1] = w;
@@ -378,9 +512,7 @@ static int64_t run_signatures(const sig_args *g) {
             for (int64_t t = 0; t < g->bands; t++) g->band_keys[d * g->bands + t] = NO_VALUE;
             continue;
         }
-        int64_t m;
-        if (g->keep_k > 0) m = sort_unique(s.words, s.tmp, ns);
-        else m = unique_hashed(s.words, s.tmp, pow2_at_least(2 * ns), ns); /* no order needed */
+        const int64_t m = unique_hashed(s.words, s.tmp, pow2_at_least(2 * ns), ns); /* order not needed */
         g->counts[d] = m;
         if (g->bands > 0) {
             MINHASH(s.words, m, g->a, g->b, g->num_perm, mins);
@@ -391,14 +523,15 @@ static int64_t run_signatures(const sig_args *g) {
             }
         }
         if (g->keep_k > 0) {
-            int64_t last = -1;
+            /* the keep_k smallest distinct values of the top 32 bits: sorted 32-bit keys */
+            uint32_t *v = (uint32_t *)s.tmp, *aux = v + m;
+            for (int64_t i = 0; i < m; i++) v[i] = (uint32_t)(s.words[i] >> 32);
+            sort_u32(v, aux, m);
             const int64_t start = w;
             for (int64_t i = 0; i < m && w - start < g->keep_k; i++) {
-                const int64_t v32 = (int64_t)(s.words[i] >> 32);
-                if (v32 != last) {
-                    if (w >= g->stored_cap) { scratch_free(&s); return -2; }
-                    g->stored[w++] = (uint32_t)v32; last = v32;
-                }
+                if (i > 0 && v[i] == v[i - 1]) continue;
+                if (w >= g->stored_cap) { scratch_free(&s); return -2; }
+                g->stored[w++] = v[i];
             }
             g->stored_off[d + 1] = w;
         }
@@ -489,7 +622,7 @@ static int64_t run_matrix(const uint8_t *data, const int64_t *offsets, int64_t n
     if (scratch_init(&s) < 0) { scratch_free(&s); return -1; }
     for (int64_t d = 0; d < n; d++) {
         if (scratch_fit(&s, data, offsets[d], offsets[d + 1], fold, seps) < 0) { scratch_free(&s); return -1; }
-        const int64_t nw = word_hashes(data, offsets[d], offsets[d + 1], fold, seps, s.words);
+        const int64_t nw = word_hashes(data, offsets[d], offsets[d + 1], fold, seps, s.words, s.tmp);
         const int64_t m = sort_unique(s.words, s.tmp, shingles(s.words, nw, ngram));
         counts[d] = m;
         MINHASH(s.words, m, a, b, num_perm, sig + d * num_perm);
@@ -555,14 +688,21 @@ static PyObject *py_shingle_hashes(PyObject *self, PyObject *const *args, Py_ssi
     int64_t need = 0;
     for (int64_t d = 0; d < n; d++) need += (offsets[d + 1] - offsets[d]) / 2 + 1;
     if (cap < need) { PyErr_SetString(PyExc_ValueError, "out is smaller than the word bound"); goto done; }
+    int64_t rc = 0;
     Py_BEGIN_ALLOW_THREADS
+    scratch_t sc;
+    if (scratch_init(&sc) < 0) rc = -1;
     out_off[0] = 0;
-    for (int64_t d = 0; d < n; d++) {
-        uint64_t *out_d = out + out_off[d];
-        const int64_t nw = word_hashes(data, offsets[d], offsets[d + 1], (int)fold, &seps, out_d);
-        out_off[d + 1] = out_off[d] + shingles(out_d, nw, ngram);
+    for (int64_t d = 0; d < n && rc == 0; d++) {
+        if (scratch_fit(&sc, data, offsets[d], offsets[d + 1], (int)fold, &seps) < 0) { rc = -1; break; }
+        const int64_t nw = word_hashes(data, offsets[d], offsets[d + 1], (int)fold, &seps, sc.words, sc.tmp);
+        const int64_t ns = shingles(sc.words, nw, ngram);
+        memcpy(out + out_off[d], sc.words, sizeof(uint64_t) * (size_t)ns);
+        out_off[d + 1] = out_off[d] + ns;
     }
+    scratch_free(&sc);
     Py_END_ALLOW_THREADS
+    if (rc != 0) { raise_rc(rc); goto done; }
     res = Py_NewRef(Py_None);
 done:
     cur_release(&B);
@@ -754,6 +894,51 @@ done:
     return res;
 }
 
+/* read_u32_ranges(fd, starts, ends, out) -> None: out = the uint32 values [starts[i], ends[i]) of
+   the file, one after another (pread per range, GIL released): the shingle sets of the documents
+   of one verification partition, without mapping the file. */
+static PyObject *py_read_u32_ranges(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (cur_nargs(nargs, 4, "read_u32_ranges") < 0) return NULL;
+    cur_bufs B = {.n = 0};
+    PyObject *res = NULL;
+    int64_t fd, n, cap;
+    const int64_t *starts, *ends;
+    uint32_t *out;
+    if (cur_int(args[0], &fd, "fd") < 0) goto done;
+    if (!(starts = cur_arg(&B, args[1], 'i', 8, 0, "starts", 0))) goto done;
+    n = cur_len(&B.v[0]);
+    if (!(ends = cur_arg(&B, args[2], 'i', 8, 0, "ends", n))) goto done;
+    if (!(out = cur_arg(&B, args[3], 'u', 4, 1, "out", 0))) goto done;
+    cap = cur_len(&B.v[2]);
+    int64_t need = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (starts[i] < 0 || ends[i] < starts[i]) { PyErr_SetString(PyExc_ValueError, "bad range"); goto done; }
+        need += ends[i] - starts[i];
+    }
+    if (need > cap) { PyErr_SetString(PyExc_ValueError, "out is too small"); goto done; }
+    int err = 0, short_read = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *dst = (uint8_t *)out;
+    for (int64_t i = 0; i < n && !err && !short_read; i++) {
+        size_t left = (size_t)(ends[i] - starts[i]) * 4;
+        off_t at = (off_t)starts[i] * 4;
+        while (left) {
+            const ssize_t r = pread((int)fd, dst, left, at);
+            if (r < 0) { if (errno == EINTR) continue; err = errno; break; }
+            if (r == 0) { short_read = 1; break; }
+            dst += r; at += r; left -= (size_t)r;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (err) { errno = err; PyErr_SetFromErrno(PyExc_OSError); goto done; }
+    if (short_read) { PyErr_SetString(PyExc_EOFError, "the file ends before a range"); goto done; }
+    res = Py_NewRef(Py_None);
+done:
+    cur_release(&B);
+    return res;
+}
+
 static PyObject *py_set_path(PyObject *self, PyObject *name) {
     (void)self;
     const int p = cur_path_index(name);
@@ -783,6 +968,8 @@ static PyMethodDef METHODS[] = {
     {"roots", (PyCFunction)py_roots, METH_O, "roots(parent): every entry becomes its root, in place."},
     {"fnv_strings", (PyCFunction)(void (*)(void))py_fnv_strings, METH_FASTCALL,
      "fnv_strings(data, offsets, out): FNV-1a 64 + fmix64 of each string."},
+    {"read_u32_ranges", (PyCFunction)(void (*)(void))py_read_u32_ranges, METH_FASTCALL,
+     "read_u32_ranges(fd, starts, ends, out): the uint32 values of each [start, end) of a file, concatenated."},
     {"paths", (PyCFunction)cur_py_paths, METH_NOARGS, "paths() -> the SIMD paths this CPU supports, narrowest first."},
     {"set_path", (PyCFunction)py_set_path, METH_O, "set_path(name): use this SIMD path (results never change)."},
     {"path", (PyCFunction)py_path, METH_NOARGS, "path() -> the SIMD path in use."},
@@ -793,6 +980,7 @@ static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_minhash", "MinHash 
                                     METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__minhash(void) {
+    init_tables();
     select_path(cur_best_path());
     PyObject *m = PyModule_Create(&MODULE);
     if (m && PyModule_AddIntConstant(m, "ABI", ABI_VERSION) < 0) { Py_DECREF(m); return NULL; }
