@@ -1,9 +1,10 @@
 """Build configuration of curate's compiled kernels (everything else is in pyproject.toml).
 
-Two CPython extensions, built by ``pip install .`` / ``pip install -e .`` / a wheel build:
+Three CPython extensions, built by ``pip install .`` / ``pip install -e .`` / a wheel build:
 
 - ``filters.minhash._minhash`` from ``filters/minhash/csrc/minhash.c``
 - ``scorers.ppl_corr._pplcorr`` from ``scorers/ppl_corr/csrc/pplcorr.c``
+- ``filters.heuristics._chunks`` from ``filters/heuristics/csrc/chunks.c``
 
 Both are compiled for the baseline ISA of the target (never ``-march=native``): the AVX2 and
 AVX-512 versions of their hot loops are compiled into the same binary with target pragmas and
@@ -27,6 +28,7 @@ common = dict(include_dirs=["engines/csrc"], extra_compile_args=flags, optional=
 extensions = [
     Extension("filters.minhash._minhash", ["filters/minhash/csrc/minhash.c"], **common),
     Extension("scorers.ppl_corr._pplcorr", ["scorers/ppl_corr/csrc/pplcorr.c"], **common),
+    Extension("filters.heuristics._chunks", ["filters/heuristics/csrc/chunks.c"], **common),
 ]
 
 setup(ext_modules=[] if os.environ.get("CURATE_NO_EXTENSIONS") == "1" else extensions)
