@@ -20,6 +20,21 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildKernels(build_ext):
+    """build_ext that says in one line, per extension, whether the compiled kernels were built."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # optional=True makes setuptools skip it; say what that means
+            print(f"curate: could not compile {ext.name} ({type(exc).__name__}: {exc}); the package still "
+                  "works without it (NumPy fallbacks, slower). For the fast kernels install a C compiler "
+                  "(e.g. apt-get install gcc) and reinstall.", file=sys.stderr)
+            raise
+        print(f"curate: built compiled kernels {ext.name}", file=sys.stderr)
 
 flags = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off", "-fno-strict-aliasing", "-std=gnu11"]
 common = dict(include_dirs=["engines/csrc"], extra_compile_args=flags, optional=True,
@@ -31,4 +46,5 @@ extensions = [
     Extension("filters.heuristics._chunks", ["filters/heuristics/csrc/chunks.c"], **common),
 ]
 
-setup(ext_modules=[] if os.environ.get("CURATE_NO_EXTENSIONS") == "1" else extensions)
+setup(ext_modules=[] if os.environ.get("CURATE_NO_EXTENSIONS") == "1" else extensions,
+      cmdclass={"build_ext": BuildKernels})

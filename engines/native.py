@@ -46,6 +46,8 @@ REBUILD_HINT = ("install a C compiler (gcc or clang; e.g. apt-get install gcc) a
 
 _LOADED: dict[str, ModuleType] = {}
 _MISSING: dict[str, str] = {}
+#: The loaded extensions that have SIMD paths (``paths``/``set_path``/``path``).
+_DISPATCHED: dict[str, ModuleType] = {}
 
 
 def enabled() -> bool:
@@ -73,7 +75,9 @@ def load(module: str, abi: int) -> ModuleType | None:
         _MISSING[module] = (f"the extension {module} is stale (ABI {getattr(mod, 'ABI', None)}, expected {abi}): "
                             "it was built from older sources")
         return None
-    _apply_env_path(mod)
+    if hasattr(mod, "set_path"):  # an extension without SIMD versions has one path
+        _apply_env_path(mod)
+        _DISPATCHED[module] = mod
     _LOADED[module] = mod
     return mod
 
@@ -101,13 +105,13 @@ def _apply_env_path(mod: ModuleType) -> None:
 
 
 def _any() -> ModuleType | None:
-    if _LOADED:
-        return next(iter(_LOADED.values()))
+    if _DISPATCHED:
+        return next(iter(_DISPATCHED.values()))
     # each kernel module loads its extension on first use
     for name in ("filters.minhash.kernels", "scorers.ppl_corr.kernels"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name).ext()
-    return next(iter(_LOADED.values()), None)
+    return next(iter(_DISPATCHED.values()), None)
 
 
 def paths() -> tuple[str, ...]:
@@ -126,7 +130,7 @@ def active_path() -> str:
 def use_path(path: str) -> Iterator[None]:
     """Run the block with every loaded extension on ``path`` (tests and benchmarks); raises
     ValueError when the CPU lacks it. Not for concurrent use: the path is process-wide."""
-    mods = list(_LOADED.values()) or [m for m in [_any()] if m is not None]
+    mods = list(_DISPATCHED.values()) or [m for m in [_any()] if m is not None]
     old = [m.path() for m in mods]
     try:
         for m in mods:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from engines import native
+from filters.heuristics import chunking
 from filters.minhash import kernels as mk
 from scorers.ppl_corr import kernels as pk
 
@@ -32,6 +33,7 @@ def test_install_built_the_extensions():
     means the build failed quietly: setup.py marks them optional)."""
     assert mk.ext() is not None, native.missing_reason(mk.EXTENSION)
     assert pk.ext() is not None, native.missing_reason(pk.EXTENSION)
+    assert chunking.ext() is not None, native.missing_reason(chunking.EXTENSION)
     assert native.paths()[0] in ("scalar", "neon")
 
 
@@ -151,15 +153,44 @@ def test_stale_extension_is_not_used(monkeypatch):
     assert "stale" in native.missing_reason("filters.minhash._minhash")
 
 
+def _clean_copy(dest: Path) -> Path:
+    """The files git tracks (and untracked, not ignored ones) copied to ``dest``."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 @pytest.mark.slow
 def test_wheel_builds_without_a_compiler(tmp_path):
     """The extensions are optional: with no working C compiler a wheel still builds (pure Python),
     and the package in it runs MinHash on the NumPy fallback."""
+    src = _clean_copy(tmp_path / "src")  # as a fresh clone: no build/ folder, no in-place .so
     env = {**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false"}
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-                          "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=900, env=env)
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path / "dist"),
+                          str(src)], capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    wheel = next(tmp_path.glob("curate-*.whl"))
+    assert "curate: could not compile filters.minhash._minhash" in res.stdout + res.stderr
+    wheel = next((tmp_path / "dist").glob("curate-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert not [n for n in names if n.endswith((".so", ".pyd"))]
     assert "filters/minhash/numpy_kernels.py" in names and "engines/native.py" in names
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler here")
+def test_fresh_clone_wheel_holds_the_extensions(tmp_path):
+    """Built from a clean copy of the checkout (as a fresh clone), the wheel holds all three
+    extensions, and the build log says so in one line each."""
+    src = _clean_copy(tmp_path / "src")
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path / "dist"),
+                          str(src)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = res.stdout + res.stderr
+    names = zipfile.ZipFile(next((tmp_path / "dist").glob("curate-*.whl"))).namelist()
+    for ext in ("filters.minhash._minhash", "scorers.ppl_corr._pplcorr", "filters.heuristics._chunks"):
+        assert f"curate: built compiled kernels {ext}" in log
+        assert any(n.startswith(ext.replace(".", "/")) and n.endswith(".so") for n in names), names

@@ -76,6 +76,31 @@ static inline int cur_path_index(PyObject *name) {
     return -1;
 }
 
+#ifdef CUR_DISPATCH
+/* A module with SIMD paths defines these two before including this header. */
+static void cur_select(int path);
+static int cur_current(void);
+
+/* Python: set_path(name) and path(). */
+static PyObject *cur_py_set_path(PyObject *self, PyObject *name) {
+    (void)self;
+    const int p = cur_path_index(name);
+    if (p < 0) return NULL;
+    cur_select(p);
+    return Py_NewRef(Py_None);
+}
+
+static PyObject *cur_py_path(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    return PyUnicode_FromString(cur_path_names[cur_current()]);
+}
+
+#define CUR_PATH_METHODS                                                                          \
+    {"paths", (PyCFunction)cur_py_paths, METH_NOARGS, "paths() -> the SIMD paths this CPU supports, narrowest first."}, \
+    {"set_path", (PyCFunction)cur_py_set_path, METH_O, "set_path(name): use this SIMD path (results never change)."}, \
+    {"path", (PyCFunction)cur_py_path, METH_NOARGS, "path() -> the SIMD path in use."},
+#endif
+
 /* --- arguments ----------------------------------------------------------------------------- */
 
 /* kind: 'u' unsigned int, 'i' signed int, 'f' float, 'b' one byte of any kind (uint8/int8/bool). */

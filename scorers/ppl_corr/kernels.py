@@ -141,6 +141,16 @@ def _matrix(X: np.ndarray) -> np.ndarray:
     return X
 
 
+def _prepared(X: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The extension and X as the kernels take it; at most ``MAX_MODELS`` rows."""
+    mod = ext()
+    assert mod is not None, "compiled kernels are not available"
+    X = _matrix(X)
+    if X.shape[0] > MAX_MODELS:
+        raise ValueError(f"at most {MAX_MODELS} models")
+    return mod, X
+
+
 def _ranges(n_dom: int, n_threads: int) -> list[tuple[int, int]]:
     t = max(1, min(n_threads, n_dom // _MIN_COLS_PER_THREAD))
     blocks = -(-n_dom // _BLOCK)
@@ -186,12 +196,8 @@ def rank_sums(X: np.ndarray, w: np.ndarray, n_threads: int | None = None,
     flag is False; the flag marks domains with a tie in float32 (their float64 sum must be
     recomputed); and whether every value of X was finite and non-negative.
     ``algorithm``: ``pairs``, ``keys`` or ``sort`` (default: ``choose_algorithm``)."""
-    mod = ext()
-    assert mod is not None, "compiled kernels are not available"
-    X = _matrix(X)
+    mod, X = _prepared(X)
     n, n_dom = X.shape
-    if n > MAX_MODELS:
-        raise ValueError(f"at most {MAX_MODELS} models")
     w32 = _weights32(w, n)
     algo = algorithm or choose_algorithm(n)
     if algo == "pairs":
@@ -229,12 +235,8 @@ def pairs_f32(
     a flag (bool) set where some counted pair is equal in float32 (result not exact there);
     and whether every value of X was finite and non-negative (checked while copying).
     """
-    mod = ext()
-    assert mod is not None, "compiled kernels are not available"
-    X = _matrix(X)
+    mod, X = _prepared(X)
     n, n_dom = X.shape
-    if n > MAX_MODELS:
-        raise ValueError(f"at most {MAX_MODELS} models")
     lim64 = _lim_index(lim, n)
     w32 = None if w is None else _weights32(w, n)
     rows64 = None if rows is None else _rows_index(rows, n)
@@ -246,9 +248,7 @@ def pairs_f32(
 
 def sign_pairs_f64(X: np.ndarray, cols: np.ndarray, lim: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """Exact float64 ``sum_k sum_{i < lim[k]} sign(x_k - x_i)`` for the domains ``cols``."""
-    mod = ext()
-    assert mod is not None, "compiled kernels are not available"
-    X = _matrix(X)
+    mod, X = _prepared(X)
     n = X.shape[0]
     cols = np.ascontiguousarray(cols, dtype=np.int64)
     if cols.size and (cols.min() < 0 or cols.max() >= X.shape[1]):
@@ -264,9 +264,7 @@ def sign_pairs_f64(X: np.ndarray, cols: np.ndarray, lim: np.ndarray, rows: np.nd
 def weighted_sum(X: np.ndarray, coef: np.ndarray, n_threads: int | None = None) -> tuple[np.ndarray, bool]:
     """Per domain d: ``sum_k coef[k] X[k, d]`` in float64 (k ascending), reading X once; and
     whether every value of X was finite and non-negative."""
-    mod = ext()
-    assert mod is not None, "compiled kernels are not available"
-    X = _matrix(X)
+    mod, X = _prepared(X)
     n, n_dom = X.shape
     c = np.ascontiguousarray(coef, dtype=np.float64)
     if c.shape != (n,):

@@ -11,6 +11,7 @@
  * Every function releases the GIL and holds no global state besides the chosen path, so threads
  * run kernels in parallel.
  */
+#define CUR_DISPATCH 1
 #include "curate_native.h"
 #include <errno.h>
 #include <stdlib.h>
@@ -433,6 +434,9 @@ static int select_path(int path) {
     PATH = path;
     return 0;
 }
+
+static void cur_select(int path) { select_path(path); }
+static int cur_current(void) { return PATH; }
 
 /* --- per-document pipelines --------------------------------------------------------------------- */
 
@@ -939,19 +943,6 @@ done:
     return res;
 }
 
-static PyObject *py_set_path(PyObject *self, PyObject *name) {
-    (void)self;
-    const int p = cur_path_index(name);
-    if (p < 0) return NULL;
-    select_path(p);
-    return Py_NewRef(Py_None);
-}
-
-static PyObject *py_path(PyObject *self, PyObject *unused) {
-    (void)self; (void)unused;
-    return PyUnicode_FromString(cur_path_names[PATH]);
-}
-
 static PyMethodDef METHODS[] = {
     {"signatures", (PyCFunction)(void (*)(void))py_signatures, METH_FASTCALL,
      "signatures(data, offsets, ngram, fold, a, b, bands, rows, keep_k, sep_lo, sep_hi, band_keys, counts, "
@@ -970,9 +961,7 @@ static PyMethodDef METHODS[] = {
      "fnv_strings(data, offsets, out): FNV-1a 64 + fmix64 of each string."},
     {"read_u32_ranges", (PyCFunction)(void (*)(void))py_read_u32_ranges, METH_FASTCALL,
      "read_u32_ranges(fd, starts, ends, out): the uint32 values of each [start, end) of a file, concatenated."},
-    {"paths", (PyCFunction)cur_py_paths, METH_NOARGS, "paths() -> the SIMD paths this CPU supports, narrowest first."},
-    {"set_path", (PyCFunction)py_set_path, METH_O, "set_path(name): use this SIMD path (results never change)."},
-    {"path", (PyCFunction)py_path, METH_NOARGS, "path() -> the SIMD path in use."},
+    CUR_PATH_METHODS
     {NULL, NULL, 0, NULL},
 };
 

@@ -24,6 +24,7 @@
  * in float64, and all sums are of integers. Every path gives the same bits (integer sums, and
  * float sums in the same order with -ffp-contract=off).
  */
+#define CUR_DISPATCH 1
 #include "curate_native.h"
 #include <float.h>
 #include <stdlib.h>
@@ -543,6 +544,9 @@ static void select_path(int path) {
     K.wsum = wsum_generic;
 }
 
+static void cur_select(int path) { select_path(path); }
+static int cur_current(void) { return K.path; }
+
 /* Batcher's odd-even merge sort network for n inputs: the network for the next power of two
    with every compare-exchange that touches a position >= n dropped (those positions would hold
    +inf and never move). Writes index pairs (lower first) into net; returns their count. */
@@ -792,19 +796,6 @@ static PyObject *py_network_size(PyObject *self, PyObject *arg) {
     return PyLong_FromLongLong(make_network(n, NULL));
 }
 
-static PyObject *py_set_path(PyObject *self, PyObject *name) {
-    (void)self;
-    const int p = cur_path_index(name);
-    if (p < 0) return NULL;
-    select_path(p);
-    return Py_NewRef(Py_None);
-}
-
-static PyObject *py_path(PyObject *self, PyObject *unused) {
-    (void)self; (void)unused;
-    return PyUnicode_FromString(cur_path_names[K.path]);
-}
-
 static PyMethodDef METHODS[] = {
     {"rank_sums_sort", (PyCFunction)(void (*)(void))py_rank_sums_sort, METH_FASTCALL,
      "rank_sums_sort(X, w, c0, c1, out, flag) -> bad: sum_k w_k #{i: x_i < x_k} per domain, by sorting networks."},
@@ -817,9 +808,7 @@ static PyMethodDef METHODS[] = {
     {"weighted_sum", (PyCFunction)(void (*)(void))py_weighted_sum, METH_FASTCALL,
      "weighted_sum(X, coef, c0, c1, out) -> bad: sum_k coef_k X[k, d] per domain, X read once."},
     {"network_size", (PyCFunction)py_network_size, METH_O, "network_size(n) -> compare-exchanges of the sort network."},
-    {"paths", (PyCFunction)cur_py_paths, METH_NOARGS, "paths() -> the SIMD paths this CPU supports, narrowest first."},
-    {"set_path", (PyCFunction)py_set_path, METH_O, "set_path(name): use this SIMD path (results never change)."},
-    {"path", (PyCFunction)py_path, METH_NOARGS, "path() -> the SIMD path in use."},
+    CUR_PATH_METHODS
     {NULL, NULL, 0, NULL},
 };
 
