@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.dedup.corpus import generate  # noqa: E402
 from benchmarks.dedup.truth import compute_truth, score  # noqa: E402
+from engines import native  # noqa: E402
 from schemas.documents import DOCUMENT  # noqa: E402
 
 TOOLS = ("curate", "curate-lean", "curate-run", "datasketch", "text-dedup", "datatrove")
@@ -217,6 +218,9 @@ def main() -> None:
     ap.add_argument("--no-truth", action="store_true", help="skip ground truth (scale runs)")
     ap.add_argument("--bench-python", default=str(REPO / ".venv-bench" / "bin" / "python"))
     a = ap.parse_args()
+    # the figures depend on the CPU, its load and the kernel path (CURATE_SIMD is inherited by the runs)
+    print(native.describe(), flush=True)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     tag = f"{a.docs // 1000}k-s{a.seed}"
     a.corpus_path = a.out / f"corpus-{tag}.parquet"
@@ -250,6 +254,8 @@ def main() -> None:
     results = a.out / f"results-{tag}-t{a.threshold:g}.json"
     results.write_text(json.dumps(rows, indent=1))
     print_table(rows)
+    print(f"\n{native.describe()}; load average at the end "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 def print_table(rows: list[dict]) -> None:
