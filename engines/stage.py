@@ -56,6 +56,11 @@ class Stage:
     # Document columns this stage reads (``id`` is always available).
     needs: ClassVar[tuple[str, ...]] = ("text",)
     Params: ClassVar[type[BaseModel]] = NoParams
+    # Params naming local files the stage reads ("key", "key.sub", "items[].path"): `curate validate`
+    # checks they exist. Such files are read as data, never executed.
+    path_params: ClassVar[tuple[str, ...]] = ()
+    # Params naming sources, in the same notation ("positive[]"): `curate validate` checks the names.
+    source_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         if params is None or isinstance(params, dict):

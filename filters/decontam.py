@@ -218,6 +218,7 @@ def load_benchmark(spec: BenchmarkSpec) -> pl.DataFrame:
 @register_stage
 class Decontaminate(GlobalStage):
     kind = "decontaminate"
+    path_params = ("benchmarks[].path",)
     version = "1"
     needs = ("text",)
     Params = DecontamParams

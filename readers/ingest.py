@@ -49,6 +49,9 @@ class IngestFileTask:
     run_id: str
     shard_bytes: int
     fingerprint: str = ""
+    # Markers ("<ingest_run>/<file_index:05d>") of earlier ingests this one replaces (an earlier
+    # version of the file, or the file read with another reader config); see warehouse.supersede.
+    supersedes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -68,6 +71,9 @@ class IngestFileResult:
     quarantine_file: str | None = None
     # When the file's ingest finished (UTC, ISO 8601): global stages read older ingests first.
     ingested_at: str = ""
+    supersedes: list[str] = field(default_factory=list)
+    # The reader config the file was read with (reader_config()), for the record.
+    reader: dict = field(default_factory=dict)
 
 
 def effective_columns(source: SourceConfig) -> ColumnMap:
@@ -224,7 +230,8 @@ def ingest_file(task: IngestFileTask) -> IngestFileResult:
             res = IngestFileResult(**json.load(f))
         res.skipped = True
         return res
-    res = IngestFileResult(task.source.name, task.file, task.file_index, task.fingerprint, task.ingest_run)
+    res = IngestFileResult(task.source.name, task.file, task.file_index, task.fingerprint, task.ingest_run,
+                           supersedes=list(task.supersedes), reader=reader_config(task.source))
     normalise, sink = Normaliser(task), _ShardSink(task)
     quarantined: list[Quarantined] = []
     reader_rows_quarantined = 0  # rows readers could not yield (normaliser rejects were yielded)
@@ -269,11 +276,26 @@ def quarantine_table(entries: list[Quarantined], run_id: str, source: str, stage
     ], schema=QUARANTINE)
 
 
-def file_fingerprint(url: str) -> dict:
-    """What identifies a version of an input file: path, size and modification time or ETag."""
+# Source fields that do not change how a file is read into rows.
+_NOT_READER = frozenset({"name", "paths", "optional"})
+
+
+def reader_config(source: SourceConfig) -> dict:
+    """The part of a source's config that decides the rows read from a file: format, column
+    mapping, license, max_doc_bytes, main_content, hf_builder and any reader option added later.
+    Options left at their defaults are omitted, so adding an option does not re-ingest a lake."""
+    dump = source.model_dump(mode="json", exclude_defaults=True)
+    return {k: v for k, v in dump.items() if k not in _NOT_READER}
+
+
+def file_fingerprint(url: str, source: SourceConfig | None = None) -> dict:
+    """What identifies an ingest of an input file: path, size and modification time or ETag, and
+    (given the source) the reader config, so fixing ``columns.text`` re-ingests the file."""
     fs, p = storage.fs_and_path(url)
     info = fs.info(p)
     stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or info.get("created")
-    fp = {"path": url, "size": int(info.get("size") or 0), "stamp": str(stamp)}
+    fp: dict = {"path": url, "size": int(info.get("size") or 0), "stamp": str(stamp)}
+    if source is not None:
+        fp["reader"] = reader_config(source)
     fp["fingerprint"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
     return fp

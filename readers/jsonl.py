@@ -166,8 +166,23 @@ def _parse_fast(block: bytes, rows: int, longest: int, text_column: str) -> pa.T
     return table if table.num_rows == rows else None
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def strip_line_boms(block: bytes) -> bytes:
+    """The block without UTF-8 byte order marks at the start of a line (editors and some exporters
+    write one at the start of a file, concatenated files carry them mid-file). Line numbers are
+    unchanged; a U+FEFF inside a line is text and stays."""
+    if _BOM not in block:
+        return block
+    if block.startswith(_BOM):
+        block = block[len(_BOM):]
+    return block.replace(b"\n" + _BOM, b"\n")
+
+
 def _parse_block(block: bytes, first_line: int, path: str, source: SourceConfig) -> Iterator[ReadItem]:
     text_column = source.columns.text
+    block = strip_line_boms(block)
     starts, ends, index = _line_bounds(block)
     if not len(starts):
         return
@@ -192,7 +207,8 @@ def _parse_block(block: bytes, first_line: int, path: str, source: SourceConfig)
 def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
     """Read a JSON Lines file: one JSON object per line, ``__offset`` = 0-based line number.
 
-    Blank lines are skipped and are not rows. Fields are kept as pyarrow infers them (nested values
+    Blank lines are skipped and are not rows. A UTF-8 byte order mark at the start of a line (or of
+    the file) is removed, not taken for bad JSON. Fields are kept as pyarrow infers them (nested values
     become structs or lists); the text field (``sources[].columns.text``) is always a string column.
     Bad lines are quarantined one by one with their bytes: not JSON, not an object, or a text field
     that is not a string. Invalid UTF-8 is replaced with U+FFFD and the line kept. A line longer

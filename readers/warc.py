@@ -11,10 +11,10 @@ import pyarrow as pa
 from fastwarc.stream_io import BrotliReader, ChunkedReader, GzipReader, ZstdReader
 from fastwarc.warc import ArchiveIterator, WarcRecord, WarcRecordType
 from resiliparse.extract.html2text import extract_plain_text
-from resiliparse.parse.encoding import map_encoding_to_html5
 from resiliparse.parse.html import HTMLTree
 
 from readers.base import BATCH_BYTES, BATCH_ROWS, MAX_RAW_BYTES, Quarantined, ReadItem, open_binary
+from readers.charset import decode_body
 from readers.tables import finish
 from schemas.config import SourceConfig
 
@@ -34,7 +34,6 @@ TEXT_TYPES = frozenset({"text/plain"})
 BLOCK_LIMIT_FACTOR = 4
 
 _STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)?[ \t]+(\d{3})(?:[ \t].*)?")
-_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)", re.IGNORECASE | re.MULTILINE)
 _PAYLOAD_DECODERS: dict[str, Any] = {"gzip": GzipReader, "x-gzip": GzipReader, "br": BrotliReader, "zstd": ZstdReader}
 
@@ -116,8 +115,7 @@ def _row(record: WarcRecord, source: SourceConfig) -> dict | None:
     mime = content_type.split(";")[0].strip().lower() or "text/html"  # no type: servers mostly mean HTML
     if mime not in HTML_TYPES and mime not in TEXT_TYPES:
         raise _Skip(f"content type {mime!r} is neither HTML nor plain text")
-    charset = _CHARSET.search(content_type)
-    decoded = _decode_payload(body, headers).decode((map_encoding_to_html5(charset[1]) if charset else None) or "utf-8", "replace")
+    decoded = decode_body(_decode_payload(body, headers), content_type, html=mime in HTML_TYPES)
     lang = None
     if mime in HTML_TYPES:
         try:
@@ -211,8 +209,9 @@ def read_warc(path: str, source: SourceConfig) -> Iterator[ReadItem]:
     ``warc_record_id``, ``crawl_date`` (WARC-Date, UTC), ``http_status``, ``content_type`` (MIME type
     only), ``html_lang`` (the ``<html lang>`` attribute, else null). ``__offset`` is the byte offset
     of the record in the file as stored (compressed offsets for a .warc.gz made of one gzip member
-    per record, the usual layout). The body is decoded by the Content-Type charset, else UTF-8,
-    invalid bytes becoming U+FFFD. A page whose extracted text is empty is kept as an empty row
+    per record, the usual layout). The body is decoded as a browser would (readers.charset): a BOM,
+    else the HTTP Content-Type charset, else an HTML ``<meta charset>``, else UTF-8 if valid, else
+    the detected encoding; invalid bytes become U+FFFD. A page whose extracted text is empty is kept as an empty row
     (filters drop it with a reason).
 
     Other record types (request, metadata, warcinfo, revisit) are not documents and are skipped.

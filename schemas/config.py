@@ -18,7 +18,10 @@ A pipeline file looks like (see demo/pipeline.yaml for a full one)::
       select: "length.keep"
 
 No value in the file is ever evaluated as code: ``select`` is parsed by a small grammar
-(warehouse.selection) and stage kinds are looked up in a registry of known stages.
+(warehouse.selection) and stage kinds are looked up in a registry of known stages. Paths in the
+file (sources, stage params such as benchmark files) are read as data, never executed. The file
+itself is read with bounded size and alias expansion (schemas.yaml_safe), and every name that
+becomes a folder or an SQL identifier is checked (schemas.names).
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from schemas.names import SafeName, StageName
+from schemas.yaml_safe import YamlLimitError, line_of, load_yaml, read_limited
 
 
 class _Strict(BaseModel):
@@ -47,7 +53,7 @@ class ColumnMap(_Strict):
 
 
 class SourceConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName
     format: Literal["jsonl", "parquet", "hf", "hf_disk", "warc"]
     # Local paths, globs or fsspec URLs. Relative paths are relative to the pipeline file.
     paths: list[str]
@@ -59,6 +65,8 @@ class SourceConfig(_Strict):
     max_doc_bytes: int = 64 * 1024 * 1024
     # WARC: extract the main content only (drops navigation, footers) with resiliparse.
     main_content: bool = True
+    # A path or glob that matches nothing is an error, unless the source is optional (then a warning).
+    optional: bool = False
 
     @field_validator("paths")
     @classmethod
@@ -71,7 +79,7 @@ class SourceConfig(_Strict):
 class StageConfig(_Strict):
     """One annotating stage. ``name`` names its annotation columns (``<name>.<column>``)."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: StageName
     kind: str
     params: dict[str, Any] = {}
     sources: list[str] | None = None  # None: every source
@@ -81,7 +89,7 @@ class StageConfig(_Strict):
 
 
 class ReleaseConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName
     # Boolean expression over annotation columns, e.g. "length.keep and quality.score >= 0.5".
     select: str = "true"
     # "ingest": source, ingest run, shard, row (streamed, no global sort); "shuffle": seeded
@@ -107,7 +115,7 @@ class ExecutorConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName
     lake: str = "./lake"
     executor: ExecutorConfig = ExecutorConfig()
     sources: list[SourceConfig]
@@ -150,38 +158,13 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree; return a 1-based line."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            nxt = node.value[key]
-        else:
-            nxt = None
-        if nxt is None:
-            break
-        node = nxt
-        line = node.start_mark.line + 1
-    return line
-
-
 def load_config(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline YAML file.
 
     Raises ConfigError with one line per problem: ``file:line: key.path: message``.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such pipeline file (pass the path of a YAML file, e.g. demo/pipeline.yaml)") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    node, data = read_config_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with keys name, sources, stages, release")
     data["base_dir"] = str(path.resolve().parent)
@@ -191,7 +174,26 @@ def load_config(path: str | Path) -> PipelineConfig:
         lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            where = _line_of(node, loc)
+            where = line_of(node, loc)
             key = ".".join(str(p) for p in loc) or "(top level)"
             lines.append(f"{path}:{where}: {key}: {err['msg']}")
         raise ConfigError("invalid pipeline file:\n  " + "\n  ".join(lines)) from None
+
+
+def read_config_yaml(path: Path) -> tuple[yaml.Node | None, Any]:
+    """The YAML node tree (for line numbers) and data of a pipeline file; ConfigError if unreadable,
+    not YAML, or over the size/alias limits of schemas.yaml_safe."""
+    try:
+        text = read_limited(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline file (pass the path of a YAML file, e.g. demo/pipeline.yaml)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; pass the path of a pipeline YAML file") from None
+    except YamlLimitError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    try:
+        return load_yaml(text)
+    except YamlLimitError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None

@@ -228,6 +228,7 @@ class _FastTextScorer(GlobalStage):
 @register_stage
 class FastTextQuality(_FastTextScorer):
     kind = "fasttext_quality"
+    source_params = ("positive[]", "negative[]")
     needs = ("text", "source")
     Params = QualityParams
 

@@ -9,15 +9,20 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
 - ``bpb_matrix``: mean bits per byte per model and domain (or source) from ``perplexity`` stages.
+- ``semantic_groups``, ``semantic_sources``: the groups ``semantic_dedup`` found (size, survivor,
+  sources) and its counts per source, loaded from its artifact's ``catalog/*.parquet``.
 - ``quarantine``: rows that could not be read or processed, with file, offset, error and raw bytes.
 - ``releases``, ``release_sources``, ``drop_reasons``: each release, its per-source accounting
   (rows in = kept + dropped + quarantined; rows released = kept documents times their planned
   repeats) and its drops per stage and reason.
 - ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
   phase, and where each phase starts and ends (rows and tokens) in training order.
+- ``superseded_ingests``: ingests of a file replaced by a later ingest of it (changed content or
+  reader config, or ``--reingest``); the lake records the same in the new ingest's marker
+  (warehouse.supersede). A superseded ingest no longer counts anywhere.
 
-Views: ``documents`` (all raw shards), ``release_shards`` (all release shards), and one
-``ann_<stage>`` view per configured stage over its annotation files.
+Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (all release shards), and one
+``ann_<stage>`` view per configured stage over its annotation files (of live ingests too).
 
 Only the flow's main process writes; connections are short-lived so ``curate stats`` can read
 between runs.
@@ -70,9 +75,22 @@ CREATE TABLE IF NOT EXISTS release_phases(
   end_token BIGINT);
 CREATE TABLE IF NOT EXISTS bpb_matrix(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
+CREATE TABLE IF NOT EXISTS semantic_groups(
+  stage VARCHAR, stage_key VARCHAR, sem_group UBIGINT, sem_group_size BIGINT, survivor_id VARCHAR,
+  survivor_source VARCHAR, sources VARCHAR[]);
+CREATE TABLE IF NOT EXISTS semantic_sources(
+  stage VARCHAR, stage_key VARCHAR, source VARCHAR, documents BIGINT, embedded BIGINT, "groups" BIGINT,
+  in_groups BIGINT, duplicates BIGINT, d4_pruned BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS superseded_ingests(
+  source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
+  new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
 """
+# Rows of ingests that a later ingest superseded are left out of the `documents` and `ann_<stage>`
+# views. Raw and annotation files both end in <source>/<ingest run>/part-<file index>-<k>.parquet.
+_LIVE = (r" d WHERE NOT EXISTS (SELECT 1 FROM superseded_ingests s WHERE s.source || '/' || s.old_ingest_run || '/' "
+         r"|| s.old_file_index = regexp_replace(d.filename, '^.*/([^/]+/[^/]+)/part-0*([0-9]+)-[0-9]+\.parquet$', '\1/\2'))")
 
 
 def now() -> datetime:
@@ -153,10 +171,32 @@ class Catalog:
                     "AND r.file_row_number = a.file_row_number "
                     f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp}", [run_id, stage, key, m])
 
-    def ingested_fingerprints(self, source: str) -> set[str]:
+    def load_artifact_tables(self, stage: str, key: str, artifact_dir: str) -> None:
+        """Rows a global stage's fit left in ``<artifact>/catalog/<table>.parquet`` go into the
+        catalog table of that name (one of SCHEMA's), tagged with the stage and its key; the
+        files stay in the lake, so the catalog can be rebuilt from them."""
+        files = storage.glob(f"{artifact_dir}/catalog/*.parquet")
+        if not files:
+            return
         with self.connect() as con:
-            return {r[0] for r in con.execute(
-                "SELECT fingerprint FROM ingested_files WHERE source=?", [source]).fetchall()}
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            for path in files:
+                table = path.rsplit("/", 1)[-1][:-len(".parquet")]
+                if table not in tables:
+                    raise ValueError(f"{path}: no catalog table {table!r}")
+                con.execute(f"DELETE FROM {_q(table)} WHERE stage_key = ?", [key])
+                con.execute(f"INSERT INTO {_q(table)} BY NAME SELECT ? AS stage, ? AS stage_key, * "
+                            f"FROM read_parquet('{_lit(path)}')", [stage, key])
+
+    def ingested_fingerprints(self, source: str) -> set[str]:
+        return {fp for fp, _ in self.ingested_keys(source)}
+
+    def ingested_keys(self, source: str) -> set[tuple[str, str]]:
+        """(fingerprint, ingest_run) of every ingest recorded for a source (a re-ingest of an
+        unchanged file has the same fingerprint but another ingest run)."""
+        with self.connect() as con:
+            return {(r[0], r[1]) for r in con.execute(
+                "SELECT fingerprint, ingest_run FROM ingested_files WHERE source=?", [source]).fetchall()}
 
     def release_exists(self, name: str, version: str) -> bool:
         with self.connect() as con:
@@ -199,14 +239,14 @@ class Catalog:
     def refresh_views(self, lake_root: str, stage_keys: dict[str, str]) -> None:
         """(Re)create the views over Parquet files; a view is made only when files exist."""
         with self.connect() as con:
-            def view(name: str, pattern: str, extra: str = "") -> None:
+            def view(name: str, pattern: str, extra: str = "", where: str = "") -> None:
                 if storage.glob(pattern):
                     con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT *{extra} FROM "
-                                f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true)")
-            view("documents", f"{lake_root}/raw/*/*/part-*.parquet")
+                                f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true){where}")
+            view("documents", f"{lake_root}/raw/*/*/part-*.parquet", where=_LIVE)
             view("release_shards", f"{lake_root}/releases/*/*/shard-*.parquet")
             for stage, key in stage_keys.items():
-                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet")
+                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE)
 
     # --- reads ------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 
 from engines import storage
+from warehouse.supersede import live_markers
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,13 @@ class Lake:
     def raw_dir(self, source: str, ingest_run: str) -> str:
         return f"{self.root}/raw/{source}/{ingest_run}"
 
-    def ingest_markers(self, source: str) -> list[dict]:
+    def ingest_markers(self, source: str, superseded: bool = False) -> list[dict]:
         """The completion records of every input file ingested for a source (all ingest runs).
 
         The lake, not the catalog, is the source of truth: a file counts as ingested only once
         its marker exists, and a shard counts only if a marker lists it, so the parts of a file
-        whose ingest was killed half-way are never read.
+        whose ingest was killed half-way are never read. An ingest that a later one superseded
+        (warehouse.supersede) is left out unless ``superseded=True``.
         """
         out = []
         for path in storage.glob(f"{self.root}/raw/{source}/*/_done/*.json"):
@@ -47,8 +49,8 @@ class Lake:
             run_dir = path.rsplit("/", 2)[0]
             for part in marker["parts"]:
                 part["path"] = f"{run_dir}/{part['path'].rsplit('/', 1)[-1]}"
-            out.append(marker)
-        return out
+            out.append((path, marker))
+        return [m for _, m in out] if superseded else live_markers(out)
 
     def shards_by_age(self, sources: list[str]) -> list[tuple[str, str]]:
         """(source, shard) of several sources, oldest ingest first, then pipeline source order.
