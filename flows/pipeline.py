@@ -22,6 +22,7 @@ from prefect.cache_policies import NONE
 from engines import storage
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from engines.storage_dirs import staged_dir
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.validate import validate_pipeline
@@ -115,13 +116,11 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
     key = f"{key}-fit{fit_id}"
     art = ctx.lake.artifact_dir(key)
     if not storage.exists(f"{art}/_fit.json"):
-        fs, art_p = storage.fs_and_path(art)
-        tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
-        fs.makedirs(tmp, exist_ok=True)
-        metrics = ctx.executor.fit(cs.stage, tasks, tmp)  # type: ignore[arg-type]
-        with fs.open(f"{tmp}/_fit.json", "w") as f:
-            json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
-        fs.mv(tmp, art_p, recursive=True)
+        # The fit writes a local folder (its tools need local files); the storage layer publishes it.
+        with staged_dir(art, marker="_fit.json") as tmp:
+            metrics = ctx.executor.fit(cs.stage, tasks, tmp)  # type: ignore[arg-type]
+            with open(f"{tmp}/_fit.json", "w") as f:
+                json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
         ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
                                           "metrics": json.dumps(metrics, default=str), "created_at": now()}])
         ctx.catalog.load_artifact_tables(cs.name, key, art)  # a fit's catalog/*.parquet, e.g. semantic_groups
@@ -263,7 +262,7 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
     release_planner(cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
-    catalog = Catalog(lake.catalog_path)
+    catalog = Catalog(lake.catalog_path, lake.root)
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     try:
         from prefect.runtime import flow_run

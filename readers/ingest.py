@@ -261,11 +261,7 @@ def ingest_file(task: IngestFileTask) -> IngestFileResult:
         storage.write_table_atomic(res.quarantine_file, quarantine_table(quarantined, task.run_id, task.source.name, "ingest"))
     res.seconds = time.perf_counter() - t0
     res.ingested_at = datetime.now(UTC).isoformat(timespec="microseconds")
-    fs, p = storage.fs_and_path(marker)
-    fs.makedirs(storage.parent(p), exist_ok=True)
-    with storage.atomic_path(marker) as tmp:
-        with fs.open(tmp, "w") as f:
-            json.dump(asdict(res), f)
+    storage.write_bytes_atomic(marker, json.dumps(asdict(res)).encode())
     return res
 
 

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 import duckdb
 
 from engines import storage
+from engines.storage_duckdb import register_lake
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
@@ -98,8 +99,11 @@ def now() -> datetime:
 
 
 class Catalog:
-    def __init__(self, path: str):
+    def __init__(self, path: str, lake_root: str | None = None):
+        """``path``: the DuckDB file; ``lake_root``: the lake it describes (default: the file's folder;
+        a remote lake's catalog is a local file elsewhere, engines/storage_duckdb.py)."""
         self.path = path
+        self.lake_root = lake_root or storage.parent(path)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -107,6 +111,7 @@ class Catalog:
             raise FileNotFoundError(f"no catalog at {self.path}: run `curate run PIPELINE.yaml` first")
         con = duckdb.connect(self.path, read_only=read_only)
         try:
+            register_lake(con, self.lake_root)
             if not read_only:
                 con.execute(SCHEMA)
             yield con
