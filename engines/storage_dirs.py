@@ -124,11 +124,3 @@ def local_dir(url: str) -> str:
     _LOCAL[url] = str(dest)
     return str(dest)
 
-
-def local_file(url: str) -> str:
-    """One file of the lake as a local file path (identity on a local lake; else a cached copy)."""
-    fs, path = storage.fs_and_path(url)
-    if storage.is_local(fs):
-        return path
-    folder, name = url.rsplit("/", 1)
-    return f"{local_dir(folder)}/{name}"
