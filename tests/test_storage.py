@@ -206,3 +206,26 @@ def test_a_killed_write_leaves_no_partial_object_s3(s3_server):
     subprocess.run([sys.executable, "-c", _KILLED_WRITER, url], cwd=REPO, check=True)
     fs.invalidate_cache()
     assert storage.parquet_rows(url) == 50_000
+
+
+_KILLED_PUBLISH = """
+import sys
+from pathlib import Path
+from engines.storage_dirs import staged_dir
+with staged_dir(sys.argv[1], marker="_fit.json") as d:
+    Path(d, "model.bin").write_bytes(sys.argv[2].encode() * 1000)
+    Path(d, "_fit.json").write_text("{}")
+"""
+
+
+def test_a_fit_killed_mid_upload_is_not_a_fit_and_is_replaced_s3(s3_server):
+    art = f"{s3_server.bucket()}/lake/artifacts/q@1-abc-fit0"
+    env = {**os.environ, "CURATE_FAULT": "storage:before_marker"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_PUBLISH, art, "old"], cwd=REPO, env=env, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    assert fs.exists(f"{art}/model.bin") and not fs.exists(f"{art}/_fit.json")  # the marker decides: no fit
+    subprocess.run([sys.executable, "-c", _KILLED_PUBLISH, art, "new"], cwd=REPO, check=True)
+    fs.invalidate_cache()
+    assert fs.exists(f"{art}/_fit.json") and fs.cat_file(f"{art}/model.bin") == b"new" * 1000
