@@ -102,3 +102,13 @@ def test_rerun_on_s3_computes_nothing(runs):
     again = run_pipeline(str(runs["root"] / "s3.yaml"))
     assert all(s["computed"] == 0 for s in again["stages"])
     assert again["release"]["version"] == runs["s3"]["release"]["version"] and not again["release"]["created"]
+
+
+def test_export_reads_a_release_on_s3(runs, tmp_path):
+    from warehouse.export import export_release
+    for name in ("local", "s3"):
+        export_release(runs[name]["release"]["path"], tmp_path / name, "jsonl")
+    files = sorted(p.name for p in (tmp_path / "s3").iterdir() if p.name != "export.json")
+    assert files and files == sorted(p.name for p in (tmp_path / "local").iterdir() if p.name != "export.json")
+    for f in files:
+        assert (tmp_path / "s3" / f).read_bytes() == (tmp_path / "local" / f).read_bytes()
