@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engines import storage
+from engines.storage_duckdb import register_lake
 from schemas.config import PipelineConfig, stable_hash
 from schemas.documents import DOCUMENT
 from warehouse.lake import Lake
@@ -324,6 +325,7 @@ def _write_in_order(staging: list[str], order: pl.DataFrame, writer: _ShardWrite
     """Write staged rows in the planned order (with repeats), sorted out of core by DuckDB."""
     con = duckdb.connect()
     try:
+        register_lake(con, staging[0])
         con.execute(f"SET temp_directory='{tmp_dir}'")
         con.execute("SET memory_limit='2GB'")
         plan = order.with_row_index("_ord").to_arrow()
