@@ -34,7 +34,7 @@ def catalog_path(lake_root: str) -> str:
     ``$CURATE_CATALOG`` or ``<scratch>/catalogs/<lake url>-<hash>.duckdb`` for a remote one (the
     scratch folder is ``$CURATE_SCRATCH``, default ``~/.cache/curate/lake``)."""
     if storage.is_local_url(lake_root):
-        return f"{lake_root.rstrip('/')}/catalog.duckdb"
+        return f"{lake_root.rstrip('/').removeprefix('file://')}/catalog.duckdb"
     if os.environ.get("CURATE_CATALOG"):
         return os.environ["CURATE_CATALOG"]
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", lake_root)[:80]

@@ -229,3 +229,16 @@ def test_a_fit_killed_mid_upload_is_not_a_fit_and_is_replaced_s3(s3_server):
     subprocess.run([sys.executable, "-c", _KILLED_PUBLISH, art, "new"], cwd=REPO, check=True)
     fs.invalidate_cache()
     assert fs.exists(f"{art}/_fit.json") and fs.cat_file(f"{art}/model.bin") == b"new" * 1000
+
+
+def test_a_lake_on_memory_lists_its_shards_under_its_own_root(mem):
+    from warehouse.lake import Lake
+    lake = Lake(mem)
+    part = f"{lake.raw_dir('wiki', 'ing-1')}/part-00000-000.parquet"
+    storage.write_table_atomic(part, pa.table({"id": ["a"], "text": ["x"]}))
+    storage.write_bytes_atomic(f"{lake.raw_dir('wiki', 'ing-1')}/_done/00000.json", json.dumps({
+        "source": "wiki", "file": "in.jsonl", "file_index": 0, "fingerprint": "fp", "ingest_run": "ing-1",
+        "parts": [{"path": part, "rows": 1, "text_bytes": 1}], "ingested_at": "2026-01-01T00:00:00"}).encode())
+    assert lake.shards_by_age(["wiki"]) == [("wiki", part)]
+    assert lake.annotation_path("s@1-x", part) == f"{mem}/annotations/s@1-x/wiki/ing-1/part-00000-000.parquet"
+    assert not lake.catalog_path.startswith("memory://")
