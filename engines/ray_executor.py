@@ -11,7 +11,7 @@ How stages are placed (stages never know; they declare ``resources()`` and ``sta
 - a ``stateful`` stage (a model load in ``setup``) runs on a pool of **actors**, as many as the
   cluster's free resources allow for one worker's reservation (a vLLM stage: one actor per GPU);
   each actor sets the stage up once, takes shards one at a time, and is torn down at the end;
-- a global stage's **fit** is one Ray task reserving the largest node's CPUs (the fit streams the
+- a global stage's **fit** is one Ray task on the driver's node with all its CPUs (the fit streams the
   whole corpus once; its artifacts are the local executor's, written under the same folder);
 - ``map`` (ingest) runs each item as a task.
 
@@ -182,8 +182,8 @@ class RayExecutor:
                                    f"{total.get('GPU', 0)}: add GPU nodes or use a CPU backend")
         return max(1, n)
 
-    def _largest_node_cpus(self) -> int:
-        cpus = [n["Resources"].get("CPU", 0) for n in self.ray.nodes() if n.get("Alive")]
+    def _node_cpus(self, node_id: str) -> int:
+        cpus = [n["Resources"].get("CPU", 0) for n in self.ray.nodes() if n.get("Alive") and n.get("NodeID") == node_id]
         return max(1, int(max(cpus or [1])))
 
     # --- the contract ---------------------------------------------------------------------------
@@ -222,7 +222,7 @@ class RayExecutor:
 
     def fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str,
             ctx: StageContext | None = None) -> dict[str, Any]:
-        """One Ray task streaming every shard through ``stage.fit`` with the largest node's CPUs
+        """One Ray task streaming every shard through ``stage.fit`` on the driver's node with all its CPUs
         (the fit's threads), writing the same artifacts as the local executor."""
         return self._fit_task(_fit, stage, len(tasks), ctx, stage, tasks, artifact_dir)
 
@@ -235,11 +235,17 @@ class RayExecutor:
     def _fit_task(self, fn: Callable[..., Any], stage: GlobalStage, shards: int, ctx: StageContext | None,
                   *args: Any) -> dict[str, Any]:
         ray = self._connect()
-        cpus = max(self._largest_node_cpus(), int(stage.resources().cpus))
+        # The fit writes into a folder the storage layer staged on the driver's machine
+        # (engines.storage_dirs.staged_dir: uploaded after the fit on a remote lake), so it runs on
+        # the driver's node, with all of that node's CPUs.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        node = ray.get_runtime_context().get_node_id()
+        cpus = max(self._node_cpus(node), int(stage.resources().cpus))
         ctx = dataclasses.replace(ctx or StageContext(), threads=cpus)
         res = dataclasses.replace(stage.resources(), cpus=cpus)
         t0 = time.perf_counter()
-        ref = self._remote(fn).options(**_options(res)).remote(*args, ctx, self.config.batch_rows)
+        opts = {**_options(res), "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+        ref = self._remote(fn).options(**opts).remote(*args, ctx, self.config.batch_rows)
         metrics = ray.get(ref)
         _log().info("fit of %s over %s shards: %.1f s on Ray", stage.kind, shards, time.perf_counter() - t0)
         return metrics  # type: ignore[no-any-return]

@@ -46,6 +46,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from engines.storage_dirs import local_dir
 from schemas.config import stable_hash
 
 
@@ -60,13 +61,28 @@ class Resources:
     cpus: float = 1.0
     gpus: float = 0.0
     memory: int = 0
+class _LocalFolder:
+    """A folder field that is stored as given (a lake URL) and read as a local folder: on a remote
+    lake the first read in a process fetches it (engines.storage_dirs.local_dir), so every stage
+    reads its artifact with local-file APIs under any executor, on any node."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> str | None:
+        url = None if obj is None else obj.__dict__.get(self.attr)
+        return local_dir(url) if url is not None else None
+
+    def __set__(self, obj: Any, value: str | None) -> None:
+        obj.__dict__[self.attr] = value
 
 
 @dataclass
 class StageContext:
     """What the executor tells a stage about where it runs."""
 
-    artifact_dir: str | None = None  # a global stage's fitted artifact (read in setup)
+    # A global stage's fitted artifact (read in setup): set to its lake URL, read as a local folder.
+    artifact_dir: _LocalFolder = _LocalFolder()  # type: ignore[assignment]
     cache_dir: str | None = None  # where result caches live (<lake>/cache in a pipeline run)
     # Threads this worker may use (set by the executor: 1 in a pool of single-CPU workers, the
     # stage's CPU reservation on Ray, all CPUs when the stage runs alone in the driver).

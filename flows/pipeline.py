@@ -275,7 +275,7 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
     check_ablation(cfg)
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
-    catalog = Catalog(lake.catalog_path)
+    catalog = Catalog.of_lake(lake.root)
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     # One writer per lake (warehouse/lock.py); `curate run` already holds it, `curate serve` takes it here.
     with lake_lock(lake.root, "run", run_id=run_id, wait_s=wait_s) as lock:
@@ -332,8 +332,8 @@ def run_pipeline(config_path: str, workers: int | None = None, reingest: list[st
     if refit:
         check_refit(configure_stages(cfg), refit)
     with lake_lock(cfg.lake_path, "run", wait_s=wait_s, on_wait=on_wait):
-        if "://" not in cfg.lake_path and Path(cfg.lake_path, "catalog.duckdb").exists():
-            Catalog(f"{cfg.lake_path}/catalog.duckdb").init()  # a damaged catalog is named before Prefect starts
+        if Path(Catalog.of_lake(cfg.lake_path).path).exists():
+            Catalog.of_lake(cfg.lake_path).init()  # a damaged catalog is named before Prefect starts
         return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers,
                            reingest=list(reingest or ()), accept_gates=accept_gates, refit=list(refit or ()))
 

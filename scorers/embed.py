@@ -98,7 +98,7 @@ class Embed(Stage):
         self.chunk_tokens = min(p.chunk_tokens or self.backend.max_embed_tokens, self.backend.max_embed_tokens)
         self.rule = [CHUNK_RULE_VERSION, self.chunk_tokens, p.max_chunks if p.pooling == "mean" else 1, p.pooling]
         cache_dir = ctx.cache_dir or str(Path.home() / ".cache" / "curate")
-        self.cache = VectorCache(Path(cache_dir) / "embeddings.sqlite")
+        self.cache = VectorCache(f"{cache_dir}/embeddings.sqlite")
 
     def _compute(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors (float32, NaN rows where the backend failed) and piece counts of ``texts``."""

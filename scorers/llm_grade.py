@@ -96,7 +96,7 @@ class LLMGrader(Stage):
         self.template = template_text(p.grader)
         self.template_id = f"{TEMPLATES[p.grader]}:{hashlib.sha256(self.template.encode()).hexdigest()[:8]}"
         cache_dir = ctx.cache_dir or str(Path.home() / ".cache" / "curate")
-        self.cache = ResultCache(Path(cache_dir) / "llm_results.sqlite")
+        self.cache = ResultCache(f"{cache_dir}/llm_results.sqlite")
 
     def _pieces(self, text: str) -> list[str]:
         p: GraderParams = self.params  # type: ignore[assignment]

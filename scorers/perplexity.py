@@ -84,7 +84,7 @@ class Perplexity(Stage):
         given = ctx.extra.get("backends") or {}
         self.backends: dict[str, InferenceBackend] = {m.name: given.get(m.name) or make_backend(m.inference)
                                                       for m in p.models}
-        self.cache = ResultCache(Path(ctx.cache_dir or Path.home() / ".cache" / "curate") / "ppl_results.sqlite")
+        self.cache = ResultCache(f"{ctx.cache_dir or Path.home() / '.cache' / 'curate'}/ppl_results.sqlite")
 
     def teardown(self) -> None:
         """Close the model backends and the result cache (frees GPU memory under vLLM)."""

@@ -53,6 +53,7 @@ from typing import Any, Iterator
 import duckdb
 
 from engines import storage
+from engines.storage_duckdb import catalog_path, register_lake
 from warehouse import runlog
 from warehouse.catalog_access import CatalogDamaged, open_catalog
 from warehouse.releasing.publish import published_shards
@@ -141,13 +142,20 @@ def now() -> datetime:
 class Catalog:
     """The catalog of the lake around ``path`` (``<lake>/catalog.duckdb``).
 
-    ``journal=False`` skips writing lake records (used when replaying them into a new catalog)."""
+    ``journal=False`` skips writing lake records (used when replaying them into a new catalog).
+    ``lake_root``: the lake it describes, when the file is not inside it (a remote lake's catalog
+    is a local file elsewhere: engines/storage_duckdb.py)."""
 
-    def __init__(self, path: str, journal: bool = True):
+    def __init__(self, path: str, journal: bool = True, lake_root: str | None = None):
         self.path = path
-        self.lake_root = storage.parent(path)
+        self.lake_root = lake_root or storage.parent(path)
         self.journal = journal
         self._tx = threading.local()
+
+    @classmethod
+    def of_lake(cls, lake_root: str, journal: bool = True) -> Catalog:
+        """The catalog of the lake at ``lake_root`` (local file; for a remote lake, on this machine)."""
+        return cls(catalog_path(lake_root), journal=journal, lake_root=lake_root)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -159,6 +167,7 @@ class Catalog:
             raise FileNotFoundError(f"no catalog at {self.path}: run `curate run PIPELINE.yaml` first")
         con = open_catalog(self.path, read_only)
         try:
+            register_lake(con, self.lake_root)
             if not read_only:
                 con.execute(SCHEMA)
             yield con
