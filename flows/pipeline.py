@@ -24,9 +24,11 @@ from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
+from flows.rewrite_step import is_rewrite, run_rewrite, stage_passes
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
+from schemas.derived import derived_sources, derived_sources_of, source_names
 from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
 from warehouse.lake import Lake
@@ -82,9 +84,11 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
         stage = cls(params)
         stage.base_dir = cfg.base_dir
         feeds: list[tuple[str, str, str]] = []
+        # A rewrite stage's routing expressions name the columns they read (implied inputs).
+        inputs = {**getattr(stage, "implied_inputs", dict)(), **sc.inputs}
         for col in stage.needs:
-            if col in sc.inputs:
-                up, _, up_col = sc.inputs[col].partition(".")
+            if col in inputs:
+                up, _, up_col = inputs[col].partition(".")
                 if up_col not in written.get(up, set()):
                     raise ValueError(f"stages[{sc.name}].inputs.{col}: no earlier stage {up!r} writing {up_col!r}")
                 feeds.append((col, up, up_col))
@@ -95,9 +99,11 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
             raise ValueError(f"stages[{sc.name}] ({sc.kind}) needs {missing}: no document column or earlier stage "
                              "provides them (name one with stages[].inputs)")
         for src in sc.sources or []:
-            if src not in {s.name for s in cfg.sources}:
+            if src not in source_names(cfg):
                 raise ValueError(f"stages[{sc.name}].sources names unknown source {src!r}")
-        out.append(ConfiguredStage(sc.name, stage, sc.sources, feeds))
+        # A rewrite stage annotates the sources it reads and the derived sources it writes.
+        sources = sc.sources + derived_sources_of(cfg, sc) if sc.sources is not None else None
+        out.append(ConfiguredStage(sc.name, stage, sources, feeds))
         for col in stage.writes():
             writers[col] = sc.name
         written[sc.name] = set(stage.writes())
@@ -168,7 +174,7 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
 @task(name="stage", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
-    sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
+    sources = [s for s in source_names(ctx.cfg) if cs.sources is None or s in cs.sources]
     raw_all = ctx.lake.shards_by_age(sources)
     # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
     cs.stage.upstream = {col: f"{ctx.keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
@@ -229,7 +235,7 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
             raise ValueError(f"release column {col!r} (curriculum/anneal column or mixture.group_by) is not "
                              f"written by any stage; columns available: {sorted(known)}")
     try:
-        planner = make_planner(rel.mixture, rel.curriculum, rel.anneal, rel.seed, results)
+        planner = make_planner(rel.mixture, rel.curriculum, rel.anneal, rel.seed, results, synthetic=derived_sources(cfg))
     except ValueError as e:
         raise ValueError(f"release: {e}") from None
     return planner, tuple(dict.fromkeys(wanted))
@@ -275,7 +281,9 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
     ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=frozenset(reingest or ()))
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
-        staged = [run_stage(ctx, cs) for cs in stages]
+        # After a rewrite stage, the stages before it run again over the derived shards (flows/rewrite_step.py).
+        columns = {cs.name: set(cs.stage.writes()) for cs in stages}
+        staged = [run_rewrite(ctx, cs, columns) if is_rewrite(cs) else run_stage(ctx, cs) for cs in stage_passes(stages)]
         rel = release(ctx, stages)
         catalog.refresh_views(lake.root, dict(ctx.keys))
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))

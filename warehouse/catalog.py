@@ -21,8 +21,13 @@ Tables (all append-only except ``releases``' LATEST flag):
   reader config, or ``--reingest``); the lake records the same in the new ingest's marker
   (warehouse.supersede). A superseded ingest no longer counts anywhere.
 
+- ``rewrite_outputs``: every candidate a ``rewrite`` stage made, kept or dropped (reason, reply),
+  with its lineage (parent, prompt and version, model, sampling, seed, segment); loaded from the
+  lake's ``raw/<derived source>/<run>/_outputs/*.parquet`` (warehouse.rewrites).
+
 Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (all release shards), and one
-``ann_<stage>`` view per configured stage over its annotation files (of live ingests too).
+``ann_<stage>`` view per configured stage over its annotation files (of live ingests too);
+``rewrite_summary`` and ``rewrite_drops`` over ``rewrite_outputs`` (warehouse.rewrites).
 
 Only the flow's main process writes; connections are short-lived so ``curate stats`` can read
 between runs.
@@ -83,6 +88,13 @@ CREATE TABLE IF NOT EXISTS semantic_sources(
   in_groups BIGINT, duplicates BIGINT, d4_pruned BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS rewrite_outputs(
+  id VARCHAR, status VARCHAR, reason VARCHAR, source VARCHAR, parent_id VARCHAR, parent_source VARCHAR,
+  parent_shard VARCHAR, parent_row BIGINT, stage VARCHAR, route VARCHAR, method VARCHAR, family VARCHAR,
+  prompt_id VARCHAR, prompt_version VARCHAR, model VARCHAR, backend VARCHAR, sampling VARCHAR, seed BIGINT,
+  segment_index INTEGER, segment_start BIGINT, segment_end BIGINT, prompt_tokens BIGINT, completion_tokens BIGINT,
+  words BIGINT, finish_reason VARCHAR, cached BOOLEAN, detail VARCHAR, reply VARCHAR, ingest_run VARCHAR,
+  file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS superseded_ingests(
   source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
   new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
@@ -247,6 +259,8 @@ class Catalog:
             view("release_shards", f"{lake_root}/releases/*/*/shard-*.parquet")
             for stage, key in stage_keys.items():
                 view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE)
+            from warehouse.rewrites import create_views
+            create_views(con)  # rewrite_summary, rewrite_drops (issue 15)
 
     # --- reads ------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from engines import storage
 from schemas.config import PipelineConfig, stable_hash
+from schemas.derived import source_names
 from schemas.documents import DOCUMENT
 from warehouse.lake import Lake
 from warehouse.selection import parse_selection
@@ -223,7 +224,7 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
     if planner is None and cfg.release.order != "ingest":
         raise ValueError(f"release.order {cfg.release.order!r} needs a planner (see planning.release_plan)")
     rel = cfg.release
-    sources = [s.name for s in cfg.sources]
+    sources = source_names(cfg)  # ingested sources, then derived (synthetic) ones
     raw_shards = [p for s in sources for p in lake.raw_shards(s)]
     chash = content_hash(cfg, stages, raw_shards, lake, code_version)
     existing = find_release(lake, rel.name, chash)
