@@ -116,7 +116,8 @@ def test_diverse_qa_keeps_pairs_in_proportion_to_length(tmp_path):
     short = Parent(0, "s", "The Rhine flows north to the sea through the lowlands.", "wiki_en")  # 10 words = tokens here
     long_text = " ".join([SEGMENT] * 6)
     long = Parent(1, "l", long_text, "wiki_en")
-    outs, _, _ = run(nemo("diverse_qa"), reply, tmp_path, parents=(short, long))
+    route = {**nemo("diverse_qa"), "min_segment_tokens": 5}  # the short parent is under the default 30
+    outs, _, _ = run(route, reply, tmp_path, parents=(short, long))
     by = {o.cand.parent: o for o in outs}
     s_text, l_text = by[0].cand.text, by[1].cand.text
     # 10 tokens: at most max(1, int(10 * 10 / 150)) = 1 pair; the long segment may keep up to all 10
@@ -125,7 +126,7 @@ def test_diverse_qa_keeps_pairs_in_proportion_to_length(tmp_path):
     assert l_text.startswith(long_text) and 1 <= n_long <= 10
     assert "Answer:" in l_text and "- Question" not in l_text
     # seeded: the same selection on every run
-    again, _, _ = run(nemo("diverse_qa"), reply, tmp_path / "other", parents=(short, long))
+    again, _, _ = run(route, reply, tmp_path / "other", parents=(short, long))
     assert {o.cand.parent: o.cand.text for o in again} == {0: s_text, 1: l_text}
 
 
