@@ -72,7 +72,7 @@ class RewriteStage(Stage):
             cols += c
             docs += d
         # Instance attribute: the columns depend on the routing expressions.
-        self.needs = tuple(dict.fromkeys(("text", *docs, *cols)))  # type: ignore[misc]
+        self.needs = tuple(dict.fromkeys(("text", *docs, *cols)))  # type: ignore[misc,assignment]
 
     @property
     def rparams(self) -> RewriteParams:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -47,7 +47,7 @@ class Template:
         return ((self.system or "") + "\n" + self.user.replace("{document}", "")).strip()
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_template(name: str) -> Template:
     """The newest version of template ``name`` (the file ``<name>_v<k>.txt`` with the largest k)."""
     files = sorted(PROMPTS.glob(f"{name}_v*.txt"), key=lambda p: int(p.stem.rsplit("_v", 1)[1]))

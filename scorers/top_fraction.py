@@ -72,15 +72,16 @@ class TopFraction(GlobalStage):
         for b in batches:
             b = b.filter(self._ranked(b))
             scores.append(b.get_column("score").cast(pl.Float64).fill_null(float("nan")).to_numpy())
-            w = (b.get_column("text").str.count_matches(r"\S+").cast(pl.Float64) if p.weight == "tokens"
-                 else pl.Series([1.0] * b.height))
-            weights.append(w.to_numpy())
+            ws = (b.get_column("text").str.count_matches(r"\S+").cast(pl.Float64) if p.weight == "tokens"
+                  else pl.Series([1.0] * b.height))
+            weights.append(ws.to_numpy())
         s = np.concatenate(scores) if scores else np.zeros(0)
-        w = np.concatenate(weights) if weights else np.zeros(0)
+        w: np.ndarray = np.concatenate(weights) if weights else np.zeros(0)
         t = threshold_for(s, w, p.fraction, p.higher_is_better)
         ok = ~np.isnan(s)
         kept = (s[ok] >= t) if p.higher_is_better else (s[ok] <= t)
-        share = float(w[ok][kept].sum() / w[ok].sum()) if ok.any() and w[ok].sum() > 0 else 0.0
+        total = float(w[ok].sum())
+        share = float(w[ok][kept].sum()) / total if total > 0 else 0.0
         metrics = {"threshold": None if np.isnan(t) else t, "ranked": int(ok.sum()), "unscored": int((~ok).sum()),
                    "kept_share": round(share, 6), "fraction": p.fraction, "weight": p.weight}
         fs, root = storage.fs_and_path(artifact_dir)

@@ -1,7 +1,7 @@
 """The rewriting methods, by the name a route's ``method`` uses."""
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 
@@ -14,7 +14,7 @@ from rewriting.methods.wrap import Wrap, WrapRoute
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Wrap, NemotronCC, Prox, Rewire)}
 
 # A route of the YAML, validated by the model of its method (the ``method`` key decides which).
-AnyRoute = Annotated[Union[WrapRoute, NemotronRoute, ProxRoute, RewireRoute], Field(discriminator="method")]
+AnyRoute = Annotated[WrapRoute | NemotronRoute | ProxRoute | RewireRoute, Field(discriminator="method")]
 
 
 def method_for(route: RouteConfig) -> Method:

@@ -28,7 +28,7 @@ from rewriting.methods.base import Family, Method, Parent, RouteConfig, Style
 
 class WrapRoute(RouteConfig):
     method: Literal["wrap"] = "wrap"
-    styles: list[Style] = Field(default_factory=lambda: ["medium"], min_length=1)
+    styles: list[Style] = Field(default_factory=lambda: list[Style](["medium"]), min_length=1)
     style_per_document: Literal["all", "one"] = "all"
 
 
@@ -43,7 +43,7 @@ class Wrap(Method):
 
     def families_for(self, parent: Parent) -> list[str]:
         route: WrapRoute = self.route  # type: ignore[assignment]
-        styles = list(dict.fromkeys(route.styles))
+        styles: list[str] = list(dict.fromkeys(route.styles))
         if route.style_per_document == "all":
             return styles
         h = int(hashlib.sha256(f"{route.seed}\x1f{parent.id}".encode()).hexdigest()[:8], 16)
