@@ -20,11 +20,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from engines import storage
+from engines.derived_text import feeds_for_source
 from rewriting.lake_plan import plan_rewrite
 from rewriting.stage import RewriteStage, synthetic_rows
 from rewriting.task import rewrite_shard, write_json_atomic
 from schemas.derived import derived_sources_of
 from warehouse.catalog import now
+from warehouse.catalog_sync import record_stage_results
 from warehouse.rewrites import record_markers
 from warehouse.selection import parse_selection
 
@@ -50,16 +52,18 @@ def stage_passes(stages: list[ConfiguredStage]) -> list[ConfiguredStage]:
 def run_rewrite(ctx: RunContext, cs: ConfiguredStage, columns: dict[str, set[str]]) -> dict[str, Any]:
     """Run one rewrite stage (``columns``: what every stage writes, for the routing expressions)."""
     log = get_run_logger()
+    from flows.pipeline import stage_key
     stage: RewriteStage = cs.stage  # type: ignore[assignment]
-    stage.upstream = {col: f"{ctx.keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
-    key = stage.key(cs.name)
+    key = stage_key(cs, ctx.keys)
     ctx.keys[cs.name] = key
     sc = next(s for s in ctx.cfg.stages if s.name == cs.name)
     real = [s.name for s in ctx.cfg.sources]
     inputs = [s for s in real if sc.sources is None or s in sc.sources]
     parents = ctx.lake.shards_by_age(inputs)
-    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), up_col) for col, up, up_col in cs.feeds)
-             for _, raw in parents}
+    runs_on = {s.name: s.sources for s in ctx.cfg.stages}
+    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw) if up else "", up_col) for col, up, up_col
+                        in feeds_for_source(cs.feeds, {u: v is None or src in v for u, v in runs_on.items()}))
+             for src, raw in parents}
     exprs = {r.route_name: parse_selection(r.when, columns).expr for r in stage.rparams.routes}
     plan = plan_rewrite(ctx.lake, stage, cs.name, key, parents, feeds, exprs, ctx.run_id, f"{ctx.lake.root}/cache",
                         ctx.cfg.executor.shard_bytes, ctx.cfg.executor.batch_rows)
@@ -78,7 +82,7 @@ def run_rewrite(ctx: RunContext, cs: ConfiguredStage, columns: dict[str, set[str
     rows += [{"run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": stage.kind, "version": stage.version,
               "source": src, "shard": raw, "status": "skipped", "rows": None, "row_errors": 0, "seconds": 0.0,
               "error": None, "recorded_at": at} for src, raw in plan.done]
-    ctx.catalog.insert("stage_runs", rows)
+    record_stage_results(ctx.catalog, rows)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         log.error("rewrite %s failed on %s: %s", cs.name, r.task.raw_path, r.error)

@@ -82,6 +82,9 @@ class RewriteStage(Stage):
         """Columns of earlier stages the routing expressions read, as ``inputs:`` entries."""
         return {c: c for c in self.needs if "." in c}
 
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        return self.rparams.inference.requires()
+
     def writes(self) -> dict[str, pa.DataType]:
         return dict(ANNOTATION)
 

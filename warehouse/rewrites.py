@@ -25,7 +25,6 @@ import duckdb
 
 from engines import storage
 from warehouse.catalog import Catalog, now
-from warehouse.supersede import superseded_rows
 
 _LIVE = ("NOT EXISTS (SELECT 1 FROM superseded_ingests s WHERE s.source = o.source "
          "AND s.old_ingest_run = o.ingest_run AND s.old_file_index = o.file_index)")
@@ -53,28 +52,15 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def record_markers(catalog: Catalog, markers: list[dict[str, Any]], run_id: str) -> None:
-    """Catalog rows for derived markers written by this run (each with its ``_path``)."""
+    """Catalog rows for derived markers written by this run (each with its ``_path``): the
+    ingest-shaped rows (``ingested_files``, ``shards``, ``superseded_ingests``) as for any ingest,
+    then the marker's candidates into ``rewrite_outputs``."""
+    from warehouse.catalog_sync import record_ingested_file
     for m in markers:
-        at = m.get("ingested_at") or now()
-        catalog.insert("ingested_files", [{
-            "source": m["source"], "path": m["file"], "fingerprint": m["fingerprint"], "size": 0,
-            "ingest_run": m["ingest_run"], "run_id": run_id, "rows_in": m["rows_in"], "rows_written": m["rows_written"],
-            "rows_quarantined": 0, "seconds": m.get("seconds"), "ingested_at": at}])
-        catalog.insert("shards", [{
-            "path": p["path"], "source": m["source"], "ingest_run": m["ingest_run"], "input_file": m["file"],
-            "rows": p["rows"], "text_bytes": p["text_bytes"], "run_id": run_id, "created_at": at} for p in m["parts"]])
-        catalog.insert("superseded_ingests", superseded_rows([_Superseding(m)], run_id, at))
+        record_ingested_file(catalog, {k: v for k, v in m.items() if k != "_path"}, run_id)
         outputs = outputs_path(m)
         if outputs:
             load_outputs(catalog, outputs)
-
-
-class _Superseding:
-    """The attributes warehouse.supersede.superseded_rows reads, from a marker dict."""
-
-    def __init__(self, m: dict[str, Any]):
-        self.source, self.file, self.ingest_run = m["source"], m["file"], m["ingest_run"]
-        self.file_index, self.supersedes = m["file_index"], m.get("supersedes") or []
 
 
 def outputs_path(marker: dict[str, Any]) -> str | None:
