@@ -134,6 +134,23 @@ def test_catalog_counts_and_release_mixes_real_and_synthetic(first):
     assert 0.05 < share < 0.45, share
 
 
+def test_catalog_rebuilt_from_the_lake_keeps_the_rewrites(first):
+    from warehouse.catalog_sync import rebuild_catalog
+    root, _ = first
+    db = str(root / "lake" / "catalog.duckdb")
+
+    def facts() -> list:
+        con = duckdb.connect(db, read_only=True)
+        try:
+            return sorted(con.execute("SELECT id, status, reason, method, parent_id, prompt_version FROM "
+                                      "rewrite_outputs").fetchall())
+        finally:
+            con.close()
+    before = facts()
+    rebuild_catalog(str(root / "lake"))
+    assert facts() == before and before
+
+
 def test_rerun_generates_nothing_twice(first):
     root, summary = first
     # Force the stage to plan again (its annotations gone): every reply must come from the markers/cache.
