@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Callable
 
 from engines import storage
-from engines.executor import LocalExecutor, ShardTask
+from engines.executor import Executor, ShardTask
 from engines.faults import fault_point
 from engines.stage import GlobalStage
 from schemas.config import stable_hash
@@ -55,7 +55,7 @@ class FitRun:
 
     lake: Lake
     catalog: Catalog
-    executor: LocalExecutor
+    executor: Executor
     run_id: str
     log: logging.Logger | logging.LoggerAdapter
 

@@ -20,7 +20,7 @@ from prefect.cache_policies import NONE
 
 from engines import extras, storage
 from engines.derived_text import chain_feed, feeds_for_source
-from engines.executor import LocalExecutor, ShardTask, make_executor
+from engines.executor import Executor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.ablation_step import ablate_release, check_ablation
 from flows.fitting import FitRun, RefitError, fit_stage
@@ -57,7 +57,7 @@ class RunContext:
     config_path: str
     lake: Lake
     catalog: Catalog
-    executor: LocalExecutor
+    executor: Executor
     run_id: str
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).

@@ -192,3 +192,29 @@ def make_backend(config: InferenceConfig, **kwargs: Any) -> InferenceBackend:
         return SentenceTransformersBackend(config, **kwargs)
     raise ValueError(f"unknown inference backend {config.backend!r}: use transformers, vllm, openai "
                      "or sentence_transformers")
+
+
+# InferenceConfig fields that change speed, never results (threads, batching, client limits):
+# model stages list them, prefixed by their params path, in ``Stage.runtime_params``.
+RUNTIME_FIELDS = ("threads", "batch_size", "max_concurrency", "timeout_s", "max_retries")
+
+
+def runtime_params(prefix: str) -> tuple[str, ...]:
+    """``RUNTIME_FIELDS`` under the params path ``prefix`` ("inference", "models[].inference")."""
+    return tuple(f"{prefix}.{f}" for f in RUNTIME_FIELDS)
+
+
+def backend_resources(configs: list[InferenceConfig]) -> Any:
+    """What one worker running these backends needs: a GPU for vLLM, else one CPU (or the
+    configured thread count). An OpenAI-compatible server needs neither on this side."""
+    from engines.stage import Resources
+    gpus = 1.0 if any(c.backend == "vllm" for c in configs) else 0.0
+    cpus = max([float(c.threads or 1) for c in configs if c.backend != "openai"] or [1.0])
+    return Resources(cpus=cpus, gpus=gpus)
+
+
+def close_all(*resources: Any) -> None:
+    """``close()`` each of a model stage's backends and caches that was set up (None: skipped)."""
+    for r in resources:
+        if r is not None:
+            r.close()
