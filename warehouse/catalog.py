@@ -30,9 +30,14 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``ablations``, ``ablation_evals``: proxy-model runs per (ablation, release, seed) and their
   metrics per step (``ablations.results``; loaded from ``<lake>/ablations/``).
 
+- ``rewrite_outputs``: every candidate a ``rewrite`` stage made, kept or dropped (reason, reply),
+  with its lineage (parent, prompt and version, model, sampling, seed, segment); loaded from the
+  lake's ``raw/<derived source>/<run>/_outputs/*.parquet`` (warehouse.rewrites).
+
 Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (the shards of every
 committed release), and one
-``ann_<stage>`` view per configured stage over its annotation files (of live ingests too).
+``ann_<stage>`` view per configured stage over its annotation files (of live ingests too);
+``rewrite_summary`` and ``rewrite_drops`` over ``rewrite_outputs`` (warehouse.rewrites).
 
 Only the flow's main process writes, under the lake lock (warehouse/lock.py); connections
 are short-lived, and both sides wait out the other's file lock (warehouse/catalog_access.py),
@@ -110,6 +115,13 @@ CREATE TABLE IF NOT EXISTS release_gates(
 CREATE TABLE IF NOT EXISTS release_text(
   name VARCHAR, version VARCHAR, source VARCHAR, step BIGINT, stage VARCHAR, column_name VARCHAR, docs BIGINT,
   docs_changed BIGINT, chars_in BIGINT, chars_removed BIGINT, lines_in BIGINT, lines_removed BIGINT);
+CREATE TABLE IF NOT EXISTS rewrite_outputs(
+  id VARCHAR, status VARCHAR, reason VARCHAR, source VARCHAR, parent_id VARCHAR, parent_source VARCHAR,
+  parent_shard VARCHAR, parent_row BIGINT, stage VARCHAR, route VARCHAR, method VARCHAR, family VARCHAR,
+  prompt_id VARCHAR, prompt_version VARCHAR, model VARCHAR, backend VARCHAR, sampling VARCHAR, seed BIGINT,
+  segment_index INTEGER, segment_start BIGINT, segment_end BIGINT, prompt_tokens BIGINT, completion_tokens BIGINT,
+  words BIGINT, finish_reason VARCHAR, cached BOOLEAN, detail VARCHAR, reply VARCHAR, ingest_run VARCHAR,
+  file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS superseded_ingests(
   source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
   new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
@@ -372,6 +384,8 @@ class Catalog:
                             f"read_parquet([{listing}], union_by_name=true, filename=true)")
             for stage, key in stage_keys.items():
                 view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE)
+            from warehouse.rewrites import create_views
+            create_views(con)  # rewrite_summary, rewrite_drops (issue 15)
 
     # --- reads ------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:

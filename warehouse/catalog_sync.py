@@ -185,6 +185,10 @@ def sync_catalog(catalog: Catalog, lake_root: str) -> dict[str, int]:
                     con.execute(f"DELETE FROM {table} WHERE name=? AND version=?", [manifest["name"], manifest["version"]])
                 catalog.record_release(manifest, manifest.get("run_id") or "", folder)
             added["releases"] += 1
+    from warehouse.rewrites import sync_rewrites
+    loaded = sync_rewrites(catalog, lake_root)  # a rewrite stage's candidate files (issue 15)
+    if loaded:
+        added["rewrite_outputs"] = loaded
     return added
 
 

@@ -105,6 +105,23 @@ class InferenceBackend(ABC):
     def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
         """Generate one reply per conversation (the model's chat template applied)."""
 
+    def chat_each(self, conversations: list[Messages], params: list[SamplingParams]) -> list[Generation]:
+        """One reply per conversation, each with its own sampling parameters (say a per-request
+        seed). This default groups conversations by parameters and calls ``chat`` once per group;
+        under greedy decoding the seed changes nothing, so it is ignored for grouping. Backends
+        that take parameters per request (vLLM, OpenAI-compatible servers) override it."""
+        if len(params) != len(conversations):
+            raise ValueError(f"{len(params)} sampling parameters for {len(conversations)} conversations")
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, p in enumerate(params):
+            key = p.model_copy(update={"seed": 0}) if p.temperature == 0 else p
+            groups.setdefault(key, []).append(i)
+        out: list[Generation | None] = [None] * len(conversations)
+        for key, idx in groups.items():
+            for i, g in zip(idx, self.chat([conversations[i] for i in idx], key)):
+                out[i] = g
+        return [g for g in out if g is not None]
+
     @abstractmethod
     def next_token_logprobs(self, conversations: list[Messages], candidates: list[str]) -> list[dict[str, float]]:
         """For each conversation, the log-probability that the reply starts with each candidate
