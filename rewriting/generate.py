@@ -59,8 +59,9 @@ class Generator:
     def setup(self, cache_dir: str | None, backend: InferenceBackend | None = None,
               language: LanguageCheck | None = None) -> None:
         self.backend = backend or make_backend(self.params.inference)
-        root = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "curate"
-        self.cache = ResultCache(root / CACHE_FILE)
+        # A lake URL stays a URL (s3://...: the cache keeps a local copy, the lake the truth).
+        root = cache_dir or str(Path.home() / ".cache" / "curate")
+        self.cache = ResultCache(f"{root.rstrip('/')}/{CACHE_FILE}")
         self.language = language or LanguageCheck(self.params.min_language_score)
 
     # --- model calls -----------------------------------------------------------------------

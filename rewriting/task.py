@@ -223,11 +223,7 @@ class _SinkTask:  # what readers.ingest's shard sink reads of a task
 
 
 def write_json_atomic(url: str, obj: dict[str, Any]) -> None:
-    fs, p = storage.fs_and_path(url)
-    fs.makedirs(storage.parent(p), exist_ok=True)
-    with storage.atomic_path(url) as tmp:
-        with fs.open(tmp, "w") as f:
-            json.dump(obj, f)
+    storage.write_bytes_atomic(url, json.dumps(obj).encode())
 
 
 def _annotation(task: RewriteShardTask, ids: pa.Array, per_parent: dict[int, dict[str, Any]], words: dict[int, int]) -> pa.Table:
