@@ -15,12 +15,17 @@ Tables (all append-only except ``releases``' LATEST flag):
   repeats) and its drops per stage and reason.
 - ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
   phase, and where each phase starts and ends (rows and tokens) in training order.
+- ``stage_timings``: wall time of each stage per run and phase (``fit``, ``apply``; ``release``
+  ``write``; ``report`` ``build``).
+- ``exports``: rows and tokens per source of each ``curate export`` (real trainer token counts
+  when a tokenizer was given); the same facts are in the export's ``export.json``.
 - ``superseded_ingests``: ingests of a file replaced by a later ingest of it (changed content or
   reader config, or ``--reingest``); the lake records the same in the new ingest's marker
   (warehouse.supersede). A superseded ingest no longer counts anywhere.
 
 Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (all release shards), and one
-``ann_<stage>`` view per configured stage over its annotation files (of live ingests too).
+``ann_<stage>`` view per configured stage over its annotation files (of live ingests too), with the
+document's ``source`` (from the file's path), so a score distribution per source needs no join.
 
 Only the flow's main process writes; connections are short-lived so ``curate stats`` can read
 between runs.
@@ -75,6 +80,12 @@ CREATE TABLE IF NOT EXISTS bpb_matrix(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS stage_timings(
+  run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, kind VARCHAR, phase VARCHAR, status VARCHAR, shards BIGINT,
+  rows BIGINT, seconds DOUBLE, started_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS exports(
+  name VARCHAR, version VARCHAR, format VARCHAR, out_dir VARCHAR, source VARCHAR, rows BIGINT, tokens BIGINT,
+  token_source VARCHAR, tokenizer VARCHAR, tokenizer_sha256 VARCHAR, exported_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS superseded_ingests(
   source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
   new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
@@ -207,7 +218,7 @@ class Catalog:
                 for ph in mix["phases"] for src, w in ph["weights"].items()])
         phases = manifest.get("phases") or []
         self.insert("release_phases", [
-            {"name": name, "version": version, "phase": p.get("name"), "start_row": p.get("start_row"),
+            {"name": name, "version": version, "phase": p.get("phase") or p.get("name"), "start_row": p.get("start_row"),
              "end_row": p.get("end_row"), "start_token": p.get("start_token"), "end_token": p.get("end_token")}
             for p in phases])
 
@@ -220,8 +231,9 @@ class Catalog:
                                 f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true){where}")
             view("documents", f"{lake_root}/raw/*/*/part-*.parquet", where=_LIVE)
             view("release_shards", f"{lake_root}/releases/*/*/shard-*.parquet")
-            for stage, key in stage_keys.items():
-                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE)
+            for stage, key in stage_keys.items():  # source from the path: annotations/<key>/<source>/...
+                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE,
+                     extra=r", regexp_extract(filename, '/annotations/[^/]+/([^/]+)/[^/]+/[^/]+$', 1) AS source")
 
     # --- reads ------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
