@@ -1,0 +1,139 @@
+"""The fate of every document of a release: kept, or dropped/quarantined with the stage and reason.
+
+A release records counts per (source, stage, reason), not the fate of each document; the report,
+``curate sample`` and ``curate show`` need the documents behind those counts. This module replays
+the release's own decision (warehouse.release: the same selection, the same attribution to the
+first failing filter in pipeline order) shard by shard and writes one small row per document
+(id, source, raw shard, row, fate, stage, reason) to ``reports/NAME/VERSION/fates.parquet``. A
+release never changes, so neither does the file: it is computed once and reused.
+
+Memory: one raw shard and its annotations at a time. Cost: one pass over the release's raw
+shards (text included, as the release step reads it), then reads of ~40 bytes per document.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engines import storage
+from warehouse.release import _fates, _shard_frame
+from warehouse.report.context import ReleaseContext
+from warehouse.selection import Selection, SelectionError, parse_selection
+
+FATES_FILE = "fates.parquet"
+FATES_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("raw", pa.string()), ("row", pa.int64()),
+                          ("fate", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+
+
+def release_selection(ctx: ReleaseContext) -> Selection:
+    return parse_selection(ctx.selection, {s.name: set(s.columns) for s in ctx.stages})
+
+
+def where_selection(ctx: ReleaseContext, expr: str) -> Selection:
+    """Parse a ``--where`` expression (the selection language) against the release's stages."""
+    try:
+        return parse_selection(expr, {s.name: set(s.columns) for s in ctx.stages})
+    except SelectionError as e:
+        raise SelectionError(str(e).replace("release.select:", "--where:", 1)) from None
+
+
+def decided_shard(ctx: ReleaseContext, raw: str, selection: Selection | None = None,
+                  extra: Selection | None = None) -> pl.DataFrame:
+    """A raw shard with every stage column (``stage.column``) and ``_fate``/``_stage``/``_reason``,
+    decided exactly as the release decided. Columns named by ``extra`` (a ``--where``) that a
+    stage does not write for this source are nulls."""
+    selection = selection or release_selection(ctx)
+    source = ctx.lake.source_of(raw)
+    df, missing = _shard_frame(ctx.lake, raw, ctx.stages)
+    for col in selection.columns | (extra.columns if extra else set()):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None).alias(col))
+    df = _fates(df, source, ctx.stages, missing, selection.expr, selection.stages)
+    # Reasons as the catalog's drop_reasons spell them.
+    return df.with_columns(pl.when(pl.col("_fate") == "quarantined").then(pl.lit("quarantined: ") + pl.col("_reason"))
+                           .otherwise(pl.col("_reason")).alias("_reason"))
+
+
+def _rows(df: pl.DataFrame, raw: str) -> pa.Table:
+    return df.select(pl.col("id"), pl.col("source"), pl.lit(raw).alias("raw"),
+                     pl.int_range(df.height, dtype=pl.Int64).alias("row"), pl.col("_fate").alias("fate"),
+                     pl.col("_stage").alias("stage"), pl.col("_reason").alias("reason")
+                     ).to_arrow().cast(FATES_SCHEMA)
+
+
+def fates_path(ctx: ReleaseContext) -> str:
+    return f"{ctx.report_dir}/{FATES_FILE}"
+
+
+def ensure_fates(ctx: ReleaseContext, progress: Callable[[int, int], None] | None = None) -> str:
+    """The path of the release's fates file, computing it first if it is not there yet."""
+    path = fates_path(ctx)
+    if storage.exists(path):
+        return path
+    selection = release_selection(ctx)
+    shards = ctx.raw_shards
+    with storage.atomic_path(path) as tmp:
+        w = storage.parquet_writer(tmp, FATES_SCHEMA)
+        try:
+            for i, raw in enumerate(shards):
+                w.write_table(_rows(decided_shard(ctx, raw, selection), raw))
+                if progress:
+                    progress(i + 1, len(shards))
+        finally:
+            w.close()
+    return path
+
+
+@dataclass
+class Match:
+    """A document chosen by a sample: where it is and why it is where it is."""
+
+    id: str
+    source: str
+    raw: str
+    row: int
+    fate: str
+    stage: str | None
+    reason: str | None
+    text: str = ""
+
+
+def where_matches(ctx: ReleaseContext, expr: str, sources: list[str] | None = None) -> Iterator[pa.Table]:
+    """Per raw shard, the fates rows of the documents for which ``expr`` holds."""
+    extra = where_selection(ctx, expr)
+    selection = release_selection(ctx)
+    for raw in ctx.raw_shards:
+        if sources and ctx.lake.source_of(raw) not in sources:
+            continue
+        df = decided_shard(ctx, raw, selection, extra)
+        hit = df.with_row_index("_r").filter(extra.expr)
+        if hit.height:
+            yield _rows(hit, raw).set_column(3, "row", pa.array(hit.get_column("_r").cast(pl.Int64).to_arrow()))
+
+
+def read_texts(rows: list[tuple[str, int]], chars: int | None = None) -> dict[tuple[str, int], str]:
+    """Texts of (raw shard, row) pairs, reading only the text column of the shards concerned,
+    one shard at a time; ``chars`` cuts each text to its first characters."""
+    out: dict[tuple[str, int], str] = {}
+    by_file: dict[str, list[int]] = {}
+    for raw, row in rows:
+        by_file.setdefault(raw, []).append(row)
+    for raw, wanted in by_file.items():
+        fs, p = storage.fs_and_path(raw)
+        with fs.open(p, "rb") as f:
+            col = pq.read_table(f, columns=["text"]).column("text")
+        taken = col.take(pa.array(wanted, pa.int64())).to_pylist()
+        for r, t in zip(wanted, taken):
+            out[(raw, r)] = (t or "")[:chars] if chars else (t or "")
+    return out
+
+
+def as_matches(rows: list[dict[str, Any]], chars: int | None = None) -> list[Match]:
+    texts = read_texts([(r["raw"], int(r["row"])) for r in rows], chars)
+    return [Match(r["id"], r["source"], r["raw"], int(r["row"]), r["fate"], r.get("stage"), r.get("reason"),
+                  texts.get((r["raw"], int(r["row"])), "")) for r in rows]
