@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
+from flows.run_report import flow_run_name, publish_artifacts, record_timing, write_report
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
@@ -114,7 +116,8 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
     fit_id = stable_hash([p[len(ctx.lake.root):] for p in raw])[:8]
     key = f"{key}-fit{fit_id}"
     art = ctx.lake.artifact_dir(key)
-    if not storage.exists(f"{art}/_fit.json"):
+    started, t0, fitted = now(), time.perf_counter(), storage.exists(f"{art}/_fit.json")
+    if not fitted:
         fs, art_p = storage.fs_and_path(art)
         tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
         fs.makedirs(tmp, exist_ok=True)
@@ -124,6 +127,8 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
         fs.mv(tmp, art_p, recursive=True)
         ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
                                           "metrics": json.dumps(metrics, default=str), "created_at": now()}])
+    record_timing(ctx, cs.name, "fit", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
+                  status="skipped" if fitted else "computed", shards=len(tasks))
     return key, art
 
 
@@ -134,7 +139,7 @@ def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
                               reingest=source.name in ctx.reingest, warn=get_run_logger().warning)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="ingest", task_run_name="ingest-{source.name}", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     log = get_run_logger()
     tasks = plan_ingest(ctx, source)
@@ -164,7 +169,7 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     return summary
 
 
-@task(name="stage", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="stage", task_run_name="{cs.name}", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
@@ -181,12 +186,16 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     ctx.keys[cs.name] = key
     tasks = [ShardTask(source=src, raw_path=raw, out_path=ctx.lake.annotation_path(key, raw), inputs=feeds[raw])
              for src, raw in raw_all]
+    started, t0 = now(), time.perf_counter()
     results = ctx.executor.run_stage(cs.name, cs.stage, tasks, sctx)
     failed = [r for r in results if r.status == "failed"]
     if failed:  # one more try for shards that failed as a whole (e.g. a worker died)
         retry = {r.task.raw_path for r in failed}
         again = ctx.executor.run_stage(cs.name, cs.stage, [r.task for r in failed], sctx)
         results = [r for r in results if r.task.raw_path not in retry] + again
+    computed = [r for r in results if r.status == "computed"]
+    record_timing(ctx, cs.name, "apply", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
+                  status="computed" if computed else "skipped", shards=len(computed), rows=sum(r.rows for r in computed))
     at = now()
     ctx.catalog.insert("stage_runs", [{
         "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind,
@@ -232,13 +241,15 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
     return planner, tuple(dict.fromkeys(wanted))
 
 
-@task(name="release", retries=1, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="release", task_run_name="release-{ctx.cfg.release.name}", retries=1, retry_delay_seconds=2, cache_policy=NONE)
 def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
     infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
     ingest_q = {s.name: sum(m["rows_quarantined"] for m in ctx.lake.ingest_markers(s.name)) for s in ctx.cfg.sources}
     planner, plan_cols = release_planner(ctx.cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
+    started, t0 = now(), time.perf_counter()
     manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
                                       planner=planner, plan_columns=plan_cols)
+    record_timing(ctx, "release", "write", started, time.perf_counter() - t0, status="computed" if created else "skipped")
     path = ctx.lake.release_dir(manifest["name"], manifest["version"])
     ctx.catalog.record_release(manifest, ctx.run_id, path)
     get_run_logger().info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
@@ -248,7 +259,7 @@ def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
             **manifest["totals"], "shards": len(manifest["shards"])}
 
 
-@flow(name="curate", log_prints=True)
+@flow(name="curate", flow_run_name=flow_run_name, log_prints=True)
 def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None) -> dict[str, Any]:
     """Run a pipeline file end to end and return a summary (also stored in the catalog)."""
     cfg = load_config(config_path)
@@ -275,8 +286,12 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
         staged = [run_stage(ctx, cs) for cs in stages]
         rel = release(ctx, stages)
         catalog.refresh_views(lake.root, dict(ctx.keys))
+        report = write_report(ctx, stages, rel)
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
-        return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel}
+        summary = {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel,
+                   "report": report}
+        publish_artifacts(ctx, summary)
+        return summary
     except BaseException as e:
         catalog.finish_run(run_id, "failed", message=f"{type(e).__name__}: {e}")
         raise
