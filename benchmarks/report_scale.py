@@ -46,7 +46,7 @@ def make_corpus(path: Path, docs: int, copies: float = 0.03) -> int:
         n = min(50_000, docs - start)
         texts = []
         for i in range(start, start + n):
-            j = i - int(1 / copies) if copies and i % int(1 / copies) == 0 and i else i
+            j = i - 1 if copies and i % int(1 / copies) == 0 and i else i  # a copy of the previous one
             texts.append(f"{paras[j % len(paras)]}\n\n(part {j // len(paras)})")
         n_bytes += sum(len(t.encode()) for t in texts)
         table = pa.table({"id": [f"d{i}" for i in range(start, start + n)], "text": texts})

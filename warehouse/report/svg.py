@@ -76,10 +76,10 @@ class Step:
     kind: str
 
 
-def waterfall(steps: list[Step], title: str, width: int = 560) -> str:
+def waterfall(steps: list[Step], title: str, width: int = 400) -> str:
     """Horizontal waterfall: the input total, each drop as a floating bar taken off what remains,
     then kept and released (released can exceed kept: a mixture repeats documents)."""
-    row_h, left, right, top = 18, 190, 70, 8
+    row_h, left, right, top = 18, 140, 60, 8
     height = top + row_h * len(steps) + 24
     total = max([s.rows for s in steps] + [1])
     plot_w = width - left - right
@@ -100,7 +100,7 @@ def waterfall(steps: list[Step], title: str, width: int = 560) -> str:
             label = f"{s.rows:,}"
         c = KIND_COLOURS.get(s.kind, "#777")
         w = max(x1 - x0, 0.8 if s.rows else 0)
-        body.append(_text(left - 6, y + 12.5, s.label[:32], "end"))
+        body.append(_text(left - 6, y + 12.5, s.label[:24], "end"))
         body.append(f'<rect x="{x0:.1f}" y="{y + 2}" width="{w:.1f}" height="{row_h - 4}" fill="{c}">'
                     f'<title>{escape(s.label)}: {s.rows:,} rows</title></rect>')
         body.append(_text(x0 + w + 4, y + 12.5, label, extra=' fill="#333"'))
@@ -119,8 +119,8 @@ class Series:
 
 
 def step_histogram(edges: list[float], series: list[Series], title: str, x_label: str,
-                   marks: Sequence[tuple[float, str]] = (), log_x: bool = False, width: int = 560,
-                   height: int = 190) -> str:
+                   marks: Sequence[tuple[float, str]] = (), log_x: bool = False, width: int = 400,
+                   height: int = 180) -> str:
     """Overlaid step histograms on shared bins (``edges`` has one more entry than each series'
     values, in data units; with ``log_x`` they are log10 values). ``marks``: vertical lines
     (value in data units, label), e.g. the selection's thresholds."""
