@@ -127,6 +127,7 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
         fs.mv(tmp, art_p, recursive=True)
         ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
                                           "metrics": json.dumps(metrics, default=str), "created_at": now()}])
+        ctx.catalog.load_artifact_tables(cs.name, key, art)  # a fit's catalog/*.parquet, e.g. semantic_groups
     record_timing(ctx, cs.name, "fit", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
                   status="skipped" if fitted else "computed", shards=len(tasks))
     return key, art
@@ -229,11 +230,13 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
         path = cfg.resolve(rel.mixture["results"])
         results = pl.read_csv(path) if path.endswith(".csv") else pl.read_parquet(path)
     wanted: list[str] = [str(c["column"]) for c in (rel.curriculum, rel.anneal) if c and c.get("column")]
+    if rel.mixture and rel.mixture.get("group_by"):  # plan over an annotation's values (e.g. topics)
+        wanted.append(str(rel.mixture["group_by"]))
     known = {f"{st}.{c}" for st, cols in columns.items() for c in cols}
     for col in wanted:
         if col not in known:
-            raise ValueError(f"release.curriculum column {col!r} is not written by any stage; "
-                             f"difficulty-like columns available: {sorted(known)}")
+            raise ValueError(f"release column {col!r} (curriculum/anneal column or mixture.group_by) is not "
+                             f"written by any stage; columns available: {sorted(known)}")
     try:
         planner = make_planner(rel.mixture, rel.curriculum, rel.anneal, rel.seed, results)
     except ValueError as e:

@@ -24,6 +24,8 @@ BUILTIN = [
     "scorers.perplexity",
     "scorers.ppl_corr.stage",
     "scorers.ensemble",
+    "scorers.embed",
+    "filters.semdedup",
 ]
 OPTIONAL: list[str] = [
     # Modules that need optional packages; skipped quietly when those are absent.

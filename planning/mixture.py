@@ -664,6 +664,10 @@ class MixtureConfig(BaseModel):
     ``budget``: tokens to train on (default: all tokens kept). ``max_epochs``: a cap per source
     (a number for all, or a mapping). ``weights``: for ``method: fixed``. ``results``: path of a
     Parquet/CSV table of proxy runs (RegMix, mixing law, CMR); the caller loads it.
+    ``group_by``: plan over the values of an annotation column (``stage.column``, e.g. the
+    ``cluster`` of ``semantic_dedup``: topics) instead of over sources; each group is named
+    ``<column>=<value>`` (``<column>=null`` for documents without one) wherever a source name
+    would appear (weights, max_epochs, end_phase.upsample, the manifest's mixture).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -683,6 +687,7 @@ class MixtureConfig(BaseModel):
     general_source: str | None = None
     tolerance: float = Field(default=0.01, ge=0)
     end_phase: EndPhaseConfig | None = None
+    group_by: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def plan_mixture(cfg: MixtureConfig | Mapping[str, Any], tokens: TokenCounts, results: pl.DataFrame | None = None) -> MixturePlan:

@@ -33,6 +33,12 @@ def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | No
                          "(a CSV/Parquet table of proxy-run results)")
 
     def plan(per_source: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, dict[str, Any]]:
+        if mix is not None and mix.group_by:
+            picks, extras = _plan(regroup(per_source, mix.group_by))
+            return restore_sources(picks), {**extras, "group_by": mix.group_by}
+        return _plan(per_source)
+
+    def _plan(per_source: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, dict[str, Any]]:
         sources = [s for s, f in per_source.items() if f.height]
         extras: dict[str, Any] = {"curriculum": cur.model_dump(), "anneal": ann.model_dump() if ann else None}
         if mix is None:
@@ -71,3 +77,35 @@ def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | No
         return picks[perm], extras
 
     return plan
+
+
+GROUP_SOURCE = "_source"
+
+
+def regroup(per_source: dict[str, pl.DataFrame], column: str) -> dict[str, pl.DataFrame]:
+    """The kept documents of every source, re-split by the values of ``column`` (an annotation
+    column the release step put in the frames, e.g. ``sem.cluster``): groups named
+    ``<column>=<value>``, in sorted order; each row remembers its source in ``_source``."""
+    frames = [f.with_columns(pl.lit(s).alias(GROUP_SOURCE)) for s, f in per_source.items() if f.height]
+    if not frames:
+        return {}
+    allrows = pl.concat(frames, how="vertical_relaxed")
+    if column not in allrows.columns:
+        raise ValueError(f"release.mixture.group_by: column {column!r} is not in the release frames")
+    label = pl.lit(column + "=") + pl.col(column).cast(pl.String).fill_null("null")
+    allrows = allrows.with_columns(label.alias("_group"))
+    groups = sorted(allrows.get_column("_group").unique().to_list(), key=_natural)
+    return {g: allrows.filter(pl.col("_group") == g).drop("_group") for g in groups}
+
+
+def restore_sources(picks: pl.DataFrame) -> pl.DataFrame:
+    """Planned picks of a grouped plan with ``source`` back to the document's source and the
+    group it was planned in as ``group``."""
+    if picks.height == 0 or GROUP_SOURCE not in picks.columns:
+        return picks
+    return picks.with_columns(pl.col("source").alias("group"), pl.col(GROUP_SOURCE).alias("source")).drop(GROUP_SOURCE)
+
+
+def _natural(label: str) -> tuple:
+    value = label.rsplit("=", 1)[-1]
+    return (0, int(value), "") if value.lstrip("-").isdigit() else (1, 0, value)

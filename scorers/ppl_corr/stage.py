@@ -12,7 +12,10 @@ small, clearly labelled synthetic pair of files):
   default on purpose: passing accuracy as error would silently flip the selection.
 
 **Fit** streams the corpus once: whitespace tokens per group (``group_by``: the URL's domain,
-else the source) and a seeded reservoir of documents per group. It estimates each domain's
+else the source; ``source``; or ``column``: the values of a column fed as ``group`` with
+``inputs: {group: STAGE.COLUMN}``, e.g. ``semantic_dedup``'s ``cluster``, so the selection runs
+over topics: the bpb table's ``domain`` then holds those values) and a seeded reservoir of
+documents per group. It estimates each domain's
 correlation (``estimator``, default ``sign_cdf``), turns token counts into caps for the
 selection ``ratio`` (a domain cannot give more tokens than it has), projects the estimate onto
 the capped simplex (``projection``: ``linear`` fills the best-ranked domains up to their caps,
@@ -52,7 +55,7 @@ class PplCorrParams(BaseModel):
     estimator: Literal["spearmanr", "sign_cdf", "sign_sign", "sign", "product"] = "sign_cdf"
     projection: Literal["linear", "l2"] = "linear"
     ratio: float = Field(default=0.5, gt=0, le=1)
-    group_by: Literal["domain", "source"] = "domain"
+    group_by: Literal["domain", "source", "column"] = "domain"
     per_group_sample: int = Field(default=2000, ge=10)
     calibration_sample: int = Field(default=20_000, ge=100)
     max_chars: int = Field(default=10_000, ge=100)
@@ -75,10 +78,17 @@ class PerplexityCorrelation(GlobalStage):
     def writes(self) -> dict[str, pa.DataType]:
         return {"ppl_weight": pa.float64(), "ppl_score": pa.float64(), "keep": pa.bool_(), "reason": pa.string()}
 
+    def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
+        super().__init__(params, upstream)
+        if self.params.group_by == "column":  # type: ignore[attr-defined]
+            self.needs = (*type(self).needs, "group")  # type: ignore[misc,assignment]
+
     def _group(self, batch: pl.DataFrame) -> pl.Series:
         p: PplCorrParams = self.params  # type: ignore[assignment]
         if p.group_by == "source":
             return batch.get_column("source")
+        if p.group_by == "column":  # null: a document outside every group (no weight, not selected)
+            return batch.get_column("group").cast(pl.String).fill_null("null")
         return batch.select(pl.coalesce("domain", "source")).to_series()
 
     def weights(self) -> tuple[list[str], np.ndarray, np.ndarray]:
