@@ -369,3 +369,26 @@ def test_report_renders_in_a_real_browser(report, tmp_path):
         assert p["width"] > 100 and p["height"] > 50 and p["drawn"] > 0, p
     assert got["data"]["accounting"] == report["data"]["accounting"]
     assert (tmp_path / "shot.png").stat().st_size > 20_000
+
+
+def test_report_on_object_storage(demo_runs, report, s3_server):
+    """The same lake on an S3-protocol server: DuckDB reads it through the lake's fsspec
+    filesystem, the fates file and the page are written there, and the numbers are the same."""
+    import fsspec
+
+    from warehouse.report import build_report
+    base = s3_server.bucket() + "/lake"
+    fs, root = fsspec.core.url_to_fs(base)
+    local = demo_runs["lake"]
+    for d in ("raw", "annotations", "releases"):
+        fs.put(str(local / d), f"{root}/{d}", recursive=True)
+    for name, version, *_ in demo_runs["releases"]:  # the stages in pipeline order, as the flow saved them
+        fs.put(str(local / "reports" / name / version / "context.json"), f"{root}/reports/{name}/{version}/context.json")
+    rep = build_report(base, report["name"], report["version"])
+    assert rep.path.startswith("s3://") and fs.exists(f"{root}/reports/{report['name']}/{report['version']}/fates.parquet")
+    remote = _data(fs.cat(rep.path.split("://", 1)[1]).decode())
+    for key in ("accounting", "waterfall", "drop_reasons", "histograms", "duplicates", "mixture", "curriculum"):
+        assert remote[key] == report["data"][key], key
+    assert [e["id"] for g in remote["examples"] for e in g["examples"]] == \
+           [e["id"] for g in report["data"]["examples"] for e in g["examples"]]
+    assert remote["diff"]["docs"] == report["data"]["diff"]["docs"]

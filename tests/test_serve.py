@@ -77,6 +77,17 @@ def test_serve_schedules_and_runs(tmp_path, demo_dir):
                     os.killpg(p.pid, signal.SIGKILL)
 
 
+async def _deployment(client, name: str, served: subprocess.Popen):
+    """The deployment called ``name``, once ``curate serve`` has registered it (up to 2 minutes)."""
+    for _ in range(240):
+        assert served.poll() is None, "curate serve exited early"
+        dep = next((d for d in await client.read_deployments() if d.name == name), None)
+        if dep is not None:
+            return dep
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"deployment {name!r} never appeared")
+
+
 async def _check(env: dict[str, str], served: subprocess.Popen) -> dict:
     os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
     try:
@@ -84,16 +95,8 @@ async def _check(env: dict[str, str], served: subprocess.Popen) -> dict:
         from prefect.settings import PREFECT_API_URL, temporary_settings
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
             async with get_client() as client:
-                dep = None
-                for _ in range(240):
-                    assert served.poll() is None, "curate serve exited early"
-                    deps = await client.read_deployments()
-                    # Named after the pipeline by default, so two pipelines served side by side differ.
-                    dep = next((d for d in deps if d.name == "demo"), None)
-                    if dep is not None:
-                        break
-                    await asyncio.sleep(0.5)
-                assert dep is not None, "deployment 'demo' (the pipeline's name) never appeared"
+                # Named after the pipeline by default, so two pipelines served side by side differ.
+                dep = await _deployment(client, "demo", served)
                 sched = dep.schedules[0].schedule
                 runs = []
                 for _ in range(60):
@@ -108,14 +111,7 @@ async def _check(env: dict[str, str], served: subprocess.Popen) -> dict:
                     if state is not None and state.is_final():
                         break
                     await asyncio.sleep(0.5)
-                other = None
-                for _ in range(240):
-                    deps = await client.read_deployments()
-                    other = next((d for d in deps if d.name == "other"), None)
-                    if other is not None:
-                        break
-                    await asyncio.sleep(0.5)
-                assert other is not None, "the second pipeline's deployment 'other' never appeared"
+                other = await _deployment(client, "other", served)
                 return {"cron": sched.cron, "timezone": sched.timezone,
                         "other": (other.parameters["config_path"], other.schedules[0].schedule.cron),
                         "scheduled": [r.expected_start_time for r in runs],

@@ -19,7 +19,8 @@ from rich.text import Text
 
 from engines import storage
 from warehouse.lake import Lake
-from warehouse.report.context import ReleaseContext, latest_version, load_context, read_manifest, report_dir
+from warehouse.release import latest_version
+from warehouse.report.context import ReleaseContext, load_context, read_manifest, report_dir
 
 console = Console(highlight=False)
 LakeOpt = Annotated[str, typer.Option("--lake", "-l", help="Lake folder, or a pipeline YAML whose lake to use.")]
@@ -121,16 +122,14 @@ def _find(lake: Lake, doc_id: str) -> list[dict[str, Any]]:
 
 def _annotations(lake: Lake, raw: str, row: int) -> list[tuple[str, dict[str, Any]]]:
     """(stage key, the row's columns) of every annotation file aligned with this raw shard."""
-    import pyarrow.parquet as pq
+    from warehouse.report.io import read_rows
     rel = raw[len(f"{lake.root}/raw/"):]
     out = []
     for path in storage.glob(f"{lake.root}/annotations/*/{rel}"):
         key = path[len(f"{lake.root}/annotations/"):].split("/", 1)[0]
-        fs, p = storage.fs_and_path(path)
-        with fs.open(p, "rb") as f:
-            t = pq.read_table(f)
-        if row < t.num_rows:
-            out.append((key, t.slice(row, 1).to_pylist()[0]))
+        got = read_rows(path, [row])  # one row group of the file, not all of it
+        if row in got:
+            out.append((key, got[row]))
     return out
 
 

@@ -25,6 +25,7 @@ from warehouse.report import duck, page, sections
 from warehouse.report.context import REPORT_FILE, ReleaseContext, load_context, save_context
 from warehouse.report.docs_diff import docs_diff
 from warehouse.report.fates import ensure_fates
+from warehouse.report.io import write_bytes
 
 
 @dataclass
@@ -100,10 +101,7 @@ def build_report(lake: Lake | str, name: str, version: str, stages: list[StageIn
     data = report_data(ctx, seed=seed, code_version=code_version)
     html = page.render(data).encode()
     path = out or f"{ctx.report_dir}/{REPORT_FILE}"
-    with storage.atomic_path(path) as tmp:
-        fs, p = storage.fs_and_path(tmp)
-        with fs.open(p, "wb") as f:
-            f.write(html)
+    write_bytes(path, html)
     return Report(path, len(html), data)
 
 

@@ -41,15 +41,6 @@ def read_manifest(lake: Lake, name: str, version: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def latest_version(lake: Lake, name: str) -> str | None:
-    pointer = f"{lake.release_dir(name)}/LATEST"
-    if not storage.exists(pointer):
-        return None
-    fs, p = storage.fs_and_path(pointer)
-    with fs.open(p, "r") as f:
-        return f.read().strip() or None
-
-
 @dataclass
 class ReleaseContext:
     """A release as the report sees it."""
@@ -121,10 +112,8 @@ class ReleaseContext:
 def save_context(ctx: ReleaseContext) -> None:
     """Write the stages (pipeline order, keys, columns, sources) beside the report."""
     body = json.dumps({"release": ctx.ref, "stages": [asdict(s) for s in ctx.stages]}, indent=1, sort_keys=True)
-    with storage.atomic_path(f"{ctx.report_dir}/{CONTEXT_FILE}") as tmp:
-        fs, p = storage.fs_and_path(tmp)
-        with fs.open(p, "w") as f:
-            f.write(body)
+    from warehouse.report.io import write_bytes
+    write_bytes(f"{ctx.report_dir}/{CONTEXT_FILE}", body.encode())
 
 
 def load_context(lake: Lake, name: str, version: str, stages: list[StageInfo] | None = None) -> ReleaseContext:

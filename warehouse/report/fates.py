@@ -18,11 +18,11 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engines import storage
 from warehouse.release import _fates, _shard_frame
 from warehouse.report.context import ReleaseContext
+from warehouse.report.io import read_rows, write_parquet
 from warehouse.selection import Selection, SelectionError, parse_selection
 
 FATES_FILE = "fates.parquet"
@@ -77,15 +77,13 @@ def ensure_fates(ctx: ReleaseContext, progress: Callable[[int, int], None] | Non
         return path
     selection = release_selection(ctx)
     shards = ctx.raw_shards
-    with storage.atomic_path(path) as tmp:
-        w = storage.parquet_writer(tmp, FATES_SCHEMA)
-        try:
-            for i, raw in enumerate(shards):
-                w.write_table(_rows(decided_shard(ctx, raw, selection), raw))
-                if progress:
-                    progress(i + 1, len(shards))
-        finally:
-            w.close()
+
+    def tables() -> Iterator[pa.Table]:
+        for i, raw in enumerate(shards):
+            yield _rows(decided_shard(ctx, raw, selection), raw)
+            if progress:
+                progress(i + 1, len(shards))
+    write_parquet(path, FATES_SCHEMA, tables())
     return path
 
 
@@ -124,12 +122,9 @@ def read_texts(rows: list[tuple[str, int]], chars: int | None = None) -> dict[tu
     for raw, row in rows:
         by_file.setdefault(raw, []).append(row)
     for raw, wanted in by_file.items():
-        fs, p = storage.fs_and_path(raw)
-        with fs.open(p, "rb") as f:
-            col = pq.read_table(f, columns=["text"]).column("text")
-        taken = col.take(pa.array(wanted, pa.int64())).to_pylist()
-        for r, t in zip(wanted, taken):
-            out[(raw, r)] = (t or "")[:chars] if chars else (t or "")
+        for r, got in read_rows(raw, wanted, ["text"]).items():
+            t = got.get("text") or ""
+            out[(raw, r)] = t[:chars] if chars else t
     return out
 
 
