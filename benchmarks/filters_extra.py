@@ -6,6 +6,11 @@ Python docs, Gutenberg: 26,820 rows, shuffled with a fixed seed, cycled past tha
 - ``langid``: the stage's ``transform`` in batches of --batch rows, against the floor of calling
   the same fastText model's ``predict`` on the same one-line texts (what the stage adds: the script
   profile and the verdict);
+- ``langid`` on long documents (--long, default 2,000): the real documents longer than 4,096
+  characters (Python docs, Gutenberg, handbook pages from the WARC), cycled; the stage reading the
+  whole text (``max_chars`` = 10**9: fastText over the whole document, as before the bound) against
+  the stage with its default bound (a 4,096-character sample in 4 windows), plus how often the two
+  labels agree;
 - ``pii``: the stage's ``transform`` (Polars regex over whole columns), against a naive reference:
   the same patterns run with Python's ``re`` one document at a time (``re.subn`` per pattern), whose
   output is checked equal to the stage's.
@@ -42,6 +47,20 @@ def load_docs(n: int, seed: int = 0) -> list[str]:
     for name in ("wiki_en", "wiki_fr", "wiki_es", "python_docs", "gutenberg"):
         rows.extend(pq.read_table(CORPORA / f"{name}.parquet", columns=["text"]).column("text").to_pylist())
     random.Random(seed).shuffle(rows)
+    return [rows[i % len(rows)] for i in range(n)]
+
+
+def load_long_docs(n: int) -> list[str]:
+    """n documents longer than 4,096 characters: Python docs, Gutenberg and the handbook's pages
+    (main text of each WARC record), in a seeded random order, cycled if n is larger."""
+    from tests.heuristics.reference import handbook_texts
+
+    rows: list[str] = []
+    for name in ("python_docs", "gutenberg"):
+        rows.extend(pq.read_table(CORPORA / f"{name}.parquet", columns=["text"]).column("text").to_pylist())
+    rows.extend(handbook_texts(CORPORA).get_column("text").to_list())
+    rows = [t for t in rows if t and len(t) > 4096]
+    random.Random(1).shuffle(rows)
     return [rows[i % len(rows)] for i in range(n)]
 
 
@@ -88,6 +107,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeat", type=int, default=3, help="time each side this many times, keep the best")
+    ap.add_argument("--long", type=int, default=2000, help="long documents for the langid bound (0: skip)")
     args = ap.parse_args()
     global REPEAT
     REPEAT = args.repeat
@@ -108,6 +128,21 @@ def main() -> None:
     report("langid stage", len(texts), mb, ours_s)
     print(f"  ours / floor: {floor_s / ours_s:.2f}  (languages: "
           f"{dict(out.get_column('lang').value_counts(sort=True).head(4).iter_rows())})")
+
+    if args.long:
+        long_docs = load_long_docs(args.long)
+        long_mb = sum(len(t.encode()) for t in long_docs) / 1e6
+        long_batches = [pl.DataFrame({"text": long_docs[i:i + args.batch]}) for i in range(0, len(long_docs), args.batch)]
+        print(f"langid on long documents: {len(long_docs):,} documents over 4,096 characters, {long_mb:.1f} MB "
+              f"(mean {long_mb * 1e6 / len(long_docs):,.0f} bytes)")
+        whole = LangId({"max_chars": 10**9})
+        whole.setup(None)  # type: ignore[arg-type]
+        out_whole, whole_s = timed(lambda: pl.concat([whole.transform(b) for b in long_batches]))
+        out_bound, bound_s = timed(lambda: pl.concat([stage.transform(b) for b in long_batches]))
+        report("whole text (before)", len(long_docs), long_mb, whole_s)
+        report("bounded sample, 4,096 chars (after)", len(long_docs), long_mb, bound_s)
+        same = (out_whole.get_column("lang") == out_bound.get_column("lang")).mean()
+        print(f"  after / before: {whole_s / bound_s:.2f}x docs/s; same label as the whole text: {same:.2%}")
 
     print("pii (e-mail, IPv4/IPv6, phone)")
     stage_pii = pii_mod.PiiRedaction()

@@ -10,7 +10,8 @@ The contract an executor offers (so a Ray executor can slot in without touching 
 - ``run_stage(name, stage, tasks)`` -> one ``ShardResult`` per task, skipping tasks whose
   output already exists (outputs are written atomically, so existing means complete);
 - ``map(fn, items)`` -> results of a module-level function over items, in completion order;
-- ``fit(stage, tasks, artifact_dir)`` -> the metrics of a global stage's fit over those shards.
+- ``fit(stage, tasks, artifact_dir)`` -> the metrics of a global stage's fit over those shards;
+  ``fit_incremental(stage, previous_dir, tasks, earlier, artifact_dir)`` adds new shards to a fit.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ ERROR_COLUMN = "_error"
 @dataclass(frozen=True)
 class ShardTask:
     """Annotate one raw shard. ``inputs`` feeds columns from earlier stages' annotations:
-    (column name seen by the stage, annotation file aligned with the shard, column in that file)."""
+    (column name seen by the stage, annotation file aligned with the shard, column in that file).
+    Several entries for one column are a chain of derived text (engines/derived_text.py), resolved
+    with coalesce in the order given; an entry with an empty path names the shard's own column."""
 
     source: str
     raw_path: str
@@ -153,27 +156,42 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
     """Stream one shard as (ids, batch) pairs: the document columns the stage needs, plus the
     columns fed from earlier stages' annotation files, read alongside in step with the shard."""
     fed = {alias for alias, _, _ in task.inputs}
+    own = {column for _, path, column in task.inputs if not path}  # chain fallbacks to the shard's columns
     doc_cols = ["id"] + [c for c in stage.needs if c != "id" and c not in fed and c in DOCUMENT.names]
+    doc_cols += sorted(own - set(doc_cols))
     with contextlib.ExitStack() as stack:
-        side = {}
+        side: dict[str, list[_ColumnStream | str]] = {}
         for alias, path, column in task.inputs:
-            fs, p = storage.fs_and_path(path)
-            side[alias] = _ColumnStream(stack.enter_context(fs.open(p, "rb")), column, batch_rows)
+            if path:
+                fs, p = storage.fs_and_path(path)
+                side.setdefault(alias, []).append(_ColumnStream(stack.enter_context(fs.open(p, "rb")), column, batch_rows))
+            else:
+                side.setdefault(alias, []).append(column)
         fs, raw = storage.fs_and_path(task.raw_path)
         fh = stack.enter_context(fs.open(raw, "rb"))
         for rb in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows, columns=doc_cols):
             batch = pl.from_arrow(pa.Table.from_batches([rb]))
             assert isinstance(batch, pl.DataFrame)
             if side:
-                batch = batch.with_columns([pl.Series(a, s.take(rb.num_rows)) for a, s in side.items()])
+                batch = batch.with_columns([_fed_column(alias, parts, batch, rb.num_rows) for alias, parts in side.items()])
             yield rb.column("id"), batch
+
+
+def _fed_column(alias: str, parts: list[_ColumnStream | str], batch: pl.DataFrame, n: int) -> pl.Series:
+    """One fed column: a single source, or the coalesce of a derived-text chain (first non-null wins)."""
+    cols = [batch.get_column(p) if isinstance(p, str) else pl.Series(p.take(n)) for p in parts]
+    if len(cols) == 1:
+        return cols[0].alias(alias)
+    frame = pl.DataFrame({f"_{i}": c for i, c in enumerate(cols)})
+    return frame.select(pl.coalesce(pl.all()).alias(alias)).to_series()
 
 
 def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_rows: int) -> ShardResult:
     """Annotate one shard (in whichever process calls it). Writes ``task.out_path`` atomically."""
     t0 = time.perf_counter()
-    if storage.exists(task.out_path):
-        return ShardResult(task, "skipped", rows=storage.parquet_rows(task.out_path))
+    done_rows = storage.complete_parquet_rows(task.out_path)
+    if done_rows is not None:
+        return ShardResult(task, "skipped", rows=done_rows)
     try:
         ready = _ready_stage(stage, key, ctx)
         schema = output_schema(ready)
@@ -250,8 +268,9 @@ class LocalExecutor:
                   ctx: StageContext | None = None) -> list[ShardResult]:
         ctx = ctx or StageContext()
         key = stage.key(name)
-        todo = [t for t in tasks if not storage.exists(t.out_path)]
-        results = [ShardResult(t, "skipped", rows=storage.parquet_rows(t.out_path)) for t in tasks if t not in todo]
+        done = {t: storage.complete_parquet_rows(t.out_path) for t in tasks}  # a damaged output is redone
+        todo = [t for t in tasks if done[t] is None]
+        results = [ShardResult(t, "skipped", rows=n) for t, n in done.items() if n is not None]
         runner = _ShardRunner(stage, key, ctx, self.config.batch_rows)
         results.extend(self.map(runner, todo, desc=f"{name} ({len(todo)} shards)"))
         return sorted(results, key=lambda r: r.task.raw_path)
@@ -261,6 +280,14 @@ class LocalExecutor:
         Runs in this process: a fit is one pass that a stage may parallelise inside (Polars does)."""
         batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
         return stage.fit(batches, artifact_dir)
+
+    def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
+                        earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+        """Stream the new shards of ``tasks`` through ``stage.fit_incremental`` on top of the
+        artifact in ``previous_dir`` (fitted over the ``earlier`` shards, which it may read back)."""
+        from engines.earlier_rows import ShardRows
+        batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
+        return stage.fit_incremental(previous_dir, batches, artifact_dir, ShardRows([t.raw_path for t in earlier]))
 
 
 @dataclass

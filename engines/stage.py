@@ -17,7 +17,8 @@ Conventions every stage follows:
   can be recomputed alone and the result is identical.
 - Filters write ``keep`` (bool) and ``reason`` (str, null when kept): the release selection and
   the drop-reason statistics read those two by convention.
-- A stage never deletes rows and never rewrites ``text``; a cleaned text is a column of its own.
+- A stage never deletes rows and never rewrites ``text``; a cleaned text is a column of its own,
+  declared in ``text_columns`` and null where the text is unchanged (engines/derived_text.py).
 
 Stages must be picklable before ``setup`` (parameters only), so a process pool or a Ray task
 can ship them to workers.
@@ -56,6 +57,12 @@ class Stage:
     # Document columns this stage reads (``id`` is always available).
     needs: ClassVar[tuple[str, ...]] = ("text",)
     Params: ClassVar[type[BaseModel]] = NoParams
+    # Derived text columns it writes (null where unchanged): what ``release.text`` and
+    # ``stages[].inputs: {text: stage.column}`` may name.
+    text_columns: ClassVar[tuple[str, ...]] = ()
+    # Optional packages it needs, by pip extra: {"models": ("torch", "transformers")} (engines/extras.py).
+    # Checked when the pipeline is configured, so a missing extra fails with the pip command that fixes it.
+    requires: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Params naming local files the stage reads ("key", "key.sub", "items[].path"): `curate validate`
     # checks they exist. Such files are read as data, never executed.
     path_params: ClassVar[tuple[str, ...]] = ()
@@ -75,6 +82,10 @@ class Stage:
     def writes(self) -> dict[str, pa.DataType]:
         """The columns ``transform`` returns, with their Arrow types."""
         raise NotImplementedError
+
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        """``requires``, or what these params need (override when it depends on them)."""
+        return dict(self.requires)
 
     def setup(self, ctx: StageContext) -> None:
         """Load models and compile what is expensive; called once per worker process."""
@@ -99,13 +110,54 @@ class Stage:
 
 
 class GlobalStage(Stage):
-    """A stage with a fit step over the whole corpus before per-shard application."""
+    """A stage with a fit step over the whole corpus before per-shard application.
+
+    ``fit_policy`` says what a later (nightly) run does with an earlier fit (docs/nightly.md):
+
+    - ``"pinned"``: the fitted artifact scores documents (a classifier, a selection): fit once,
+      then reused for new shards until the stage key (version, params, upstream keys) or
+      ``fit_inputs()`` change, or the user asks ``curate run --refit NAME``. Old annotations
+      stay as they are.
+    - ``"incremental"``: the artifact is an index of earlier shards; ``fit_incremental`` adds
+      the new shards to it. An earlier document's verdict never changes.
+    - ``"full"``: refit over every shard whenever the shard set changes (and re-annotate every
+      shard). The default, so a stage that promises nothing keeps its old behaviour.
+
+    An instance may narrow the class default in ``__init__`` (say ``minhash_dedup`` with a
+    survivor policy under which a new document can beat an old one).
+    """
+
+    fit_policy: ClassVar[str] = "full"
+    # False for a fit that reads only its own inputs (benchmark files), never the corpus.
+    fit_reads_corpus: ClassVar[bool] = True
 
     def fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str) -> dict[str, Any]:
         """Consume the corpus (the ``needs`` columns, streamed) and write the artifact.
 
         Returns a small dict of metrics recorded in the catalog.
         """
+        raise NotImplementedError
+
+    def fit_inputs(self) -> dict[str, Any]:
+        """What the fit reads besides the corpus and its params (say the SHA-256 of a benchmark
+        file): part of the fit's identity, so a changed file refits a pinned stage."""
+        return {}
+
+    def fit_incremental(self, previous_dir: str, batches: Iterator[pl.DataFrame], artifact_dir: str,
+                        earlier: EarlierRows) -> dict[str, Any]:
+        """(``fit_policy = "incremental"``) Write to ``artifact_dir`` the index of the earlier
+        shards (``previous_dir``, the artifact of the last fit) plus the new shards (``batches``,
+        in lake order, all after the earlier ones). ``earlier`` reads back chosen rows of the
+        earlier shards (by lake-order position) when the update needs them."""
+        raise NotImplementedError
+
+
+class EarlierRows:
+    """Rows of the shards an earlier fit covered, by position in lake order (0 = first row of the
+    first shard). The executor implements it; a stage only calls ``rows``."""
+
+    def rows(self, positions: Any, columns: list[str]) -> pl.DataFrame:
+        """The document ``columns`` of the rows at ``positions`` (sorted, unique), in that order."""
         raise NotImplementedError
 
 

@@ -1,6 +1,8 @@
 """Filesystem helpers: fsspec paths, atomic writes, Parquet sizes. Local and remote alike."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import uuid
 from contextlib import contextmanager
@@ -81,3 +83,101 @@ def glob(pattern: str) -> list[str]:
         proto = pattern.split("://", 1)[0]
         return [f"{proto}://{p}" if "://" not in p else p for p in found]
     return found
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create ``url`` holding ``data`` only if nothing exists there; True if this call created it.
+
+    The primitive behind the lake lock (and any write-once commit record). Local disk: the
+    bytes go to a temporary sibling that is hard-linked onto the name (``link`` fails if the
+    name exists, and readers never see a half-written file); where hard links are not
+    supported, ``O_CREAT | O_EXCL``. Object stores: s3fs's exclusive mode (``"xb"``, a
+    conditional PUT with ``If-None-Match: *``), atomic on the server.
+    """
+    fs, path = fs_and_path(url)
+    if "file" in _protocols(fs):
+        return _create_exclusive_local(path, data)
+    fs.makedirs(parent(path), exist_ok=True)
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _create_exclusive_local(path: str, data: bytes) -> bool:
+    os.makedirs(parent(path), exist_ok=True)
+    tmp = f"{parent(path)}/.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.rsplit('/', 1)[-1]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some FUSE/SMB mounts): exclusive create, then write
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Replace ``url`` with ``data`` in one step (temporary sibling + rename; one PUT on object stores)."""
+    fs, path = fs_and_path(url)
+    if "file" in _protocols(fs):
+        with atomic_path(url) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+        return
+    fs.pipe_file(path, data)
+
+
+def complete_parquet_rows(url: str) -> int | None:
+    """Rows of a finished Parquet output, or None when it must be computed (again).
+
+    None if the file is missing, or if its footer cannot be read: a truncated or corrupted
+    output (a disk fault, a copy cut short) is removed, with a warning naming it, so the caller
+    recomputes it instead of failing on it in every later run."""
+    fs, path = fs_and_path(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return int(pq.ParquetFile(f).metadata.num_rows)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # noqa: BLE001 - any unreadable footer means the output is damaged
+        logging.getLogger("curate.storage").warning(
+            "%s is damaged (%s: %s); removing it so it is computed again", url, type(e).__name__, str(e)[:160])
+        fs.rm(path)
+        return None
+
+
+def file_sha256(url: str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    fs, path = fs_and_path(url)
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_bytes(url: str) -> bytes:
+    """The current content of a small object, never a cached listing's idea of it (s3fs would
+    otherwise send the ETag it listed and fail with FileExpired once the object was rewritten)."""
+    fs, path = fs_and_path(url)
+    fs.invalidate_cache(path)
+    return fs.cat_file(path)

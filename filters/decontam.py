@@ -39,7 +39,6 @@ SHA-256; a worker that can see the file refuses to apply an index built from ano
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -51,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines.fingerprints import content_sha256
 from engines.stage import GlobalStage, StageContext, register_stage
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -59,7 +59,7 @@ _MAX_WORD_BYTES = 64
 
 
 class BenchmarkSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # documented under DecontamParams.benchmarks
     name: str
     path: str
     format: Literal["jsonl", "parquet", "hf"] | None = None
@@ -69,10 +69,13 @@ class BenchmarkSpec(BaseModel):
 
 
 class DecontamParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list)
+    """Local benchmark files (name, path, text_field, ...) whose n-grams must not appear in training data."""
     ngram: int = Field(default=13, ge=1)
+    """Word n-gram length compared (13, as GPT-3 and Llama did)."""
     min_matches: int = Field(default=1, ge=1)
+    """Shared n-grams with one benchmark example needed to drop a document (``contaminated``)."""
 
 
 # --- normalisation and hashing ------------------------------------------------------------------
@@ -148,17 +151,6 @@ def _infer_format(path: Path) -> str:
     raise ValueError(f"cannot tell the format of benchmark file {path}; set format: jsonl | parquet | hf")
 
 
-def _fingerprint(path: Path) -> str:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _text_expr(frame: pl.DataFrame, fields: list[str]) -> pl.Expr:
     parts = []
     for f in fields:
@@ -222,6 +214,15 @@ class Decontaminate(GlobalStage):
     version = "1"
     needs = ("text",)
     Params = DecontamParams
+    # The index is built from the benchmark files alone: fitted once per benchmark content
+    # (fit_inputs), never again because the corpus grew. Each document's verdict depends on
+    # itself and the index only, so a new shard is checked against the same index.
+    fit_policy = "pinned"
+    fit_reads_corpus = False
+
+    def fit_inputs(self) -> dict[str, Any]:
+        p: DecontamParams = self.params  # type: ignore[assignment]
+        return {"benchmarks": {b.name: content_sha256(self.resolve_path(b.path)) for b in p.benchmarks}}
 
     def writes(self) -> dict[str, pa.DataType]:
         return {"keep": pa.bool_(), "reason": pa.string(), "contam_benchmark": pa.string(),
@@ -244,7 +245,7 @@ class Decontaminate(GlobalStage):
             ex_tables.append(bench.select(pl.lit(b, pl.Int32).alias("bench"),
                                           pl.int_range(pl.len(), dtype=pl.Int64).alias("example"), "example_id"))
             meta.append({"name": spec.name, "path": spec.path, "format": spec.format or _infer_format(Path(spec.path)),
-                         "sha256": _fingerprint(Path(spec.path)), "examples": bench.height, "too_short": short,
+                         "sha256": content_sha256(spec.path), "examples": bench.height, "too_short": short,
                          "offset": n_examples})
             n_examples += bench.height
             too_short += short
@@ -270,7 +271,7 @@ class Decontaminate(GlobalStage):
         info = json.loads(Path(f"{ctx.artifact_dir}/benchmarks.json").read_text())
         for m in info["benchmarks"]:
             path = Path(self.resolve_path(m["path"]))
-            if path.exists() and _fingerprint(path) != m["sha256"]:
+            if path.exists() and content_sha256(path) != m["sha256"]:
                 raise ValueError(f"benchmark {m['name']!r} ({path}) changed since the fit; re-run the fit")
         table = pq.read_table(f"{ctx.artifact_dir}/ngrams.parquet")
         self._h = table.column("h").to_numpy()

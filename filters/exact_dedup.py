@@ -1,20 +1,30 @@
 """``exact_dedup``: flag exact duplicates (after normalisation) across all sources.
 
-A global stage. **Fit** streams the corpus oldest ingest first (then sources in pipeline order,
-shard, row: ``Lake.shards_by_age``) and hashes each normalised text; for every hash seen more
-than once it records the first occurrence, which is the survivor (a documented, deterministic
-rule: the earliest ingested document, so a nightly run drops new copies of what earlier releases
-already contain, never the released document). **Apply** marks every other member of the group ``keep=false`` with
-reason ``exact_duplicate`` and names the survivor.
+A global stage with ``fit_policy = "incremental"``. **Fit** streams the corpus oldest ingest first
+(then sources in pipeline order, shard, row: ``Lake.shards_by_age``) and hashes each normalised
+text; the artifact is an index of every distinct hash with its first occurrence, which is the
+survivor (a documented, deterministic rule: the earliest ingested document, so a nightly run
+drops new copies of what earlier releases already contain, never the released document), and
+its group size. **Apply** marks every other member of the group ``keep=false`` with reason
+``exact_duplicate`` and names the survivor.
+
+Night after night (``fit_incremental``): the new shards' hashes are merged into the earlier
+index; a new document whose hash is already there is a duplicate of the earlier survivor. Earlier
+documents are not annotated again, so their verdicts never change; ``keep``, ``reason`` and
+``survivor_id`` of every document equal what a full fit over all shards in lake order gives
+(tested against one and against a plain dictionary), while ``dup_group_size`` of an earlier
+document is its group's size on the night it was annotated (the index has the current size).
 
 Normalisation (default): Unicode NFKC is not applied; text is lower-cased, runs of whitespace
 collapse to one space, and leading/trailing whitespace is stripped, so copies that differ only in
 case or spacing are duplicates. Set ``normalise: false`` for byte-exact matching.
 
 Hash: the first 8 bytes of BLAKE2b over the UTF-8 normalised text (collision odds about n^2/2^65:
-about 3e-6 for ten million documents). Cost: one hash per document (C speed plus ~1 µs of Python
-per row); the fit keeps the hash, id and position of every document while grouping (about 100
-bytes per document, 1 GB per ten million); the artifact holds only duplicated hashes.
+about 3e-6 for ten million documents); stable across versions, so the index stays valid. Cost: one
+hash per document (C speed plus ~1 µs of Python per row); the fit keeps the index (hash, id and
+position of every distinct document: about 100 bytes each in memory, 1 GB per ten million) and
+stores it zstd-compressed (about 60 bytes per distinct document); apply loads only the hashes
+seen more than once.
 """
 from __future__ import annotations
 
@@ -26,12 +36,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from engines.stage import GlobalStage, StageContext, register_stage
+from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
+
+INDEX_FILE = "index.parquet"
+INDEX_SCHEMA = {"h": pl.Int64, "id": pl.String, "source": pl.String, "src_file": pl.String, "src_offset": pl.Int64,
+                "size": pl.Int64}
 
 
 class ExactDedupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     normalise: bool = True
+    """Compare lower-cased text with whitespace collapsed; copies after the first in lake order are
+    dropped (``exact_duplicate``). ``false``: byte-exact."""
 
 
 def _normalised(text: pl.Expr, normalise: bool) -> pl.Expr:
@@ -49,6 +65,7 @@ def _hashes(texts: pl.Series) -> pl.Series:
 class ExactDedup(GlobalStage):
     kind = "exact_dedup"
     version = "1"
+    fit_policy = "incremental"
     needs = ("text", "source", "src_file", "src_offset")
     Params = ExactDedupParams
 
@@ -60,22 +77,40 @@ class ExactDedup(GlobalStage):
         return batch.select("id", "source", "src_file", "src_offset").with_columns(_hashes(norm).alias("h"))
 
     def fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str) -> dict[str, Any]:
+        return self._update(None, batches, artifact_dir)
+
+    def fit_incremental(self, previous_dir: str, batches: Iterator[pl.DataFrame], artifact_dir: str,
+                        earlier: EarlierRows) -> dict[str, Any]:
+        return self._update(previous_dir, batches, artifact_dir)
+
+    def _update(self, previous_dir: str | None, batches: Iterator[pl.DataFrame], artifact_dir: str) -> dict[str, Any]:
+        """The index of the earlier documents (``previous_dir``; none for a first fit) plus
+        ``batches``: every distinct hash with its first document in lake order and its group
+        size. Earlier documents come first in lake order, so an earlier first occurrence stays
+        the survivor and a full fit over the same documents gives the same index."""
+        old = (pl.read_parquet(f"{previous_dir}/{INDEX_FILE}") if previous_dir
+               else pl.DataFrame(schema=INDEX_SCHEMA))
         parts = [self._frame(b).with_row_index("_pos") for b in batches]
-        if not parts:
-            frame = pl.DataFrame(schema={"h": pl.Int64, "id": pl.String, "source": pl.String, "src_file": pl.String,
-                                         "src_offset": pl.Int64, "size": pl.UInt32})
-        else:
+        docs = sum(p.height for p in parts)
+        if parts:
             # Lake order is the order of batches, then rows: a global sequence number keeps it.
             seq = pl.concat([p.with_columns(pl.lit(i).alias("_batch")) for i, p in enumerate(parts)])
-            frame = (seq.sort("_batch", "_pos")
-                     .group_by("h", maintain_order=True)
+            new = (seq.sort("_batch", "_pos").group_by("h", maintain_order=True)
+                   .agg(pl.col("id").first(), pl.col("source").first(), pl.col("src_file").first(),
+                        pl.col("src_offset").first(), pl.len().cast(pl.Int64).alias("size")))
+            index = (pl.concat([old, new.select(list(INDEX_SCHEMA))]).group_by("h", maintain_order=True)
                      .agg(pl.col("id").first(), pl.col("source").first(), pl.col("src_file").first(),
-                          pl.col("src_offset").first(), pl.len().alias("size"))
-                     .filter(pl.col("size") > 1))
-        pq.write_table(frame.to_arrow(), f"{artifact_dir}/duplicate_groups.parquet")
-        docs = sum(p.height for p in parts)
-        return {"documents": docs, "groups": frame.height,
-                "duplicates": int(frame.get_column("size").sum() or 0) - frame.height}
+                          pl.col("src_offset").first(), pl.col("size").sum())
+                     .sort("h"))
+        else:
+            index = old
+        pq.write_table(index.to_arrow(), f"{artifact_dir}/{INDEX_FILE}", compression="zstd")
+        groups = index.filter(pl.col("size") > 1)
+        pq.write_table(groups.to_arrow(), f"{artifact_dir}/duplicate_groups.parquet")
+        total = int(index.get_column("size").sum() or 0)
+        return {"documents": total, "new_documents": docs, "groups": groups.height,
+                "duplicates": total - index.height,
+                "new_duplicates": docs - (index.height - old.height)}
 
     def setup(self, ctx: StageContext) -> None:
         assert ctx.artifact_dir, "exact_dedup needs its fitted artifact"

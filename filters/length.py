@@ -17,10 +17,13 @@ from engines.stage import Stage, register_stage
 
 
 class LengthParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     min_words: int = Field(default=5, ge=0)
+    """Fewer whitespace-separated words: dropped (``too_few_words``). 5 only removes stubs."""
     max_words: int | None = Field(default=None, ge=1)
+    """More words: dropped (``too_many_words``); null: no upper bound."""
     max_chars: int = Field(default=1_000_000, ge=1)
+    """More characters: dropped (``too_many_chars``)."""
 
 
 @register_stage

@@ -1,8 +1,9 @@
 """``pii``: find and redact e-mail addresses, IP addresses and phone numbers (regex, vectorised).
 
 Writes ``text_redacted`` (the text with each finding replaced by ``<EMAIL>``, ``<IP_ADDRESS>`` or
-``<PHONE>``) and the counts ``pii_email``, ``pii_ip``, ``pii_phone``. Not a filter by default; with
-``max_pii: N`` it also writes ``keep``/``reason`` (``too_much_pii`` when the three counts sum above N).
+``<PHONE>``; null where nothing was replaced, see engines/derived_text.py) and the counts
+``pii_email``, ``pii_ip``, ``pii_phone``. Not a filter by default; with ``max_pii: N`` it also
+writes ``keep``/``reason`` (``too_much_pii`` when the three counts sum above N).
 
 Every pattern is a Rust regex run by Polars over the whole column (``str.replace_all``): no Python
 loop over documents. Word boundaries and "not preceded by" guards are ASCII (``[^A-Za-z0-9_]``):
@@ -57,6 +58,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines.derived_text import store_once
 from engines.stage import Stage, register_stage
 
 EMAIL_TOKEN = "<EMAIL>"
@@ -111,14 +113,17 @@ _MASK_TEMPLATE = "${p}${p6}${w}" + _MARK + "${r}${r6}${v}"
 
 
 class PiiParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     emails: bool = True
+    """Redact e-mail addresses as ``<EMAIL>`` in ``text_redacted``."""
     ips: bool = True
+    """Redact public IPv4/IPv6 addresses as ``<IP_ADDRESS>`` (version strings and OIDs spared)."""
     phones: bool = True
-    # Also redact private, loopback, documentation, multicast ... addresses (see the module doc).
+    """Redact North American and ``+``-prefixed international numbers as ``<PHONE>``."""
     redact_reserved_ips: bool = False
-    # When set, the stage is a filter too: keep=false when emails + IPs + phones > max_pii.
+    """Also redact private, loopback, documentation, multicast ... addresses."""
     max_pii: int | None = Field(default=None, ge=0)
+    """Null: not a filter. A number: more findings than this: dropped (``too_much_pii``)."""
 
 
 def _step(frame: pl.DataFrame, pattern: str, template: str, token: str | None = None) -> tuple[pl.DataFrame, pl.Series]:
@@ -158,9 +163,10 @@ def redact(text: pl.Series, p: PiiParams) -> pl.DataFrame:
 @register_stage
 class PiiRedaction(Stage):
     kind = "pii"
-    version = "1"
+    version = "2"  # 2: text_redacted is null where nothing was redacted
     needs = ("text",)
     Params = PiiParams
+    text_columns = ("text_redacted",)
 
     def writes(self) -> dict[str, pa.DataType]:
         cols: dict[str, pa.DataType] = {"text_redacted": pa.large_string(), "pii_email": pa.int64(),
@@ -171,7 +177,8 @@ class PiiRedaction(Stage):
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: PiiParams = self.params  # type: ignore[assignment]
-        out = redact(batch.get_column("text"), p)
+        text = batch.get_column("text")
+        out = redact(text, p).with_columns(store_once(pl.col("text_redacted"), pl.lit(text)).alias("text_redacted"))
         if p.max_pii is not None:
             too_many = (pl.col("pii_email") + pl.col("pii_ip") + pl.col("pii_phone")) > p.max_pii
             out = out.with_columns(

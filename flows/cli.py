@@ -73,15 +73,37 @@ def _print(cols: list[str], rows: list[tuple], title: str | None = None, limit: 
 def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e.g. demo/pipeline.yaml.")],
         workers: Annotated[int | None, typer.Option(help="Worker processes (default: executor.workers or all CPUs).")] = None,
         reingest: Annotated[list[str] | None, typer.Option(
-            help="Ingest every file of this source again (repeatable); earlier ingests of it are superseded.")] = None):
+            help="Ingest every file of this source again (repeatable); earlier ingests of it are superseded.")] = None,
+        refit: Annotated[list[str] | None, typer.Option(
+            help="Fit this global stage again over every shard (repeatable), although a pinned model "
+                 "or incremental index exists; its annotations are recomputed.")] = None,
+        accept_gates: Annotated[bool, typer.Option(
+            "--accept-gates", help="Publish the release even if release.gates fail (recorded as accepted).")] = False,
+        wait: Annotated[float, typer.Option("--wait", help="Seconds to wait while another run holds the lake "
+                                                          "(default: exit at once, naming it).")] = 0.0):
     """Run a pipeline once: ingest new input, run the stages, write a release, update the catalog.
 
     Safe to re-run: finished work is skipped, and a release with identical inputs is reused.
     The file is validated first (as `curate validate` does); problems stop the run before it starts.
+    Trained models stay pinned and dedup indexes grow night after night (see README).
+    A release that fails its gates (release.gates) is not published and the command exits with 3.
+    One run per lake at a time: a second one waits (--wait) or exits with code 75.
     """
     check_or_exit(pipeline, reingest, quiet=True)
+    from flows.commands.health import _waiting
+    from flows.fitting import RefitError
     from flows.pipeline import run_pipeline
-    summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True)
+    from warehouse.releasing.gates import GateFailed
+    try:
+        summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True, refit=refit,
+                               accept_gates=accept_gates, wait_s=wait, on_wait=_waiting)
+    except RefitError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    except GateFailed as e:
+        console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
+                      f"version = '{e.version}'\"\nthe record: {e.record}")
+        raise typer.Exit(3) from None
     _print_summary(summary)
 
 
@@ -90,11 +112,26 @@ def _print_summary(s: dict[str, Any]) -> None:
                               ("stages", s["stages"], ("stage", "computed", "skipped", "failed", "row_errors"))):
         _print(list(cols), [tuple(r.get(c, "") for c in cols) for r in rows], title=title)
     r = s["release"]
+    for message in r.get("warnings") or []:
+        console.print(f"[yellow]warning: {message}[/]")
     state = "written" if r["created"] else "unchanged: identical to an existing release"
+    if r.get("accepted"):
+        state += ", gates failed and were accepted (--accept-gates)"
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
                   f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
                   f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
-    print_run_accounting(console, s)
+    if s.get("ablation"):
+        from flows.commands.ablate import print_flow_ablation
+        print_flow_ablation(console, s["ablation"])
+    print_run_accounting(console, s)  # last: where the documents went, and the report's path
+
+
+@app.command()
+def gc(pipelines: Annotated[list[Path], typer.Argument(help="The pipeline YAML file(s) writing to the lake.")],
+       yes: Annotated[bool, typer.Option("--yes", help="Delete (default: only list what would go).")] = False):
+    """Remove annotation folders, models/indexes and pins no release, pin or current stage uses."""
+    from flows.commands.gc import gc_command
+    gc_command([str(p) for p in pipelines], yes, console)
 
 
 @app.command()
@@ -152,13 +189,19 @@ def stats(lake: LakeOpt = "./lake"):
 def sql(query: Annotated[str, typer.Argument(help="SQL for DuckDB, e.g. \"SELECT * FROM releases\".")],
         lake: LakeOpt = "./lake",
         as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON lines.")] = False):
-    """Run a read-only SQL query against the catalog (tables: runs, ingested_files, shards,
+    """Run one read-only SQL query against the catalog (tables: runs, ingested_files, shards,
     stage_runs, quarantine, releases, release_sources, drop_reasons; views: documents,
-    release_shards, ann_<stage>)."""
+    release_shards, ann_<stage>). Only SELECT-like statements run, and only the lake can be read."""
     import duckdb
+
+    from warehouse.errors import LakeError
+    from warehouse.sql_door import readonly_query
     cat = _catalog(lake)
     try:
-        cols, rows = cat.query(query)
+        cols, rows = readonly_query(cat.path, cat.lake_root, query)
+    except LakeError as e:  # refused, unparsable, or the catalog busy/damaged: one line
+        console.print(f"[red]{e}[/]", highlight=False)
+        raise typer.Exit(e.exit_code) from None
     except duckdb.Error as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None
@@ -221,30 +264,24 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
     if format not in FORMATS:
         console.print(f"[red]unknown format {format!r}[/]; choose one of {', '.join(FORMATS)}")
         raise typer.Exit(2)
+    from warehouse.releasing.publish import ManifestError, ReleaseNotFound, resolve
     root = _lake_root(lake)
-    if (Path(release) / "manifest.json").is_file():
-        rel_dir = Path(release)
-    else:
+    if not (Path(release) / "manifest.json").is_file():
         name, _, version = release.partition("/")
         _check_names(("release name", name), ("release version", version))
-        if not version:
-            pointer = Path(root) / "releases" / name / "LATEST"
-            if not pointer.exists():
-                console.print(f"[red]no release named {name!r} in {root}[/] (see `curate releases --lake {root}`)")
-                raise typer.Exit(1)
-            version = pointer.read_text().strip()
-        rel_dir = Path(root) / "releases" / name / version
-    if not (rel_dir / "manifest.json").exists():
-        console.print(f"[red]{rel_dir} is not a release folder (no manifest.json)[/]")
-        raise typer.Exit(1)
+    try:  # a committed release only: LATEST is checked against the manifests, a damaged one is named
+        rel_dir = Path(release) if (Path(release) / "manifest.json").is_file() else Path(resolve(root, release))
+    except (ManifestError, ReleaseNotFound) as e:
+        console.print(f"[red]{e}[/] (see `curate releases --lake {root}`)")
+        raise typer.Exit(1) from None
     tok_path: str | None = tokenizer
-    if tokenizer == "smollm2":
-        from engines.inference.models import smollm2_tokenizer
-        tok_path = str(smollm2_tokenizer())
     dest = out or Path(root) / "exports" / rel_dir.parent.name / rel_dir.name / format
     try:
+        if tokenizer == "smollm2":
+            from engines.inference.models import smollm2_tokenizer
+            tok_path = str(smollm2_tokenizer())
         info = export_release(rel_dir, dest, format, tokenizer_path=tok_path, overwrite=overwrite)  # type: ignore[arg-type]
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, ImportError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None
     from warehouse.export.record import record_in_catalog
@@ -266,8 +303,23 @@ def _check_names(*named: tuple[str, str]) -> None:
             raise typer.Exit(2)
 
 
+from flows.commands import health  # noqa: E402
+
+app.command()(health.check)
+app.command()(health.repair)
+app.add_typer(health.catalog_app, name="catalog")
+from flows.commands.ablate import ablate  # noqa: E402
+
+app.command()(ablate)
+
+
 def main() -> None:
-    app()
+    from warehouse.errors import LakeError
+    try:
+        app()
+    except LakeError as e:  # a lake problem with a remedy: one line, no traceback
+        console.print(f"[red]{e}[/]", highlight=False)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@ is missing. Without ``PREFECT_API_URL`` Prefect starts a temporary local server 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,21 +19,29 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from engines import storage
+from engines import extras, storage
+from engines.derived_text import chain_feed, feeds_for_source
 from engines.executor import LocalExecutor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
+from flows.ablation_step import ablate_release, check_ablation
+from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.run_report import flow_run_name, publish_artifacts, record_timing, write_report
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
-from schemas.config import PipelineConfig, SourceConfig, load_config, stable_hash
+from schemas.config import PipelineConfig, SourceConfig, load_config
 from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
+from warehouse.catalog_sync import record_ingested_file, record_stage_results
+from warehouse.health import heal_on_start
 from warehouse.lake import Lake
+from warehouse.lock import LakeLock, lake_lock
 from warehouse.release import StageInfo, build_release
+from warehouse.releasing.gates import GateFailed
+from warehouse.releasing.gates import warnings as gate_warnings
+from warehouse.releasing.text import check_chain
 from warehouse.selection import parse_selection
-from warehouse.supersede import superseded_rows
 
 
 def code_version() -> str:
@@ -55,8 +62,12 @@ class RunContext:
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).
     keys: dict[str, str] = field(default_factory=dict)
+    # When this run started: the lake-order time of the ingest runs it plans (Lake.record_ingest_run).
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
     # Sources to ingest afresh (`curate run --reingest`).
     reingest: frozenset[str] = frozenset()
+    # Global stages to fit again although a pinned model or index exists (`curate run --refit`).
+    refit: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -83,13 +94,16 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
             raise ValueError(f"stages[{sc.name}].params: {e}") from None
         stage = cls(params)
         stage.base_dir = cfg.base_dir
+        extras.check(f"stages[{sc.name}] ({sc.kind})", stage.requirements())
         feeds: list[tuple[str, str, str]] = []
         for col in stage.needs:
             if col in sc.inputs:
                 up, _, up_col = sc.inputs[col].partition(".")
                 if up_col not in written.get(up, set()):
                     raise ValueError(f"stages[{sc.name}].inputs.{col}: no earlier stage {up!r} writing {up_col!r}")
-                feeds.append((col, up, up_col))
+                up_cs = next(c for c in out if c.name == up)
+                feeds.extend(chain_feed(col, up, up_col, up_cs.feeds) if up_col in up_cs.stage.text_columns
+                             else [(col, up, up_col)])
             elif col in writers:
                 feeds.append((col, writers[col], col))
         missing = [c for c in stage.needs if c not in DOCUMENT.names and c not in {f[0] for f in feeds}]
@@ -107,29 +121,14 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
 
 
 def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[ShardTask]) -> tuple[str, str]:
-    """Fit a global stage once per (config, input shards); returns (effective key, artifact dir).
-
-    The artifact folder is written under a temporary name and renamed when complete, so a crash
-    mid-fit leaves nothing that a re-run would mistake for a finished fit.
-    """
-    raw = [t.raw_path for t in tasks]
-    fit_id = stable_hash([p[len(ctx.lake.root):] for p in raw])[:8]
-    key = f"{key}-fit{fit_id}"
-    art = ctx.lake.artifact_dir(key)
-    started, t0, fitted = now(), time.perf_counter(), storage.exists(f"{art}/_fit.json")
-    if not fitted:
-        fs, art_p = storage.fs_and_path(art)
-        tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
-        fs.makedirs(tmp, exist_ok=True)
-        metrics = ctx.executor.fit(cs.stage, tasks, tmp)  # type: ignore[arg-type]
-        with fs.open(f"{tmp}/_fit.json", "w") as f:
-            json.dump({"stage": cs.name, "key": key, "shards": len(raw), "metrics": metrics}, f, default=str)
-        fs.mv(tmp, art_p, recursive=True)
-        ctx.catalog.insert("artifacts", [{"stage": cs.name, "stage_key": key, "path": art, "run_id": ctx.run_id,
-                                          "metrics": json.dumps(metrics, default=str), "created_at": now()}])
-        ctx.catalog.load_artifact_tables(cs.name, key, art)  # a fit's catalog/*.parquet, e.g. semantic_groups
+    """Fit, reuse or extend a global stage by its fit policy (flows/fitting.py); returns
+    (effective key, artifact dir). Its wall time goes to ``stage_timings`` (phase ``fit``)."""
+    run = FitRun(ctx.lake, ctx.catalog, ctx.executor, ctx.run_id, get_run_logger())
+    started, t0 = now(), time.perf_counter()
+    key, art = fit_stage(run, cs.name, cs.stage, key, tasks, refit=cs.name in ctx.refit)  # type: ignore[arg-type]
+    _, fitted = ctx.catalog.query("SELECT count(*) FROM artifacts WHERE run_id = ? AND stage_key = ?", [ctx.run_id, key])
     record_timing(ctx, cs.name, "fit", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
-                  status="skipped" if fitted else "computed", shards=len(tasks))
+                  status="computed" if fitted[0][0] else "reused", shards=len(tasks))
     return key, art
 
 
@@ -147,21 +146,10 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     if not tasks:
         log.info("source %s: no new input files since the last run", source.name)
         return {"source": source.name, "files": 0, "rows_in": 0, "rows_written": 0, "rows_quarantined": 0}
+    ctx.lake.record_ingest_run(source.name, tasks[0].ingest_run, ctx.started_at, ctx.run_id)
     results = list(ctx.executor.map(ingest_file, tasks, desc=f"ingest {source.name}"))
-    recorded = ctx.catalog.ingested_keys(source.name)
     for r in sorted(results, key=lambda r: r.file_index):
-        if (r.fingerprint, r.ingest_run) in recorded:
-            continue
-        ctx.catalog.insert("ingested_files", [{
-            "source": r.source, "path": r.file, "fingerprint": r.fingerprint, "size": r.bytes_read,
-            "ingest_run": r.ingest_run, "run_id": ctx.run_id, "rows_in": r.rows_in, "rows_written": r.rows_written,
-            "rows_quarantined": r.rows_quarantined, "seconds": r.seconds, "ingested_at": now()}])
-        ctx.catalog.insert("shards", [{
-            "path": p["path"], "source": r.source, "ingest_run": r.ingest_run, "input_file": r.file,
-            "rows": p["rows"], "text_bytes": p["text_bytes"], "run_id": ctx.run_id, "created_at": now()} for p in r.parts])
-        if r.quarantine_file:
-            ctx.catalog.load_quarantine_file(r.quarantine_file)
-        ctx.catalog.insert("superseded_ingests", superseded_rows([r], ctx.run_id, now()))
+        record_ingested_file(ctx.catalog, asdict(r), ctx.run_id)
     summary = {"source": source.name, "files": len(results), "rows_in": sum(r.rows_in for r in results),
                "rows_written": sum(r.rows_written for r in results),
                "rows_quarantined": sum(r.rows_quarantined for r in results),
@@ -170,16 +158,26 @@ def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     return summary
 
 
+def stage_key(cs: ConfiguredStage, keys: dict[str, str]) -> str:
+    """The stage's key given the effective keys of earlier stages (also used by `curate gc`)."""
+    # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
+    ups: dict[str, list[str]] = {}
+    for col, up, up_col in cs.feeds:
+        ups.setdefault(col, []).append(f"{keys[up]}:{up_col}" if up else up_col)
+    cs.stage.upstream = {col: "|".join(v) for col, v in ups.items()}
+    return cs.stage.key(cs.name)
+
+
 @task(name="stage", task_run_name="{cs.name}", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
     sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
     raw_all = ctx.lake.shards_by_age(sources)
-    # A stage's key covers the keys of the stages it reads from, so upstream changes propagate.
-    cs.stage.upstream = {col: f"{ctx.keys[up]}:{up_col}" for col, up, up_col in cs.feeds}
-    key = cs.stage.key(cs.name)
-    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw), up_col) for col, up, up_col in cs.feeds)
-             for _, raw in raw_all}
+    key = stage_key(cs, ctx.keys)
+    runs_on = {sc.name: sc.sources for sc in ctx.cfg.stages}
+    feeds = {raw: tuple((col, ctx.lake.annotation_path(ctx.keys[up], raw) if up else "", up_col) for col, up, up_col
+                        in feeds_for_source(cs.feeds, {u: v is None or src in v for u, v in runs_on.items()}))
+             for src, raw in raw_all}
     sctx = StageContext(cache_dir=f"{ctx.lake.root}/cache")
     if isinstance(cs.stage, GlobalStage):
         fit_tasks = [ShardTask(src, raw, "", feeds[raw]) for src, raw in raw_all]
@@ -198,13 +196,10 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     record_timing(ctx, cs.name, "apply", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
                   status="computed" if computed else "skipped", shards=len(computed), rows=sum(r.rows for r in computed))
     at = now()
-    ctx.catalog.insert("stage_runs", [{
+    record_stage_results(ctx.catalog, [{
         "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind,
         "version": cs.stage.version, "source": r.task.source, "shard": r.task.raw_path, "status": r.status,
         "rows": r.rows, "row_errors": r.row_errors, "seconds": r.seconds, "error": r.error, "recorded_at": at} for r in results])
-    for r in results:
-        if r.status == "computed" and r.row_errors:
-            ctx.catalog.load_stage_errors(ctx.run_id, r.task.source, cs.name, r.task.out_path, r.task.raw_path)
     if cs.stage.kind == "perplexity":
         p = cs.stage.params
         ctx.catalog.record_bpb_matrix(ctx.run_id, cs.name, key, ctx.lake.root, [m.name for m in p.models], p.group_by)  # type: ignore[attr-defined]
@@ -245,37 +240,68 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
 
 
 @task(name="release", task_run_name="release-{ctx.cfg.release.name}", retries=1, retry_delay_seconds=2, cache_policy=NONE)
-def release(ctx: RunContext, stages: list[ConfiguredStage]) -> dict[str, Any]:
+def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool = False) -> dict[str, Any]:
+    log = get_run_logger()
     infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
     ingest_q = {s.name: sum(m["rows_quarantined"] for m in ctx.lake.ingest_markers(s.name)) for s in ctx.cfg.sources}
     planner, plan_cols = release_planner(ctx.cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
+    optional = {s.name for s in ctx.cfg.sources if getattr(s, "optional", False)}
     started, t0 = now(), time.perf_counter()
-    manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
-                                      planner=planner, plan_columns=plan_cols)
+    try:
+        manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
+                                          planner=planner, plan_columns=plan_cols, accept_gates=accept_gates,
+                                          optional_sources=optional)
+    except GateFailed as e:  # not retried: the same inputs fail the same gates
+        ctx.catalog.record_rejected({"name": e.name, "version": e.version, "gates": e.report}, ctx.run_id)
+        log.error("%s", e)
+        return {"gate_failure": e}
     record_timing(ctx, "release", "write", started, time.perf_counter() - t0, status="computed" if created else "skipped")
     path = ctx.lake.release_dir(manifest["name"], manifest["version"])
     ctx.catalog.record_release(manifest, ctx.run_id, path)
-    get_run_logger().info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
-                          "written" if created else "unchanged (same inputs as an existing release)",
-                          manifest["totals"]["rows"], manifest["totals"]["tokens"], len(manifest["shards"]))
+    for message in gate_warnings(manifest.get("gates", {})) if created else []:
+        log.warning("%s", message)
+    log.info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
+             "written" if created else "unchanged (same inputs as an existing release)",
+             manifest["totals"]["rows"], manifest["totals"]["tokens"], len(manifest["shards"]))
     return {"name": manifest["name"], "version": manifest["version"], "created": created, "path": path,
-            **manifest["totals"], "shards": len(manifest["shards"])}
+            **manifest["totals"], "shards": len(manifest["shards"]),
+            "warnings": gate_warnings(manifest.get("gates", {})), "accepted": manifest.get("gates", {}).get("accepted")}
 
 
 @flow(name="curate", flow_run_name=flow_run_name, log_prints=True)
-def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None) -> dict[str, Any]:
-    """Run a pipeline file end to end and return a summary (also stored in the catalog)."""
+def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
+                accept_gates: bool = False, wait_s: float = 0.0, refit: list[str] | None = None) -> dict[str, Any]:
+    """Run a pipeline file end to end and return a summary (also stored in the catalog).
+
+    A release stopped by its gates fails the flow (``GateFailed``) unless ``accept_gates``.
+    ``refit`` names global stages to fit again over every shard although a pinned model or
+    incremental index exists (flows/fitting.py)."""
     cfg = load_config(config_path)
     if workers is not None:
         cfg.executor.workers = workers
     stages = configure_stages(cfg)
+    check_refit(stages, refit or [])
     # Fail before any work if the selection names a stage or column that does not exist.
     parse_selection(cfg.release.select, {cs.name: set(cs.stage.writes()) for cs in stages})
+    check_release_text(cfg, stages)
     release_planner(cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
+    check_ablation(cfg)
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
     catalog = Catalog(lake.catalog_path)
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    # One writer per lake (warehouse/lock.py); `curate run` already holds it, `curate serve` takes it here.
+    with lake_lock(lake.root, "run", run_id=run_id, wait_s=wait_s) as lock:
+        return _run_locked(cfg, config_path, stages, lake, catalog, run_id, lock, frozenset(reingest or ()),
+                           accept_gates, frozenset(refit or ()))
+
+
+def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredStage], lake: Lake, catalog: Catalog,
+                run_id: str, lock: LakeLock, reingest: frozenset[str], accept_gates: bool,
+                refit: frozenset[str]) -> dict[str, Any]:
+    """The flow's work, holding the lake lock: heal what the lake needs, then ingest, stages, release."""
+    for line in heal_on_start(lake.root, catalog, run_id):
+        get_run_logger().warning("healing the lake: %s", line)
     try:
         from prefect.runtime import flow_run
         prefect_id = str(flow_run.id) if flow_run.id else None
@@ -283,16 +309,22 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
         prefect_id = None
     catalog.start_run(run_id, cfg.name, str(Path(config_path).resolve()), cfg.config_hash(), code_version(), prefect_id)
     executor = make_executor(cfg.executor, show_progress=os.environ.get("CURATE_PROGRESS", "1") != "0")
-    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=frozenset(reingest or ()))
+    ctx = RunContext(cfg, config_path, lake, catalog, executor, run_id, code_version(), reingest=reingest,
+                     refit=refit)
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
+        lock.check()
         staged = [run_stage(ctx, cs) for cs in stages]
-        rel = release(ctx, stages)
+        lock.check()
+        rel = release(ctx, stages, accept_gates)
         catalog.refresh_views(lake.root, dict(ctx.keys))
+        if "gate_failure" in rel:
+            raise rel["gate_failure"]
         report = write_report(ctx, stages, rel)
+        ablation = ablate_release(lake.root, catalog, cfg, rel) if cfg.ablation else None
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
         summary = {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel,
-                   "report": report}
+                   "report": report, "ablation": ablation}
         publish_artifacts(ctx, summary)
         return summary
     except BaseException as e:
@@ -303,9 +335,34 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
 
 
 def run_pipeline(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
-                 validated: bool = False) -> dict[str, Any]:
-    """Validate the file (every problem at once, before Prefect starts: flows.validate), then run
-    the flow. ``reingest``: sources to ingest afresh. ``validated``: the caller already checked."""
+                 validated: bool = False, accept_gates: bool = False, wait_s: float = 0.0,
+                 on_wait: Any = None, refit: list[str] | None = None) -> dict[str, Any]:
+    """Validate the file (every problem at once, before Prefect starts: flows.validate), take the
+    lake lock (waiting up to ``wait_s`` seconds for another writer; ``LakeBusy`` names it), check
+    the catalog opens, then run the flow. ``reingest``: sources to ingest afresh. ``validated``:
+    the caller already checked. ``accept_gates``: publish the release even if its gates fail.
+    ``refit``: global stages to fit again (``RefitError`` when one is not a global stage)."""
     if not validated:
         validate_pipeline(config_path, reingest or ()).raise_for_errors()
-    return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers, reingest=list(reingest or ()))
+    cfg = load_config(config_path)
+    if refit:
+        check_refit(configure_stages(cfg), refit)
+    with lake_lock(cfg.lake_path, "run", wait_s=wait_s, on_wait=on_wait):
+        if "://" not in cfg.lake_path and Path(cfg.lake_path, "catalog.duckdb").exists():
+            Catalog(f"{cfg.lake_path}/catalog.duckdb").init()  # a damaged catalog is named before Prefect starts
+        return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers,
+                           reingest=list(reingest or ()), accept_gates=accept_gates, refit=list(refit or ()))
+
+
+def check_refit(stages: list[ConfiguredStage], names: list[str]) -> None:
+    """``--refit`` must name global stages of the pipeline."""
+    fitted = [cs.name for cs in stages if isinstance(cs.stage, GlobalStage)]
+    for n in names:
+        if n not in fitted:
+            raise RefitError(f"--refit {n}: not a global stage of this pipeline; global stages: {', '.join(fitted) or 'none'}")
+
+
+def check_release_text(cfg: PipelineConfig, stages: list[ConfiguredStage]) -> None:
+    """``release.text`` must name a chain of derived text columns wired through ``inputs.text``."""
+    reads = {cs.name: next((f"{u}.{c}" for col, u, c in cs.feeds if col == "text" and u), None) for cs in stages}
+    check_chain(list(cfg.release.text), {cs.name: cs.stage.text_columns for cs in stages}, reads)

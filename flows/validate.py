@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from engines import extras
 from schemas.config import ConfigError, PipelineConfig, load_config, read_config_yaml
 from schemas.documents import DOCUMENT
 from schemas.yaml_safe import line_of
@@ -167,6 +168,9 @@ def _check_stages(c: _Checker) -> tuple[dict[str, set[str]], set[str]]:
             c.error(loc + ("params",), str(e))
             broken.add(sc.name)
             continue
+        gap = extras.problem(stage.requirements())
+        if gap:
+            c.error(loc + ("kind",), f"{sc.kind} {gap}")
         dump = params.model_dump(mode="json")
         for spec in getattr(cls, "path_params", ()):
             for sub, value in _values_at(dump, spec):
@@ -233,10 +237,25 @@ def _check_selection(c: _Checker, written: dict[str, set[str]], broken: set[str]
         c.error(("release", "select"), str(e).removeprefix("release.select: "))
 
 
+def _check_release_text(c: _Checker, broken: set[str]) -> None:
+    """``release.text``: a chain of derived text columns, each stage reading the previous link."""
+    from engines.stage import known_kinds, stage_class
+    from warehouse.releasing.text import check_chain
+    chain = c.cfg.release.text
+    if not chain or any(e.split(".", 1)[0] in broken for e in chain):
+        return
+    ok = [sc for sc in c.cfg.stages if sc.name not in broken and sc.kind in known_kinds()]
+    try:
+        check_chain(list(chain), {sc.name: stage_class(sc.kind).text_columns for sc in ok},
+                    {sc.name: sc.inputs.get("text") for sc in ok})
+    except ValueError as e:
+        c.error(("release", "text"), str(e))
+
+
 def _check_release_plan(c: _Checker, written: dict[str, set[str]]) -> None:
     """The mixture/curriculum/anneal blocks: schema, the sources and columns they name, files."""
     from planning.curriculum import CurriculumConfig
-    from planning.mixture import MixtureConfig
+    from planning.mixture import METHOD_REQUIRES, MixtureConfig
     rel = c.cfg.release
     sources = [s.name for s in c.cfg.sources]
     columns = sorted(f"{st}.{col}" for st, cols in written.items() for col in cols)
@@ -257,6 +276,9 @@ def _check_release_plan(c: _Checker, written: dict[str, set[str]]) -> None:
                     if src not in sources:
                         c.error(("release", "mixture", *key.split(".")), f"no source named {src!r}"
                                 f"{did_you_mean(src, sources)} (sources: {', '.join(sources)})")
+            gap = extras.problem(METHOD_REQUIRES.get(mix.method, {}))
+            if gap:
+                c.error(("release", "mixture", "method"), f"method {mix.method!r} {gap}")
             if mix.results:
                 c.local_file(("release", "mixture", "results"), mix.results, c.cfg.base_dir)
             elif mix.method in ("regmix", "mixing_law", "cmr"):
@@ -303,8 +325,16 @@ def validate_pipeline(path: str | Path, reingest: tuple[str, ...] | list[str] = 
     c = _Checker(path, cfg, node, report)
     written, broken = _check_stages(c)
     _check_selection(c, written, broken)
+    _check_release_text(c, broken)
     _check_release_plan(c, written)
     _check_sources(c)
+    if cfg.ablation:
+        from flows.ablation_step import check_ablation
+        try:
+            check_ablation(cfg)
+        except ConfigError as e:
+            report.errors.extend(f"{c.at('ablation')}: {line.strip()}" for line in str(e).splitlines()
+                                 if line.strip() and line.strip() != "invalid ablation config:")
     names = [s.name for s in cfg.sources]
     for name in reingest:
         if name not in names:

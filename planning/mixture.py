@@ -658,6 +658,11 @@ class EndPhaseConfig(BaseModel):
     preserve_total: bool = False
 
 
+# Fitted methods need the `mixture` extra (engines/extras.py): checked when the pipeline is validated.
+METHOD_REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
+    "regmix": {"mixture": ("lightgbm",)}, "mixing_law": {"mixture": ("scipy",)}, "cmr": {"mixture": ("scipy",)}}
+
+
 class MixtureConfig(BaseModel):
     """The ``plan.mixture`` block of a pipeline: which planner, its parameters, the end phase.
 

@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 import polars as pl
 
+from engines.extras import check as check_extras
 from planning.curriculum import CurriculumConfig, order_release
-from planning.mixture import MixtureConfig, plan_mixture
+from planning.mixture import METHOD_REQUIRES, MixtureConfig, plan_mixture
 from planning.sampling import phase_boundaries, plan_sampling, sample_source
 
 PlanFn = Callable[[dict[str, pl.DataFrame]], tuple[pl.DataFrame, dict[str, Any]]]
@@ -28,6 +29,8 @@ def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | No
     mix = MixtureConfig.model_validate(mixture) if mixture is not None else None
     cur = CurriculumConfig.model_validate(curriculum or {"kind": "random"})
     ann = CurriculumConfig.model_validate(anneal) if anneal is not None else None
+    if mix is not None:
+        check_extras(f"release.mixture.method {mix.method!r}", METHOD_REQUIRES.get(mix.method, {}))
     if mix is not None and mix.method in ("regmix", "mixing_law", "cmr") and results is None:
         raise ValueError(f"release.mixture.method {mix.method!r} needs release.mixture.results "
                          "(a CSV/Parquet table of proxy-run results)")

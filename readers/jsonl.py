@@ -59,7 +59,8 @@ def _members(raw: Any, new: Callable[[], Any], bounded: bool, name: str) -> Iter
 
 def decompressed_chunks(path: str) -> Iterator[bytes]:
     """The decompressed bytes of a file, by compression inferred from its name, in chunks of about
-    1 MiB. Raises StreamError once the good data is exhausted if the file is truncated or corrupt."""
+    1 MiB (an uncompressed file: BLOCK_BYTES). Raises StreamError once the good data is exhausted if
+    the file is truncated or corrupt."""
     kind = infer_compression(path)
     with open_binary(path, compression=None if kind in ("gzip", "zstd") else "infer") as raw:
         if kind == "gzip":
@@ -68,9 +69,11 @@ def decompressed_chunks(path: str) -> Iterator[bytes]:
             yield from _members(raw, lambda: zstandard.ZstdDecompressor().decompressobj(), False, "zstd")
         else:
             read = getattr(raw, "read1", raw.read)  # read1 never drops data already decoded
+            # An uncompressed file is read a block at a time: one copy from the page cache per block.
+            step = BLOCK_BYTES if kind is None else _STEP_BYTES
             while True:
                 try:
-                    chunk = read(_STEP_BYTES)
+                    chunk = read(step)
                 except (EOFError, OSError, ValueError) as e:
                     raise StreamError(f"cannot decompress ({e})") from None
                 if not chunk:
@@ -125,21 +128,39 @@ def _table_from_records(records: list[dict], text_column: str) -> pa.Table:
     return pa.table({name: _column([r.get(name) for r in records], name == text_column) for name in names})
 
 
-def _line_bounds(block: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start, end (exclusive, without the newline) and index of each non-blank line of a block."""
+def _newlines(block: bytes | memoryview) -> np.ndarray:
+    """Positions of the newline bytes of a block (one vectorised pass)."""
+    return np.flatnonzero(np.frombuffer(block, np.uint8) == 0x0A)
+
+
+def _line_bounds(block: bytes | memoryview, newlines: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end (exclusive, without the newline) and index of each non-blank line of a block
+    (``newlines``: the block's newline positions, if already known)."""
     data = np.frombuffer(block, np.uint8)
-    newlines = np.flatnonzero(data == 0x0A)
+    if newlines is None:
+        newlines = _newlines(block)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.concatenate((newlines, [len(block)]))
     keep = ends > starts
     # A line starting with "{" is not blank; only the rare others are checked one by one.
     first = data[np.minimum(starts, max(len(block) - 1, 0))] if len(block) else np.zeros(len(starts), np.uint8)
     for i in np.flatnonzero(keep & (first != 0x7B)):
-        keep[i] = bool(block[starts[i]:ends[i]].strip())
+        keep[i] = bool(bytes(block[starts[i]:ends[i]]).strip())
     return starts[keep], ends[keep], np.flatnonzero(keep)
 
 
-def _is_utf8(block: bytes) -> bool:
+def _line_starts_with_bom(block: bytes | memoryview, newlines: np.ndarray) -> bool:
+    """Whether a line of the block starts with a UTF-8 byte order mark (checked at line starts only)."""
+    data = np.frombuffer(block, np.uint8)
+    starts = np.concatenate(([0], newlines + 1))
+    starts = starts[starts + 3 <= len(block)]
+    if not len(starts):
+        return False
+    at = starts[data[starts] == 0xEF]
+    return bool(np.any((data[at + 1] == 0xBB) & (data[at + 2] == 0xBF)))
+
+
+def _is_utf8(block: bytes | memoryview) -> bool:
     # The block viewed as one Arrow string without a copy: Arrow's validation is SIMD-fast.
     offsets = pa.py_buffer(np.array([0, len(block)], np.int64))
     try:
@@ -149,13 +170,13 @@ def _is_utf8(block: bytes) -> bool:
         return False
 
 
-def _parse_fast(block: bytes, rows: int, longest: int, text_column: str) -> pa.Table | None:
+def _parse_fast(block: bytes | memoryview, rows: int, longest: int, text_column: str) -> pa.Table | None:
     """The whole block with pyarrow's multithreaded JSON reader, or None if it fails or its rows do
     not match the block's lines one to one (e.g. two objects on one line)."""
     grow = 1
     if not _is_utf8(block):
         # pyarrow would accept invalid UTF-8 inside strings; repair it (newlines are never touched).
-        block, grow = decode_utf8(block).encode(), 3
+        block, grow = decode_utf8(bytes(block)).encode(), 3
     options = pj.ReadOptions(block_size=min(max(1 << 20, grow * longest + 2), (1 << 31) - 1))
     schema = pa.schema([(text_column, pa.string())])
     try:
@@ -180,17 +201,25 @@ def strip_line_boms(block: bytes) -> bytes:
     return block.replace(b"\n" + _BOM, b"\n")
 
 
-def _parse_block(block: bytes, first_line: int, path: str, source: SourceConfig) -> Iterator[ReadItem]:
+def _parse_block(block: bytes | memoryview, first_line: int, path: str, source: SourceConfig,
+                 newlines: np.ndarray | None = None) -> Iterator[ReadItem]:
     text_column = source.columns.text
-    block = strip_line_boms(block)
-    starts, ends, index = _line_bounds(block)
+    if newlines is None:
+        newlines = _newlines(block)
+    if _line_starts_with_bom(block, newlines):
+        block = strip_line_boms(bytes(block))
+        newlines = _newlines(block)
+    starts, ends, index = _line_bounds(block, newlines)
     if not len(starts):
         return
     numbers = index + first_line
     table = _parse_fast(block, len(starts), int((ends - starts).max()), text_column)
     if table is not None:
-        yield from finish(table, numbers, text_column, source, path)
+        # Valid UTF-8 in (checked or repaired), and pyarrow rejects JSON escapes of lone surrogates:
+        # its strings are valid UTF-8, so finish() need not check them again.
+        yield from finish(table, numbers, text_column, source, path, utf8_valid=True)
         return
+    block = bytes(block)  # the line-by-line path slices and decodes lines
     records, offsets = [], []
     for start, end, number in zip(starts.tolist(), ends.tolist(), numbers.tolist(), strict=True):
         line = block[start:end]
@@ -223,7 +252,10 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
     """
     line_limit = LINE_LIMIT_FACTOR * source.max_doc_bytes + (1 << 20)
     line = 0  # number of the first line in `pending`
-    pending = bytearray()
+    # Bytes read but not parsed yet, as a list of chunks (joined once per block: appending to one
+    # growing buffer copies it again and again) and their total size.
+    pending: list[bytes] = []
+    size = 0
     cut = 0  # end of the last complete line in `pending`
     skipped: bytes | None = None  # head of an over-long line while the rest of it is discarded
     chunks = decompressed_chunks(path)
@@ -245,24 +277,39 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
             line, skipped, chunk = line + 1, None, chunk[newline + 1:] if newline >= 0 else b""
         newline = chunk.rfind(b"\n")
         if newline >= 0:
-            cut = len(pending) + newline + 1
-        pending += chunk
+            cut = size + newline + 1
+        if chunk:
+            pending.append(chunk)
+            size += len(chunk)
         if not at_end:
-            if len(pending) < BLOCK_BYTES:
+            if size < BLOCK_BYTES:
                 continue
             if cut == 0:  # a single line longer than a block: keep reading it, up to the limit
-                if len(pending) > line_limit:
-                    skipped, pending = bytes(pending[:MAX_RAW_BYTES]), bytearray()
+                if size > line_limit:
+                    skipped, pending, size = _head(pending, MAX_RAW_BYTES), [], 0
                 continue
         elif failure is None:
-            cut = len(pending)  # at a clean end the last line needs no newline
-        block = bytes(pending[:cut])
-        del pending[:cut]
-        cut = 0
-        yield from _parse_block(block, line, path, source)
-        line += block.count(b"\n")
+            cut = size  # at a clean end the last line needs no newline
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        # The block is a view of the data (no copy); only the incomplete last line is copied out.
+        block, rest = (data, b"") if cut == len(data) else (memoryview(data)[:cut], data[cut:])
+        pending, size, cut = ([rest], len(rest), 0) if rest else ([], 0, 0)
+        newlines = _newlines(block)
+        yield from _parse_block(block, line, path, source, newlines)
+        line += len(newlines)
         if at_end:
             break
     if failure is not None:
         yield Quarantined(path, line, 1, f"{failure}; everything before line {line} was read, the rest of the file "
-                                         "is lost: fetch or compress the file again", bytes(pending) or None)
+                                         "is lost: fetch or compress the file again", b"".join(pending) or None)
+
+
+def _head(chunks: list[bytes], n: int) -> bytes:
+    """The first n bytes of the concatenated chunks, without joining all of them."""
+    out, size = [], 0
+    for c in chunks:
+        if size >= n:
+            break
+        out.append(c[:n - size])
+        size += len(out[-1])
+    return b"".join(out)

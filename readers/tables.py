@@ -91,13 +91,14 @@ def batches(table: pa.Table, text_column: str) -> Iterator[pa.Table]:
 
 
 def finish(table: pa.Table, offsets: Sequence[int] | np.ndarray | pa.Array, text_column: str, source: SourceConfig,
-           path: str) -> Iterator[ReadItem]:
+           path: str, utf8_valid: bool = False) -> Iterator[ReadItem]:
     """The last steps every reader shares: add ``__offset``, repair UTF-8, quarantine oversized
     documents, and yield the rest in bounded batches."""
     if table.num_rows == 0:
         return
     table = table.append_column(OFFSET_COLUMN, pa.array(offsets, pa.int64()))
-    table = repair_strings(table, text_column)
+    if not utf8_valid:  # a reader that knows its strings are valid UTF-8 (and text a string) skips the pass
+        table = repair_strings(table, text_column)
     table, too_big = oversized(table, text_column, source, path)
     yield from too_big
     yield from batches(table, text_column)

@@ -28,11 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from schemas.gates import GatesConfig
 from schemas.names import SafeName, StageName
 from schemas.yaml_safe import YamlLimitError, line_of, load_yaml, read_limited
 
@@ -104,6 +105,11 @@ class ReleaseConfig(_Strict):
     anneal: dict[str, Any] | None = None
     shard_rows: int = Field(default=50_000, gt=0)
     shard_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # The text the release carries: derived text columns ("stage.column"), each stage reading the
+    # previous one's output (stages[].inputs.text); empty: the raw text. See README "Text in a release".
+    text: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    # Checks before publishing (schemas/gates.py); a failed gate fails the run and publishes nothing.
+    gates: GatesConfig = GatesConfig()
 
 
 class ExecutorConfig(_Strict):
@@ -121,6 +127,9 @@ class PipelineConfig(_Strict):
     sources: list[SourceConfig]
     stages: list[StageConfig] = []
     release: ReleaseConfig
+    # Optional proxy-model ablation after the release (ablations.config.PipelineAblation); it
+    # does not change what is released, so it is left out of the config hash.
+    ablation: dict[str, Any] | None = Field(default=None, exclude=True)
     # Where the file was loaded from; relative paths resolve against its folder.
     base_dir: str = Field(default=".", exclude=True)
 
@@ -171,13 +180,18 @@ def load_config(path: str | Path) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            where = line_of(node, loc)
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            lines.append(f"{path}:{where}: {key}: {err['msg']}")
-        raise ConfigError("invalid pipeline file:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("invalid pipeline file:\n  " + "\n  ".join(validation_lines(e, node, str(path)))) from None
+
+
+def validation_lines(e: ValidationError, node: yaml.Node | None, where: str) -> list[str]:
+    """One ``where:line: key.path: message`` per pydantic error (the line from the YAML node tree)."""
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        lines.append(f"{where}:{line_of(node, loc)}: {key}: {err['msg']}" if node is not None
+                     else f"{where}: {key}: {err['msg']}")
+    return lines
 
 
 def read_config_yaml(path: Path) -> tuple[yaml.Node | None, Any]:

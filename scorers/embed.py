@@ -73,6 +73,9 @@ class Embed(Stage):
     needs = ("text",)
     Params = EmbedParams
 
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        return self.params.inference.requires()  # type: ignore[attr-defined]
+
     def writes(self) -> dict[str, pa.DataType]:
         p: EmbedParams = self.params  # type: ignore[assignment]
         value = pa.float16() if p.dtype == "float16" else pa.float32()

@@ -38,8 +38,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.stage import GlobalStage, StageContext, register_stage
+from scorers.model_store import Store, agreement, load_fasttext, model_bytes, save_fasttext
 
 LABELS = ("__label__pos", "__label__neg")
+FASTTEXT_EPS = 1e-5  # what fastText adds to every probability it reports
 
 
 class QualityParams(BaseModel):
@@ -59,6 +61,9 @@ class QualityParams(BaseModel):
     calibration_sample: int = Field(default=20_000, ge=100)
     select_top: float | None = Field(default=None, gt=0, le=1)
     select_by: Literal["documents", "bytes"] = "documents"
+    # How the model is stored (scorers/model_store.py): quantised (~5 MB) by default.
+    store: Store = "quantized"
+    quantize_cutoff: int = Field(default=100_000, ge=1000)
 
 
 class DistillParams(QualityParams):
@@ -76,6 +81,13 @@ def _unit_hash(ids: pl.Series, salt: str) -> np.ndarray:
     """A deterministic number in [0, 1) per id (holdout membership, reservoir keys)."""
     return np.array([int.from_bytes(hashlib.blake2b(f"{salt}:{i}".encode(), digest_size=8).digest(), "little") / 2**64
                      for i in ids.to_list()])
+
+
+def byte_weighted_edges(scores: np.ndarray, weights: np.ndarray, buckets: int) -> list[float]:
+    """``buckets - 1`` score edges such that each bucket holds about 1/buckets of the bytes."""
+    order = np.argsort(scores, kind="mergesort")
+    cum = np.cumsum(weights[order]) / max(weights.sum(), 1.0)
+    return [float(scores[order][min(np.searchsorted(cum, k / buckets), len(scores) - 1)]) for k in range(1, buckets)]
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -124,8 +136,11 @@ class _Reservoir:
 
 
 class _FastTextScorer(GlobalStage):
-    version = "1"
+    version = "2"  # 2: the stored model is quantised by default (scorers/model_store.py)
     Params = QualityParams
+    # Fitted once, then reused night after night: old documents' scores never drift, and new
+    # shards are scored by the same model (flows/fitting.py; `curate run --refit NAME`).
+    fit_policy = "pinned"
 
     def writes(self) -> dict[str, pa.DataType]:
         cols = {"score": pa.float64(), "bucket": pa.int32()}
@@ -165,11 +180,12 @@ class _FastTextScorer(GlobalStage):
                 fh.write(f"{LABELS[0] if label == 1 else LABELS[1]} {text}\n")
             path = fh.name
         try:
-            model = fasttext.train_supervised(input=path, lr=p.lr, dim=p.dim, epoch=p.epoch, wordNgrams=p.word_ngrams,
-                                              minCount=p.min_count, thread=1, seed=p.seed, verbose=0)
+            full = fasttext.train_supervised(input=path, lr=p.lr, dim=p.dim, epoch=p.epoch, wordNgrams=p.word_ngrams,
+                                             minCount=p.min_count, thread=1, seed=p.seed, verbose=0)
         finally:
             os.unlink(path)
-        model.save_model(f"{artifact_dir}/model.bin")
+        # Metrics and calibration use the model as stored: that is the one the apply loads.
+        model = save_fasttext(full, artifact_dir, p.store, p.quantize_cutoff)
         metrics: dict[str, Any] = dict(counts)
         if held.height:
             s = self._predict(model, held.get_column("text").to_list())
@@ -185,7 +201,7 @@ class _FastTextScorer(GlobalStage):
         w = cal.get_column("bytes").to_numpy().astype(np.float64)
         order = np.argsort(cs, kind="mergesort")
         cum = np.cumsum(w[order]) / max(w.sum(), 1.0)
-        edges = [float(cs[order][min(np.searchsorted(cum, k / p.buckets), len(cs) - 1)]) for k in range(1, p.buckets)]
+        edges = byte_weighted_edges(cs, w, p.buckets)
         threshold = None
         if p.select_top is not None:
             if p.select_by == "bytes":
@@ -194,22 +210,32 @@ class _FastTextScorer(GlobalStage):
                 threshold = float(np.quantile(cs, 1 - p.select_top))
         (Path(artifact_dir) / "calibration.json").write_text(json.dumps(
             {"bucket_edges": edges, "threshold": threshold, "calibration_docs": int(cal.height)}, indent=1))
+        metrics["store"] = {"format": p.store, "bytes": model_bytes(artifact_dir)}
+        if model is not full:
+            fs = self._predict(full, cal.get_column("text").to_list())
+            metrics["store"]["agreement_with_full_model"] = agreement(
+                fs, cs, np.searchsorted(byte_weighted_edges(fs, w, p.buckets), fs, side="right"),
+                np.searchsorted(edges, cs, side="right"))
         return metrics
 
     @staticmethod
     def _predict(model: Any, texts: list[str]) -> np.ndarray:
-        """P(positive), read from both labels' probabilities (1 - P(top) loses precision near 1)."""
+        """P(positive), computed from the smaller of the two labels' probabilities.
+
+        fastText reports each probability as float32 ``p + 1e-5``: near 1 a float32 cannot tell
+        0.99999999 from 1, so confident documents would all tie at 1.0 (and byte-weighted
+        buckets could not split them). The smaller probability keeps its precision, so the
+        score is ``1 - (P(neg) - 1e-5)`` when the positive label wins, ``P(pos) - 1e-5``
+        otherwise."""
         labels, probs = model.predict(texts, k=2)
         first_pos = np.fromiter((lab[0] == LABELS[0] for lab in labels), dtype=bool, count=len(texts))
-        p0 = np.fromiter((p[0] for p in probs), dtype=np.float64, count=len(texts))
-        p1 = np.fromiter((p[1] if len(p) > 1 else 0.0 for p in probs), dtype=np.float64, count=len(texts))
-        return np.clip(np.where(first_pos, p0, p1), 0.0, 1.0)
+        second = np.fromiter((p[1] if len(p) > 1 else 0.0 for p in probs), dtype=np.float64, count=len(texts))
+        second = np.maximum(second - FASTTEXT_EPS, 0.0)
+        return np.clip(np.where(first_pos, 1.0 - second, second), 0.0, 1.0)
 
     def setup(self, ctx: StageContext) -> None:
-        import fasttext
-
         assert ctx.artifact_dir, f"{self.kind} needs its fitted artifact"
-        self._model = fasttext.load_model(f"{ctx.artifact_dir}/model.bin")
+        self._model = load_fasttext(ctx.artifact_dir)
         cal = json.loads((Path(ctx.artifact_dir) / "calibration.json").read_text())
         self._edges = np.asarray(cal["bucket_edges"], dtype=np.float64)
         self._threshold = cal["threshold"]

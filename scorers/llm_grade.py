@@ -33,6 +33,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, SamplingParams, make_backend
+from engines.inference.base import BACKEND_REQUIRES
 from engines.inference.cache import ResultCache, cache_key, text_hash
 from engines.stage import Stage, StageContext, register_stage
 from scorers.llm_parsing import Parsed, parse_edu, parse_multi, yes_probability
@@ -67,6 +68,10 @@ class LLMGrader(Stage):
     version = "1"
     needs = ("text",)
     Params = GraderParams
+    requires = BACKEND_REQUIRES["transformers"]  # the default backend; requirements() follows the params
+
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        return self.params.inference.requires()  # type: ignore[attr-defined]
 
     def writes(self) -> dict[str, pa.DataType]:
         return {"score": pa.float64(), "label": pa.string(), "criteria": pa.string(), "raw": pa.string(),

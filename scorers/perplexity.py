@@ -26,6 +26,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, make_backend
+from engines.inference.base import BACKEND_REQUIRES
 from engines.inference.cache import ResultCache, cache_key, text_hash
 from engines.stage import Stage, StageContext, register_stage
 from scorers.llm_grade import in_sample
@@ -58,6 +59,13 @@ class Perplexity(Stage):
     version = "1"
     needs = ("text",)
     Params = PerplexityParams
+    requires = BACKEND_REQUIRES["transformers"]  # the default backend; requirements() follows the params
+
+    def requirements(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {}
+        for m in self.params.models:  # type: ignore[attr-defined]
+            out.update(m.inference.requires())
+        return out
 
     def writes(self) -> dict[str, pa.DataType]:
         cols = {f"bpb__{m.name}": pa.float64() for m in self.params.models}  # type: ignore[attr-defined]

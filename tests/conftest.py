@@ -1,4 +1,5 @@
-"""Shared fixtures. Real text comes from ../shared/corpora (beside the checkout) or demo/data."""
+"""Shared fixtures. Real text comes from ../shared/corpora (beside the checkout), else from the sample
+bundled in tests/data/corpora; the demo corpus is demo/data."""
 from __future__ import annotations
 
 import os
@@ -15,16 +16,41 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("CURATE_PROGRESS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
-CORPORA = Path(os.environ.get("CURATE_CORPORA", REPO.parent / "shared" / "corpora"))
 DEMO = REPO / "demo"
+# Real text: the shared corpora beside the checkout (CI) or named by CURATE_CORPORA; else the sample
+# bundled with the repository (tests/data/corpora/README.md), so a clone runs its own tests.
+SHARED = Path(os.environ.get("CURATE_CORPORA") or REPO.parent / "shared" / "corpora")
+SAMPLE = REPO / "tests" / "data" / "corpora"
+CORPORA = SHARED if (SHARED / "wiki_en.parquet").exists() else SAMPLE
+FULL = CORPORA.resolve() != SAMPLE.resolve()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if FULL:
+        return f"real text: the full shared corpora at {CORPORA}"
+    why = (f"CURATE_CORPORA={os.environ['CURATE_CORPORA']}" if os.environ.get("CURATE_CORPORA")
+           else f"no shared corpora at {SHARED}")
+    return (f"real text: the bundled sample at {SAMPLE} (about 4 MB; {why}); tests that need the full "
+            "corpora are skipped")
 
 
 @pytest.fixture(scope="session")
 def corpora() -> Path:
-    """The shared real-text corpora; CI always has them beside the checkout."""
-    if not (CORPORA / "wiki_en.parquet").exists():
-        pytest.fail(f"real-text corpora not found at {CORPORA}; set CURATE_CORPORA to the shared/corpora folder")
+    """Real text: the full shared corpora where present, else the bundled sample (same file names,
+    fewer rows: the first rows of each file)."""
+    if os.environ.get("CURATE_CORPORA") and not (SHARED / "wiki_en.parquet").exists():
+        pytest.fail(f"CURATE_CORPORA={os.environ['CURATE_CORPORA']} holds no wiki_en.parquet; point it at "
+                    "the shared/corpora folder, or unset it to use the bundled sample")
     return CORPORA
+
+
+@pytest.fixture(scope="session")
+def full_corpora(corpora: Path) -> Path:
+    """The full shared corpora; skips (saying so) where only the bundled sample is available."""
+    if not FULL:
+        pytest.skip("needs the full shared corpora (../shared/corpora or CURATE_CORPORA); "
+                    "this run has the bundled sample only")
+    return corpora
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,18 @@ from readers.ingest import document_ids
 from schemas.documents import DOCUMENT
 
 
+def cli_env(root: Path) -> dict[str, str]:
+    """Environment for a `curate` subprocess in a test: the test plugins, no progress bars, a
+    private Prefect home under ``root`` and no Prefect server from the caller's shell."""
+    import os
+
+    from tests.conftest import REPO
+    env = dict(os.environ, CURATE_PLUGINS="tests.plugins", PYTHONPATH=str(REPO), CURATE_PROGRESS="0",
+               PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def real_texts(corpora: Path, name: str, n: int, offset: int = 0) -> list[str]:
     t = pq.read_table(corpora / f"{name}.parquet", columns=["text"])
     return t.column("text").to_pylist()[offset:offset + n]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import demo_config
+from tests.helpers import cli_env, demo_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,7 @@ def _pipeline(root: Path, demo_dir: Path) -> Path:
 
 
 def _env(root: Path) -> dict[str, str]:
-    env = dict(os.environ, CURATE_PLUGINS="tests.plugins", PYTHONPATH=str(REPO), CURATE_PROGRESS="0",
-               PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
-    return env
+    return cli_env(root)
 
 
 def _run(pipeline: Path, root: Path) -> subprocess.Popen:

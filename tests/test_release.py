@@ -99,7 +99,7 @@ def test_missing_annotations_quarantine_the_shard(tmp_path, corpora):
     cfg, lake, info, _ = _setup(tmp_path, corpora)
     victim = lake.annotation_path(info[0].key, lake.raw_shards("wiki_en")[1])
     Path(victim).unlink()
-    m, _ = build_release(cfg, lake, info, "r", "test")
+    m, _ = build_release(cfg, lake, info, "r", "test", accept_gates=True)  # half of wiki_en quarantined: past the gate
     acc = m["sources"]["wiki_en"]
     assert acc["rows_quarantined"] == 300
     assert acc["rows_in"] == acc["rows_kept"] + acc["rows_dropped"] + acc["rows_quarantined"] == 600

@@ -269,3 +269,23 @@ def test_prefect_startup_timeout_is_raised_unless_set(tmp_path):
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert int(out.stdout.strip().splitlines()[-1]) == EPHEMERAL_STARTUP_TIMEOUT_S
+
+
+def test_release_text_chain_is_checked_before_the_run(tmp_path, data):
+    p = write(tmp_path, """\
+        name: t
+        sources:
+          - {name: a, format: jsonl, paths: [data/a.jsonl]}
+        stages:
+          - {name: c4, kind: c4}
+          - {name: pii, kind: pii}
+        release:
+          name: r
+          text: [c4.text_clean, pii.text_redacted]
+        """)
+    [err] = validate_pipeline(p).errors
+    assert err.startswith(f"{p}:9: release.text: release.text applies pii.text_redacted after c4.text_clean")
+    assert "add `inputs: {text: c4.text_clean}` to stages[pii]" in err
+    fixed = p.read_text().replace("{name: pii, kind: pii}", "{name: pii, kind: pii, inputs: {text: c4.text_clean}}")
+    p.write_text(fixed)
+    assert validate_pipeline(p).errors == []

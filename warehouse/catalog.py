@@ -8,6 +8,9 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``shards``: every raw shard with its rows and text bytes.
 - ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
+- ``pins``: each time a global stage's pin moved (which artifact, why, trained on how many
+  shards and rows; ``<lake>/pins/<stage-key>.json`` holds the current one).
+- ``gc_removed``: what ``curate gc`` deleted (path, kind, bytes; ``<lake>/gc/<gc_id>.json`` too).
 - ``bpb_matrix``: mean bits per byte per model and domain (or source) from ``perplexity`` stages.
 - ``semantic_groups``, ``semantic_sources``: the groups ``semantic_dedup`` found (size, survivor,
   sources) and its counts per source, loaded from its artifact's ``catalog/*.parquet``.
@@ -21,20 +24,33 @@ Tables (all append-only except ``releases``' LATEST flag):
   ``write``; ``report`` ``build``).
 - ``exports``: rows and tokens per source of each ``curate export`` (real trainer token counts
   when a tokenizer was given); the same facts are in the export's ``export.json``.
+- ``release_gates``: every gate check of every release step, published or stopped (outcome pass,
+  warn, fail or skipped, with the value, the threshold and a message).
+- ``release_text``: per release, source and ``release.text`` step, what the step changed in the
+  kept documents (documents changed, characters and lines in and removed).
 - ``superseded_ingests``: ingests of a file replaced by a later ingest of it (changed content or
   reader config, or ``--reingest``); the lake records the same in the new ingest's marker
   (warehouse.supersede). A superseded ingest no longer counts anywhere.
+- ``ablations``, ``ablation_evals``: proxy-model runs per (ablation, release, seed) and their
+  metrics per step (``ablations.results``; loaded from ``<lake>/ablations/``).
 
-Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (all release shards), and one
-``ann_<stage>`` view per configured stage over its annotation files (of live ingests too), with the
-document's ``source`` (from the file's path), so a score distribution per source needs no join.
+Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (the shards of every
+committed release), and one ``ann_<stage>`` view per configured stage over its annotation files (of live
+ingests too), with the document's ``source`` (from the file's path), so a score distribution per source
+needs no join.
 
-Only the flow's main process writes; connections are short-lived so ``curate stats`` can read
-between runs.
+Only the flow's main process writes, under the lake lock (warehouse/lock.py); connections
+are short-lived, and both sides wait out the other's file lock (warehouse/catalog_access.py),
+so ``curate stats`` can read during a run. Everything here is also in the lake: ingest markers,
+quarantine files and release manifests hold their tables' facts, and run records plus a
+journal of the other inserts are written to the lake before the catalog (warehouse/runlog.py),
+so ``curate catalog rebuild`` restores a lost catalog (warehouse/catalog_sync.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Iterator
@@ -42,6 +58,10 @@ from typing import Any, Iterator
 import duckdb
 
 from engines import storage
+from warehouse import runlog
+from warehouse.catalog_access import CatalogDamaged, open_catalog
+from warehouse.releasing.publish import published_shards
+from warehouse.releasing.records import gate_rows, text_rows
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
@@ -94,9 +114,30 @@ CREATE TABLE IF NOT EXISTS stage_timings(
 CREATE TABLE IF NOT EXISTS exports(
   name VARCHAR, version VARCHAR, format VARCHAR, out_dir VARCHAR, source VARCHAR, rows BIGINT, tokens BIGINT,
   token_source VARCHAR, tokenizer VARCHAR, tokenizer_sha256 VARCHAR, exported_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS release_gates(
+  name VARCHAR, version VARCHAR, run_id VARCHAR, gate VARCHAR, outcome VARCHAR, source VARCHAR, rule VARCHAR,
+  value DOUBLE, threshold DOUBLE, message VARCHAR, published BOOLEAN, accepted BOOLEAN, recorded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS release_text(
+  name VARCHAR, version VARCHAR, source VARCHAR, step BIGINT, stage VARCHAR, column_name VARCHAR, docs BIGINT,
+  docs_changed BIGINT, chars_in BIGINT, chars_removed BIGINT, lines_in BIGINT, lines_removed BIGINT);
 CREATE TABLE IF NOT EXISTS superseded_ingests(
   source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
   new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS _journal(entry VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS pins(
+  stage VARCHAR, kind VARCHAR, policy VARCHAR, stage_key VARCHAR, fit_key VARCHAR, artifact VARCHAR,
+  pinned_at TIMESTAMPTZ, run_id VARCHAR, reason VARCHAR, shards BIGINT, rows BIGINT, bytes BIGINT,
+  previous_artifact VARCHAR);
+CREATE TABLE IF NOT EXISTS gc_removed(
+  gc_id VARCHAR, path VARCHAR, what VARCHAR, bytes BIGINT, removed_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS ablations(
+  ablation_id VARCHAR, created_at TIMESTAMPTZ, release VARCHAR, seed BIGINT, run_key VARCHAR, config_hash VARCHAR,
+  model VARCHAR, params BIGINT, params_non_embedding BIGINT, tokenizer_sha256 VARCHAR, export_format VARCHAR,
+  budget_tokens BIGINT, tokens_seen BIGINT, steps BIGINT, release_tokens BIGINT, epochs DOUBLE,
+  decontaminated BOOLEAN, seconds DOUBLE, path VARCHAR);
+CREATE TABLE IF NOT EXISTS ablation_evals(
+  ablation_id VARCHAR, release VARCHAR, seed BIGINT, run_key VARCHAR, step BIGINT, tokens_seen BIGINT,
+  metric VARCHAR, value DOUBLE);
 """
 # Rows of ingests that a later ingest superseded are left out of the `documents` and `ann_<stage>`
 # views. Raw and annotation files both end in <source>/<ingest run>/part-<file index>-<k>.parquet.
@@ -109,60 +150,117 @@ def now() -> datetime:
 
 
 class Catalog:
-    def __init__(self, path: str):
+    """The catalog of the lake around ``path`` (``<lake>/catalog.duckdb``).
+
+    ``journal=False`` skips writing lake records (used when replaying them into a new catalog)."""
+
+    def __init__(self, path: str, journal: bool = True):
         self.path = path
+        self.lake_root = storage.parent(path)
+        self.journal = journal
+        self._tx = threading.local()
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        tx = getattr(self._tx, "con", None)
+        if tx is not None:  # inside transaction(): every statement joins it
+            yield tx
+            return
         if read_only and not storage.exists(self.path):
             raise FileNotFoundError(f"no catalog at {self.path}: run `curate run PIPELINE.yaml` first")
-        con = duckdb.connect(self.path, read_only=read_only)
+        con = open_catalog(self.path, read_only)
         try:
             if not read_only:
                 con.execute(SCHEMA)
             yield con
+        except duckdb.Error as e:
+            if "Corrupt database file" in str(e) or (self.path in str(e) and "read enough bytes" in str(e)):
+                raise CatalogDamaged(f"the catalog {self.path} is damaged ({str(e).splitlines()[0][:160]}). Rebuild "
+                                     f"it from the lake with `curate catalog rebuild --lake {self.lake_root}`") from None
+            raise
         finally:
             con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: all of them reach the catalog, or none (a kill mid-way leaves no half record)."""
+        if getattr(self._tx, "con", None) is not None:
+            yield
+            return
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            self._tx.con = con
+            try:
+                yield
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                self._tx.con = None
 
     def init(self) -> None:
         with self.connect():
             pass
 
     # --- writes -----------------------------------------------------------------------------
-    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+    def insert(self, table: str, rows: list[dict[str, Any]], replace: dict[str, Any] | None = None) -> None:
+        """Append rows (after deleting the rows matching ``replace``, if given).
+
+        Rows of tables the lake does not otherwise hold are first written to the lake's
+        journal (warehouse/runlog.py), so the catalog never knows what the lake does not."""
+        if not rows and not replace:
             return
-        cols = list(rows[0])
-        sql = f"INSERT INTO {table} ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        with self.connect() as con:
+        entry = None
+        if self.journal and table not in runlog.LAKE_DERIVED:
+            entry = runlog.write_journal(self.lake_root, table, rows, replace)
+        with self.transaction(), self.connect() as con:
+            self.apply_rows(con, table, rows, replace)
+            if entry:
+                con.execute("INSERT INTO _journal VALUES (?, ?)", [entry, now()])
+
+    @staticmethod
+    def apply_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]],
+                   replace: dict[str, Any] | None = None) -> None:
+        if replace:
+            con.execute(f"DELETE FROM {_q(table)} WHERE " + " AND ".join(f"{_q(k)} = ?" for k in replace),
+                        list(replace.values()))
+        if rows:
+            cols = list(rows[0])
+            sql = f"INSERT INTO {_q(table)} ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' for _ in cols)})"
             con.executemany(sql, [[r.get(c) for c in cols] for r in rows])
 
     def start_run(self, run_id: str, pipeline: str, config_path: str, config_hash: str, code_version: str,
                   prefect_flow_run: str | None) -> None:
-        self.insert("runs", [{"run_id": run_id, "pipeline": pipeline, "config_path": config_path,
-                              "config_hash": config_hash, "code_version": code_version,
-                              "prefect_flow_run": prefect_flow_run, "started_at": now(), "status": "running"}])
+        row = {"run_id": run_id, "pipeline": pipeline, "config_path": config_path, "config_hash": config_hash,
+               "code_version": code_version, "prefect_flow_run": prefect_flow_run, "started_at": now(),
+               "status": "running"}
+        runlog.write_run(self.lake_root, row)
+        self.insert("runs", [row])
 
     def finish_run(self, run_id: str, status: str, release: tuple[str, str] | None = None, message: str = "") -> None:
+        changes = {"finished_at": now(), "status": status, "release_name": release[0] if release else None,
+                   "release_version": release[1] if release else None, "message": message}
+        runlog.update_run(self.lake_root, run_id, changes)
         with self.connect() as con:
-            con.execute(
-                "UPDATE runs SET finished_at=?, status=?, release_name=?, release_version=?, message=? WHERE run_id=?",
-                [now(), status, release[0] if release else None, release[1] if release else None, message, run_id])
+            con.execute("UPDATE runs SET " + ", ".join(f"{k}=?" for k in changes) + " WHERE run_id=?",
+                        [*changes.values(), run_id])
 
-    def load_quarantine_file(self, path: str) -> None:
+    def load_quarantine_file(self, path: str, recorded_at: datetime | str | None = None) -> None:
         with self.connect() as con:
             con.execute(
                 "INSERT INTO quarantine SELECT run_id, source, stage, file, \"offset\", rows, error, raw, ? "
-                "FROM read_parquet(?)", [now(), path])
+                "FROM read_parquet(?)", [recorded_at or now(), path])
 
-    def load_stage_errors(self, run_id: str, source: str, stage: str, ann_path: str, raw_path: str) -> None:
+    def load_stage_errors(self, run_id: str, source: str, stage: str, ann_path: str, raw_path: str,
+                          recorded_at: datetime | str | None = None) -> None:
         """Quarantine entries for rows a stage could not process (their text stays in the raw shard)."""
         with self.connect() as con:
             con.execute(
                 "INSERT INTO quarantine SELECT ?, ?, ?, r.src_file, r.src_offset, 1, a._error, NULL, ? "
                 "FROM read_parquet(?, file_row_number=true) a "
                 "JOIN read_parquet(?, file_row_number=true) r USING (file_row_number) WHERE a._error IS NOT NULL",
-                [run_id, source, stage, now(), ann_path, raw_path])
+                [run_id, source, stage, recorded_at or now(), ann_path, raw_path])
 
     def record_bpb_matrix(self, run_id: str, stage: str, key: str, lake_root: str, models: list[str],
                           group_by: str) -> None:
@@ -171,16 +269,19 @@ class Catalog:
         if not storage.glob(ann):
             return
         grp = "coalesce(r.domain, r.source)" if group_by == "domain" else "r.source"
-        with self.connect() as con:
-            con.execute("DELETE FROM bpb_matrix WHERE stage_key = ?", [key])
+        rows: list[dict[str, Any]] = []
+        with contextlib.closing(duckdb.connect()) as con:  # computed apart: the catalog stays free meanwhile
             for m in models:
-                con.execute(
-                    f"INSERT INTO bpb_matrix SELECT ?, ?, ?, ?, {grp}, avg(a.\"bpb__{m}\"), count(a.\"bpb__{m}\") "
+                got = con.execute(
+                    f"SELECT {grp}, avg(a.\"bpb__{m}\"), count(a.\"bpb__{m}\") "
                     f"FROM read_parquet('{_lit(ann)}', filename=true, file_row_number=true) a "
                     f"JOIN read_parquet('{_lit(lake_root)}/raw/*/*/part-*.parquet', filename=true, file_row_number=true) r "
                     f"ON r.filename = replace(a.filename, '/annotations/{_lit(key)}/', '/raw/') "
                     "AND r.file_row_number = a.file_row_number "
-                    f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp}", [run_id, stage, key, m])
+                    f"WHERE a.\"bpb__{m}\" IS NOT NULL GROUP BY {grp} ORDER BY 1").fetchall()
+                rows += [{"run_id": run_id, "stage": stage, "stage_key": key, "model": m, "grp": g, "bpb": b, "docs": n}
+                         for g, b, n in got]
+        self.insert("bpb_matrix", rows, replace={"stage_key": key})
 
     def load_artifact_tables(self, stage: str, key: str, artifact_dir: str) -> None:
         """Rows a global stage's fit left in ``<artifact>/catalog/<table>.parquet`` go into the
@@ -215,6 +316,11 @@ class Catalog:
             return bool(row and row[0])
 
     def record_release(self, manifest: dict[str, Any], run_id: str, path: str) -> None:
+        """Record a release from its manifest, all tables in one transaction."""
+        with self.transaction():
+            self._record_release(manifest, run_id, path)
+
+    def _record_release(self, manifest: dict[str, Any], run_id: str, path: str) -> None:
         name, version = manifest["name"], manifest["version"]
         if self.release_exists(name, version):
             return
@@ -241,11 +347,17 @@ class Catalog:
                  "weight": w, "epochs": mix["epochs"].get(src), "tokens_available": mix["tokens"].get(src),
                  "rows_kept": manifest["sources"].get(src, {}).get("rows_kept"), "tokens_released": released.get(src)}
                 for ph in mix["phases"] for src, w in ph["weights"].items()])
+        self.insert("release_gates", gate_rows(manifest, run_id, now()))
+        self.insert("release_text", text_rows(manifest))
         phases = manifest.get("phases") or []
         self.insert("release_phases", [
             {"name": name, "version": version, "phase": p.get("phase") or p.get("name"), "start_row": p.get("start_row"),
              "end_row": p.get("end_row"), "start_token": p.get("start_token"), "end_token": p.get("end_token")}
             for p in phases])
+
+    def record_rejected(self, record: dict[str, Any], run_id: str) -> None:
+        """The gate checks of a release its gates stopped (it has no other catalog rows)."""
+        self.insert("release_gates", gate_rows(record, run_id, now()))
 
     def refresh_views(self, lake_root: str, stage_keys: dict[str, str]) -> None:
         """(Re)create the views over Parquet files; a view is made only when files exist."""
@@ -255,7 +367,11 @@ class Catalog:
                     con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT *{extra} FROM "
                                 f"read_parquet('{_lit(pattern)}', union_by_name=true, filename=true){where}")
             view("documents", f"{lake_root}/raw/*/*/part-*.parquet", where=_LIVE)
-            view("release_shards", f"{lake_root}/releases/*/*/shard-*.parquet")
+            shards = published_shards(lake_root)  # committed releases only, never a half-written one
+            if shards:
+                listing = ", ".join(f"'{_lit(p)}'" for p in shards)
+                con.execute("CREATE OR REPLACE VIEW release_shards AS SELECT * FROM "
+                            f"read_parquet([{listing}], union_by_name=true, filename=true)")
             for stage, key in stage_keys.items():  # source from the path: annotations/<key>/<source>/...
                 view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE,
                      extra=r", regexp_extract(filename, '/annotations/[^/]+/([^/]+)/[^/]+/[^/]+$', 1) AS source")

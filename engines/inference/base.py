@@ -54,6 +54,20 @@ class InferenceConfig(BaseModel):
     # transformers
     threads: int | None = None  # torch threads per worker process (None: torch's default)
 
+    def requires(self) -> dict[str, tuple[str, ...]]:
+        """The optional packages this backend needs, by pip extra (engines/extras.py)."""
+        return BACKEND_REQUIRES[self.backend]
+
+
+# transformers: the `models` extra (torch, transformers, gguf for the built-in SmolLM2); vllm: the
+# `vllm` extra; an OpenAI-compatible server needs nothing beyond the core (httpx).
+BACKEND_REQUIRES: dict[str, dict[str, tuple[str, ...]]] = {
+    "transformers": {"models": ("torch", "transformers", "gguf", "safetensors")},
+    "vllm": {"vllm": ("vllm",)},
+    "openai": {},
+    "sentence_transformers": {"semantic": ("sentence_transformers",)},
+}
+
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); all-zero rows stay zero, NaN rows stay NaN."""

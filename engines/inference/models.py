@@ -24,6 +24,7 @@ from typing import Callable
 from filelock import FileLock
 
 from engines.assets import cache_dir, wheel_file
+from engines.extras import check as check_extras
 
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
@@ -124,6 +125,7 @@ def smollm2_tokenizer() -> Path:
     out = cache_dir() / "tokenizers" / "smollm2" / "tokenizer.json"
     if out.exists():
         return out
+    check_extras("the smollm2 tokenizer (converted once from its GGUF file)", {"models": ("transformers", "gguf")})
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out.parent / ".lock")):
         if not out.exists():

@@ -1,7 +1,8 @@
 """C4's heuristic cleaning (Raffel et al. 2020, section 2.2), vectorised: stage ``c4``.
 
 Line rules remove lines; document rules drop the document. Writes ``keep``, ``reason`` and
-``text_clean`` (the kept lines), at parity with datatrove's ``C4QualityFilter``.
+``text_clean`` (the kept lines; null where that is the text unchanged), at parity with datatrove's
+``C4QualityFilter``.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from engines.derived_text import store_once
 from engines.stage import Stage, StageContext, register_stage
 from filters.heuristics.common import KEEP_REASON, char_class, first_failure, py_strip, splitlines_list, with_lang
 from filters.heuristics.words import NON_WS_RUN, ChunkTable, chunk_table, warm_up
@@ -37,17 +39,28 @@ _NONE, _PERIOD, _WORD = 0, 1, 2  # sentencizer events of a token: none, sentence
 
 
 class C4Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     split_paragraph: bool = True
+    """Rules apply per line (only ``true`` is implemented)."""
     remove_citations: bool = True
+    """Remove ``[12]``, ``[edit]``, ``[citation needed]`` from lines."""
     filter_no_terminal_punct: bool = True
+    """Remove lines not ending in ``. ? ! " '`` (or ending in "..."): headings, menus, code."""
     min_num_sentences: int = 5
+    """Kept lines hold fewer sentences: dropped (``c4_too_few_sentences``); -1 off. Web-crawl default:
+    drops 75% of English Wikipedia summaries; use 1-2 for short encyclopedic text."""
     min_words_per_line: int = 3
+    """Remove lines with fewer words; -1 off."""
     max_word_length: int = 1000
+    """Remove lines with a longer word; -1 off."""
     filter_lorem_ipsum: bool = True
+    """A kept line with "lorem ipsum": dropped (``c4_lorem_ipsum``)."""
     filter_javascript: bool = True
+    """Remove lines mentioning "javascript"."""
     filter_curly_bracket: bool = True
+    """A kept line with "{": dropped (``c4_curly_bracket``); drops 12% of the Python docs (code)."""
     filter_policy: bool = True
+    """Remove lines with "terms of use", "privacy policy", "cookie policy", "uses cookies"..."""
 
     @field_validator("split_paragraph")
     @classmethod
@@ -78,13 +91,15 @@ class C4Quality(Stage):
     policy", "uses cookies", "use of cookies", "use cookies"). Phrase tests are on the lowercased line.
 
     ``text_clean`` is the kept lines joined by "\\n" and stripped, for every document, kept or not
-    (datatrove only rewrites the text of kept documents; for those the two are equal).
+    (datatrove only rewrites the text of kept documents; for those the two are equal), and null
+    where that equals the input text (stored once: engines/derived_text.py).
     """
 
     kind = "c4"
-    version = "1"
+    version = "2"  # 2: text_clean is null where the text is unchanged
     needs = ("text", "lang")
     Params = C4Params
+    text_columns = ("text_clean",)
 
     def setup(self, ctx: StageContext) -> None:
         warm_up()
@@ -153,6 +168,7 @@ class C4Quality(Stage):
             .join(sentences, on="row", how="left")
             .join(text_clean, on="row", how="left")
             .sort("row")
+            .with_columns(text=batch.get_column("text"))
         )
         reason = first_failure(
             [
@@ -164,7 +180,7 @@ class C4Quality(Stage):
         return out.select(
             keep=reason.is_null(),
             reason=reason,
-            text_clean=py_strip(pl.col("clean").fill_null("")),
+            text_clean=store_once(py_strip(pl.col("clean").fill_null("")), pl.col("text")),
         )
 
 

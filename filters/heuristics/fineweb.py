@@ -22,14 +22,22 @@ from filters.heuristics.words import chunk_table, warm_up
 
 
 class FineWebQualityParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     line_punct_thr: float = 0.12
+    """Share of lines ending with a stop character below this: dropped (``fineweb_line_punct_ratio``)."""
     line_punct_exclude_zero: bool = False
+    """Spare documents where that share is exactly 0."""
     stop_chars: list[str] | None = None
+    """Characters that end a line "with punctuation"; null: 159 sentence-final marks."""
     short_line_thr: float = 0.67
+    """Share of short lines above this: dropped (``fineweb_short_line_ratio``)."""
     short_line_length: int = 30
+    """A line of at most this many characters is short."""
     char_duplicates_ratio: float = 0.01
+    """Characters in lines repeating an earlier line above this share: dropped (``fineweb_char_dup_ratio``).
+    Drops 66% of the Python docs (repeated code lines); 0.8% of Wikipedia summaries in all."""
     new_line_ratio: float = 0.3
+    """Newlines per word above this (a list): dropped (``fineweb_list_ratio``)."""
 
 
 @register_stage

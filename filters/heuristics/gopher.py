@@ -53,19 +53,29 @@ def _on(value: float | int | None) -> bool:
 
 
 class GopherQualityParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     min_doc_words: int | None = 50
+    """Fewer non-symbol words: dropped (``gopher_short_doc``). Web-crawl default: drops 21% of English
+    Wikipedia summaries (median 73 words); set 10-20 for short encyclopedic or Q&A text."""
     max_doc_words: int | None = 100_000
+    """More non-symbol words: dropped (``gopher_long_doc``)."""
     min_avg_word_length: float | None = 3
+    """Mean word length below this: dropped (``gopher_below_avg_threshold``)."""
     max_avg_word_length: float | None = 10
+    """Mean word length above this: dropped (``gopher_above_avg_threshold``)."""
     max_symbol_word_ratio: float | None = 0.1
+    """"#" per word, then "..." per word, above this: dropped (``gopher_too_many_hashes`` / ``_ellipsis``)."""
     max_bullet_lines_ratio: float | None = 0.9
+    """Share of lines starting with a bullet above this: dropped (``gopher_too_many_bullets``)."""
     max_ellipsis_lines_ratio: float | None = 0.3
+    """Share of lines ending with an ellipsis above this: dropped (``gopher_too_many_end_ellipsis``)."""
     max_non_alpha_words_ratio: float | None = 0.8
+    """Share of words with a letter below this: dropped (``gopher_below_alpha_threshold``). Drops
+    93% of the Python docs (code, tables) and 6% of Wikipedia summaries (dates, figures)."""
     min_stop_words: int | None = 2
-    stop_words: dict[str, list[str]] | None = Field(
-        default=None, description="stop words per language key (en/fr/es/xx); None = the built-in lists"
-    )
+    """Fewer distinct stop words of the document's language: dropped (``gopher_enough_stop_words``)."""
+    stop_words: dict[str, list[str]] | None = Field(default=None)
+    """Stop words per language key (en/fr/es/xx); null: the built-in lists (no list: rule skipped)."""
 
 
 @register_stage
@@ -223,13 +233,21 @@ class GopherQuality(Stage):
 
 
 class GopherRepetitionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     dup_line_frac: float | None = 0.3
+    """Share of lines repeating an earlier line above this: dropped (``gopher_rep_dup_line_frac``)."""
     dup_para_frac: float | None = 0.3
+    """Share of paragraphs repeating an earlier one above this: dropped (``gopher_rep_dup_para_frac``)."""
     dup_line_char_frac: float | None = 0.2
+    """Characters in repeated lines above this share: dropped (``gopher_rep_dup_line_char_frac``)."""
     dup_para_char_frac: float | None = 0.2
+    """Characters in repeated paragraphs above this share: dropped (``gopher_rep_dup_para_char_frac``)."""
     top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
+    """(n, share): the most frequent n-gram covering more characters: dropped (``gopher_rep_top_{n}_gram``).
+    Short texts hit these by chance: 2.5% of Wikipedia summaries."""
     dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
+    """(n, share): characters in repeated n-grams above it: dropped (``gopher_rep_duplicated_{n}_n_grams``).
+    Drops 26% of the Python docs (repeated code and signatures)."""
 
 
 # odd 64-bit multiplier of the polynomial n-gram hash

@@ -28,6 +28,11 @@ provenance columns, plus the text when ``verify`` is on):
    key), plus ``largest_clusters.parquet``; the metrics (duplicates per source, the largest
    clusters) go to the catalog.
 
+The artifact keeps what a later night needs to extend the fit instead of redoing it: the band
+index (``buckets/``), the document metadata (``docs.parquet``), the cluster roots
+(``roots.parquet``) and ``state.json``. With ``survivor: first`` the stage is incremental
+(``fit_incremental``: filters/minhash/incremental.py); other survivor policies refit.
+
 Memory in the fit: 25 bytes per document (union-find parent and root 8 + 8, shingle-set offset
 8, a flag), plus one bucket partition (about 16 x bands x documents / partitions bytes), one
 pair partition, or one survivor partition at a time. Signatures are never all in memory.
@@ -48,9 +53,12 @@ joined by U+001F: unique per raw row and stable across runs.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
-from typing import Any, Iterator, Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import numpy as np
 import polars as pl
@@ -59,30 +67,50 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.stage import GlobalStage, StageContext, register_stage
+from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
 from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer, string_buffers
+
+if TYPE_CHECKING:
+    from filters.minhash.incremental import Previous
 
 KEY_COLUMNS = ("id", "source", "ingest_run", "src_file", "src_offset")
 FLUSH_ROWS = 1 << 18  # buffered (key, pos) rows before the partitions are written (4 MB)
+# What a fit keeps besides buckets/ and assignment.parquet, so the next night can extend it.
+DOCS_FILE = "docs.parquet"  # pos, key, id, source, crawl_date, score of every document
+ROOTS_FILE = "roots.parquet"  # pos, root of every document in a cluster of two or more
+STATE_FILE = "state.json"  # documents, bands
 
 
 class MinHashDedupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # A verified candidate pair is a near duplicate when its Jaccard is at least this.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """A verified candidate pair is a near duplicate at this Jaccard or more; all but the survivor of
+    a cluster are dropped (``near_duplicate``)."""
     verify: bool = True
+    """Check each candidate pair's exact Jaccard on the text (false: every LSH candidate pair counts)."""
     # Verification re-derives shingle sets from the text: use the same ngram / fold_digits as
     # minhash_signatures. Documents with more distinct shingles keep a bottom-k sample this big.
     ngram: int = Field(5, ge=1, le=64)
+    """Word n-gram length of the verification shingles (as ``minhash_signatures``)."""
     fold_digits: bool = False
+    """Read every digit as 0 when verifying (as ``minhash_signatures``)."""
     max_shingles: int = Field(4096, ge=16)
+    """Larger shingle sets are verified on a bottom-k sample of this size."""
     threads: int = Field(0, ge=0, le=256)
+    """Kernel threads (0: all cores in the main process); does not change the output."""
     survivor: Literal["first", "min_id", "quality", "source_priority", "newest"] = "first"
+    """Which member of a cluster stays: ``first`` in lake order (the earliest ingested), ``min_id``,
+    highest ``quality``, ``source_priority``, ``newest`` crawl date."""
     score_column: str = "score"
+    """The score column fed in for ``survivor: quality``."""
     source_priority: list[str] = []
+    """Sources in order of preference for ``survivor: source_priority``."""
     partitions: int = Field(64, ge=1, le=4096)
+    """Spill partitions of the fit (memory per partition ~ 16 x bands x documents / partitions bytes)."""
     window: int = Field(8, ge=1, le=1024)
+    """Candidate pairs per bucket member: the bucket's first member and this many before it."""
     largest_clusters: int = Field(20, ge=0)
+    """Clusters listed in the fit's metrics and ``largest_clusters.parquet``."""
 
 
 def document_keys(frame: pl.DataFrame) -> np.ndarray:
@@ -159,6 +187,50 @@ class _PartitionedSpill:
         return dict(sorted(self.files.items()))
 
 
+@dataclass
+class _Scan:
+    """What one pass over the batches left: spill files and per-document shingle offsets."""
+
+    shingles_path: str
+    first: int  # position of the first document of this pass
+    docs: int = 0
+    empty: int = 0
+    bands: int | None = None
+    bucket_parts: dict[int, list[str]] = field(default_factory=dict)
+    offsets: list[np.ndarray] = field(default_factory=lambda: [np.zeros(1, dtype=np.int64)])
+    full: list[np.ndarray] = field(default_factory=list)
+
+    def shingle_sets(self) -> ShingleSets:
+        full = np.concatenate(self.full) if self.full else np.zeros(0, dtype=bool)
+        return ShingleSets(self.shingles_path, np.concatenate(self.offsets), full, self.first)
+
+
+@dataclass
+class ShingleSets:
+    """Shingle sets in a flat file: the set of local document i is ``offsets[i]:offsets[i+1]``
+    (uint32 values). ``local`` maps document positions to local indices."""
+
+    path: str
+    offsets: np.ndarray
+    full: np.ndarray
+    first: int = 0
+    earlier: np.ndarray | None = None  # sorted earlier positions stored before the new documents
+
+    def local(self, pos: np.ndarray) -> np.ndarray:
+        if self.earlier is None:
+            return pos - self.first
+        old = pos < self.first
+        return np.where(old, np.searchsorted(self.earlier, pos), len(self.earlier) + pos - self.first)
+
+
+def _write_roots(path: str, roots: np.ndarray) -> None:
+    """The root of every document in a cluster of two or more (singletons are their own)."""
+    sizes = np.bincount(roots, minlength=len(roots)) if len(roots) else np.zeros(0, np.int64)
+    member = np.flatnonzero(sizes[roots] > 1) if len(roots) else np.zeros(0, np.int64)
+    pq.write_table(pa.table({"pos": pa.array(member, pa.int64()), "root": pa.array(roots[member], pa.int64())}),
+                   path, compression="zstd")
+
+
 # Cluster members per partition in the survivor step (a partition is sorted and grouped in memory:
 # ~100 bytes per member, in a few Polars frames at once).
 MEMBERS_PER_PART = 1 << 16
@@ -168,6 +240,7 @@ MEMBERS_PER_PART = 1 << 16
 class MinHashDedup(GlobalStage):
     kind = "minhash_dedup"
     version = "1"
+    fit_policy = "incremental"  # with survivor: first (see __init__ and filters/minhash/incremental.py)
     # The flow feeds the band columns from minhash_signatures (and a score column when a scorer
     # writes one); the rest are document columns. The text is read by the fit only (verify).
     needs = ("id", "source", "ingest_run", "src_file", "src_offset", "crawl_date", "text",
@@ -184,6 +257,10 @@ class MinHashDedup(GlobalStage):
             cols.append(p.score_column)
         self._fit_needs = tuple(dict.fromkeys(cols))
         self.needs = self._fit_needs  # type: ignore[misc]
+        if p.survivor != "first":
+            # A new document can win a cluster under these policies (a better score, a newer
+            # crawl, a smaller id), which would change an earlier document's verdict: refit.
+            self.fit_policy = "full"  # type: ignore[misc]
 
     def writes(self) -> dict[str, pa.DataType]:
         return {"keep": pa.bool_(), "reason": pa.string(), "cluster_id": pa.uint64(), "cluster_size": pa.int64(),
@@ -191,118 +268,48 @@ class MinHashDedup(GlobalStage):
 
     # --- fit --------------------------------------------------------------------------------
     def fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str) -> dict[str, Any]:
+        return self._fit(batches, artifact_dir, None)
+
+    def fit_incremental(self, previous_dir: str, batches: Iterator[pl.DataFrame], artifact_dir: str,
+                        earlier: EarlierRows) -> dict[str, Any]:
+        """Add new shards to the index of an earlier fit (``survivor: first`` only): see
+        filters/minhash/incremental.py. Equal to a full fit for every new document."""
+        from filters.minhash.incremental import Previous
+        return self._fit(batches, artifact_dir, Previous(previous_dir, earlier))
+
+    def _fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str, prev: Previous | None) -> dict[str, Any]:
         from filters.minhash import kernels as k
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         self.needs = self._fit_needs  # type: ignore[misc]  # (the executor reads batches lazily, after this)
-        t0 = time.perf_counter()
         timings: dict[str, float] = {}
         spill = f"{artifact_dir}/_spill"
         os.makedirs(spill, exist_ok=True)
-        buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
-        meta_writer: pq.ParquetWriter | None = None
-        shingle_file = open(f"{spill}/shingles.u32", "wb") if p.verify else None
-        shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads))
-        sh_offsets: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
-        full_flags: list[np.ndarray] = []
-        n_docs = n_empty = 0
-        sh_total = 0
-        n_bands: int | None = None
-        try:
-            for batch in batches:
-                n = batch.height
-                if n == 0:
-                    continue
-                missing = [c for c in self.needs if c not in batch.columns]
-                if missing:
-                    raise ValueError(f"minhash_dedup: columns {missing} are missing; run minhash_signatures before it"
-                                     + (f", and a stage writing {p.score_column!r}" if p.score_column in missing else ""))
-                pos = np.arange(n_docs, n_docs + n, dtype=np.int64)
-                values, lengths = _list_parts(batch.get_column(BANDS_COLUMN), np.uint64)
-                counts = batch.get_column(COUNT_COLUMN).fill_null(0).to_numpy().astype(np.int64)
-                if n_bands is None and (lengths > 0).any():
-                    n_bands = int(lengths[lengths > 0][0])
-                good = (lengths > 0) & (counts > 0)
-                n_empty += int(n - good.sum())
-                row_of_value = np.repeat(np.arange(n), lengths)
-                keep_values = good[row_of_value]
-                bkeys = values[keep_values]
-                buckets.add(bkeys, pa.table({"key": bkeys, "pos": pos[row_of_value[keep_values]]}))
-                meta = batch.select(
-                    pl.Series("pos", pos), pl.Series("key", document_keys(batch)), pl.col("id"), pl.col("source"),
-                    pl.col("crawl_date"),
-                    (pl.col(p.score_column).cast(pl.Float64) if p.survivor == "quality"
-                     else pl.lit(None, pl.Float64)).alias("score"))
-                table = meta.to_arrow()
-                if meta_writer is None:
-                    meta_writer = pq.ParquetWriter(f"{spill}/docs.parquet", table.schema, compression="zstd",
-                                                   compression_level=1)
-                meta_writer.write_table(table.cast(meta_writer.schema))
-                if shingle_file is not None:
-                    # Bottom-k shingle sets for verification, derived from the text (all of a
-                    # document's shingles up to max_shingles distinct ones).
-                    _, n_distinct, sv, soff = shingler.compute(batch.get_column("text"), p.max_shingles,
-                                                               band_keys=False)
-                    sl = np.diff(soff)
-                    sl = np.where(good, sl, 0)
-                    sv = sv[good[np.repeat(np.arange(n), np.diff(soff))]]
-                    shingle_file.write(np.ascontiguousarray(sv, dtype=np.uint32).tobytes())
-                    sh_offsets.append(sh_total + np.cumsum(sl))
-                    sh_total += int(sl.sum())
-                    full_flags.append(n_distinct <= p.max_shingles)
-                n_docs += n
-        finally:
-            if shingle_file is not None:
-                shingle_file.close()
-            if meta_writer is not None:
-                meta_writer.close()
-        bucket_parts = buckets.close()
-        pa.default_memory_pool().release_unused()
+        n_old = prev.documents if prev else 0
+        t0 = time.perf_counter()
+        scan = self._scan(batches, spill, f"{artifact_dir}/{DOCS_FILE}", prev)
+        n_docs = n_old + scan.docs
         if n_docs >= 1 << 32:
             raise ValueError("minhash_dedup codes candidate pairs in 64 bits: at most 2^32 documents per fit")
         timings["scan_s"] = time.perf_counter() - t0
 
-        # Candidate pairs, per bucket partition, spilled and partitioned again by pair code.
-        # Each partition's flush files become one file sorted by (key, pos): the band index
-        # kept in the artifact.
         t1 = time.perf_counter()
-        pairs = _PartitionedSpill(f"{spill}/pairs", p.partitions)
-        bucket_pairs = 0  # before de-duplication across partitions
-        largest_bucket = 0
-        os.makedirs(f"{artifact_dir}/buckets", exist_ok=True)
-        for part, files in bucket_parts.items():
-            f = pl.read_parquet(files).sort("key", "pos")
-            f.write_parquet(f"{artifact_dir}/buckets/part-{part:04d}.parquet", compression="zstd",
-                            compression_level=1)
-            for path in files:
-                os.remove(path)
-            f = f.filter(pl.col("key").is_duplicated())
-            if f.height == 0:
-                continue
-            keys = f.get_column("key").to_numpy()
-            posv = f.get_column("pos").to_numpy()
-            lo, hi = k.bucket_pairs_kernel(keys, posv, p.window)
-            code = np.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
-            bucket_pairs += len(code)
-            largest_bucket = max(largest_bucket, int(f.group_by("key").len().get_column("len").max() or 0))
-            pairs.add(_mix(code), pa.table({"pair": code.view(np.int64)}))
-        pair_files = pairs.close()
+        pair_files, cand = self._candidates(k, scan.bucket_parts, artifact_dir, spill, prev)
         timings["candidates_s"] = time.perf_counter() - t1
 
         # Verify and union.
         t2 = time.perf_counter()
-        parent = np.arange(n_docs, dtype=np.int64)
-        offsets = np.concatenate(sh_offsets) if p.verify else None
-        full = np.concatenate(full_flags) if (p.verify and full_flags) else np.zeros(0, dtype=bool)
+        parent = prev.parent(n_docs) if prev else np.arange(n_docs, dtype=np.int64)
+        shingles = prev.shingle_sets(self, scan, pair_files, spill) if (prev and p.verify) else scan.shingle_sets()
         candidates = accepted = 0
         sims_hist = np.zeros(20, dtype=np.int64)
-        fd = os.open(f"{spill}/shingles.u32", os.O_RDONLY) if p.verify else None
+        fd = os.open(shingles.path, os.O_RDONLY) if p.verify else None
         for files in pair_files.values():
             code = np.unique(pl.read_parquet(files, columns=["pair"]).get_column("pair").to_numpy().view(np.uint64))
             lo = (code >> np.uint64(32)).astype(np.int64)
             hi = (code & np.uint64(0xFFFFFFFF)).astype(np.int64)
             candidates += len(code)
             if p.verify:
-                sims = self._similarities(k, fd, offsets, full, lo, hi)
+                sims = self._similarities(k, fd, shingles.offsets, shingles.full, shingles.local(lo), shingles.local(hi))
                 sims_hist += np.histogram(sims, bins=20, range=(0.0, 1.0))[0]
                 ok = sims >= p.threshold
                 lo, hi = lo[ok], hi[ok]
@@ -317,16 +324,23 @@ class MinHashDedup(GlobalStage):
         # Clusters and survivors.
         t3 = time.perf_counter()
         del parent
-        summary = self._survivors(f"{spill}/docs.parquet", roots, spill, f"{artifact_dir}/assignment.parquet")
+        extra = prev.changes(roots) if prev else {}
+        summary = self._survivors(f"{artifact_dir}/{DOCS_FILE}", roots, spill, f"{artifact_dir}/assignment.parquet")
+        _write_roots(f"{artifact_dir}/{ROOTS_FILE}", roots)
         del roots
         largest = summary["largest"]
         largest.write_parquet(f"{artifact_dir}/largest_clusters.parquet")
         timings["clusters_s"] = time.perf_counter() - t3
         import shutil
         shutil.rmtree(spill, ignore_errors=True)
+        (Path(artifact_dir) / STATE_FILE).write_text(json.dumps({
+            "documents": n_docs, "bands": scan.bands or (prev.bands if prev else None),
+            "without_signature": scan.empty + (prev.empty if prev else 0)}))
         return {
-            "documents": n_docs, "without_signature": n_empty, "bands": n_bands, "bucket_partitions": len(bucket_parts),
-            "largest_bucket": largest_bucket, "bucket_pairs": bucket_pairs, "candidate_pairs": candidates, "accepted_pairs": accepted,
+            "documents": n_docs, "new_documents": scan.docs, "without_signature": scan.empty + (prev.empty if prev else 0),
+            "bands": scan.bands or (prev.bands if prev else None), "bucket_partitions": cand["partitions"],
+            "largest_bucket": cand["largest_bucket"], "bucket_pairs": cand["bucket_pairs"],
+            "candidate_pairs": candidates, "accepted_pairs": accepted,
             "rejected_pairs": candidates - accepted if p.verify else 0, "verify": p.verify, "threshold": p.threshold,
             "candidate_similarity_histogram": sims_hist.tolist() if p.verify else None,
             "clusters": summary["clusters"], "clustered_documents": summary["clustered"],
@@ -334,8 +348,114 @@ class MinHashDedup(GlobalStage):
             "duplicates_by_source": dict(sorted(summary["duplicates_by_source"].items())),
             "largest_clusters": [{k2: (str(v) if k2 == "cluster_id" else v) for k2, v in r.items()}
                                  for r in largest.to_dicts()],
+            **extra,
             "seconds": {k2: round(v, 3) for k2, v in timings.items()},
         }
+
+    def _scan(self, batches: Iterator[pl.DataFrame], spill: str, docs_path: str, prev: Previous | None) -> _Scan:
+        """One pass over the (new) batches: band keys to a partitioned spill, document metadata to
+        ``docs_path`` (after the earlier documents' when ``prev``), shingle sets (``verify``) to a
+        flat spill file. Documents are numbered from ``prev.documents`` (0 for a full fit)."""
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
+        meta_writer: pq.ParquetWriter | None = None
+        scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
+        shingle_file = open(scan.shingles_path, "wb") if p.verify else None
+        shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads))
+        sh_total = 0
+        try:
+            if prev:  # the earlier documents' metadata first: positions continue after them
+                meta_writer = prev.copy_docs(docs_path)
+            for batch in batches:
+                n = batch.height
+                if n == 0:
+                    continue
+                missing = [c for c in self.needs if c not in batch.columns]
+                if missing:
+                    raise ValueError(f"minhash_dedup: columns {missing} are missing; run minhash_signatures before it"
+                                     + (f", and a stage writing {p.score_column!r}" if p.score_column in missing else ""))
+                pos = np.arange(scan.first + scan.docs, scan.first + scan.docs + n, dtype=np.int64)
+                values, lengths = _list_parts(batch.get_column(BANDS_COLUMN), np.uint64)
+                counts = batch.get_column(COUNT_COLUMN).fill_null(0).to_numpy().astype(np.int64)
+                if scan.bands is None and (lengths > 0).any():
+                    scan.bands = int(lengths[lengths > 0][0])
+                good = (lengths > 0) & (counts > 0)
+                scan.empty += int(n - good.sum())
+                row_of_value = np.repeat(np.arange(n), lengths)
+                keep_values = good[row_of_value]
+                bkeys = values[keep_values]
+                buckets.add(bkeys, pa.table({"key": bkeys, "pos": pos[row_of_value[keep_values]]}))
+                meta = batch.select(
+                    pl.Series("pos", pos), pl.Series("key", document_keys(batch)), pl.col("id"), pl.col("source"),
+                    pl.col("crawl_date"),
+                    (pl.col(p.score_column).cast(pl.Float64) if p.survivor == "quality"
+                     else pl.lit(None, pl.Float64)).alias("score"))
+                table = meta.to_arrow()
+                if meta_writer is None:
+                    meta_writer = pq.ParquetWriter(docs_path, table.schema, compression="zstd", compression_level=1)
+                meta_writer.write_table(table.cast(meta_writer.schema))
+                if shingle_file is not None:
+                    # Bottom-k shingle sets for verification, derived from the text (all of a
+                    # document's shingles up to max_shingles distinct ones).
+                    _, n_distinct, sv, soff = shingler.compute(batch.get_column("text"), p.max_shingles,
+                                                               band_keys=False)
+                    sl = np.diff(soff)
+                    sl = np.where(good, sl, 0)
+                    sv = sv[good[np.repeat(np.arange(n), np.diff(soff))]]
+                    shingle_file.write(np.ascontiguousarray(sv, dtype=np.uint32).tobytes())
+                    scan.offsets.append(sh_total + np.cumsum(sl))
+                    sh_total += int(sl.sum())
+                    scan.full.append(n_distinct <= p.max_shingles)
+                scan.docs += n
+        finally:
+            if shingle_file is not None:
+                shingle_file.close()
+            if meta_writer is not None:
+                meta_writer.close()
+        scan.bucket_parts = buckets.close()
+        pa.default_memory_pool().release_unused()
+        return scan
+
+    def _candidates(self, k: Any, bucket_parts: dict[int, list[str]], artifact_dir: str, spill: str,
+                    prev: Previous | None) -> tuple[dict[int, list[str]], dict[str, int]]:
+        """Candidate pairs, per bucket partition, spilled and partitioned again by pair code.
+        Each partition's rows (the earlier index's partition first, when ``prev``) become one
+        file sorted by (key, pos): the band index kept in the artifact. With ``prev`` only pairs
+        with a new document are made, and only in buckets a new document is in: exactly the
+        pairs of a full fit that the earlier fit did not already have."""
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        pairs = _PartitionedSpill(f"{spill}/pairs", p.partitions)
+        stats = {"bucket_pairs": 0, "largest_bucket": 0, "partitions": 0}  # bucket_pairs: before de-duplication
+        os.makedirs(f"{artifact_dir}/buckets", exist_ok=True)
+        old_parts = prev.bucket_parts() if prev else {}
+        for part in sorted(set(bucket_parts) | set(old_parts)):
+            new_files = bucket_parts.get(part, [])
+            f = pl.read_parquet(([old_parts[part]] if part in old_parts else []) + new_files).sort("key", "pos")
+            f.write_parquet(f"{artifact_dir}/buckets/part-{part:04d}.parquet", compression="zstd",
+                            compression_level=1)
+            stats["partitions"] += 1
+            for path in new_files:
+                os.remove(path)
+            if prev and new_files:
+                f = f.join(f.filter(pl.col("pos") >= prev.documents).select("key").unique(), on="key", how="semi",
+                           maintain_order="left")
+            elif prev:
+                continue
+            f = f.filter(pl.col("key").is_duplicated())
+            if f.height == 0:
+                continue
+            keys = f.get_column("key").to_numpy()
+            posv = f.get_column("pos").to_numpy()
+            lo, hi = k.bucket_pairs_kernel(keys, posv, p.window)
+            if prev:
+                new = hi >= prev.documents
+                lo, hi = lo[new], hi[new]
+            code = np.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
+            stats["bucket_pairs"] += len(code)
+            stats["largest_bucket"] = max(stats["largest_bucket"],
+                                          int(f.group_by("key").len().get_column("len").max() or 0))
+            pairs.add(_mix(code), pa.table({"pair": code.view(np.int64)}))
+        return pairs.close(), stats
 
     @staticmethod
     def _similarities(k: Any, fd: int | None, offsets: np.ndarray, full: np.ndarray,

@@ -44,19 +44,26 @@ DEFAULT_BANDS, DEFAULT_ROWS = 14, 8
 
 
 class MinHashParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     ngram: int = Field(5, ge=1, le=64)
+    """Word n-gram length of the shingles."""
     num_perm: int = Field(112, ge=2, le=4096)
+    """Hash permutations per signature (= bands x rows)."""
     bands: int | None = Field(None, ge=1)
+    """LSH bands; null with ``rows`` null: 14 x 8 (as datatrove), or chosen for ``threshold``."""
     rows: int | None = Field(None, ge=1)
-    # Only used to choose bands/rows (datasketch's optimal routine) when neither is given.
+    """Rows per band (see ``bands``)."""
     threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    """Only used to choose bands/rows (datasketch's optimal routine) when neither is given."""
     seed: int = Field(1, ge=0)
+    """Seed of the permutations."""
     fold_digits: bool = False
+    """Read every digit as 0 (numbers differing only in digits match)."""
     # Threads per process for the kernel (it releases the GIL). 0: all cores when the stage runs
     # in the main process (executor.workers: 1, the memory-lean setting), 1 inside pool workers.
     # Does not change the output, so it is not part of the stage key.
     threads: int = Field(0, ge=0, le=256)
+    """Kernel threads (0: all cores in the main process, 1 in pool workers); does not change the output."""
 
     @model_validator(mode="after")
     def _geometry(self) -> MinHashParams:

@@ -56,21 +56,36 @@ KEY_COLUMNS = ("id", "source", "ingest_run", "src_file", "src_offset")
 
 
 class SemDedupParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     eps: float = Field(0.05, gt=0.0, lt=1.0)
+    """Documents at cosine 1 - eps or more are duplicates; all but a group's survivor dropped (``semantic_duplicate``)."""
     n_clusters: int | None = Field(None, ge=1)
+    """k-means centroids; null: one per ``docs_per_cluster`` documents."""
     docs_per_cluster: int = Field(1000, ge=2)
+    """Documents per centroid when ``n_clusters`` is null."""
     n_probe: int = Field(3, ge=1, le=64)
+    """Nearest clusters each document is compared within (pairs split by a cluster boundary are found)."""
     seed: int = 0
+    """Seed of the k-means sample and initialisation."""
     kmeans_iters: int = Field(20, ge=1, le=1000)
+    """k-means iterations."""
     max_train: int = Field(100_000, ge=100)
+    """Vectors sampled to train k-means."""
     threads: int = Field(0, ge=0, le=256)
+    """Threads for the matrix products (0: all cores)."""
     survivor: Literal["farthest", "quality", "source_priority", "first"] = "farthest"
+    """Which member of a group stays: ``farthest`` from its centroid (SemDeDup), highest ``quality``,
+    ``source_priority``, ``first`` in lake order."""
     score_column: str = "score"
+    """The score column fed in for ``survivor: quality``."""
     source_priority: list[str] = []
+    """Sources in order of preference for ``survivor: source_priority``."""
     d4_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    """D4: keep this share of each cluster's survivors in ``d4_keep`` (the least prototypical); null: off."""
     record_pairs: bool = False
+    """Write every duplicate pair to the artifact's ``pairs.parquet``."""
     largest_groups: int = Field(20, ge=0)
+    """Groups listed in the fit's metrics."""
 
 
 def embedding_matrix(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +108,7 @@ def embedding_matrix(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
 class SemanticDedup(GlobalStage):
     kind = "semantic_dedup"
     version = "1"
+    requires = {"semantic": ("faiss",)}
     needs = (*KEY_COLUMNS, "embedding", "score")
     Params = SemDedupParams
 

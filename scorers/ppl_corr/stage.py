@@ -40,8 +40,10 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines.fingerprints import content_sha256
 from engines.stage import GlobalStage, StageContext, register_stage
 from scorers.fasttext_quality import LABELS, _FastTextScorer, _Reservoir, _unit_hash, normalise
+from scorers.model_store import Store, has_model, load_fasttext, model_bytes, save_fasttext
 from scorers.ppl_corr.estimators import estimate
 from scorers.ppl_corr.projections import caps_from_tokens, project
 
@@ -61,6 +63,9 @@ class PplCorrParams(BaseModel):
     max_chars: int = Field(default=10_000, ge=100)
     epoch: int = Field(default=10, ge=1)
     seed: int = 0
+    # How the generaliser is stored (scorers/model_store.py): quantised (~5 MB) by default.
+    store: Store = "quantized"
+    quantize_cutoff: int = Field(default=100_000, ge=1000)
 
 
 def _read(path: str) -> pl.DataFrame:
@@ -71,9 +76,16 @@ def _read(path: str) -> pl.DataFrame:
 class PerplexityCorrelation(GlobalStage):
     kind = "perplexity_correlation"
     path_params = ("bpb", "scores")
-    version = "1"
+    version = "2"  # 2: the generaliser is stored quantised by default
     needs = ("text", "domain", "source")
     Params = PplCorrParams
+    # The selection and its fastText generaliser score documents: fitted once, then pinned (a
+    # new bpb or scores table refits it, through fit_inputs).
+    fit_policy = "pinned"
+
+    def fit_inputs(self) -> dict[str, Any]:
+        p: PplCorrParams = self.params  # type: ignore[assignment]
+        return {"bpb": content_sha256(self.resolve_path(p.bpb)), "scores": content_sha256(self.resolve_path(p.scores))}
 
     def writes(self) -> dict[str, pa.DataType]:
         return {"ppl_weight": pa.float64(), "ppl_score": pa.float64(), "keep": pa.bool_(), "reason": pa.string()}
@@ -147,18 +159,20 @@ class PerplexityCorrelation(GlobalStage):
                     fh.write(f"{LABELS[0] if lab else LABELS[1]} {text}\n")
                 path = fh.name
             try:
-                model = fasttext.train_supervised(input=path, epoch=p.epoch, wordNgrams=2, dim=64, thread=1,
-                                                  seed=p.seed, verbose=0)
+                full = fasttext.train_supervised(input=path, epoch=p.epoch, wordNgrams=2, dim=64, thread=1,
+                                                 seed=p.seed, verbose=0)
             finally:
                 os.unlink(path)
-            model.save_model(f"{artifact_dir}/model.bin")
+            # The threshold is calibrated with the model as stored: the one the apply loads.
+            model = save_fasttext(full, artifact_dir, p.store, p.quantize_cutoff)
             cal = calib.result()
             s = _FastTextScorer._predict(model, cal.get_column("text").to_list())
             t = cal.get_column("tokens").to_numpy().astype(np.float64)
             order = np.argsort(-s, kind="mergesort")
             cum = np.cumsum(t[order]) / max(t.sum(), 1.0)
             threshold = float(s[order][min(np.searchsorted(cum, p.ratio), len(s) - 1)])
-            metrics = {"classifier_docs": int(data.height), "threshold": threshold}
+            metrics = {"classifier_docs": int(data.height), "threshold": threshold,
+                       "store": {"format": p.store, "bytes": model_bytes(artifact_dir)}}
         else:
             info["note"] = "every scored domain selected or none: no classifier; keep = selected domains only"
         info.update(metrics)
@@ -166,13 +180,11 @@ class PerplexityCorrelation(GlobalStage):
         return {"models": int(len(y)), "selected_domains": sorted(selected), **metrics}
 
     def setup(self, ctx: StageContext) -> None:
-        import fasttext
 
         assert ctx.artifact_dir, "perplexity_correlation needs its fitted artifact"
         info = json.loads(Path(ctx.artifact_dir, "selection.json").read_text())
         self._weights = {d: v["weight"] for d, v in info["domains"].items()}
-        model_path = Path(ctx.artifact_dir, "model.bin")
-        self._model = fasttext.load_model(str(model_path)) if model_path.exists() else None
+        self._model = load_fasttext(ctx.artifact_dir) if has_model(ctx.artifact_dir) else None
         self._threshold = info.get("threshold", 0.0)
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:

@@ -103,8 +103,11 @@ def test_mds_streaming_dataset(tmp_path: Path, release_dir: Path, smollm2_tokeni
     # all streams with their proportions: one epoch holds each source as often as the release
     ds = lib.StreamingDataset(streams=[lib.Stream(local=str(out / s["local"]), proportion=s["proportion"])
                                        for s in streams], shuffle=False, batch_size=1)
-    seen = pl.Series([sample["source"] for sample in ds]).value_counts().sort("")
-    assert dict(seen.iter_rows()) == {s["name"]: s["rows"] for s in streams}
+    seen = dict(pl.Series([sample["source"] for sample in ds]).value_counts().sort("").iter_rows())
+    # Streaming truncates epoch_size x proportion per stream (70/275 x 275 = 69.999...) and hands the
+    # shortfall to random streams: each source is within one sample of the release, the total exact.
+    assert set(seen) == {s["name"] for s in streams} and sum(seen.values()) == sum(s["rows"] for s in streams)
+    assert all(abs(seen[s["name"]] - s["rows"]) <= 1 for s in streams), (seen, streams)
     assert info["rows"] == ref.height
 
 

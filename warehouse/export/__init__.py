@@ -16,6 +16,8 @@ came from, ready to be recorded in the catalog or next to the release manifest.
 | ``jsonl`` | ``warehouse.export.jsonl`` | optional (recounts ``n_tokens``) | any JSON-lines reader |
 
 Token counts come from the tokenizer when one is given, else from the release's ``n_tokens``.
+A release is tokenised once per tokenizer: the ids are cached per release shard under
+``<lake>/exports/NAME/VERSION/_tokens/`` and every later format reads them (``token_cache``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from warehouse.export.release_reader import ReleaseError, base_info, open_release, output_dir, write_export_manifest
+from warehouse.export.token_cache import ShardTokenizer, default_cache_root
 from warehouse.export.tokenize import TextTokenizer
 
 FORMATS = ("hf", "mds", "megatron", "jsonl")
@@ -32,9 +35,13 @@ Format = Literal["hf", "mds", "megatron", "jsonl"]
 
 def export_release(release_dir: str | Path, out_dir: str | Path, fmt: Format, tokenizer_path: str | Path | None = None,
                    *, overwrite: bool = False, append_eos: bool = True, eos_token: str | None = None,
-                   **options: Any) -> dict[str, Any]:
+                   token_cache: str | Path | None = "auto", **options: Any) -> dict[str, Any]:
     """Export one release folder to ``out_dir`` in format ``fmt``; returns the counts.
 
+    ``token_cache``: the folder of cached token ids (warehouse.export.token_cache); ``"auto"``:
+    ``<lake>/exports/NAME/VERSION/_tokens`` when the release folder is in a lake, else no cache;
+    None: tokenise without a cache. The returned dict (not export.json) has ``token_cache``: its
+    folder and the shards read from it (hits) or tokenised (misses).
     ``options`` go to the format's writer (``compression`` for hf and mds, ``size_limit`` for
     mds).
     """
@@ -43,7 +50,8 @@ def export_release(release_dir: str | Path, out_dir: str | Path, fmt: Format, to
     release = open_release(release_dir)
     tokenizer = None
     if tokenizer_path is not None:
-        tokenizer = TextTokenizer(tokenizer_path, append_eos=append_eos, eos_token=eos_token)
+        root = default_cache_root(release.dir) if token_cache == "auto" else token_cache
+        tokenizer = ShardTokenizer(TextTokenizer(tokenizer_path, append_eos=append_eos, eos_token=eos_token), root)
     elif fmt == "megatron":
         raise ValueError("the megatron format is tokenised: give tokenizer_path (a tokenizer.json)")
     if fmt == "hf":
@@ -64,6 +72,8 @@ def export_release(release_dir: str | Path, out_dir: str | Path, fmt: Format, to
         info["token_source"] = "tokenizer" if tokenizer else "release n_tokens"
         write_export_manifest(tmp, info)  # no timings in the file: same inputs, same bytes
     info["seconds"] = round(time.perf_counter() - t0, 3)
+    if tokenizer is not None:
+        info["token_cache"] = {"dir": tokenizer.dir, "hits": tokenizer.hits, "misses": tokenizer.misses}
     return info
 
 

@@ -22,17 +22,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.export.release_reader import Release, SourceCounter, iter_shards
-from warehouse.export.tokenize import TextTokenizer
+from warehouse.export.token_cache import ShardTokenizer
 
 
-def write(release: Release, out: Path, tokenizer: TextTokenizer | None = None, compression: str = "zstd") -> dict[str, Any]:
+def write(release: Release, out: Path, tokenizer: ShardTokenizer | None = None, compression: str = "zstd") -> dict[str, Any]:
     counter = SourceCounter()
     (out / "data").mkdir()
     n = len(release.shards)
     files = []
-    for i, (_, table) in enumerate(iter_shards(release)):
+    for i, (entry, table) in enumerate(iter_shards(release)):
         if tokenizer is not None:
-            flat, lens = tokenizer.encode(table.column("text").to_pylist())
+            flat, lens = tokenizer.encode_shard(entry, table.num_rows, table.column("text").to_pylist)
             offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
             ids = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat))
             table = table.set_column(table.schema.get_field_index("n_tokens"), "n_tokens", pa.array(lens, pa.int64()))
@@ -46,7 +46,7 @@ def write(release: Release, out: Path, tokenizer: TextTokenizer | None = None, c
     return info
 
 
-def dataset_card(release: Release, info: dict[str, Any], tokenizer: TextTokenizer | None) -> str:
+def dataset_card(release: Release, info: dict[str, Any], tokenizer: ShardTokenizer | None) -> str:
     m = release.manifest
     name = m.get("name", "release")
     mix = release.mixture()

@@ -14,17 +14,17 @@ from typing import Any
 import polars as pl
 
 from warehouse.export.release_reader import Release, SourceCounter, iter_shards
-from warehouse.export.tokenize import TextTokenizer
+from warehouse.export.token_cache import ShardTokenizer
 
 
-def write(release: Release, out: Path, tokenizer: TextTokenizer | None = None) -> dict[str, Any]:
+def write(release: Release, out: Path, tokenizer: ShardTokenizer | None = None) -> dict[str, Any]:
     counter = SourceCounter()
     files = []
-    for i, (_, table) in enumerate(iter_shards(release)):
+    for i, (entry, table) in enumerate(iter_shards(release)):
         df = pl.from_arrow(table)
         assert isinstance(df, pl.DataFrame)
         if tokenizer is not None:
-            _, lens = tokenizer.encode(df.get_column("text").to_list())
+            _, lens = tokenizer.encode_shard(entry, df.height, df.get_column("text").to_list)
             df = df.with_columns(pl.Series("n_tokens", lens, dtype=pl.Int64))
         for c, dt in df.schema.items():
             if dt.base_type() == pl.Datetime:

@@ -32,12 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from engines.extras import EXTRAS
+from engines.extras import check as check_extras
 from warehouse.export.release_reader import Release, SourceCounter, iter_shards
-from warehouse.export.tokenize import TextTokenizer
+from warehouse.export.token_cache import ShardTokenizer
 
 
 def load() -> types.SimpleNamespace:
     """``MDSWriter``, ``StreamingDataset`` and ``Stream`` from mosaicml-streaming."""
+    check_extras("the mds format", {"export": EXTRAS["export"]})
     try:
         mod = importlib.import_module("streaming")
         return types.SimpleNamespace(MDSWriter=mod.MDSWriter, StreamingDataset=mod.StreamingDataset, Stream=mod.Stream)
@@ -45,7 +48,8 @@ def load() -> types.SimpleNamespace:
         sys.modules.pop("streaming", None)
     spec = importlib.util.find_spec("streaming")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the mds format needs the mosaicml-streaming package (pip install mosaicml-streaming)")
+        raise ImportError("the mds format needs the mosaicml-streaming package: "
+                          "pip install --no-deps mosaicml-streaming==0.10.0 (its own pins need transformers<5)")
     pkg = types.ModuleType("streaming")
     pkg.__path__ = list(spec.submodule_search_locations)
     pkg.__spec__ = spec
@@ -58,7 +62,7 @@ def stream_dir(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", source)
 
 
-def write(release: Release, out: Path, tokenizer: TextTokenizer | None = None, compression: str | None = None,
+def write(release: Release, out: Path, tokenizer: ShardTokenizer | None = None, compression: str | None = None,
           size_limit: int = 1 << 26) -> dict[str, Any]:
     lib = load()
     columns = {"id": "str", "text": "str", "source": "str", "n_tokens": "int64"}
@@ -67,12 +71,12 @@ def write(release: Release, out: Path, tokenizer: TextTokenizer | None = None, c
     writers: dict[str, Any] = {}
     counter = SourceCounter()
     try:
-        for _, table in iter_shards(release, columns=["id", "text", "source", "n_tokens"]):
+        for entry, table in iter_shards(release, columns=["id", "text", "source", "n_tokens"]):
             ids = table.column("id").to_pylist()
             texts = table.column("text").to_pylist()
             sources = table.column("source").to_pylist()
             if tokenizer is not None:
-                flat, lens = tokenizer.encode(texts)
+                flat, lens = tokenizer.encode_shard(entry, table.num_rows, texts)
                 offs = np.concatenate([[0], np.cumsum(lens)])
             else:
                 lens = table.column("n_tokens").to_numpy()

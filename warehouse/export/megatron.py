@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 
 from warehouse.export.release_reader import Release, SourceCounter, iter_shards
-from warehouse.export.tokenize import TextTokenizer
+from warehouse.export.token_cache import ShardTokenizer
 
 MAGIC = b"MMIDIDX\x00\x00"
 DTYPE_CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
@@ -62,15 +62,15 @@ def write_index(path: Path, lengths: np.ndarray, dtype: np.dtype) -> None:
         f.write(docs.tobytes(order="C"))
 
 
-def write(release: Release, out: Path, tokenizer: TextTokenizer | None = None) -> dict[str, Any]:
+def write(release: Release, out: Path, tokenizer: ShardTokenizer | None = None) -> dict[str, Any]:
     if tokenizer is None:
         raise ValueError("the megatron format is tokenised: give a tokenizer file")
     counter = SourceCounter()
     bins: dict[str, BinaryIO] = {}
     lengths: dict[str, list[np.ndarray]] = {}
     try:
-        for _, table in iter_shards(release, columns=["text", "source"]):
-            flat, lens = tokenizer.encode(table.column("text").to_pylist())
+        for entry, table in iter_shards(release, columns=["text", "source"]):
+            flat, lens = tokenizer.encode_shard(entry, table.num_rows, table.column("text").to_pylist)
             src = pl.from_arrow(table.column("source"))
             assert isinstance(src, pl.Series)
             names = src.cast(pl.String).unique(maintain_order=True).to_list()

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.extras import check as check_extras
+
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 
 
@@ -32,6 +34,7 @@ class TextTokenizer:
 
     def __init__(self, path: str | Path, *, append_eos: bool = True, eos_token: str | None = None,
                  batch_size: int = 16384):
+        check_extras("a tokenised export", {"export": ("tokenizers",)})
         from tokenizers import Tokenizer
 
         self.path = Path(path)

@@ -20,7 +20,8 @@ import polars as pl
 import pyarrow as pa
 
 from engines import storage
-from warehouse.release import _fates, _shard_frame
+from warehouse.releasing.fates import Reads, decide, shard_frame
+from warehouse.releasing.text import release_text
 from warehouse.report.context import ReleaseContext
 from warehouse.report.io import read_rows, write_parquet
 from warehouse.selection import Selection, SelectionError, parse_selection
@@ -44,16 +45,20 @@ def where_selection(ctx: ReleaseContext, expr: str) -> Selection:
 
 def decided_shard(ctx: ReleaseContext, raw: str, selection: Selection | None = None,
                   extra: Selection | None = None) -> pl.DataFrame:
-    """A raw shard with every stage column (``stage.column``) and ``_fate``/``_stage``/``_reason``,
-    decided exactly as the release decided. Columns named by ``extra`` (a ``--where``) that a
-    stage does not write for this source are nulls."""
+    """A raw shard with the stage columns the release reads (``stage.column``; plus those ``extra``,
+    a ``--where``, names) and ``_fate``/``_stage``/``_reason``, decided exactly as the release decided
+    (warehouse.releasing.fates, with the release's ``text`` chain). Columns a stage does not write
+    for this source are nulls."""
     selection = selection or release_selection(ctx)
     source = ctx.lake.source_of(raw)
-    df, missing = _shard_frame(ctx.lake, raw, ctx.stages)
-    for col in selection.columns | (extra.columns if extra else set()):
+    chain = ctx.text_chain
+    wanted = selection.columns | (extra.columns if extra else set())
+    reads = Reads.of(ctx.stages, wanted, selection.stages, chain)
+    df, missing = shard_frame(raw, source, ctx.stages, reads, ctx.lake.annotation_path)
+    for col in wanted | set(chain):
         if col not in df.columns:
-            df = df.with_columns(pl.lit(None).alias(col))
-    df = _fates(df, source, ctx.stages, missing, selection.expr, selection.stages)
+            df = df.with_columns(pl.lit(None, pl.String if col in chain else pl.Null).alias(col))
+    df = decide(df, source, ctx.stages, missing, selection.expr, reads, release_text(chain))
     # Reasons as the catalog's drop_reasons spell them.
     return df.with_columns(pl.when(pl.col("_fate") == "quarantined").then(pl.lit("quarantined: ") + pl.col("_reason"))
                            .otherwise(pl.col("_reason")).alias("_reason"))

@@ -35,12 +35,7 @@ def _write_remote(url: str, body: Callable[[IO[bytes]], object]) -> None:
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    if _remote(url):
-        _write_remote(url, lambda f: f.write(data))
-        return
-    with storage.atomic_path(url) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    storage.write_bytes_atomic(url, data)
 
 
 def write_parquet(url: str, schema: pa.Schema, tables: Iterable[pa.Table]) -> None:

@@ -23,6 +23,7 @@ ID_COLUMNS = {"cluster_id", "cluster", "sem_group", "survivor_id", "nearest_id",
 # Sizes of duplicate groups: shown in the duplicates section.
 GROUP_SIZE_COLUMNS = {"dup_group_size", "cluster_size", "sem_group_size"}
 BINS = 40
+EMPTIED = "empty_after_text_transforms"  # the release's reason for a selected row whose released text is empty
 
 
 # --- accounting ---------------------------------------------------------------------------------
@@ -63,6 +64,8 @@ def waterfalls(ctx: ReleaseContext) -> dict[str, list[dict[str, Any]]]:
                 else:
                     q_stage += n
                 continue
+            if stage == "release" and reason == EMPTIED:
+                stage = EMPTIED  # after the selection: the text transforms left nothing
             by_stage[stage] = by_stage.get(stage, 0) + n
             reasons.setdefault(stage, []).append((reason, n))
         steps: list[dict[str, Any]] = [{"label": "rows in", "kind": "in", "rows": a["rows_in"]}]
@@ -72,6 +75,7 @@ def waterfalls(ctx: ReleaseContext) -> dict[str, list[dict[str, Any]]]:
             steps.append({"label": "quarantined (stage errors)", "kind": "quarantine", "rows": q_stage})
         if by_stage.get("release"):
             steps.append({"label": "empty text", "kind": "drop", "rows": by_stage.pop("release")})
+        emptied = by_stage.pop(EMPTIED, 0)
         for stage in order + sorted(s for s in by_stage if s not in order and s != "select") + ["select"]:
             n = by_stage.get(stage, 0)
             if stage == "select" and not n:
@@ -79,6 +83,8 @@ def waterfalls(ctx: ReleaseContext) -> dict[str, list[dict[str, Any]]]:
             top = sorted(reasons.get(stage, []), key=lambda r: -r[1])[:3]
             steps.append({"label": "selection (other)" if stage == "select" else stage, "kind": "drop", "rows": n,
                           "reasons": [{"reason": r, "rows": k} for r, k in top]})
+        if emptied:
+            steps.append({"label": "empty after text transforms", "kind": "drop", "rows": emptied})
         steps.append({"label": "kept", "kind": "kept", "rows": a["rows_kept"]})
         steps.append({"label": "released (with repeats)", "kind": "released", "rows": a["rows_released"]})
         out[src] = steps

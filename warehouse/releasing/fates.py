@@ -1,0 +1,171 @@
+"""The fate of every row of a raw shard: kept, dropped with a reason, or quarantined.
+
+1. **quarantined** if a stage the release reads (the selection's stages and the ``release.text``
+   stages) recorded an error for the row (``<stage>._error``) or has no usable annotation file
+   for the shard (it failed there);
+2. **dropped** with reason ``release:empty_text`` if the raw text is empty or whitespace;
+3. **dropped** if the selection expression is false, attributed to the first filter the
+   selection reads (pipeline order) whose ``keep`` is false (``<stage>:<its reason>``), else to
+   ``select``;
+4. **dropped** with reason ``release:empty_after_text_transforms`` if the text the release
+   carries (after ``release.text``) is empty or whitespace;
+5. otherwise **kept**. Stages the release does not read never drop anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engines import storage
+from warehouse.errors import DamagedFile
+
+ERROR_COLUMN = "_error"
+
+
+@dataclass
+class StageInfo:
+    """What the release needs to know of a configured stage."""
+
+    name: str
+    key: str
+    columns: list[str]  # columns it writes (without id/_error)
+    sources: list[str] | None  # None: all sources
+
+    @property
+    def is_filter(self) -> bool:
+        return "keep" in self.columns
+
+    def applies_to(self, source: str) -> bool:
+        return self.sources is None or source in self.sources
+
+
+@dataclass
+class Reads:
+    """Which annotation columns the release reads, per stage, and which stages can quarantine."""
+
+    columns: dict[str, list[str]]  # stage -> its columns to load
+    selection: set[str]  # stages the selection reads: their filters attribute drops
+    used: set[str]  # stages whose errors or missing files quarantine a row (selection + text)
+
+    @classmethod
+    def of(cls, stages: list[StageInfo], selection_columns: set[str], selection_stages: set[str],
+           text_columns: list[str], plan_columns: tuple[str, ...] = ()) -> Reads:
+        """The selection's columns plus ``keep``/``reason`` of its filters, the ``release.text``
+        columns and the planner's columns (all ``stage.column``)."""
+        wanted = {c for c in selection_columns | set(text_columns) | set(plan_columns) if "." in c}
+        used = set(selection_stages) | {c.split(".", 1)[0] for c in text_columns}
+        cols: dict[str, list[str]] = {}
+        for s in stages:
+            mine = {c.split(".", 1)[1] for c in wanted if c.split(".", 1)[0] == s.name}
+            if s.name in selection_stages and s.is_filter:
+                mine |= {"keep"} | ({"reason"} & set(s.columns))
+            if s.name in used or mine:
+                cols[s.name] = [c for c in s.columns if c in mine] + ([ERROR_COLUMN] if s.name in used else [])
+        return cls(cols, set(selection_stages), used)
+
+
+def _read(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, p = storage.fs_and_path(path)
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_table(f, columns=columns)
+    except (pa.ArrowException, OSError) as e:  # name the file: a bare ArrowInvalid says nothing
+        raise DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
+                annotation_path: Any) -> tuple[pl.DataFrame, dict[str, str]]:
+    """The raw shard with the columns the release reads of each applicable stage, as
+    ``<stage>.<col>``; and, for stages whose annotation file is missing or misaligned, why."""
+    df = pl.from_arrow(_read(raw))
+    assert isinstance(df, pl.DataFrame)
+    missing: dict[str, str] = {}
+    for st in stages:
+        cols = reads.columns.get(st.name)
+        if cols is None or not st.applies_to(source):
+            continue
+        ann_path = annotation_path(st.key, raw)
+        if not storage.exists(ann_path):
+            missing[st.name] = f"stage {st.name} has no annotations for this shard (it failed there; see stage_runs)"
+            continue
+        ann = pl.from_arrow(_read(ann_path, cols))
+        assert isinstance(ann, pl.DataFrame)
+        if ann.height != df.height:
+            missing[st.name] = f"stage {st.name} annotations have {ann.height} rows for a shard of {df.height}"
+            continue
+        df = df.with_columns([ann.get_column(c).alias(f"{st.name}.{c}") for c in ann.columns])
+    return df, missing
+
+
+def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict[str, str], select: pl.Expr,
+           reads: Reads, text: pl.Expr) -> pl.DataFrame:
+    """Add ``_fate`` (kept/dropped/quarantined), ``_stage`` and ``_reason`` (see the module doc);
+    ``text`` is the text the release carries."""
+    miss = {k: v for k, v in missing.items() if k in reads.used}
+    applicable = [s for s in stages if s.applies_to(source) and s.name in reads.used and s.name not in missing]
+    # Polars when/then chains change type as they grow; Any keeps the chain readable.
+    fate: Any = pl.when(pl.lit(bool(miss))).then(pl.lit("quarantined"))
+    stage: Any = pl.when(pl.lit(bool(miss))).then(pl.lit(next(iter(miss), None)))
+    reason: Any = pl.when(pl.lit(bool(miss))).then(pl.lit(next(iter(miss.values()), None)))
+    for s in applicable:
+        err = pl.col(f"{s.name}.{ERROR_COLUMN}").is_not_null()
+        fate, stage = fate.when(err).then(pl.lit("quarantined")), stage.when(err).then(pl.lit(s.name))
+        reason = reason.when(err).then(pl.col(f"{s.name}.{ERROR_COLUMN}"))
+    empty = pl.col("text").fill_null("").str.strip_chars().str.len_bytes() == 0
+    fate, stage, reason = (fate.when(empty).then(pl.lit("dropped")), stage.when(empty).then(pl.lit("release")),
+                           reason.when(empty).then(pl.lit("empty_text")))
+    for s in applicable:
+        if s.is_filter and s.name in reads.selection:
+            drop = ~select & ~pl.col(f"{s.name}.keep").fill_null(False)
+            fate, stage = fate.when(drop).then(pl.lit("dropped")), stage.when(drop).then(pl.lit(s.name))
+            r = pl.col(f"{s.name}.reason") if "reason" in s.columns else pl.lit("keep=false")
+            reason = reason.when(drop).then(r.fill_null("keep=false"))
+    # Columns of stages that do not apply to this source are null, so the selection sees nulls.
+    fate, stage = fate.when(~select).then(pl.lit("dropped")), stage.when(~select).then(pl.lit("select"))
+    reason = reason.when(~select).then(pl.lit("selection expression is false"))
+    # Selected, but the text transforms left nothing to train on.
+    emptied = text.fill_null("").str.strip_chars().str.len_bytes() == 0
+    fate = fate.when(emptied).then(pl.lit("dropped")).otherwise(pl.lit("kept"))
+    stage = stage.when(emptied).then(pl.lit("release")).otherwise(pl.lit(None))
+    reason = reason.when(emptied).then(pl.lit("empty_after_text_transforms")).otherwise(pl.lit(None))
+    return df.with_columns(fate.alias("_fate"), stage.alias("_stage"), reason.alias("_reason"))
+
+
+@dataclass
+class Accounting:
+    """Rows in = kept + dropped + quarantined, per source; drops per (source, stage, reason)."""
+
+    sources: list[str]
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    drops: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.per_source = {s: {"rows_in": 0, "rows_kept": 0, "rows_dropped": 0, "rows_quarantined": 0, "tokens_kept": 0}
+                           for s in self.sources}
+
+    def add(self, source: str, decided: pl.DataFrame) -> None:
+        acc = self.per_source[source]
+        acc["rows_in"] += decided.height
+        for fate, stage, reason, n in decided.group_by("_fate", "_stage", "_reason").len().rows():
+            if fate == "kept":
+                acc["rows_kept"] += n
+                continue
+            acc["rows_dropped" if fate == "dropped" else "rows_quarantined"] += n
+            self._drop(source, stage or "", ("quarantined: " + reason) if fate == "quarantined" else (reason or ""), n)
+
+    def add_ingest_quarantine(self, counts: dict[str, int]) -> None:
+        for s, n in counts.items():
+            if s in self.per_source and n:
+                self.per_source[s]["rows_in"] += n
+                self.per_source[s]["rows_quarantined"] += n
+                self._drop(s, "ingest", "quarantined: unreadable input", n)
+
+    def _drop(self, source: str, stage: str, reason: str, n: int) -> None:
+        self.drops[(source, stage, reason)] = self.drops.get((source, stage, reason), 0) + n
+
+    def drop_reasons(self) -> list[dict[str, Any]]:
+        return [{"source": k[0], "stage": k[1], "reason": k[2], "rows": n} for k, n in sorted(self.drops.items())]
