@@ -51,13 +51,18 @@ def demo_runs(tmp_path_factory, demo_dir):
     planted = _plant_mirror(demo_dir, root / "mirror.jsonl")
     cfg["sources"].append({"name": "mirror", "format": "jsonl", "paths": [str(root / "mirror.jsonl")],
                            "columns": {"text": "text", "id": "id"}, "license": "CC-BY-SA-4.0"})
+    # Every mirror document duplicates a wiki_en one, so dedup drops them all: exempt it from the
+    # release's per-source floor (the other sources keep theirs).
+    cfg["release"].setdefault("gates", {})["min_source_rows"] = {"mirror": 0}
     (root / "p1.yaml").write_text(yaml.safe_dump(cfg))
     cfg["release"]["select"] += f" and (source == 'python_docs' or {THRESHOLD})"
     (root / "p2.yaml").write_text(yaml.safe_dump(cfg))
     runner = CliRunner()
     out = []
-    for p in ("p1.yaml", "p2.yaml"):
-        res = runner.invoke(app, ["run", str(root / p)], catch_exceptions=False)
+    # The threshold leaves wiki_fr nothing, so the second release fails its per-source floor gate:
+    # published anyway (--accept-gates), its report shows the failure.
+    for p, extra in (("p1.yaml", []), ("p2.yaml", ["--accept-gates"])):
+        res = runner.invoke(app, ["run", str(root / p), *extra], catch_exceptions=False)
         assert res.exit_code == 0, res.output
         out.append(res.output)
     con = duckdb.connect(str(root / "lake" / "catalog.duckdb"), read_only=True)
@@ -392,3 +397,27 @@ def test_report_on_object_storage(demo_runs, report, s3_server):
     assert [e["id"] for g in remote["examples"] for e in g["examples"]] == \
            [e["id"] for g in report["data"]["examples"] for e in g["examples"]]
     assert remote["diff"]["docs"] == report["data"]["diff"]["docs"]
+
+
+def test_gates_and_text_steps_match_catalog(demo_runs, report, con):
+    """The gates section lists every check the catalog's release_gates holds (warnings shown with
+    their message), and the text-transform table equals release_text, row for row."""
+    name, version = report["name"], report["version"]
+    g = report["data"]["gates"]
+    got = con.execute("SELECT gate, outcome, coalesce(source, ''), coalesce(rule, '') FROM release_gates "
+                      "WHERE name = ? AND version = ?", [name, version]).fetchall()
+    assert got and sorted(got) == sorted((c["gate"], c["outcome"], c["source"] or "", c["rule"] or "")
+                                         for c in g["checks"])
+    fails = [c for c in g["checks"] if c["outcome"] == "fail"]
+    assert not g["passed"] and g["accepted"] and [(c["gate"], c["source"]) for c in fails] == \
+        [("min_source_rows", "wiki_fr")]
+    assert "failed, published anyway (--accept-gates)" in report["page"]
+    warns = [c for c in g["checks"] if c["outcome"] == "warn"]
+    assert warns, "the demo's web-crawl defaults warn about Wikipedia summaries"
+    for c in fails + warns:  # shown, not folded away
+        assert htmllib.escape(c["message"]) in report["page"].split("other checks</summary>")[0]
+    steps = con.execute("SELECT source, step, stage, column_name, docs, docs_changed, chars_in, chars_removed "
+                        "FROM release_text WHERE name = ? AND version = ? ORDER BY source, step",
+                        [name, version]).fetchall()
+    assert steps and steps == [(s["source"], s["step"], s["stage"], s["column"], s["docs"], s["docs_changed"],
+                                s["chars_in"], s["chars_removed"]) for s in report["data"]["text_steps"]]

@@ -51,6 +51,8 @@ def report_data(ctx: ReleaseContext, seed: int = 0, chars: int = 300, code_versi
             "accounting": sections.accounting(ctx),
             "waterfall": sections.waterfalls(ctx),
             "drop_reasons": sections.drop_table(ctx),
+            "gates": sections.gates(ctx),
+            "text_steps": sections.text_steps(ctx),
             "examples": sections.examples(ctx, con, fates, seed=seed, chars=chars),
             "histograms": sections.histograms(ctx, con),
             "duplicates": sections.duplicates(ctx, con),

@@ -61,10 +61,11 @@ def render(data: dict[str, Any]) -> str:
     colours = {s: svg.colour(i) for i, s in enumerate(sources)}
     parts = [
         _header(rel),
-        '<nav><a href="#accounting">Accounting</a><a href="#drops">Drop reasons</a><a href="#scores">Scores</a>'
+        '<nav><a href="#accounting">Accounting</a><a href="#gates">Gates</a><a href="#drops">Drop reasons</a><a href="#scores">Scores</a>'
         '<a href="#duplicates">Duplicates</a><a href="#mixture">Mixture</a><a href="#diff">Changes</a>'
         '<a href="#timings">Timings</a></nav><main>',
         _accounting(data),
+        _gates(data),
         _drops(data),
         _scores(data, colours),
         _duplicates(data),
@@ -265,6 +266,44 @@ def _diff(data: dict[str, Any]) -> str:
             ["source", "stage", "reason", "before", "now"],
             [[r["source"], r["stage"], r["reason"], r["rows_old"], r["rows_new"]] for r in d["drop_reasons"]], left=3))
     return "".join(out)
+
+
+def _gates(data: dict[str, Any]) -> str:
+    """The release's gates (failures and warnings first; passes folded away) and what its text
+    transforms removed, per source and step."""
+    g, steps = data.get("gates"), data.get("text_steps") or []
+    out = ['<h2 id="gates">Gates and text transforms</h2>']
+    if not g:
+        out.append('<p class="muted">This release was made without gates.</p>')
+    else:
+        state = ("passed" if g["passed"] else "failed, published anyway (--accept-gates)" if g["accepted"]
+                 else "failed")
+        counts = ", ".join(f"{n} {o}" for o, n in g["outcomes"].items() if n)
+        out.append(f"<p>Gates <b>{escape(state)}</b> ({escape(counts) or 'no checks'}).</p>")
+        rows = [[c.get("outcome"), c.get("gate"), c.get("source"), c.get("rule"), _fmt_num(c.get("value")),
+                 _fmt_num(c.get("threshold")), c.get("message")] for c in g["checks"]]
+        bad = [r for r in rows if r[0] in ("fail", "warn")]
+        if bad:
+            out.append(_table(["outcome", "gate", "source", "rule", "value", "threshold", "message"], bad, left=4))
+        rest = [r for r in rows if r[0] not in ("fail", "warn")]
+        if rest:
+            out.append(f"<details><summary>{len(rest)} other checks</summary>"
+                       + _table(["outcome", "gate", "source", "rule", "value", "threshold", "message"], rest, left=4)
+                       + "</details>")
+    if steps:
+        labels = [f"{s['source']} · {s['stage']}.{s['column']}" for s in steps]
+        share = [float(s.get("chars_removed") or 0) / max(1, int(s.get("chars_in") or 0)) for s in steps]
+        out.append("<h3>Text transforms (<code>release.text</code>): share of characters removed</h3>" + svg.grouped_bars(
+            labels, [svg.Series("characters removed", share, svg.PALETTE[1])], "share of characters removed per step"))
+        out.append(_table(["source", "step", "column", "documents", "changed", "chars in", "chars removed",
+                           "lines removed"],
+                          [[s["source"], s["step"], f"{s['stage']}.{s['column']}", s.get("docs"), s.get("docs_changed"),
+                            s.get("chars_in"), s.get("chars_removed"), s.get("lines_removed")] for s in steps], left=3))
+    return "".join(out)
+
+
+def _fmt_num(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
 
 
 def _timings(data: dict[str, Any]) -> str:

@@ -355,6 +355,26 @@ def curriculum(ctx: ReleaseContext, con: duckdb.DuckDBPyConnection, buckets: int
             "phases": phases}
 
 
+# --- gates and text transforms -------------------------------------------------------------------
+def gates(ctx: ReleaseContext) -> dict[str, Any] | None:
+    """The release's gate report (warehouse/releasing/gates.py) as the manifest records it: every
+    check with its outcome, failures and warnings first. None for a release made without gates."""
+    g = ctx.manifest.get("gates")
+    if not isinstance(g, dict):
+        return None
+    order = {"fail": 0, "warn": 1, "skipped": 2, "pass": 3}
+    checks = sorted(g.get("checks") or [], key=lambda c: (order.get(str(c.get("outcome")), 4), str(c.get("gate"))))
+    return {"passed": bool(g.get("passed", True)), "accepted": bool(g.get("accepted")), "checks": checks,
+            "outcomes": {o: sum(c.get("outcome") == o for c in checks) for o in order}}
+
+
+def text_steps(ctx: ReleaseContext) -> list[dict[str, Any]]:
+    """What each ``release.text`` step (cleaning, redaction) changed in the kept documents, per
+    source (the manifest's ``text.steps``)."""
+    text = ctx.manifest.get("text")
+    return list(text.get("steps") or []) if isinstance(text, dict) else []
+
+
 # --- timings ------------------------------------------------------------------------------------
 def timings(ctx: ReleaseContext) -> list[dict[str, Any]]:
     """Wall time per stage and phase (fit, apply) of the run that made the release, from the catalog."""
