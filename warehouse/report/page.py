@@ -268,6 +268,9 @@ def _diff(data: dict[str, Any]) -> str:
     return "".join(out)
 
 
+GATE_COLUMNS = ["outcome", "gate", "source", "rule", "message", "value", "threshold"]
+
+
 def _gates(data: dict[str, Any]) -> str:
     """The release's gates (failures and warnings first; passes folded away) and what its text
     transforms removed, per source and step."""
@@ -280,18 +283,18 @@ def _gates(data: dict[str, Any]) -> str:
                  else "failed")
         counts = ", ".join(f"{n} {o}" for o, n in g["outcomes"].items() if n)
         out.append(f"<p>Gates <b>{escape(state)}</b> ({escape(counts) or 'no checks'}).</p>")
-        rows = [[c.get("outcome"), c.get("gate"), c.get("source"), c.get("rule"), _fmt_num(c.get("value")),
-                 _fmt_num(c.get("threshold")), c.get("message")] for c in g["checks"]]
+        rows = [[c.get("outcome"), c.get("gate"), c.get("source"), c.get("rule"), c.get("message"),
+                 _fmt_num(c.get("value")), _fmt_num(c.get("threshold"))] for c in g["checks"]]
         bad = [r for r in rows if r[0] in ("fail", "warn")]
         if bad:
-            out.append(_table(["outcome", "gate", "source", "rule", "value", "threshold", "message"], bad, left=4))
+            out.append(_table(GATE_COLUMNS, bad, left=5))
         rest = [r for r in rows if r[0] not in ("fail", "warn")]
         if rest:
             out.append(f"<details><summary>{len(rest)} other checks</summary>"
-                       + _table(["outcome", "gate", "source", "rule", "value", "threshold", "message"], rest, left=4)
+                       + _table(GATE_COLUMNS, rest, left=5)
                        + "</details>")
     if steps:
-        labels = [f"{s['source']} · {s['stage']}.{s['column']}" for s in steps]
+        labels = [f"{s['source']} · {s['stage']}" for s in steps]
         share = [float(s.get("chars_removed") or 0) / max(1, int(s.get("chars_in") or 0)) for s in steps]
         out.append("<h3>Text transforms (<code>release.text</code>): share of characters removed</h3>" + svg.grouped_bars(
             labels, [svg.Series("characters removed", share, svg.PALETTE[1])], "share of characters removed per step"))
