@@ -100,7 +100,9 @@ async def _check(env: dict[str, str], served: subprocess.Popen) -> dict:
                 sched = dep.schedules[0].schedule
                 runs = []
                 for _ in range(60):
-                    runs = [r for r in await client.read_flow_runs() if r.state_name == "Scheduled"]
+                    # This deployment's runs only: the other pipeline's deployment schedules its own.
+                    runs = [r for r in await client.read_flow_runs()
+                            if r.state_name == "Scheduled" and r.deployment_id == dep.id]
                     if runs:
                         break
                     await asyncio.sleep(0.5)
