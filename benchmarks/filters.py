@@ -85,8 +85,10 @@ def main() -> None:
     os.environ["POLARS_MAX_THREADS"] = "1"  # one thread per worker process (set before polars loads)
     import polars as pl
 
+    from engines import native
     from tests.heuristics.reference import agreement
 
+    print(native.describe(), flush=True)  # CPU, SIMD flags and the kernel path (CURATE_SIMD forces one)
     t0 = time.perf_counter()
     docs = load_docs(args.corpora, args.docs, args.seed)
     chars = int(docs["text"].str.len_chars().sum())

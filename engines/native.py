@@ -1,106 +1,166 @@
-"""Small C kernels compiled once per machine and loaded with ctypes.
+"""The compiled kernels: loading the extensions built at install time and choosing their SIMD path.
 
-A stage that needs a tight loop ships its C source as a Python string and calls
-``load_library(name, source, signatures)``: the source is compiled with the system C
-compiler (``$CC``, else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, falling back to
-``-O3``) into the cache folder (``engines.assets.cache_dir()``: ``$CURATE_CACHE``, else
-``~/.cache/curate``) under a name
-keyed by a hash of the source, the machine, the CPU flags and any extra compiler flags, so a
-changed kernel or a different CPU gets its own build and nothing is rebuilt otherwise.
-Concurrent builders (threads or processes) all end with a complete file: each compiles in a
-private temporary folder and renames atomically. ctypes releases the GIL during a call, so
-kernels called from several threads run in parallel.
+The C kernels live in real source files (``filters/minhash/csrc/``, ``scorers/ppl_corr/csrc/``,
+``engines/csrc/``) and are compiled by ``pip install`` (``setup.py``) into CPython extensions;
+nothing compiles at run time. Each extension holds several versions of its hot loops, one per
+SIMD path, and picks the widest the CPU supports when it is imported:
+
+============  ==========================================================================
+path          used on
+============  ==========================================================================
+``scalar``    any x86-64 CPU (the baseline ISA, SSE2), or forced
+``avx2``      x86-64 with AVX2 + BMI2 (Haswell, Zen and later)
+``avx512``    x86-64 with AVX-512 F/DQ/BW/VL (Skylake-X, Ice Lake, Zen 4 and later)
+``neon``      aarch64 (NEON is part of its baseline)
+============  ==========================================================================
+
+``CURATE_SIMD=scalar|avx2|avx512`` forces a narrower path (for tests and benchmarks; a path
+the CPU lacks falls back to the widest it has, with a warning). Every path computes the same
+bits. ``CURATE_NATIVE=0`` turns the compiled kernels off altogether: MinHash then runs its NumPy
+fallback and the perplexity-correlation estimators their NumPy path (same results, slower).
+
+An extension that is missing (no C compiler at install time) or stale (built from older sources
+than the Python code expects, after a ``git pull`` without reinstalling) is reported as
+unavailable, and its callers fall back to NumPy with a warning that says how to rebuild.
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import functools
-import hashlib
+import importlib
 import os
 import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from engines.assets import cache_dir
+__all__ = ["SIMD_ENV", "REBUILD_HINT", "load", "enabled", "paths", "active_path", "use_path", "cpu_info"]
 
-__all__ = ["cache_dir", "compiler", "load_library"]
+SIMD_ENV = "CURATE_SIMD"
+NATIVE_ENV = "CURATE_NATIVE"
+#: What a user runs to get the compiled kernels (printed in fallback warnings).
+REBUILD_HINT = ("install a C compiler (gcc or clang; e.g. apt-get install gcc) and reinstall curate: "
+                "`pip install --force-reinstall --no-deps .` (`pip install -e .` in a checkout)")
 
-_LOCK = threading.Lock()
-# keyed by the source text itself: str hashes are cached, so a hit costs a dict lookup
-_LOADED: dict[tuple[str, str, tuple[str, ...]], ctypes.CDLL] = {}
-
-#: ``{function name: (argtypes, restype)}``; restype ``None`` for ``void``.
-Signatures = Mapping[str, tuple[Sequence[Any], Any]]
+_LOADED: dict[str, ModuleType] = {}
+_MISSING: dict[str, str] = {}
+#: The loaded extensions that have SIMD paths (``paths``/``set_path``/``path``).
+_DISPATCHED: dict[str, ModuleType] = {}
 
 
-def compiler() -> str | None:
-    """The C compiler that would be used (``$CC`` first), or None when there is none."""
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def enabled() -> bool:
+    """False when ``CURATE_NATIVE`` is 0/false/no/off (compiled kernels turned off)."""
+    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def load(module: str, abi: int) -> ModuleType | None:
+    """The extension ``module`` (e.g. ``"filters.minhash._minhash"``) set to the SIMD path chosen
+    by ``CURATE_SIMD`` (else the CPU's widest), or None when it is not built, is stale (its ``ABI``
+    differs from ``abi``) or ``CURATE_NATIVE=0``. The reason is kept for ``missing_reason``."""
+    if not enabled():
+        return None
+    mod = _LOADED.get(module)
+    if mod is not None:
+        return mod
+    if module in _MISSING:
+        return None
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        _MISSING[module] = f"the extension {module} is not built ({exc})"
+        return None
+    if getattr(mod, "ABI", None) != abi:
+        _MISSING[module] = (f"the extension {module} is stale (ABI {getattr(mod, 'ABI', None)}, expected {abi}): "
+                            "it was built from older sources")
+        return None
+    if hasattr(mod, "set_path"):  # an extension without SIMD versions has one path
+        _apply_env_path(mod)
+        _DISPATCHED[module] = mod
+    _LOADED[module] = mod
+    return mod
+
+
+def missing_reason(module: str) -> str:
+    """Why ``load(module)`` returned None (empty when it did not)."""
+    if not enabled():
+        return f"{NATIVE_ENV}=0 turns the compiled kernels off"
+    return _MISSING.get(module, "")
+
+
+def _apply_env_path(mod: ModuleType) -> None:
+    want = os.environ.get(SIMD_ENV, "").strip().lower()
+    if not want:
+        return
+    have = mod.paths()
+    if want not in ("scalar", "neon", "avx2", "avx512"):
+        warnings.warn(f"{SIMD_ENV}={want!r} is not a SIMD path (scalar, avx2, avx512); using {have[-1]}", stacklevel=3)
+        return
+    if want not in have:
+        warnings.warn(f"{SIMD_ENV}={want} is not supported by this CPU (it has {', '.join(have)}); using {have[-1]}",
+                      stacklevel=3)
+        return
+    mod.set_path(want)
+
+
+def _any() -> ModuleType | None:
+    if _DISPATCHED:
+        return next(iter(_DISPATCHED.values()))
+    # each kernel module loads its extension on first use
+    for name in ("filters.minhash.kernels", "scorers.ppl_corr.kernels"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name).ext()
+    return next(iter(_DISPATCHED.values()), None)
+
+
+def paths() -> tuple[str, ...]:
+    """The SIMD paths this CPU supports, narrowest first (empty without compiled kernels)."""
+    mod = _any()
+    return tuple(mod.paths()) if mod is not None else ()
+
+
+def active_path() -> str:
+    """The SIMD path the compiled kernels use now, or ``"numpy"`` without them."""
+    mod = _any()
+    return str(mod.path()) if mod is not None else "numpy"
+
+
+@contextlib.contextmanager
+def use_path(path: str) -> Iterator[None]:
+    """Run the block with every loaded extension on ``path`` (tests and benchmarks); raises
+    ValueError when the CPU lacks it. Not for concurrent use: the path is process-wide."""
+    mods = list(_DISPATCHED.values()) or [m for m in [_any()] if m is not None]
+    old = [m.path() for m in mods]
+    try:
+        for m in mods:
+            m.set_path(path)
+        yield
+    finally:
+        for m, p in zip(mods, old):
+            m.set_path(p)
 
 
 @functools.cache
-def _cpu_flags() -> str:
-    try:
+def cpu_info() -> dict[str, Any]:
+    """The CPU model, its SIMD flags, the paths and the one in use (for benchmark headers)."""
+    model: str = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    simd = sorted(f for f in flags if f in ("avx2", "fma", "bmi2", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+                                           "asimd", "neon", "sve"))
+    return {"model": model, "machine": platform.machine(), "simd_flags": simd}
 
 
-def _build(name: str, source: str, target: Path, extra_flags: Sequence[str]) -> None:
-    cc = compiler()
-    if not cc:
-        raise RuntimeError(f"the {name} kernel is C compiled once per machine and no C compiler was found "
-                           "(install gcc, or set CC)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / f"{name}.c"
-        src.write_text(source)
-        out = Path(tmp) / target.name
-        errors = ""
-        for flags in (["-O3", "-march=native"], ["-O3"]):
-            cmd = [cc, *flags, *extra_flags, "-fPIC", "-shared", "-o", str(out), str(src)]
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True)
-            except OSError as exc:  # $CC names a program that is not there
-                raise RuntimeError(f"cannot run the C compiler {cc!r}: {exc}") from exc
-            if r.returncode == 0:
-                os.replace(out, target)  # atomic: concurrent builders all end with a complete file
-                return
-            errors = r.stderr
-        raise RuntimeError(f"compiling the {name} kernel failed:\n{errors[-2000:]}")
-
-
-def load_library(name: str, source: str, signatures: Signatures, extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
-    """The compiled library of ``source`` (built on first use, then loaded from the cache).
-
-    ``signatures`` sets each function's ctypes ``argtypes`` and ``restype``. Raises
-    ``RuntimeError`` when there is no C compiler or the source does not compile. Each
-    (name, source, flags) is loaded once per process; later calls cost a dict lookup.
-    """
-    memo = (name, source, tuple(extra_flags))
-    loaded = _LOADED.get(memo)
-    if loaded is not None:
-        return loaded
-    with _LOCK:
-        loaded = _LOADED.get(memo)
-        if loaded is None:
-            flags = "".join(extra_flags)
-            key = hashlib.sha256((source + platform.machine() + _cpu_flags() + flags).encode()).hexdigest()[:16]
-            target = cache_dir() / f"{name}-{key}.so"
-            if not target.exists():
-                _build(name, source, target, extra_flags)
-            loaded = ctypes.CDLL(str(target))
-            for fn_name, (argtypes, restype) in signatures.items():
-                fn = getattr(loaded, fn_name)
-                fn.argtypes = list(argtypes)
-                fn.restype = restype
-            _LOADED[memo] = loaded
-    return loaded
+def describe() -> str:
+    """One line for benchmark output: CPU model, SIMD flags, supported paths and the path in use."""
+    info = cpu_info()
+    return (f"CPU: {info['model']} ({info['machine']}); SIMD flags: {' '.join(info['simd_flags']) or '-'}; "
+            f"kernel paths: {', '.join(paths()) or 'none (not built)'}; in use: {active_path()}"
+            + (f" (forced by {SIMD_ENV}={os.environ[SIMD_ENV]})" if os.environ.get(SIMD_ENV) else ""))

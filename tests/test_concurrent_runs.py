@@ -54,7 +54,8 @@ def _catalog_matches_lake(lake: Path) -> None:
         assert one("SELECT count(*) FROM drop_reasons WHERE name=? AND version=?", *key) == len(manifest["drop_reasons"])
         n_mix = sum(len(ph["weights"]) for ph in manifest["mixture"]["phases"])
         assert one("SELECT count(*) FROM release_mixture WHERE name=? AND version=?", *key) == n_mix > 0
-        fits = list(lake.glob("artifacts/*/_fit.json"))
+        # Pinned fits keep _fit.json at artifacts/<key>/, incremental ones at artifacts/<key>/s-<hash>/.
+        fits = {p.relative_to(lake / "artifacts").parts[0] for p in lake.glob("artifacts/**/_fit.json")}
         assert one("SELECT count(DISTINCT stage_key) FROM artifacts") == len(fits) > 0
         assert one("SELECT count(*) FROM runs WHERE status='running'") == 0
     finally:

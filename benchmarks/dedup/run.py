@@ -50,13 +50,18 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.dedup.corpus import generate  # noqa: E402
 from benchmarks.dedup.truth import compute_truth, score  # noqa: E402
+from engines import native  # noqa: E402
 from schemas.documents import DOCUMENT  # noqa: E402
 
-TOOLS = ("curate", "curate-lean", "datasketch", "text-dedup", "datatrove")
+TOOLS = ("curate", "curate-lean", "curate-run", "datasketch", "text-dedup", "datatrove")
 
 
 def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run ``cmd``; wall time and the peak summed RSS / PSS of its process tree."""
+    """Run ``cmd``; wall time, CPU time (user + system, all its processes and threads: the measure
+    that holds on a machine shared with other work) and the peak summed RSS / PSS of its tree."""
+    import resource
+
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -86,9 +91,11 @@ def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
             time.sleep(0.05)
         rc = proc.wait()
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:
         raise RuntimeError(f"{cmd[:3]} failed with exit code {rc}; see {log}")
-    return {"wall_s": wall, "peak_rss_mb": peak_rss / 2**20, "peak_pss_mb": peak_pss / 2**20}
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss / 2**20, "peak_pss_mb": peak_pss / 2**20}
 
 
 def prepare_inputs(corpus: Path, peer_dir: Path | None, lake: Path, shard_docs: int, peer_files: int) -> None:
@@ -154,6 +161,16 @@ def run_tool(tool: str, a: argparse.Namespace, peer_dir: Path, lake: Path, work:
     out = work / f"removed-{tool}.npy"
     bench_py = a.bench_python
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if tool == "curate-run":  # the user path: `curate run` on a pipeline file (benchmarks/dedup/user_path.py)
+        cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmarks.dedup.user_path", "--input", str(peer_dir),
+               "--work", str(work / "user-path"), "--out", str(out), "--threshold", str(a.threshold),
+               "--workers", str(a.curate_workers)]
+        m = measure(cmd, work / f"{tool}.log", env)
+        info = json.loads(out.with_suffix(".json").read_text())
+        # the figure is the second `curate run` (ingest measured on its own, before it)
+        m.update({"wall_s": info["run_s"], "ingest_s": info["ingest_s"], "breakdown": info["breakdown"],
+                  "cpu_s": info.get("run_cpu_s", m["cpu_s"])})
+        return m, np.load(out)
     if tool in ("curate", "curate-lean"):
         cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmarks.dedup.run_curate", "--lake", str(lake),
                "--out", str(out), "--workers", str(a.curate_workers), "--threshold", str(a.threshold)]
@@ -201,6 +218,9 @@ def main() -> None:
     ap.add_argument("--no-truth", action="store_true", help="skip ground truth (scale runs)")
     ap.add_argument("--bench-python", default=str(REPO / ".venv-bench" / "bin" / "python"))
     a = ap.parse_args()
+    # the figures depend on the CPU, its load and the kernel path (CURATE_SIMD is inherited by the runs)
+    print(native.describe(), flush=True)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs", flush=True)
     a.out.mkdir(parents=True, exist_ok=True)
     tag = f"{a.docs // 1000}k-s{a.seed}"
     a.corpus_path = a.out / f"corpus-{tag}.parquet"
@@ -215,7 +235,7 @@ def main() -> None:
     if not a.no_truth:
         print("truth:", truth_path.with_suffix(".json").read_text(), flush=True)
     peer_dir, lake = a.out / f"input-{tag}", a.out / f"lake-{tag}"
-    peers_needed = any(not t.startswith("curate") for t in a.tools.split(","))
+    peers_needed = any(not t.startswith("curate") or t == "curate-run" for t in a.tools.split(","))
     prepare_inputs(a.corpus_path, peer_dir if peers_needed else None, lake, a.shard_docs, a.workers)
     truth = None if a.no_truth else pl.read_parquet(truth_path)
     work = a.out / f"work-{tag}"
@@ -228,23 +248,38 @@ def main() -> None:
         row = {"tool": tool, "docs": a.docs, "docs_per_s": a.docs / m["wall_s"], **m, **q}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if "breakdown" in m:
+            print(f"  curate-run: ingest {m['ingest_s']:.1f} s (not counted); the run: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in m["breakdown"].items()), flush=True)
     results = a.out / f"results-{tag}-t{a.threshold:g}.json"
     results.write_text(json.dumps(rows, indent=1))
     print_table(rows)
+    print(f"\n{native.describe()}; load average at the end "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 def print_table(rows: list[dict]) -> None:
-    peers = [r["docs_per_s"] for r in rows if not r["tool"].startswith("curate")]
-    head = "| tool | docs/s | wall s | peak RSS MB (sum) | peak PSS MB | removed | precision | recall | leftover clusters |"
+    head = ("| tool | docs/s | wall s | CPU s | peak RSS MB (sum) | peak PSS MB | removed | precision | recall | "
+            "leftover clusters |")
     print(head)
-    print("|---" * 9 + "|")
+    print("|---" * 10 + "|")
     for r in rows:
-        print(f"| {r['tool']} | {r['docs_per_s']:,.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['peak_pss_mb']:.0f} | {r['removed']:,} | {r.get('precision', float('nan')):.4f} | "
-              f"{r.get('recall', float('nan')):.4f} | {r.get('leftover_clusters', '-')} |")
-    ours = [r["docs_per_s"] for r in rows if r["tool"] == "curate"]
-    if ours and peers:
-        print(f"\ncurate / fastest peer: {ours[0] / max(peers):.1f}x docs/s")
+        print(f"| {r['tool']} | {r['docs_per_s']:,.0f} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['peak_pss_mb']:.0f} | {r['removed']:,} | "
+              f"{r.get('precision', float('nan')):.4f} | {r.get('recall', float('nan')):.4f} | "
+              f"{r.get('leftover_clusters', '-')} |")
+    peers = [r for r in rows if not r["tool"].startswith("curate")]
+    if not peers:
+        return
+    fastest = max(peers, key=lambda r: r["docs_per_s"])
+    least_cpu = min(peers, key=lambda r: r.get("cpu_s", float("inf")))
+    for tool in ("curate", "curate-run"):
+        ours = [r for r in rows if r["tool"] == tool]
+        if ours:
+            o = ours[0]
+            print(f"\n{tool} / fastest peer ({fastest['tool']}): {o['docs_per_s'] / fastest['docs_per_s']:.1f}x docs/s "
+                  f"(wall clock); CPU time: {least_cpu.get('cpu_s', float('nan')) / o.get('cpu_s', float('nan')):.1f}x "
+                  f"less than the peer using the least ({least_cpu['tool']})")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.stage import Stage, StageContext, register_stage
+from filters.heuristics.chunking import item_stats
 from filters.heuristics.common import (
     INLINE_SPACE,
     KEEP_REASON,
@@ -310,33 +311,29 @@ class GopherRepetition(Stage):
         reason = np.full(docs.height, None, dtype=object)
 
         # ---- paragraphs and lines
-        paras = docs.select(
-            "row", item=py_strip(text).str.extract_all(r"[^\n]+(?:\n[^\n]+)*")
-        ).explode("item").drop_nulls("item")
-        par = stats_frame(docs.height).join(duplicates(paras), on="row", how="left").fill_null(0).sort("row")
-        n_par = np.maximum(par["n_items"].to_numpy(), 1)  # a blank text is one empty paragraph
-        lines = docs.select("row", item=text.str.extract_all(r"[^\n]+")).explode("item").drop_nulls("item")
-        lin = stats_frame(docs.height).join(duplicates(lines), on="row", how="left").fill_null(0).sort("row")
+        par = _item_stats(docs, paragraphs=True)
+        n_par = np.maximum(par["n_items"], 1)  # a blank text is one empty paragraph
+        lin = _item_stats(docs, paragraphs=False)
         edges = docs.select(
             starts=text.str.starts_with("\n").cast(pl.Int64), ends=text.str.ends_with("\n").cast(pl.Int64)
         )
         starts, ends = edges["starts"].to_numpy(), edges["ends"].to_numpy()
         # re.split("\n+") also yields "" before a leading and after a trailing newline
-        n_lin = lin["n_items"].to_numpy() + starts + ends
-        dup_lin = lin["dup_items"].to_numpy() + (starts & ends)
+        n_lin = lin["n_items"] + starts + ends
+        dup_lin = lin["dup_items"] + (starts & ends)
         with np.errstate(divide="ignore", invalid="ignore"):
             rules: list[tuple[str, np.ndarray]] = [("gopher_rep_empty", n_chars == 0)]
             if _on(p.dup_para_frac):
-                rules.append(("gopher_rep_dup_para_frac", par["dup_items"].to_numpy() / n_par > p.dup_para_frac))
+                rules.append(("gopher_rep_dup_para_frac", par["dup_items"] / n_par > p.dup_para_frac))
             if _on(p.dup_para_char_frac):
                 rules.append(
-                    ("gopher_rep_dup_para_char_frac", par["dup_chars"].to_numpy() / n_chars > p.dup_para_char_frac)
+                    ("gopher_rep_dup_para_char_frac", par["dup_chars"] / n_chars > p.dup_para_char_frac)
                 )
             if _on(p.dup_line_frac):
                 rules.append(("gopher_rep_dup_line_frac", dup_lin / np.maximum(n_lin, 1) > p.dup_line_frac))
             if _on(p.dup_line_char_frac):
                 rules.append(
-                    ("gopher_rep_dup_line_char_frac", lin["dup_chars"].to_numpy() / n_chars > p.dup_line_char_frac)
+                    ("gopher_rep_dup_line_char_frac", lin["dup_chars"] / n_chars > p.dup_line_char_frac)
                 )
         for name, failed in rules:
             reason[(reason == None) & failed] = name  # noqa: E711 - elementwise on an object array
@@ -396,6 +393,23 @@ class GopherRepetition(Stage):
                     todo = todo[ratio > min(later)]
         hit = local != None  # noqa: E711
         reason[alive[hit]] = local[hit]
+
+
+def _item_stats(docs: pl.DataFrame, paragraphs: bool) -> dict[str, np.ndarray]:
+    """Per text: ``n_items``, ``dup_items`` (equal to an earlier item of the same text) and
+    ``dup_chars`` of its paragraphs (runs separated by 2+ newlines after ``str.strip()``) or lines
+    (non-empty runs between newlines): the compiled kernel (``chunking.item_stats``), else Polars."""
+    fast = item_stats(docs.get_column("text"), paragraphs)
+    if fast is not None:
+        return fast
+    text = pl.col("text")
+    if paragraphs:
+        items = docs.select("row", item=py_strip(text).str.extract_all(r"[^\n]+(?:\n[^\n]+)*"))
+    else:
+        items = docs.select("row", item=text.str.extract_all(r"[^\n]+"))
+    items = items.explode("item").drop_nulls("item")
+    st = stats_frame(docs.height).join(duplicates(items), on="row", how="left").fill_null(0).sort("row")
+    return {c: st[c].to_numpy().astype(np.int64) for c in ("n_items", "dup_items", "dup_chars")}
 
 
 class _NGrams:

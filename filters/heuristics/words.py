@@ -48,6 +48,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from filters.heuristics.chunking import chunk_codes
+
 RULES_FILE = Path(__file__).with_name("tokenizer_rules.json")
 
 #: Languages with their own rules and stop words; everything else uses the neutral rules.
@@ -676,11 +678,7 @@ def chunk_table(
     texts = frame.get_column(text)
     langs = frame.get_column(lang).cast(pl.Utf8)
     texts = _join_spaced(texts, langs)
-    chunk_lists = texts.str.extract_all(NON_WS_RUN)
-    counts = chunk_lists.list.len().fill_null(0).to_numpy().astype(np.int64)
-    row = np.repeat(np.arange(frame.height, dtype=np.int64), counts)
-    flat = chunk_lists.explode().drop_nulls()
-    idx, dictionary = _encode(flat)
+    row, idx, dictionary, counts = chunk_codes(texts, NON_WS_RUN, _encode)
     lang_values = langs.unique().sort().to_list()
     if len(lang_values) <= 1:
         code = idx

@@ -1,10 +1,16 @@
-"""Compiled kernels of MinHash deduplication, and the pure functions around them.
+"""Compiled kernels of MinHash deduplication, their NumPy fallback, and the pure functions around them.
 
-Everything that runs per byte, per word or per shingle is C (``filters/minhash/_csrc.py``),
-compiled once per machine with the system C compiler (``cc -O3 -march=native``) into a cache
-folder (``$CURATE_CACHE``, else ``~/.cache/curate``) and called through ctypes, which
-releases the GIL, so threads run kernels in parallel. A shared library costs a process about
-nothing, where a JIT (Numba was tried first) cost ~200 MB of private memory per process.
+Everything that runs per byte, per word or per shingle is C (``filters/minhash/csrc/minhash.c``),
+compiled when the package is installed into the extension ``filters.minhash._minhash``
+(``setup.py``; see ``engines.native`` for the SIMD paths and ``CURATE_SIMD``). Its functions take
+NumPy arrays (checked for dtype, size and bounds), release the GIL, and hold no state, so threads
+run them in parallel. A shared library costs a process about nothing, where a JIT (Numba was
+tried first) cost ~200 MB of private memory per process.
+
+Without the extension (no C compiler at install time, or ``CURATE_NATIVE=0``) every function here
+runs the vectorised NumPy version in ``filters.minhash.numpy_kernels`` instead: the same results
+bit for bit (tests/minhash checks both against each other), several times slower; a warning says
+so once per process and how to get the compiled kernels.
 
 Nothing here depends on Polars' or Arrow's own hash functions: every hash is defined below in
 a few lines of integer arithmetic, so a signature persisted today is reproduced bit for bit by
@@ -33,12 +39,13 @@ Definitions (see docs/dedup.md):
 """
 from __future__ import annotations
 
-import ctypes
+import warnings
+from typing import Any
 
 import numpy as np
 
-from engines.native import load_library
-from filters.minhash._csrc import SOURCE
+from engines import native
+from filters.minhash import numpy_kernels as nk
 
 MASK64 = (1 << 64) - 1
 K_POLY = 0x9E3779B97F4A7C15
@@ -112,30 +119,35 @@ def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5,
     return opt
 
 
-# --- the compiled library -------------------------------------------------------------------
+# --- the compiled library and its fallback ---------------------------------------------------
 
-_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-_SIGNATURES = {
-    "mh_signatures": ([_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64,
-                       _PTR, _PTR, _PTR, _PTR], _I64),
-    "mh_signature_matrix": ([_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR], _I64),
-    "mh_shingle_hashes": ([_PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR], _I64),
-    "mh_bucket_pairs": ([_PTR, _PTR, _I64, _I64, _PTR, _PTR], _I64),
-    "mh_jaccard": ([_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR], None),
-    "mh_union": ([_PTR, _PTR, _PTR, _I64], None),
-    "mh_roots": ([_PTR, _I64], None),
-    "mh_fnv_strings": ([_PTR, _PTR, _I64, _PTR], None),
-}
+ABI = 2  # must match ABI_VERSION in csrc/minhash.c: an older build is treated as missing
+EXTENSION = "filters.minhash._minhash"
+_warned = False
 
 
-def lib() -> ctypes.CDLL:
-    """The compiled kernel library (built on first use, then loaded from the cache; see
-    ``engines.native``)."""
-    return load_library("minhash", SOURCE, _SIGNATURES)
+def ext() -> Any:
+    """The compiled extension, or None (then the NumPy fallback runs; warns once per process)."""
+    mod = native.load(EXTENSION, ABI)
+    if mod is None:
+        _warn_fallback()
+    return mod
 
 
-def _p(a: np.ndarray) -> int:
-    return a.ctypes.data
+def backend() -> str:
+    """``"compiled (<SIMD path>)"`` or ``"numpy"``: what the kernels below run on."""
+    mod = native.load(EXTENSION, ABI)
+    return f"compiled ({mod.path()})" if mod is not None else "numpy"
+
+
+def _warn_fallback() -> None:
+    global _warned
+    if _warned or not native.enabled():
+        return
+    _warned = True
+    warnings.warn(f"MinHash runs on its NumPy fallback (same results, several times slower): "
+                  f"{native.missing_reason(EXTENSION)}. For the compiled kernels, {native.REBUILD_HINT}.",
+                  RuntimeWarning, stacklevel=3)
 
 
 def _c(a: np.ndarray, dtype: type) -> np.ndarray:
@@ -157,16 +169,16 @@ def signatures_kernel(data, offsets, ngram, fold_digits, a, b, bands, rows, keep
     """
     data, offsets = _c(data, np.uint8), _c(offsets, np.int64)
     a, b = _c(a, np.uint64), _c(b, np.uint64)
+    mod = ext()
+    if mod is None:
+        return nk.signatures(data, offsets, ngram, fold_digits, a, b, bands, rows, keep_k, sep_lo, sep_hi)
     n = len(offsets) - 1
     band_keys = np.empty((n, bands), dtype=np.uint64)
     counts = np.empty(n, dtype=np.int64)
     stored = np.empty(int(np.minimum(_word_bound(offsets), keep_k).sum()) + 1, dtype=np.uint32)
     stored_off = np.empty(n + 1, dtype=np.int64)
-    rc = lib().mh_signatures(_p(data), _p(offsets), n, ngram, int(fold_digits), _p(a), _p(b), len(a), bands, rows,
-                             keep_k, _p(sep_lo), _p(sep_hi), len(sep_lo), _p(band_keys), _p(counts), _p(stored),
-                             _p(stored_off))
-    if rc != 0:
-        raise MemoryError("minhash kernel could not allocate its buffers")
+    mod.signatures(data, offsets, int(ngram), int(fold_digits), a, b, int(bands), int(rows), int(keep_k),
+                   _c(sep_lo, np.int64), _c(sep_hi, np.int64), band_keys, counts, stored, stored_off)
     return band_keys, counts, stored[:stored_off[n]], stored_off
 
 
@@ -175,24 +187,28 @@ def signature_matrix_kernel(data, offsets, ngram, fold_digits, a, b, sep_lo, sep
     tests and benchmarks to compare Jaccard estimates (the stage itself stores band keys only)."""
     data, offsets = _c(data, np.uint8), _c(offsets, np.int64)
     a, b = _c(a, np.uint64), _c(b, np.uint64)
+    mod = ext()
+    if mod is None:
+        return nk.signature_matrix(data, offsets, ngram, fold_digits, a, b, sep_lo, sep_hi)
     n = len(offsets) - 1
     sig = np.empty((n, len(a)), dtype=np.uint64)
     counts = np.empty(n, dtype=np.int64)
-    if lib().mh_signature_matrix(_p(data), _p(offsets), n, ngram, int(fold_digits), _p(a), _p(b), len(a),
-                                 _p(sep_lo), _p(sep_hi), len(sep_lo), _p(sig), _p(counts)) != 0:
-        raise MemoryError("minhash kernel could not allocate its buffers")
+    mod.signature_matrix(data, offsets, int(ngram), int(fold_digits), a, b, _c(sep_lo, np.int64),
+                         _c(sep_hi, np.int64), sig, counts)
     return sig, counts
 
 
 def shingle_hashes_kernel(data, offsets, ngram, fold_digits, sep_lo, sep_hi):
     """Every document's shingle hashes in text order (flat array + n+1 offsets)."""
     data, offsets = _c(data, np.uint8), _c(offsets, np.int64)
+    mod = ext()
+    if mod is None:
+        return nk.shingle_hashes(data, offsets, ngram, fold_digits, sep_lo, sep_hi)
     n = len(offsets) - 1
     out = np.empty(int(_word_bound(offsets).sum()) + 1, dtype=np.uint64)
     out_off = np.empty(n + 1, dtype=np.int64)
-    if lib().mh_shingle_hashes(_p(data), _p(offsets), n, ngram, int(fold_digits), _p(sep_lo), _p(sep_hi),
-                               len(sep_lo), _p(out), _p(out_off)) != 0:
-        raise MemoryError("minhash kernel could not allocate its buffers")
+    mod.shingle_hashes(data, offsets, int(ngram), int(fold_digits), _c(sep_lo, np.int64), _c(sep_hi, np.int64),
+                       out, out_off)
     return out[:out_off[n]], out_off
 
 
@@ -205,11 +221,14 @@ def bucket_pairs_kernel(keys, pos, window):
     n = len(keys)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    mod = ext()
+    if mod is None:
+        return nk.bucket_pairs(keys, pos, window)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     sizes = np.diff(np.r_[starts, n])
     bound = int(((sizes - 1) * (np.minimum(sizes - 1, window) + 1)).sum()) + 1
     lo, hi = np.empty(bound, dtype=np.int64), np.empty(bound, dtype=np.int64)
-    m = lib().mh_bucket_pairs(_p(keys), _p(pos), n, window, _p(lo), _p(hi))
+    m = mod.bucket_pairs(keys, pos, int(window), lo, hi)
     return lo[:m], hi[:m]
 
 
@@ -220,8 +239,11 @@ def jaccard_kernel(values, offsets, full, left, right):
     values, offsets = _c(values, np.uint32), _c(offsets, np.int64)
     full = _c(full, np.uint8)
     left, right = _c(left, np.int64), _c(right, np.int64)
+    mod = ext()
+    if mod is None:
+        return nk.jaccard(values, offsets, full, left, right)
     out = np.empty(len(left), dtype=np.float64)
-    lib().mh_jaccard(_p(values), _p(offsets), _p(full), _p(left), _p(right), len(left), _p(out))
+    mod.jaccard(values, offsets, full, left, right, out)
     return out
 
 
@@ -230,18 +252,45 @@ def union_kernel(parent, lo, hi):
     root is its component's smallest position whatever the order of the edges (deterministic)."""
     assert parent.dtype == np.int64 and parent.flags.c_contiguous
     lo, hi = _c(lo, np.int64), _c(hi, np.int64)
-    lib().mh_union(_p(parent), _p(lo), _p(hi), len(lo))
+    mod = ext()
+    if mod is None:
+        nk.union(parent, lo, hi)
+    else:
+        mod.union(parent, lo, hi)
 
 
 def roots_kernel(parent):
+    """Every entry of the union-find array becomes its root (in place); returns it."""
     assert parent.dtype == np.int64 and parent.flags.c_contiguous
-    lib().mh_roots(_p(parent), len(parent))
+    mod = ext()
+    if mod is None:
+        nk.roots(parent)
+    else:
+        mod.roots(parent)
     return parent
 
 
 def fnv_strings_kernel(data, offsets):
     """FNV-1a 64 + fmix64 of each string of an Arrow string column (the document key)."""
     data, offsets = _c(data, np.uint8), _c(offsets, np.int64)
+    mod = ext()
+    if mod is None:
+        return nk.fnv_strings(data, offsets)
     out = np.empty(len(offsets) - 1, dtype=np.uint64)
-    lib().mh_fnv_strings(_p(data), _p(offsets), len(out), _p(out))
+    mod.fnv_strings(data, offsets, out)
     return out
+
+
+def read_u32_ranges(fd: int, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The uint32 values ``[starts[i], ends[i])`` of an open file, concatenated, and the n+1
+    offsets of each range in the result (one ``pread`` per range; nothing mapped)."""
+    starts, ends = _c(starts, np.int64), _c(ends, np.int64)
+    local_off = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=local_off[1:])
+    values = np.empty(int(local_off[-1]), dtype=np.uint32)
+    mod = ext()
+    if mod is None:
+        nk.read_u32_ranges(fd, starts, ends, values, local_off)
+    else:
+        mod.read_u32_ranges(int(fd), starts, ends, values)
+    return values, local_off

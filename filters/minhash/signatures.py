@@ -36,6 +36,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.stage import Stage, StageContext, register_stage
+from engines.strings import string_buffers
 from schemas.config import stable_hash
 
 BANDS_COLUMN = "minhash_bands"
@@ -87,18 +88,6 @@ class MinHashParams(BaseModel):
         if self.num_perm >= DEFAULT_BANDS * DEFAULT_ROWS:
             return DEFAULT_BANDS, DEFAULT_ROWS
         return max(1, self.num_perm // DEFAULT_ROWS), min(DEFAULT_ROWS, self.num_perm)
-
-
-def string_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """A string column as the C kernels take it: UTF-8 bytes and int64 offsets (nulls as "")."""
-    arr = texts.fill_null("").to_arrow()
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    arr = arr.cast(pa.large_string())
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=len(arr) + 1, offset=arr.offset * 8)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
-    return data, offsets
 
 
 def normalised_text(text: pl.Expr) -> pl.Expr:

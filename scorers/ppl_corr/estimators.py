@@ -27,42 +27,43 @@ How they are computed here (all exact)
 --------------------------------------
 * ``sign`` / ``product``: the pair sum of ``sign`` is linear in x, so
   sum_{i<k} sign(y_k - y_i)(x_k - x_i) = sum_k c_k x_k with
-  c_k = #{i: y_i < y_k} - #{i: y_i > y_k}; one O(N log N) pass over y and one
-  matrix-vector product over X (NumPy/BLAS, one pass over X, bound by memory bandwidth).
-* ``spearmanr`` / ``sign_cdf`` / ``sign_sign``: a compiled C kernel
-  (``scorers/ppl_corr/_csrc.py``, built once per machine, see ``kernels.py``). Every
-  estimator is a sum over model pairs, O(N^2) compares per domain, and the kernel
-  vectorises ACROSS domains: a block of 64 adjacent domains (one row of 64 contiguous
-  values per model; X is C-contiguous) is copied into an L1-sized buffer as float32, so one
-  AVX-512 compare handles 16 domains, and the model loops are plain scalar loops.
-
-  - rank sums: with cnt_k = #{i: x_i < x_k} (rank x_k = 1 + cnt_k when the column has no
-    tie), sum_k w_k cnt_k = sum_{i<k} w_i + sum_{i<k} (w_k - w_i) [x_i < x_k]: one compare
-    and one masked integer add per unordered pair. ``spearmanr`` takes w = rank y
-    (times 2 for mid-ranks) and sum (ry - rx)^2 = sum ry^2 + N(N+1)(2N+1)/6 - 2 sum ry rx,
-    an exact integer, finished with the package's own expression, so results are bit for
-    bit the package's. ``sign_cdf`` takes w = c_k above: sum_k c_k rank_k = sum_k c_k cnt_k
-    since sum_k c_k = 0.
-  - ``sign_sign`` (Kendall tau-a): models are reordered by increasing error (stable), so
-    sign(err_k - err_i) = +1 exactly for the before[k] models with strictly smaller error
-    (ties in error give 0 and are not visited); the kernel counts the pairs i < before[k]
-    with x_i < x_k, and without ties in x the sum of signs is 2 * count - #pairs.
+  c_k = #{i: y_i < y_k} - #{i: y_i > y_k}; one O(N log N) pass over y and one weighted sum
+  over X: a compiled kernel that reads X once and checks its values on the way (NumPy/BLAS
+  after a value check without it). ``product`` is bound by memory bandwidth.
+* ``spearmanr`` / ``sign_cdf``: rank sums. With cnt_k = #{i: x_i < x_k} (rank x_k = 1 + cnt_k
+  when the column has no tie), both reduce to S = sum_k w_k cnt_k for integer weights:
+  ``spearmanr`` takes w = 2 rank y (mid-ranks are half-integers) and
+  sum (ry - rx)^2 = sum ry^2 + N(N+1)(2N+1)/6 - 2 sum ry rx, an exact integer finished with the
+  package's own expression, so results are bit for bit the package's; ``sign_cdf`` takes
+  w = c_k above: sum_k c_k rank_k = sum_k c_k cnt_k since sum_k c_k = 0.
+  S comes from compiled kernels (``scorers/ppl_corr/csrc/pplcorr.c``, built at install time,
+  see ``kernels.py``) that vectorise ACROSS domains: a block of adjacent domains (X is
+  C-contiguous, so one row of a block is contiguous) is copied into an L1-sized buffer as
+  float32, one SIMD lane per domain. Three algorithms, chosen per call from N and the CPU's SIMD
+  path (``kernels.choose_algorithm``): every model pair compared (N^2 / 2 compares, best for
+  small N); Batcher's sorting network over packed 32-bit keys (the float32 bits with the model
+  index in the low mantissa bits: N log2(N)^2 / 4 integer min/max, e.g. 986 for N = 90 against
+  4,005 pairs; domains where two values differ only in those low bits are flagged and
+  recomputed exactly); or the same network carrying the weights beside float32 values (large N).
+* ``sign_sign`` (Kendall tau-a): models are reordered by increasing error (stable), so
+  sign(err_k - err_i) = +1 exactly for the before[k] models with strictly smaller error
+  (ties in error give 0 and are not visited); the pair kernel counts the pairs i < before[k]
+  with x_i < x_k, and without ties in x the sum of signs is 2 * count - #pairs.
 
   Why float32 is exact: rounding to float32 is monotone, so x_i < x_k in float32 implies
-  x_i < x_k in float64; it can only merge two different values into a tie. The kernel
-  also flags every domain where a counted pair is EQUAL in float32 (one masked compare per
-  pair), i.e. every domain with a float64 tie or a tie created by rounding. In an
-  unflagged domain every pair is strictly ordered the same way in both precisions, and
-  all sums are integers (accumulated per model in int32, then in float64), so the result
-  is exactly the float64 one. Flagged domains are recomputed exactly: ``spearmanr`` and
-  ``sign_cdf`` by the NumPy rank path below (the package's tie order or mid-ranks);
-  ``sign_sign`` by a float64 C pass in which ties count 0. The kernel also checks the
-  values of X (finite, >= 0) while copying, so X is read once.
-  Domain blocks are split over threads (``CURATE_PPL_THREADS``, default: the CPUs this
-  process may use, at most 16); the result does not depend on the thread count.
-* Without a C compiler (or with ``CURATE_PPL_NATIVE=0``) the same estimators run in
-  NumPy with the same results: ranks by one argsort per domain, reduced through
-  matrix-vector products (exact integer sums); for ``sign_sign`` a bitset of the
+  x_i < x_k in float64; it can only merge two different values into a tie. The kernels flag
+  every domain with a tie in float32 (a float64 tie or one created by rounding). In an
+  unflagged domain every pair is strictly ordered the same way in both precisions, and all
+  sums are integers (accumulated in int32, then in float64), so the result is exactly the
+  float64 one. Flagged domains are recomputed exactly: ``spearmanr`` and ``sign_cdf`` by the
+  NumPy rank path below (the package's tie order or mid-ranks); ``sign_sign`` by a float64 C
+  pass in which ties count 0. The kernels also check the values of X (finite, >= 0) while
+  copying, so X is read once. Domain blocks are split over threads (``CURATE_PPL_THREADS``,
+  default: the CPUs this process may use, at most 16); no result depends on the thread count,
+  the SIMD path or the algorithm.
+* Without the compiled kernels (not built, or ``CURATE_NATIVE=0`` / ``CURATE_PPL_NATIVE=0``) the
+  same estimators run in NumPy with the same results: ranks by one argsort per domain, reduced
+  through matrix-vector products (exact integer sums); for ``sign_sign`` a bitset of the
   sorted-x positions already seen, two popcounts per 64-bit word, O(N D ceil(N/64)) after
   one argsort per domain. Ties count 0 in ``sign_sign``, exactly as ``sign(0) == 0``.
 
@@ -232,33 +233,44 @@ def _blocks(n_dom: int):
 # ---------------------------------------------------------------------------
 
 
+def _linear(X: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """sum_k coef_k x_k per domain: one pass of the compiled kernel over X (it checks the values
+    on the way), else NumPy/BLAS after the value check."""
+    if _use_native(X.shape[0], X.shape[1]):
+        out, valid = _kernels.weighted_sum(X, coef)
+        _kernel_checked(X, valid)
+        return out
+    _check_x_values(X)
+    return coef @ X
+
+
 def product(X: np.ndarray, y: np.ndarray, *, kind: YKind) -> np.ndarray:
     """mean_k err_k * x_k per domain (Plan et al. 2016). Not robust to outliers."""
-    X, err = _check(X, y, kind)
-    return (err @ X) / X.shape[0]
+    X, err = _check(X, y, kind, scan_x=False)
+    out = _linear(X, err)
+    out /= X.shape[0]
+    return out
 
 
 def sign(X: np.ndarray, y: np.ndarray, *, kind: YKind) -> np.ndarray:
     """U-statistic of sign(err_k - err_i) (x_k - x_i) over model pairs (Chen & Banerjee)."""
-    X, err = _check(X, y, kind)
+    X, err = _check(X, y, kind, scan_x=False)
     n = X.shape[0]
-    return (_pair_sign_weights(err) @ X) * (2.0 / (n * (n - 1)))
+    out = _linear(X, _pair_sign_weights(err))
+    out *= 2.0 / (n * (n - 1))
+    return out
 
 
 def _use_native(n: int, n_dom: int) -> bool:
-    """Compiled kernels unless turned off (``CURATE_PPL_NATIVE=0``) or unavailable."""
+    """Compiled kernels unless turned off (``CURATE_NATIVE=0``, ``CURATE_PPL_NATIVE=0``) or not built."""
     return n <= _kernels.MAX_MODELS and n_dom > 0 and _kernels.active()
 
 
-def _rank_pair_sum(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rank_sum(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compiled path: per domain ``sum_k w_k #{i: x_i < x_k}`` (integer ``w``) and the flag of
     domains with a float32 tie (their sum is not the float64 one and must be recomputed)."""
-    n = X.shape[0]
-    s, flag, valid = _kernels.pairs_f32(X, lim=np.arange(n), w=w)
+    s, flag, valid = _kernels.rank_sums(X, w)
     _kernel_checked(X, valid)
-    # sum_k w_k cnt_k = sum_{i<k} (w_i [x_i > x_k] + w_k [x_i < x_k]); without ties
-    # [x_i > x_k] = 1 - [x_i < x_k], so it is sum_{i<k} w_i + the kernel's pair sum.
-    s += float(w @ (n - 1 - np.arange(n)))  # in place: D-sized temporaries cost page faults
     return s, flag
 
 
@@ -282,7 +294,7 @@ def sign_cdf(X: np.ndarray, y: np.ndarray, *, kind: YKind, ties: Ties = "referen
         _check_x_values(X)
         return _sign_cdf_numpy(X, c, ties)
     # sum_k c_k rank_k = sum_k c_k (1 + cnt_k) = sum_k c_k cnt_k  (sum_k c_k = 0)
-    out, flag = _rank_pair_sum(X, c.astype(np.int32))
+    out, flag = _rank_sum(X, c.astype(np.int32))
     out *= 2.0 / (n * (n - 1))
     out /= n
     idx = np.flatnonzero(flag)
@@ -315,7 +327,7 @@ def spearmanr(X: np.ndarray, y: np.ndarray, *, kind: YKind, ties: Ties = "refere
         _check_x_values(X)
         return _spearman_numpy(X, ry, ties)
     w2 = 2.0 * ry  # integers (mid-ranks are half-integers)
-    out, flag = _rank_pair_sum(X, w2.astype(np.int32))  # s2 = sum_k w2_k cnt_k
+    out, flag = _rank_sum(X, w2.astype(np.int32))  # s2 = sum_k w2_k cnt_k
     # without x ties rank x_k = 1 + cnt_k, so 2 sum ry rx = sum w2 + s2 and sum rx^2 is
     # N(N+1)(2N+1)/6: d2 = C - s2 with C below, an exact integer (quarter-integers for mid-ranks).
     C = float(ry @ ry) + n * (n + 1) * (2 * n + 1) / 6 - float(w2.sum())

@@ -1,6 +1,8 @@
 """MinHash signatures: the kernel against a plain-Python reference, datasketch and exact Jaccard."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import polars as pl
 import pytest
@@ -143,3 +145,100 @@ def test_threads_and_batches_do_not_change_output(corpora):
     assert MinHashSignatures({"threads": 2}).key("s") == MinHashSignatures().key("s")
     assert MinHashSignatures({"bands": 14, "rows": 8}).key("s") == MinHashSignatures().key("s")
     assert MinHashSignatures({"threshold": 0.8}).key("s") != MinHashSignatures().key("s")
+
+
+def _fallback_inputs(corpora):
+    texts = (real_texts(corpora, "wiki_en", 300) + real_texts(corpora, "wiki_fr", 200) + real_texts(corpora, "wiki_es", 200)
+             + real_texts(corpora, "python_docs", 20)
+             + ["", "   ", "!!! ... ---", "Un deux", "Ünïcödé — «guillemets» 3,14 € x²", "L'été 2024: 12 °C…",
+                "a\u00a0b\u2003c", "日本語のテキスト、句読点。", "emoji 😀 between 🎉 words", "x" * 5000])
+    comp = SignatureComputer(MinHashParams())
+    data, offsets = comp.lowered(pl.Series(texts))
+    # bytes that are not well-formed UTF-8 (the C decoder is lenient; the fallback must match it)
+    bad = [b"ab\xe0cd ef gh", b"\x80\x81 abc def", b"abc def \xf0\x9f", b"\xc3", b"x\xc3\xa9\xa9y z w"]
+    data = np.concatenate([data[:offsets[-1]], np.frombuffer(b"".join(bad), np.uint8)])
+    offsets = np.concatenate([offsets, offsets[-1] + np.cumsum([len(b) for b in bad])])
+    return data, offsets
+
+
+@pytest.mark.skipif(k.ext() is None, reason="compiled kernels not built")
+def test_numpy_fallback_equals_compiled_kernels(corpora):
+    """The vectorised NumPy fallback (used when the extension is not built) gives the compiled
+    kernels' results bit for bit: shingles, signatures, band keys, stored sets, counts, candidate
+    pairs, Jaccard, union-find and document keys."""
+    from filters.minhash import numpy_kernels as nk
+
+    data, offsets = _fallback_inputs(corpora)
+    a, b = k.permutations(112, 1)
+    for fold in (False, True):
+        for ngram in (1, 5):
+            want = k.shingle_hashes_kernel(data, offsets, ngram, fold, k.SEP_LO, k.SEP_HI)
+            got = nk.shingle_hashes(data, offsets, ngram, fold, k.SEP_LO, k.SEP_HI)
+            assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0]), (fold, ngram)
+    for keep_k, bands, rows in ((0, 14, 8), (64, 14, 8), (4096, 0, 0), (3, 9, 12)):
+        want = k.signatures_kernel(data, offsets, 5, False, a, b, bands, rows, keep_k, k.SEP_LO, k.SEP_HI)
+        got = nk.signatures(data, offsets, 5, False, a, b, bands, rows, keep_k, k.SEP_LO, k.SEP_HI)
+        for x, y in zip(got, want):
+            assert np.array_equal(x, y), (keep_k, bands)
+    sub = offsets[100:401]  # a slice of the batch, as the threads get it
+    assert np.array_equal(nk.signatures(data, sub, 5, False, a, b, 14, 8, 0, k.SEP_LO, k.SEP_HI)[0],
+                          k.signatures_kernel(data, sub, 5, False, a, b, 14, 8, 0, k.SEP_LO, k.SEP_HI)[0])
+    sig = k.signature_matrix_kernel(data, offsets, 5, False, a, b, k.SEP_LO, k.SEP_HI)
+    for x, y in zip(nk.signature_matrix(data, offsets, 5, False, a, b, k.SEP_LO, k.SEP_HI), sig):
+        assert np.array_equal(x, y)
+    assert np.array_equal(nk.fnv_strings(data, offsets), k.fnv_strings_kernel(data, offsets))
+
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 400, size=6000).astype(np.uint64)
+    pos = rng.integers(0, 5000, size=6000).astype(np.int64)
+    order = np.lexsort((pos, keys))
+    for window in (1, 3, 8):
+        want = k.bucket_pairs_kernel(keys[order], pos[order], window)
+        got = nk.bucket_pairs(keys[order], pos[order], window)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    stored, soff = k.signatures_kernel(data, offsets, 5, False, a, b, 0, 0, 40, k.SEP_LO, k.SEP_HI)[2:]
+    nsets = len(soff) - 1
+    full = rng.random(nsets) < 0.5
+    left, right = rng.integers(0, nsets, 3000), rng.integers(0, nsets, 3000)
+    assert np.array_equal(nk.jaccard(stored, soff, full.astype(np.uint8), left, right, chunk_values=5000),
+                          k.jaccard_kernel(stored, soff, full, left, right))
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        f = f"{tmp}/sets.u32"
+        stored.tofile(f)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            docs = np.unique(rng.integers(0, nsets, 200))
+            got = k.read_u32_ranges(fd, soff[docs], soff[docs + 1])
+            vals = np.empty(len(got[0]), np.uint32)
+            nk.read_u32_ranges(fd, soff[docs], soff[docs + 1], vals, got[1])
+            assert np.array_equal(vals, got[0])
+            assert np.array_equal(got[0], np.concatenate([stored[soff[d]:soff[d + 1]] for d in docs]))
+        finally:
+            os.close(fd)
+    n = 4000
+    lo, hi = rng.integers(0, n, 2500), rng.integers(0, n, 2500)
+    p1, p2 = np.arange(n), np.arange(n)
+    for part in range(5):
+        sl = slice(part * 500, (part + 1) * 500)
+        k.union_kernel(p1, lo[sl], hi[sl])
+        nk.union(p2, lo[sl], hi[sl])
+    k.roots_kernel(p1)
+    nk.roots(p2)
+    assert np.array_equal(p1, p2)
+
+
+@pytest.mark.skipif(k.ext() is None, reason="compiled kernels not built")
+def test_every_simd_path_gives_the_same_signatures(corpora):
+    from engines import native
+
+    texts = pl.Series(real_texts(corpora, "wiki_en", 400) + real_texts(corpora, "wiki_es", 100))
+    comp = SignatureComputer(MinHashParams(threads=1))
+    results = []
+    for path in native.paths():
+        with native.use_path(path):
+            results.append((comp.compute(texts), comp.compute(texts, keep_k=256), comp.signatures(texts)))
+    for other in results[1:]:
+        for x, y in zip(other, results[0]):
+            for xa, ya in zip(x, y):
+                assert np.array_equal(xa, ya)

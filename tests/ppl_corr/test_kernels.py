@@ -1,5 +1,6 @@
-"""The compiled estimator kernels (scorers.ppl_corr.kernels) against the reference package and
-the pure-NumPy path: ties, float32 collisions, odd shapes, threads, the generic C path."""
+"""The compiled estimator kernels (scorers.ppl_corr.kernels) against the reference package,
+brute force and the pure-NumPy path: ties, float32 collisions, odd shapes, threads, every SIMD
+path and every rank-sum algorithm."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from engines import native
 from scorers.ppl_corr import estimators as est
 from scorers.ppl_corr import kernels
 
@@ -15,14 +17,15 @@ ref_est = pytest.importorskip("perplexity_correlations.estimation")
 
 RANK = ["spearmanr", "sign_cdf", "sign_sign"]
 ALL = RANK + ["sign", "product"]
-HAS_LIB = kernels.library() is not None
+HAS_LIB = kernels.ext() is not None
+PATHS = native.paths()
 
 
 @pytest.fixture(params=["native", "numpy"])
 def backend(request, monkeypatch):
     if request.param == "native":
         if not HAS_LIB:
-            pytest.skip("no C compiler")
+            pytest.skip("compiled kernels not built")
         monkeypatch.setenv("CURATE_PPL_NATIVE", "1")
         assert kernels.active()
     else:
@@ -90,7 +93,7 @@ def test_matches_reference_on_hard_columns(backend, name, seed, n, d, y_ties):
 @pytest.mark.parametrize("name", RANK)
 def test_native_equals_numpy_bitwise(name, monkeypatch):
     if not HAS_LIB:
-        pytest.skip("no C compiler")
+        pytest.skip("compiled kernels not built")
     rng = np.random.default_rng(11)
     X = _collide(rng, 45, 3000)
     y = rng.random(45)
@@ -148,24 +151,94 @@ def test_invalid_values_raise(backend, bad):
             getattr(est, name)(X, y, kind="error")
 
 
-@pytest.mark.skipif(not HAS_LIB, reason="no C compiler")
-def test_generic_c_path_equals_simd_path():
-    """The portable vector-extension code (used without AVX-512) gives the same sums and flags."""
-    generic = kernels._load(("-DPC_GENERIC",))
+def _brute_rank_sums(X, w):
+    """sum_k w_k #{i: x_i < x_k} in float64 and the float32-tie flag, by brute force."""
+    with np.errstate(over="ignore"):
+        X32 = X.astype(np.float32)
+    cnt = (X[None, :, :] < X[:, None, :]).sum(axis=1)
+    ties = ((X32[None, :, :] == X32[:, None, :]).sum(axis=1) > 1).any(axis=0)
+    return (w[:, None] * cnt).sum(axis=0).astype(np.float64), ties
+
+
+@pytest.mark.skipif(not HAS_LIB, reason="compiled kernels not built")
+@pytest.mark.parametrize("algorithm", kernels.ALGORITHMS)
+def test_every_path_and_algorithm_gives_the_brute_force_rank_sums(algorithm):
+    """Each SIMD path x each algorithm (pairs, packed-key network, weighted network): the same
+    sums as brute force wherever unflagged, and exactly the float32-tie domains flagged."""
     rng = np.random.default_rng(6)
-    for n, d in [(2, 1), (37, 129), (90, 300)]:
+    for n, d in [(2, 1), (3, 70), (17, 64), (37, 129), (90, 300), (130, 67), (300, 40)]:
         X = _collide(rng, n, d)
-        w = rng.integers(-n, n, size=n)
-        rows = rng.permutation(n)
-        lim = np.sort(rng.integers(0, n, size=n))
-        lim = np.minimum(lim, np.arange(n))
-        for args in [dict(lim=np.arange(n), w=w), dict(lim=lim, rows=rows)]:
-            a = kernels.pairs_f32(X, **args)
-            b = kernels.pairs_f32(X, **args, lib=generic)
-            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+        w = rng.integers(-2 * n, 2 * n, size=n)
+        want, want_flag = _brute_rank_sums(X, w)
+        results = []
+        for path in PATHS:
+            with native.use_path(path):
+                for threads in (1, 2):
+                    got, flag, valid = kernels.rank_sums(X, w, n_threads=threads, algorithm=algorithm)
+                    assert valid
+                    assert np.array_equal(flag, want_flag), (path, n, d)
+                    assert np.array_equal(got[~flag], want[~flag]), (path, n, d)
+                    results.append(got[~flag])
+        assert all(np.array_equal(r, results[0]) for r in results)
 
 
-@pytest.mark.skipif(not HAS_LIB, reason="no C compiler")
+@pytest.mark.skipif(not HAS_LIB, reason="compiled kernels not built")
+def test_packed_keys_refine_near_ties_exactly():
+    """Values equal in all but their low float32 mantissa bits collide in the packed keys: the
+    kernel flags them and the wrapper recomputes them, so the result is still exact."""
+    rng = np.random.default_rng(12)
+    n, d = 90, 256
+    X = rng.random((n, d))
+    base = np.float32(0.7)
+    for j in range(0, d, 3):  # differ only in the lowest mantissa bits
+        rows = rng.choice(n, size=4, replace=False)
+        X[rows, j] = np.nextafter(base, np.float32(1), dtype=np.float32) * (1 + np.arange(4) * 1e-7)
+    w = rng.integers(-2 * n, 2 * n, size=n)
+    want, want_flag = _brute_rank_sums(X, w)
+    got, flag, _ = kernels.rank_sums(X, w, algorithm="keys")
+    assert np.array_equal(flag, want_flag) and np.array_equal(got[~flag], want[~flag])
+
+
+def test_algorithm_choice_follows_the_cost_model(monkeypatch):
+    if not HAS_LIB:
+        pytest.skip("compiled kernels not built")
+    monkeypatch.delenv("CURATE_PPL_ALGO", raising=False)
+    for path in ("scalar", "avx2", "avx512"):
+        assert kernels.choose_algorithm(3, path) == "pairs"
+        assert kernels.choose_algorithm(90, path) == "keys"
+        assert kernels.choose_algorithm(1000, path) == "sort"
+    monkeypatch.setenv("CURATE_PPL_ALGO", "sort")
+    assert kernels.choose_algorithm(3) == "sort"
+    monkeypatch.setenv("CURATE_PPL_ALGO", "bogus")
+    with pytest.raises(ValueError, match="CURATE_PPL_ALGO"):
+        kernels.choose_algorithm(3)
+
+
+@pytest.mark.skipif(not HAS_LIB, reason="compiled kernels not built")
+@pytest.mark.parametrize("name", ALL)
+def test_estimators_identical_on_every_path_and_algorithm(name, monkeypatch):
+    """The estimators give the same bits on every SIMD path and rank-sum algorithm, and match the
+    reference package (tie-heavy columns and tied benchmark scores included)."""
+    rng = np.random.default_rng(21)
+    n = 60
+    X = _collide(rng, n, 700)
+    y = rng.random(n)
+    y[:20] = np.round(y[:20], 1)
+    want = _ref(name, X, y)
+    first = None
+    for path in PATHS:
+        with native.use_path(path):
+            for algorithm in kernels.ALGORITHMS:
+                monkeypatch.setenv("CURATE_PPL_ALGO", algorithm)
+                got = getattr(est, name)(X, y, kind="error")
+                np.testing.assert_allclose(got, want, rtol=1e-15, atol=2e-15)
+                if name == "spearmanr":
+                    assert np.array_equal(got, want)
+                first = got if first is None else first
+                assert np.array_equal(got, first), (path, algorithm)
+
+
+@pytest.mark.skipif(not HAS_LIB, reason="compiled kernels not built")
 def test_pair_kernels_against_brute_force():
     rng = np.random.default_rng(7)
     n, d = 23, 70
@@ -186,6 +259,10 @@ def test_pair_kernels_against_brute_force():
             want_sign += np.sign(Xr[k] - Xr[i])
     got, flag, valid = kernels.pairs_f32(X, lim=lim, w=w, rows=rows)
     assert valid and 0 < flag.sum() < d
+    for path in PATHS:
+        with native.use_path(path):
+            again = kernels.pairs_f32(X, lim=lim, w=w, rows=rows)
+            assert np.array_equal(again[0], got) and np.array_equal(again[1], flag)
     assert np.array_equal(got, want) and np.array_equal(flag, want_flag)
     cols = np.arange(d)[::-1].copy()
     assert np.array_equal(kernels.sign_pairs_f64(X, cols, lim, rows=rows), want_sign[cols])
@@ -200,23 +277,38 @@ def test_thread_ranges_cover_columns():
             assert all(a % 64 == 0 for a, _ in parts)
 
 
-def test_no_compiler_falls_back_to_numpy(monkeypatch):
-    def fail(extra_flags=()):
-        raise RuntimeError("no C compiler (test)")
-
-    monkeypatch.delenv("CURATE_PPL_NATIVE", raising=False)
-    monkeypatch.setattr(kernels, "_lib", None)
-    monkeypatch.setattr(kernels, "_failed", False)
-    monkeypatch.setattr(kernels, "_load", fail)
-    with pytest.warns(UserWarning, match="using NumPy"):
-        assert not kernels.active()
+def test_without_the_extension_numpy_gives_the_same_results(monkeypatch):
+    monkeypatch.setattr(kernels, "ext", lambda: None)
+    assert not kernels.active()
     rng = np.random.default_rng(8)
     X, y = _collide(rng, 12, 80), rng.random(12)
     for name in ALL:
         np.testing.assert_allclose(getattr(est, name)(X, y, kind="error"), _ref(name, X, y), rtol=1e-15, atol=2e-15)
 
 
-@pytest.mark.skipif(not HAS_LIB or not hasattr(__import__("os"), "fork"), reason="needs the C kernels and fork")
+@pytest.mark.skipif(not HAS_LIB, reason="compiled kernels not built")
+def test_weighted_sum_is_one_pass_and_path_independent():
+    rng = np.random.default_rng(13)
+    X = rng.random((33, 1500))
+    c = rng.normal(size=33)
+    outs = []
+    for path in PATHS:
+        with native.use_path(path):
+            for threads in (1, 2):
+                out, valid = kernels.weighted_sum(X, c, n_threads=threads)
+                assert valid
+                outs.append(out)
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    # k ascending, one rounding per multiply and per add: the plain float64 loop
+    want = np.zeros(1500)
+    for k in range(33):
+        want = want + c[k] * X[k]
+    assert np.array_equal(outs[0], want)
+    X[3, 1234] = np.nan
+    assert not kernels.weighted_sum(X, c)[1]
+
+
+@pytest.mark.skipif(not HAS_LIB or not hasattr(__import__("os"), "fork"), reason="needs the compiled kernels and fork")
 def test_threads_work_in_a_forked_child(monkeypatch):
     """A child forked after the thread pool started must not wait on the parent's threads."""
     import multiprocessing as mp

@@ -1,0 +1,183 @@
+"""The user path of MinHash dedup: ``curate run`` on a pipeline file with the two MinHash stages.
+
+What a user runs, measured from outside (one process tree, wall clock), on the benchmark's peer
+input (Parquet files with ``id`` and ``text``):
+
+1. ``curate run ingest.yaml``: the same source with no stage (ingest and a release of
+   everything): the ingest, measured separately.
+2. ``curate run pipeline.yaml`` on the same lake: the input is already ingested (skipped), then
+   ``minhash_signatures`` and ``minhash_dedup`` run and the release keeps ``near_dup.keep``.
+   Its wall time is the user-path figure.
+
+Where the second run's time goes comes from the catalog's timestamps (run start, each stage's
+last shard, the fit artifact, the release, run end) plus two small probes run the same way:
+the interpreter with the CLI's imports, and Prefect's temporary server (a flow that does nothing).
+
+    .venv/bin/python -m benchmarks.dedup.user_path --input /tmp/dedup-bench/input-200k-s7 --work /tmp/up
+
+``benchmarks/dedup/run.py`` runs this as the tool ``curate-run`` beside the others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = "bench"
+
+
+def pipeline_yaml(inputs: Path, lake: Path, stages: bool, workers: int, threshold: float) -> str:
+    body = f"""name: dedupbench
+lake: {lake}
+executor: {{workers: {workers}, batch_rows: 4096}}
+sources:
+  - name: {SOURCE}
+    format: parquet
+    paths: [{inputs}/*.parquet]
+    columns: {{text: text, id: id}}
+"""
+    if stages:
+        body += f"""stages:
+  - {{name: minhash, kind: minhash_signatures, params: {{ngram: 5, num_perm: 112, bands: 14, rows: 8}}}}
+  - {{name: near_dup, kind: minhash_dedup, params: {{threshold: {threshold}, survivor: first}}}}
+release: {{name: dedup, select: "near_dup.keep"}}
+"""
+    else:
+        body += "stages: []\nrelease: {name: everything, select: \"true\"}\n"
+    return body
+
+
+def _timed(cmd: list[str], env: dict[str, str], log: Path, cpu: list[float] | None = None) -> float:
+    """Wall seconds of ``cmd`` (its CPU seconds, all processes, appended to ``cpu`` when given)."""
+    import resource
+
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({rc}); see {log}")
+    if cpu is not None:
+        cpu.append((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime))
+    return wall
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "CURATE_PROGRESS": "0",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env.setdefault("PREFECT_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / "curate-bench-prefect"))
+    return env
+
+
+def probes(work: Path, env: dict[str, str]) -> dict[str, float]:
+    """Seconds of: the interpreter with the CLI's imports; the same plus a flow that does nothing
+    (Prefect's temporary server start and shutdown)."""
+    py = sys.executable
+    imports = _timed([py, "-c", "import flows.cli, flows.pipeline"], env, work / "probe-imports.log")
+    flow = ("import flows.cli, flows.pipeline\nfrom prefect import flow\n@flow\ndef nothing():\n    return 1\n"
+            "nothing()\n")
+    empty_flow = _timed([py, "-c", flow], env, work / "probe-flow.log")
+    return {"interpreter_imports_s": imports, "prefect_server_s": max(0.0, empty_flow - imports)}
+
+
+def timeline(lake: Path) -> dict[str, float]:
+    """Seconds between the catalog's timestamps of the last run: start -> each stage -> release -> end."""
+    import duckdb
+
+    con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
+    try:
+        run_id, started, finished = con.execute(
+            "SELECT run_id, started_at, finished_at FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+        stages = con.execute("SELECT stage, max(recorded_at) FROM stage_runs WHERE run_id = ? GROUP BY stage "
+                             "ORDER BY 2", [run_id]).fetchall()
+        fits = con.execute("SELECT stage, created_at FROM artifacts WHERE run_id = ?", [run_id]).fetchall()
+        rel = con.execute("SELECT created_at FROM releases WHERE run_id = ?", [run_id]).fetchone()
+    finally:
+        con.close()
+    out: dict[str, float] = {}
+    prev: datetime = started
+    fit_at = dict(fits)
+    for stage, at in stages:
+        if stage in fit_at:
+            out[f"{stage}_fit_s"] = (fit_at[stage] - prev).total_seconds()
+            prev = fit_at[stage]
+        out[f"{stage}_s"] = (at - prev).total_seconds()
+        prev = at
+    if rel:
+        out["release_s"] = (rel[0] - prev).total_seconds()
+        prev = rel[0]
+    out["catalog_finish_s"] = (finished - prev).total_seconds()
+    out["flow_body_s"] = (finished - started).total_seconds()
+    return out
+
+
+def run(inputs: Path, work: Path, workers: int, threshold: float, keep: bool = False) -> dict:
+    """Ingest, then the user path; returns timings, the breakdown and the removed corpus doc_idx."""
+    work.mkdir(parents=True, exist_ok=True)
+    lake = work / "lake"
+    if not keep:
+        shutil.rmtree(lake, ignore_errors=True)
+    env = _env()
+    curate = [sys.executable, "-m", "flows.cli", "run"]
+    (work / "ingest.yaml").write_text(pipeline_yaml(inputs, lake, False, workers, threshold))
+    (work / "pipeline.yaml").write_text(pipeline_yaml(inputs, lake, True, workers, threshold))
+    ingest_s = _timed([*curate, str(work / "ingest.yaml")], env, work / "ingest.log")
+    cpu: list[float] = []
+    run_s = _timed([*curate, str(work / "pipeline.yaml")], env, work / "run.log", cpu)
+    parts = timeline(lake)
+    parts.update(probes(work, env))
+    parts["startup_before_flow_s"] = run_s - parts["flow_body_s"]
+    return {"ingest_s": ingest_s, "run_s": run_s, "run_cpu_s": cpu[0], "breakdown": parts,
+            "removed": removed_doc_idx(inputs, lake)}
+
+
+def removed_doc_idx(inputs: Path, lake: Path):
+    """The corpus ``doc_idx`` of the documents the release left out (ids map back through the
+    ingest's document-id function)."""
+    import duckdb
+    import numpy as np
+    import polars as pl
+
+    from readers.ingest import document_ids
+
+    con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
+    try:
+        (path,) = con.execute("SELECT path FROM releases WHERE name = 'dedup' ORDER BY created_at DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    src = pl.read_parquet(sorted(inputs.glob("*.parquet")), columns=["doc_idx", "id"])
+    ids = document_ids(SOURCE, src.get_column("id").to_list())
+    kept = pl.scan_parquet(f"{path}/shard-*.parquet").select("id").collect().get_column("id")
+    mask = ~np.isin(np.asarray(ids, dtype=object), kept.to_numpy())
+    return np.sort(src.get_column("doc_idx").to_numpy()[mask])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", type=Path, required=True, help="folder of Parquet files with doc_idx, id, text")
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None, help="write the removed doc_idx here (.npy)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threshold", type=float, default=0.8)
+    a = ap.parse_args()
+    r = run(a.input, a.work, a.workers, a.threshold)
+    if a.out:
+        import numpy as np
+        np.save(a.out, r.pop("removed"))
+        a.out.with_suffix(".json").write_text(json.dumps(r, indent=1))
+    else:
+        r.pop("removed")
+    print(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+    main()
