@@ -5,24 +5,23 @@ next to Prefect's threads). Each worker keeps the stages it has set up, so a mod
 once per worker, not per shard or batch. Memory per worker is bounded by one batch of
 ``batch_rows`` documents plus the stage's own state: shards are streamed, never loaded whole.
 
-The contract an executor offers (so a Ray executor can slot in without touching stages):
-
-- ``run_stage(name, stage, tasks)`` -> one ``ShardResult`` per task, skipping tasks whose
-  output already exists (outputs are written atomically, so existing means complete);
-- ``map(fn, items)`` -> results of a module-level function over items, in completion order;
-- ``fit(stage, tasks, artifact_dir)`` -> the metrics of a global stage's fit over those shards;
-  ``fit_incremental(stage, previous_dir, tasks, earlier, artifact_dir)`` adds new shards to a fit.
+The contract every executor offers is ``Executor`` below; ``make_executor`` picks one from
+``executor.kind`` (``local`` here, ``ray`` in engines/ray_executor.py). Both run the same stage
+code through ``run_shard``/``shard_batches``, so their outputs are byte-identical.
+``LocalExecutor.fit_incremental`` (and the Ray executor's) adds new shards to an earlier fit.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import polars as pl
 import pyarrow as pa
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from engines import storage
+from engines.faults import fault_point
 from engines.stage import GlobalStage, Stage, StageContext
 from schemas.config import ExecutorConfig
 from schemas.documents import DOCUMENT, annotation_schema
@@ -60,9 +60,43 @@ class ShardResult:
     error: str | None = None
 
 
+@runtime_checkable
+class Executor(Protocol):
+    """What the flow asks of an executor. Stages never see it: an executor adapts them (ships
+    them to workers, sets them up once per worker, binds a ``StageContext``, tears them down)."""
+
+    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working") -> Iterator[Any]:
+        """``fn(item)`` (a picklable, module-level function) for each item, in completion order."""
+        ...
+
+    def run_stage(self, name: str, stage: Stage, tasks: list[ShardTask],
+                  ctx: StageContext | None = None) -> list[ShardResult]:
+        """One ``ShardResult`` per task, sorted by raw path; tasks whose output exists are skipped
+        (outputs are written atomically, so existing means complete). A shard that fails is a
+        ``failed`` result with its error, never an exception."""
+        ...
+
+    def fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str,
+            ctx: StageContext | None = None) -> dict[str, Any]:
+        """Stream the shards of ``tasks`` (in order, with their fed columns) through ``stage.fit``,
+        which writes its artifact under ``artifact_dir``; returns the fit's metrics."""
+        ...
+
+    def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
+                        earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+        """Stream the new shards ``tasks`` through ``stage.fit_incremental`` on top of the artifact
+        in ``previous_dir`` (fitted over the ``earlier`` shards)."""
+        ...
+
+    def close(self) -> None:
+        """Tear down set-up stages and release workers."""
+        ...
+
+
 @dataclass
 class _WorkerState:
     stages: dict[str, Stage] = field(default_factory=dict)
+    finalizer: Any = None
 
 
 _STATE = _WorkerState()
@@ -70,14 +104,31 @@ _STATE = _WorkerState()
 
 def _ready_stage(stage: Stage, key: str, ctx: StageContext) -> Stage:
     """The worker's set-up copy of this stage (``setup`` runs once per worker, key and artifact:
-    a global stage refitted in the same process must not reuse the old artifact)."""
+    a global stage refitted in the same process must not reuse the old artifact). Stages run one
+    after another, so a worker keeps one set-up stage: the previous one is torn down first."""
     cache_key = f"{key}|{ctx.artifact_dir}"
     ready = _STATE.stages.get(cache_key)
     if ready is None:
+        teardown_stages()
+        stage.bind(ctx)
         stage.setup(ctx)
         _STATE.stages[cache_key] = stage
         ready = stage
+        if _STATE.finalizer is None and mp.parent_process() is not None:
+            # A pool worker exits without atexit hooks; multiprocessing's finalizers do run.
+            _STATE.finalizer = mp_util.Finalize(None, teardown_stages, exitpriority=10)
     return ready
+
+
+def teardown_stages() -> None:
+    """Call ``teardown`` on every stage set up in this process (errors are reported, not raised:
+    a failing teardown must not lose the shards the stage wrote)."""
+    while _STATE.stages:
+        _, stage = _STATE.stages.popitem()
+        try:
+            stage.teardown()
+        except Exception as e:  # noqa: BLE001
+            print(f"teardown of stage {stage.kind} failed: {type(e).__name__}: {e}")
 
 
 def _check_output(stage: Stage, out: pl.DataFrame, n: int) -> None:
@@ -127,29 +178,43 @@ def output_schema(stage: Stage) -> pa.Schema:
 
 
 class _ColumnStream:
-    """One column of a Parquet file handed out in slices of any length, reading a row group's
-    worth at a time (so a fed column never sits in memory whole)."""
+    """One column of an annotation file (with its ``id``) handed out in slices of any length,
+    reading a row group's worth at a time (so a fed column never sits in memory whole)."""
 
-    def __init__(self, f: Any, column: str, batch_rows: int):
-        self._it = pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=[column])
-        self._cur: pa.Array | None = None
+    def __init__(self, f: Any, column: str, batch_rows: int, path: str = ""):
+        cols = list(dict.fromkeys([column, "id"]))
+        self._it = pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=cols)
+        self._id = cols.index("id")
+        self._cur: pa.RecordBatch | None = None
         self._off = 0
+        self._row = 0
+        self.path = path
 
-    def take(self, n: int) -> pa.Array:
-        parts: list[pa.Array] = []
+    def take(self, ids: pa.Array) -> pa.Array:
+        """The next ``len(ids)`` values; raises if the file's ids are not exactly ``ids`` (an
+        annotation file must be aligned with its raw shard by id, not only by position)."""
+        n = len(ids)
+        parts: list[pa.RecordBatch] = []
         while n:
-            if self._cur is None or self._off == len(self._cur):
+            if self._cur is None or self._off == self._cur.num_rows:
                 rb = next(self._it, None)
                 if rb is None:
-                    raise ValueError("a fed annotation file has fewer rows than its raw shard")
-                self._cur, self._off = rb.column(0), 0
-            k = min(n, len(self._cur) - self._off)
+                    raise ValueError(f"annotation file {self.path} has fewer rows than its raw shard")
+                self._cur, self._off = rb, 0
+            k = min(n, self._cur.num_rows - self._off)
             parts.append(self._cur.slice(self._off, k))
             self._off += k
             n -= k
-        if len(parts) == 1:
-            return parts[0]
-        return pa.concat_arrays(parts) if parts else pa.array([])
+        table = pa.Table.from_batches(parts) if parts else None
+        if table is None:
+            return pa.array([])
+        got = table.column(self._id)
+        if not got.equals(pa.chunked_array([ids], type=got.type)):
+            bad = next(i for i, (a, b) in enumerate(zip(got.to_pylist(), ids.to_pylist())) if a != b)
+            raise ValueError(f"annotation file {self.path} is not aligned with its raw shard: row {self._row + bad} "
+                             "has another document id (delete the file to recompute it)")
+        self._row += len(ids)
+        return table.column(0).combine_chunks()
 
 
 def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tuple[pa.Array, pl.DataFrame]]:
@@ -164,7 +229,8 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
         for alias, path, column in task.inputs:
             if path:
                 fs, p = storage.fs_and_path(path)
-                side.setdefault(alias, []).append(_ColumnStream(stack.enter_context(fs.open(p, "rb")), column, batch_rows))
+                side.setdefault(alias, []).append(_ColumnStream(stack.enter_context(fs.open(p, "rb")), column,
+                                                                batch_rows, path))
             else:
                 side.setdefault(alias, []).append(column)
         fs, raw = storage.fs_and_path(task.raw_path)
@@ -173,13 +239,15 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
             batch = pl.from_arrow(pa.Table.from_batches([rb]))
             assert isinstance(batch, pl.DataFrame)
             if side:
-                batch = batch.with_columns([_fed_column(alias, parts, batch, rb.num_rows) for alias, parts in side.items()])
+                batch = batch.with_columns([_fed_column(alias, parts, batch, rb.column("id"))
+                                            for alias, parts in side.items()])
             yield rb.column("id"), batch
 
 
-def _fed_column(alias: str, parts: list[_ColumnStream | str], batch: pl.DataFrame, n: int) -> pl.Series:
-    """One fed column: a single source, or the coalesce of a derived-text chain (first non-null wins)."""
-    cols = [batch.get_column(p) if isinstance(p, str) else pl.Series(p.take(n)) for p in parts]
+def _fed_column(alias: str, parts: list[_ColumnStream | str], batch: pl.DataFrame, ids: pa.Array) -> pl.Series:
+    """One fed column: a single source, or the coalesce of a derived-text chain (first non-null wins).
+    Fed files are checked against the shard's ``ids`` (aligned by id, not only by position)."""
+    cols = [batch.get_column(p) if isinstance(p, str) else pl.Series(p.take(ids)) for p in parts]
     if len(cols) == 1:
         return cols[0].alias(alias)
     frame = pl.DataFrame({f"_{i}": c for i, c in enumerate(cols)})
@@ -201,6 +269,7 @@ def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_
             for ids, batch in shard_batches(ready, task, batch_rows):
                 out, errors = _transform_safely(ready, batch)
                 writer.write_table(_to_arrow(out, ids, errors, schema))
+                fault_point("shard:mid_write")  # crash tests: a worker killed with a shard half written
                 rows += batch.height
                 row_errors += sum(e is not None for e in errors)
             writer.close()
@@ -208,6 +277,14 @@ def run_shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_
     except Exception as e:  # noqa: BLE001 - a shard that cannot be processed is reported, not fatal
         return ShardResult(task, "failed", seconds=time.perf_counter() - t0,
                            error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
+
+
+def split_done(tasks: list[ShardTask]) -> tuple[list[ShardTask], list[ShardResult]]:
+    """(tasks still to run, ``skipped`` results of those whose output is complete); a damaged
+    output is redone."""
+    done = {t: storage.complete_parquet_rows(t.out_path) for t in tasks}
+    todo = [t for t in tasks if done[t] is None]
+    return todo, [ShardResult(t, "skipped", rows=n) for t, n in done.items() if n is not None]
 
 
 def _progress(transient: bool = False) -> Progress:
@@ -233,9 +310,16 @@ class LocalExecutor:
         return self._pool
 
     def close(self) -> None:
+        """Shut the pool down (its workers tear their stages down on exit) and tear down the
+        stages this process set up itself (``workers=1``)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        teardown_stages()
+
+    def threads_per_worker(self) -> int:
+        """Threads a stage may use: the CPUs shared among the workers (all of them with ``workers=1``)."""
+        return max(1, (os.cpu_count() or 1) // self.workers)
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -266,18 +350,19 @@ class LocalExecutor:
 
     def run_stage(self, name: str, stage: Stage, tasks: list[ShardTask],
                   ctx: StageContext | None = None) -> list[ShardResult]:
-        ctx = ctx or StageContext()
+        ctx = dataclasses.replace(ctx or StageContext(), threads=self.threads_per_worker())
         key = stage.key(name)
-        done = {t: storage.complete_parquet_rows(t.out_path) for t in tasks}  # a damaged output is redone
-        todo = [t for t in tasks if done[t] is None]
-        results = [ShardResult(t, "skipped", rows=n) for t, n in done.items() if n is not None]
+        todo, results = split_done(tasks)
         runner = _ShardRunner(stage, key, ctx, self.config.batch_rows)
         results.extend(self.map(runner, todo, desc=f"{name} ({len(todo)} shards)"))
         return sorted(results, key=lambda r: r.task.raw_path)
 
-    def fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
+    def fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str,
+            ctx: StageContext | None = None) -> dict[str, Any]:
         """Stream every shard of ``tasks`` (in order, with their fed columns) through ``stage.fit``.
-        Runs in this process: a fit is one pass that a stage may parallelise inside (Polars does)."""
+        Runs in this process with all its CPUs: a fit is one pass that a stage may parallelise
+        inside (Polars does; MinHash signing uses ``context.threads``)."""
+        stage.bind(dataclasses.replace(ctx or StageContext(), threads=max(1, os.cpu_count() or 1)))
         batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
         return stage.fit(batches, artifact_dir)
 
@@ -286,6 +371,7 @@ class LocalExecutor:
         """Stream the new shards of ``tasks`` through ``stage.fit_incremental`` on top of the
         artifact in ``previous_dir`` (fitted over the ``earlier`` shards, which it may read back)."""
         from engines.earlier_rows import ShardRows
+        stage.bind(StageContext(threads=max(1, os.cpu_count() or 1)))
         batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
         return stage.fit_incremental(previous_dir, batches, artifact_dir, ShardRows([t.raw_path for t in earlier]))
 
@@ -317,8 +403,11 @@ class _NullProgress:
         return None
 
 
-def make_executor(config: ExecutorConfig, show_progress: bool = True) -> LocalExecutor:
+def make_executor(config: ExecutorConfig, show_progress: bool = True) -> Executor:
     """The executor named by ``executor.kind`` in the pipeline file."""
     if config.kind == "local":
         return LocalExecutor(config, show_progress=show_progress)
-    raise ValueError(f"unknown executor kind {config.kind!r}; available: local")
+    if config.kind == "ray":
+        from engines.ray_executor import RayExecutor  # Ray is an optional extra
+        return RayExecutor(config, show_progress=show_progress)
+    raise ValueError(f"unknown executor kind {config.kind!r}; available: local, ray")

@@ -22,6 +22,19 @@ Conventions every stage follows:
 
 Stages must be picklable before ``setup`` (parameters only), so a process pool or a Ray task
 can ship them to workers.
+
+What a stage tells its executor, and what the executor tells the stage (stages never know which
+executor runs them):
+
+- ``resources()``: CPUs, GPUs and memory one worker of the stage needs (a Ray executor places
+  workers by it; the local executor runs ``workers`` processes whatever it says);
+- ``stateful``: ``setup`` is expensive (a model load), so the stage should live in long-lived
+  workers (actors on Ray) that each set it up once and process many shards;
+- ``runtime_params``: params that change speed, never output (threads, batch sizes): excluded
+  from the stage key, so changing them recomputes nothing;
+- ``StageContext.threads``: how many threads this worker may use, decided by the executor;
+- ``teardown()``: release what ``setup`` took (GPU memory, servers); called once per set-up copy
+  when the executor is done with it.
 """
 from __future__ import annotations
 
@@ -33,6 +46,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from engines.storage_dirs import local_dir
 from schemas.config import stable_hash
 
 
@@ -40,12 +54,39 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a stage needs. ``memory`` in bytes (0: no reservation)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory: int = 0
+class _LocalFolder:
+    """A folder field that is stored as given (a lake URL) and read as a local folder: on a remote
+    lake the first read in a process fetches it (engines.storage_dirs.local_dir), so every stage
+    reads its artifact with local-file APIs under any executor, on any node."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> str | None:
+        url = None if obj is None else obj.__dict__.get(self.attr)
+        return local_dir(url) if url is not None else None
+
+    def __set__(self, obj: Any, value: str | None) -> None:
+        obj.__dict__[self.attr] = value
+
+
 @dataclass
 class StageContext:
     """What the executor tells a stage about where it runs."""
 
-    artifact_dir: str | None = None  # a global stage's fitted artifact (read in setup)
+    # A global stage's fitted artifact (read in setup): set to its lake URL, read as a local folder.
+    artifact_dir: _LocalFolder = _LocalFolder()  # type: ignore[assignment]
     cache_dir: str | None = None  # where result caches live (<lake>/cache in a pipeline run)
+    # Threads this worker may use (set by the executor: 1 in a pool of single-CPU workers, the
+    # stage's CPU reservation on Ray, all CPUs when the stage runs alone in the driver).
+    threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,6 +109,11 @@ class Stage:
     path_params: ClassVar[tuple[str, ...]] = ()
     # Params naming sources, in the same notation ("positive[]"): `curate validate` checks the names.
     source_params: ClassVar[tuple[str, ...]] = ()
+    # Params that change speed but never output ("threads", "inference.batch_size"): left out of
+    # the stage key, so tuning them recomputes nothing.
+    runtime_params: ClassVar[tuple[str, ...]] = ()
+    # Set-up is expensive (a model load): executors keep set-up copies in long-lived workers.
+    stateful: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         if params is None or isinstance(params, dict):
@@ -77,11 +123,22 @@ class Stage:
         self.upstream = dict(upstream or {})
         # The pipeline file's folder: relative paths in params are relative to it.
         self.base_dir = "."
+        # Where it runs (threads, artifact, caches): set by the executor before setup and fit.
+        self.context = StageContext()
 
     # --- contract -------------------------------------------------------------------------
     def writes(self) -> dict[str, pa.DataType]:
         """The columns ``transform`` returns, with their Arrow types."""
         raise NotImplementedError
+
+    def resources(self) -> Resources:
+        """CPUs/GPUs/memory of one worker of this stage (default: one CPU). Override when it
+        depends on params (a vLLM backend needs a GPU, a transformers one on CPU does not)."""
+        return Resources()
+
+    def bind(self, ctx: StageContext) -> None:
+        """Called by the executor before ``setup`` or ``fit``: records where the stage runs."""
+        self.context = ctx
 
     def requirements(self) -> dict[str, tuple[str, ...]]:
         """``requires``, or what these params need (override when it depends on them)."""
@@ -89,6 +146,10 @@ class Stage:
 
     def setup(self, ctx: StageContext) -> None:
         """Load models and compile what is expensive; called once per worker process."""
+
+    def teardown(self) -> None:
+        """Release what ``setup`` took (models, GPU memory, threads, servers). Called once per
+        set-up copy when its executor is done with it; default: nothing to release."""
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Return one row per input row, in order, with exactly the columns of ``writes()``."""
@@ -102,11 +163,33 @@ class Stage:
 
     # --- identity ---------------------------------------------------------------------------
     def config_hash(self) -> str:
-        return stable_hash({"params": self.params.model_dump(mode="json"), "upstream": self.upstream})[:10]
+        """Hash of the params that decide the output (``runtime_params`` left out) and upstream keys."""
+        params = self.params.model_dump(mode="json")
+        for dotted in self.runtime_params:
+            _drop_path(params, dotted.split("."))
+        return stable_hash({"params": params, "upstream": self.upstream})[:10]
 
     def key(self, name: str) -> str:
         """``<name>@<version>-<cfg>``: the folder of its annotations and artifacts."""
         return f"{name}@{self.version}-{self.config_hash()}"
+
+
+def _drop_path(obj: Any, parts: list[str]) -> None:
+    """Remove ``a.b.c`` (``items[].x`` for every item of a list) from nested params in place."""
+    head, rest = parts[0], parts[1:]
+    if not isinstance(obj, dict):
+        return
+    if head.endswith("[]"):
+        for item in obj.get(head[:-2]) or []:
+            if rest:
+                _drop_path(item, rest)
+        return
+    if head not in obj:
+        return
+    if rest:
+        _drop_path(obj[head], rest)
+    else:
+        del obj[head]
 
 
 class GlobalStage(Stage):

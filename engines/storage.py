@@ -1,4 +1,17 @@
-"""Filesystem helpers: fsspec paths, atomic writes, Parquet sizes. Local and remote alike."""
+"""The storage layer: every write to a lake goes through here, local disk and object stores alike.
+
+Atomicity, per filesystem (docs/storage.md):
+
+- one object or file (a shard, an annotation, a marker): ``atomic_path``/``write_table_atomic``/
+  ``write_bytes_atomic``. Local disk: a temporary sibling renamed onto the name. Object stores
+  (``s3://``, ``memory://``): the object is written under a hidden temporary key and copied onto
+  its name (a server-side copy creates the object whole) or, for small objects, written with one
+  PUT; a reader never sees a part-written object, a killed writer leaves at most a ``.tmp-`` key.
+- a folder of files (a fitted artifact): ``engines.storage_dirs.staged_dir`` fills a local folder,
+  publishes it, and the caller writes the folder's completion marker last.
+- what must be read with local-file APIs (mmap, ``os.preadv``, fastText ``load_model``):
+  ``engines.storage_dirs.local_dir`` (identity on a local lake, a cached download otherwise).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -12,10 +25,27 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engines.faults import fault_point
+
 
 def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local disk (rename is atomic there); False for object stores and ``memory://``."""
+    proto = fs.protocol
+    return bool({"file", "local"} & ({proto} if isinstance(proto, str) else set(proto)))
+
+
+def is_local_url(url: str) -> bool:
+    return "://" not in url or url.startswith(("file://", "local://"))
+
+
+def url_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """``path`` (as ``fs_and_path`` returns it) as a URL that names its filesystem again."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def exists(url: str) -> bool:
@@ -29,16 +59,20 @@ def parent(url: str) -> str:
 
 @contextmanager
 def atomic_path(url: str) -> Iterator[str]:
-    """Yield a temporary sibling path; on success move it onto ``url`` in one rename.
+    """Yield a temporary sibling (a URL on the same filesystem); on success move it onto ``url``.
 
-    Readers never see a half-written file: either the old state or the complete new file.
-    On failure the temporary file is removed and the exception propagates.
+    Readers never see a half-written file: either the old state or the complete new file. Local
+    disk: one rename. Object stores: a server-side copy (which creates the object whole) and the
+    removal of the temporary key. On failure the temporary file is removed and the exception
+    propagates; a killed process leaves only a ``.tmp-`` name that no reader globs.
     """
     fs, path = fs_and_path(url)
-    fs.makedirs(parent(path), exist_ok=True)
+    if is_local(fs):
+        fs.makedirs(parent(path), exist_ok=True)
     tmp = f"{parent(path)}/.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.rsplit('/', 1)[-1]}"
     try:
-        yield tmp
+        yield url_of(fs, tmp)
+        fault_point("storage:before_commit")
         fs.mv(tmp, path)
     except BaseException:
         if fs.exists(tmp):
@@ -80,8 +114,11 @@ def glob(pattern: str) -> list[str]:
     fs, path = fs_and_path(pattern)
     found = sorted(fs.glob(path)) if any(c in path for c in "*?[") else ([path] if fs.exists(path) else [])
     if "://" in pattern:
-        proto = pattern.split("://", 1)[0]
-        return [f"{proto}://{p}" if "://" not in p else p for p in found]
+        proto, rest = pattern.split("://", 1)
+        # Keep the caller's spelling (``memory://lake`` lists as ``/lake`` inside fsspec), so a
+        # listed path still starts with the lake root it was listed under.
+        drop = 1 if path.startswith("/") and not rest.startswith("/") else 0
+        return [f"{proto}://{p[drop:] if p.startswith('/') else p}" if "://" not in p else p for p in found]
     return found
 
 
@@ -95,7 +132,7 @@ def create_exclusive(url: str, data: bytes) -> bool:
     conditional PUT with ``If-None-Match: *``), atomic on the server.
     """
     fs, path = fs_and_path(url)
-    if "file" in _protocols(fs):
+    if is_local(fs):
         return _create_exclusive_local(path, data)
     fs.makedirs(parent(path), exist_ok=True)
     try:
@@ -104,11 +141,6 @@ def create_exclusive(url: str, data: bytes) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    proto = fs.protocol
-    return (proto,) if isinstance(proto, str) else tuple(proto)
 
 
 def _create_exclusive_local(path: str, data: bytes) -> bool:
@@ -138,7 +170,7 @@ def _create_exclusive_local(path: str, data: bytes) -> bool:
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Replace ``url`` with ``data`` in one step (temporary sibling + rename; one PUT on object stores)."""
     fs, path = fs_and_path(url)
-    if "file" in _protocols(fs):
+    if is_local(fs):
         with atomic_path(url) as tmp:
             with open(tmp, "wb") as f:
                 f.write(data)

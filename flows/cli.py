@@ -50,8 +50,8 @@ def _lake_root(lake: str) -> str:
 def _catalog(lake: str):
     from warehouse.catalog import Catalog
     root = _lake_root(lake)
-    cat = Catalog(f"{root}/catalog.duckdb")
-    if not Path(cat.path).exists() and "://" not in cat.path:
+    cat = Catalog.of_lake(root)
+    if not Path(cat.path).exists():
         console.print(f"[red]No catalog at {cat.path}.[/] Run `curate run PIPELINE.yaml` first, "
                       "or point --lake at the lake folder (default ./lake).")
         raise typer.Exit(1)
@@ -108,6 +108,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
 
 
 def _print_summary(s: dict[str, Any]) -> None:
+    from warehouse.lake import Lake
     for title, rows, cols in (("ingest", s["ingest"], ("source", "files", "rows_in", "rows_written", "rows_quarantined")),
                               ("stages", s["stages"], ("stage", "computed", "skipped", "failed", "row_errors"))):
         _print(list(cols), [tuple(r.get(c, "") for c in cols) for r in rows], title=title)
@@ -119,7 +120,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         state += ", gates failed and were accepted (--accept-gates)"
     console.print(f"[bold green]release {r['name']}/{r['version']}[/] ({state}): {r['rows']:,} documents, "
                   f"{r['tokens']:,} tokens, {r['shards']} shard{'s' if r['shards'] != 1 else ''}\n  {r['path']}\n"
-                  f"catalog: {s['lake']}/catalog.duckdb  (try `curate stats --lake {s['lake']}`)")
+                  f"catalog: {Lake(s['lake']).catalog_path}  (try `curate stats --lake {s['lake']}`)")
     if s.get("ablation"):
         from flows.commands.ablate import print_flow_ablation
         print_flow_ablation(console, s["ablation"])

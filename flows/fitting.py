@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Callable
 
 from engines import storage
-from engines.executor import LocalExecutor, ShardTask
+from engines.executor import Executor, ShardTask
 from engines.faults import fault_point
 from engines.stage import GlobalStage
+from engines.storage_dirs import local_dir, staged_dir
 from schemas.config import stable_hash
 from warehouse.catalog import Catalog, now
 from warehouse.lake import Lake
@@ -55,7 +55,7 @@ class FitRun:
 
     lake: Lake
     catalog: Catalog
-    executor: LocalExecutor
+    executor: Executor
     run_id: str
     log: logging.Logger | logging.LoggerAdapter
 
@@ -148,7 +148,7 @@ def _extend(run: FitRun, name: str, stage: GlobalStage, pin: dict[str, Any],
     art = f"{lake.artifact_dir(fkey)}/s-{stable_hash(rel)[:8]}"
     run.log.info("stage %s: adding %d new shards to the index of %d (%s)", name, len(new), len(covered), pin["artifact"])
     _fit_into(run, name, stage, fkey, art, tasks, "incremental",
-              lambda d: run.executor.fit_incremental(stage, prev_dir, new, tasks[:len(covered)], d),
+              lambda d: run.executor.fit_incremental(stage, local_dir(prev_dir), new, tasks[:len(covered)], d),
               previous=pin["artifact"], rows_before=int(prev.get("rows") or 0), covered=len(covered))
     _pin(run, name, stage, pin["stage_key"], fkey, art, "incremental", f"{len(new)} new shards")
     if art != prev_dir:  # the superseded state: nothing reads it once the pin moved on
@@ -164,24 +164,19 @@ def _fit_into(run: FitRun, name: str, stage: GlobalStage, fkey: str, art: str, t
     ``covered`` leading tasks (``rows_before`` rows) are already in the previous state."""
     if storage.exists(f"{art}/{FIT_RECORD}"):
         return
-    fs, art_p = storage.fs_and_path(art)
-    tmp = f"{art_p}.tmp-{uuid.uuid4().hex[:6]}"
-    fs.makedirs(tmp, exist_ok=True)
-    try:
+    # The fit writes a local folder (its tools need local files: fastText, np.save, os.preadv); the
+    # storage layer publishes it: one rename on a local lake, an upload with _fit.json last on S3.
+    # A failed fit leaves nothing; a killed one leaves a .tmp folder for `curate gc`.
+    with staged_dir(art, marker=FIT_RECORD) as tmp:
         metrics = fit(tmp)
-    except BaseException:
-        fs.rm(tmp, recursive=True)  # a failed fit leaves nothing (a killed one leaves tmp for `curate gc`)
-        raise
-    fault_point("fit:before-rename")
-    record = {"stage": name, "kind": stage.kind, "key": fkey, "policy": policy,
-              "shards": [_rel(run.lake, t.raw_path) for t in tasks],
-              "rows": rows_before + sum(storage.parquet_rows(t.raw_path) for t in tasks[covered:]),
-              "inputs": stage.fit_inputs(),
-              "previous": previous, "run_id": run.run_id, "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              "metrics": metrics}
-    with fs.open(f"{tmp}/{FIT_RECORD}", "w") as f:
-        json.dump(record, f, default=str)
-    fs.mv(tmp, art_p, recursive=True)
+        fault_point("fit:before-rename")
+        record = {"stage": name, "kind": stage.kind, "key": fkey, "policy": policy,
+                  "shards": [_rel(run.lake, t.raw_path) for t in tasks],
+                  "rows": rows_before + sum(storage.parquet_rows(t.raw_path) for t in tasks[covered:]),
+                  "inputs": stage.fit_inputs(), "previous": previous, "run_id": run.run_id,
+                  "fitted_at": datetime.now(UTC).isoformat(timespec="seconds"), "metrics": metrics}
+        with open(f"{tmp}/{FIT_RECORD}", "w") as f:
+            json.dump(record, f, default=str)
     fault_point("fit:before-pin")
     run.catalog.insert("artifacts", [{"stage": name, "stage_key": fkey, "path": art, "run_id": run.run_id,
                                       "metrics": json.dumps(metrics, default=str), "created_at": now()}])

@@ -21,16 +21,18 @@ from prefect.cache_policies import NONE
 
 from engines import extras, storage
 from engines.derived_text import chain_feed, feeds_for_source
-from engines.executor import LocalExecutor, ShardTask, make_executor
+from engines.executor import Executor, ShardTask, make_executor
 from engines.stage import GlobalStage, Stage, StageContext, stage_class
 from flows.ablation_step import ablate_release, check_ablation
 from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
+from flows.rewrite_step import is_rewrite, run_rewrite, stage_passes
 from flows.run_report import flow_run_name, publish_artifacts, record_timing, write_report
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config
+from schemas.derived import derived_sources, derived_sources_of, source_names
 from schemas.documents import DOCUMENT
 from warehouse.catalog import Catalog, now
 from warehouse.catalog_sync import record_ingested_file, record_stage_results
@@ -57,7 +59,7 @@ class RunContext:
     config_path: str
     lake: Lake
     catalog: Catalog
-    executor: LocalExecutor
+    executor: Executor
     run_id: str
     code_version: str
     # The effective key of each stage that ran (global stages add their fit id).
@@ -96,9 +98,11 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
         stage.base_dir = cfg.base_dir
         extras.check(f"stages[{sc.name}] ({sc.kind})", stage.requirements())
         feeds: list[tuple[str, str, str]] = []
+        # A rewrite stage's routing expressions name the columns they read (implied inputs).
+        inputs = {**getattr(stage, "implied_inputs", dict)(), **sc.inputs}
         for col in stage.needs:
-            if col in sc.inputs:
-                up, _, up_col = sc.inputs[col].partition(".")
+            if col in inputs:
+                up, _, up_col = inputs[col].partition(".")
                 if up_col not in written.get(up, set()):
                     raise ValueError(f"stages[{sc.name}].inputs.{col}: no earlier stage {up!r} writing {up_col!r}")
                 up_cs = next(c for c in out if c.name == up)
@@ -111,9 +115,11 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
             raise ValueError(f"stages[{sc.name}] ({sc.kind}) needs {missing}: no document column or earlier stage "
                              "provides them (name one with stages[].inputs)")
         for src in sc.sources or []:
-            if src not in {s.name for s in cfg.sources}:
+            if src not in source_names(cfg):
                 raise ValueError(f"stages[{sc.name}].sources names unknown source {src!r}")
-        out.append(ConfiguredStage(sc.name, stage, sc.sources, feeds))
+        # A rewrite stage annotates the sources it reads and the derived sources it writes.
+        sources = sc.sources + derived_sources_of(cfg, sc) if sc.sources is not None else None
+        out.append(ConfiguredStage(sc.name, stage, sources, feeds))
         for col in stage.writes():
             writers[col] = sc.name
         written[sc.name] = set(stage.writes())
@@ -171,7 +177,7 @@ def stage_key(cs: ConfiguredStage, keys: dict[str, str]) -> str:
 @task(name="stage", task_run_name="{cs.name}", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
-    sources = [s.name for s in ctx.cfg.sources if cs.sources is None or s.name in cs.sources]
+    sources = [s for s in source_names(ctx.cfg) if cs.sources is None or s in cs.sources]
     raw_all = ctx.lake.shards_by_age(sources)
     key = stage_key(cs, ctx.keys)
     runs_on = {sc.name: sc.sources for sc in ctx.cfg.stages}
@@ -233,7 +239,7 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
             raise ValueError(f"release column {col!r} (curriculum/anneal column or mixture.group_by) is not "
                              f"written by any stage; columns available: {sorted(known)}")
     try:
-        planner = make_planner(rel.mixture, rel.curriculum, rel.anneal, rel.seed, results)
+        planner = make_planner(rel.mixture, rel.curriculum, rel.anneal, rel.seed, results, synthetic=derived_sources(cfg))
     except ValueError as e:
         raise ValueError(f"release: {e}") from None
     return planner, tuple(dict.fromkeys(wanted))
@@ -246,6 +252,7 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
     ingest_q = {s.name: sum(m["rows_quarantined"] for m in ctx.lake.ingest_markers(s.name)) for s in ctx.cfg.sources}
     planner, plan_cols = release_planner(ctx.cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
     optional = {s.name for s in ctx.cfg.sources if getattr(s, "optional", False)}
+    optional |= set(derived_sources(ctx.cfg))  # a rewrite route may produce nothing: no row floor for it
     started, t0 = now(), time.perf_counter()
     try:
         manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
@@ -288,7 +295,7 @@ def curate_flow(config_path: str, workers: int | None = None, reingest: list[str
     check_ablation(cfg)
     lake = Lake(cfg.lake_path)
     storage.fs_and_path(lake.root)[0].makedirs(storage.fs_and_path(lake.root)[1], exist_ok=True)
-    catalog = Catalog(lake.catalog_path)
+    catalog = Catalog.of_lake(lake.root)
     run_id = f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     # One writer per lake (warehouse/lock.py); `curate run` already holds it, `curate serve` takes it here.
     with lake_lock(lake.root, "run", run_id=run_id, wait_s=wait_s) as lock:
@@ -314,7 +321,9 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
     try:
         ingested = [ingest_source(ctx, s) for s in cfg.sources]
         lock.check()
-        staged = [run_stage(ctx, cs) for cs in stages]
+        # After a rewrite stage, the stages before it run again over the derived shards (flows/rewrite_step.py).
+        columns = {cs.name: set(cs.stage.writes()) for cs in stages}
+        staged = [run_rewrite(ctx, cs, columns) if is_rewrite(cs) else run_stage(ctx, cs) for cs in stage_passes(stages)]
         lock.check()
         rel = release(ctx, stages, accept_gates)
         catalog.refresh_views(lake.root, dict(ctx.keys))
@@ -348,8 +357,8 @@ def run_pipeline(config_path: str, workers: int | None = None, reingest: list[st
     if refit:
         check_refit(configure_stages(cfg), refit)
     with lake_lock(cfg.lake_path, "run", wait_s=wait_s, on_wait=on_wait):
-        if "://" not in cfg.lake_path and Path(cfg.lake_path, "catalog.duckdb").exists():
-            Catalog(f"{cfg.lake_path}/catalog.duckdb").init()  # a damaged catalog is named before Prefect starts
+        if Path(Catalog.of_lake(cfg.lake_path).path).exists():
+            Catalog.of_lake(cfg.lake_path).init()  # a damaged catalog is named before Prefect starts
         return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers,
                            reingest=list(reingest or ()), accept_gates=accept_gates, refit=list(refit or ()))
 

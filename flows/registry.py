@@ -26,6 +26,8 @@ BUILTIN = [
     "scorers.ensemble",
     "scorers.embed",
     "filters.semdedup",
+    "rewriting.stage",
+    "scorers.top_fraction",
 ]
 OPTIONAL: list[str] = [
     # Modules that need optional packages; skipped quietly when those are absent.

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from engines import extras
 from schemas.config import ConfigError, PipelineConfig, load_config, read_config_yaml
+from schemas.derived import derived_source_problems, source_names
 from schemas.documents import DOCUMENT
 from schemas.yaml_safe import line_of
 
@@ -142,7 +143,9 @@ def _check_stages(c: _Checker) -> tuple[dict[str, set[str]], set[str]]:
         c.report.errors.append(f"cannot load the stage modules ({type(e).__name__}: {e}); check CURATE_PLUGINS")
         return {}, {s.name for s in c.cfg.stages}
     kinds = known_kinds()
-    sources = [s.name for s in c.cfg.sources]
+    sources = source_names(c.cfg)  # ingested sources, then the derived ones rewrite stages write
+    for loc, msg in derived_source_problems(c.cfg):
+        c.error(loc, msg)
     written: dict[str, set[str]] = {}
     writers: dict[str, str] = {}
     broken: set[str] = set()
@@ -185,7 +188,8 @@ def _check_stages(c: _Checker) -> tuple[dict[str, set[str]], set[str]]:
                     scope = "" if sc.sources is None else " among the stage's sources"
                     c.error(loc + ("params",) + sub, f"no source named {value!r}{scope}{did_you_mean(str(value), seen)} "
                                                      f"(sources: {', '.join(seen)})")
-        _check_feeds(c, i, sc.name, sc.inputs, stage.needs, written, writers, broken)
+        inputs = {**getattr(stage, "implied_inputs", dict)(), **sc.inputs}  # a rewrite's routing columns
+        _check_feeds(c, i, sc.name, inputs, stage.needs, written, writers, broken)
         written[sc.name] = set(stage.writes())
         for col in written[sc.name]:
             writers[col] = sc.name
@@ -257,7 +261,7 @@ def _check_release_plan(c: _Checker, written: dict[str, set[str]]) -> None:
     from planning.curriculum import CurriculumConfig
     from planning.mixture import METHOD_REQUIRES, MixtureConfig
     rel = c.cfg.release
-    sources = [s.name for s in c.cfg.sources]
+    sources = source_names(c.cfg)
     columns = sorted(f"{st}.{col}" for st, cols in written.items() for col in cols)
     if rel.mixture is not None:
         try:

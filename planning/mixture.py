@@ -673,6 +673,8 @@ class MixtureConfig(BaseModel):
     ``cluster`` of ``semantic_dedup``: topics) instead of over sources; each group is named
     ``<column>=<value>`` (``<column>=null`` for documents without one) wherever a source name
     would appear (weights, max_epochs, end_phase.upsample, the manifest's mixture).
+    ``synthetic_share``: the share of the release drawn from derived sources of rewrite stages
+    (planning/synthetic.py); the method plans the ingested sources.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -693,6 +695,9 @@ class MixtureConfig(BaseModel):
     tolerance: float = Field(default=0.01, ge=0)
     end_phase: EndPhaseConfig | None = None
     group_by: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+    # Share of the release taken from derived (synthetic) sources; the method plans the rest
+    # (planning/synthetic.py).
+    synthetic_share: float | None = Field(default=None, gt=0, lt=1)
 
 
 def plan_mixture(cfg: MixtureConfig | Mapping[str, Any], tokens: TokenCounts, results: pl.DataFrame | None = None) -> MixturePlan:

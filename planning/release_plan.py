@@ -11,6 +11,7 @@ the order is seeded random.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Callable
 
 import polars as pl
@@ -19,13 +20,15 @@ from engines.extras import check as check_extras
 from planning.curriculum import CurriculumConfig, order_release
 from planning.mixture import METHOD_REQUIRES, MixtureConfig, plan_mixture
 from planning.sampling import phase_boundaries, plan_sampling, sample_source
+from planning.synthetic import with_synthetic_share
 
 PlanFn = Callable[[dict[str, pl.DataFrame]], tuple[pl.DataFrame, dict[str, Any]]]
 
 
 def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | None, anneal: dict[str, Any] | None,
-                 seed: int, results: pl.DataFrame | None = None) -> PlanFn:
-    """Validate the configuration now (so errors come before any work) and return the planner."""
+                 seed: int, results: pl.DataFrame | None = None, synthetic: Collection[str] = ()) -> PlanFn:
+    """Validate the configuration now (so errors come before any work) and return the planner.
+    ``synthetic``: the derived sources (for ``mixture.synthetic_share``)."""
     mix = MixtureConfig.model_validate(mixture) if mixture is not None else None
     cur = CurriculumConfig.model_validate(curriculum or {"kind": "random"})
     ann = CurriculumConfig.model_validate(anneal) if anneal is not None else None
@@ -34,6 +37,9 @@ def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | No
     if mix is not None and mix.method in ("regmix", "mixing_law", "cmr") and results is None:
         raise ValueError(f"release.mixture.method {mix.method!r} needs release.mixture.results "
                          "(a CSV/Parquet table of proxy-run results)")
+    if mix is not None and mix.synthetic_share is not None and mix.group_by:
+        raise ValueError("release.mixture: synthetic_share and group_by cannot be combined (group by "
+                         "<rewrite stage>.origin to plan real against synthetic text by groups)")
 
     def plan(per_source: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, dict[str, Any]]:
         if mix is not None and mix.group_by:
@@ -51,6 +57,9 @@ def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | No
             extras["phases"] = [{"name": "main", "start_row": 0, "end_row": picks.height}]
         else:
             tokens = {s: float(per_source[s].get_column("n_tokens").sum()) for s in sources}
+            share = mix.synthetic_share if any(s in synthetic for s in sources) else None
+            syn_tokens = {s: t for s, t in tokens.items() if s in synthetic} if share else {}
+            real_tokens = {s: t for s, t in tokens.items() if s not in syn_tokens}
             use = mix
             if mix.end_phase is not None and mix.end_phase.upsample:
                 # A source the selection emptied cannot be upsampled: note it instead of failing.
@@ -60,7 +69,9 @@ def make_planner(mixture: dict[str, Any] | None, curriculum: dict[str, Any] | No
                     kept_up = {k: v for k, v in mix.end_phase.upsample.items() if k in sources}
                     use = mix.model_copy(update={"end_phase": mix.end_phase.model_copy(
                         update={"upsample": kept_up or None})})
-            mplan = plan_mixture(use, tokens, results=results)
+            mplan = plan_mixture(use, real_tokens, results=results)
+            if share:
+                mplan = with_synthetic_share(mplan, syn_tokens, share)
             splan = plan_sampling(mplan, tokens, rows={s: per_source[s].height for s in sources},
                                   max_epochs=mix.max_epochs, seed=seed)
             samples, parts = [], []

@@ -316,11 +316,7 @@ def ingest_file(task: IngestFileTask) -> IngestFileResult:
     delay_point(f"ingest:{task.file.rsplit('/', 1)[-1]}")  # race tests: finish out of order
     res.seconds = time.perf_counter() - t0
     res.ingested_at = datetime.now(UTC).isoformat(timespec="microseconds")
-    fs, p = storage.fs_and_path(marker)
-    fs.makedirs(storage.parent(p), exist_ok=True)
-    with storage.atomic_path(marker) as tmp:
-        with fs.open(tmp, "w") as f:
-            json.dump(asdict(res), f)
+    storage.write_bytes_atomic(marker, json.dumps(asdict(res)).encode())
     return res
 
 

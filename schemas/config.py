@@ -113,11 +113,23 @@ class ReleaseConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    kind: Literal["local"] = "local"
+    """``kind: local`` (a process pool) or ``ray``. ``address`` (ray only): ``auto`` joins the
+    running cluster (``ray start`` / ``RAY_ADDRESS``), ``ray://host:10001`` connects a Ray client,
+    null starts a private local Ray with ``workers`` CPUs for the run."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
     workers: int | None = None  # None: number of CPUs
     batch_rows: int = Field(default=4096, gt=0)
     # Target size of a raw shard (uncompressed text bytes).
     shard_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and v != "auto" and not v.startswith("ray://") and ":" not in v:
+            raise ValueError(f"executor.address must be auto, ray://host:port, host:port or null; got {v!r}")
+        return v
 
 
 class PipelineConfig(_Strict):

@@ -35,9 +35,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, make_backend
-from engines.inference.base import normalise_rows
+from engines.inference.base import backend_resources, close_all, normalise_rows
+from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import VectorCache, cache_key, text_hash
-from engines.stage import Stage, StageContext, register_stage
+from engines.stage import Resources, Stage, StageContext, register_stage
 
 CHUNK_RULE_VERSION = "embed-chunks-v1"
 CHARS_PER_TOKEN_CAP = 32
@@ -72,6 +73,12 @@ class Embed(Stage):
     version = "1"
     needs = ("text",)
     Params = EmbedParams
+    # A model load per worker: keep set-up copies in long-lived workers (actors on Ray).
+    stateful = True
+    runtime_params = inference_runtime_params("inference")
+
+    def resources(self) -> Resources:
+        return backend_resources([self.params.inference])  # type: ignore[attr-defined]
 
     def requirements(self) -> dict[str, tuple[str, ...]]:
         return self.params.inference.requires()  # type: ignore[attr-defined]
@@ -91,7 +98,7 @@ class Embed(Stage):
         self.chunk_tokens = min(p.chunk_tokens or self.backend.max_embed_tokens, self.backend.max_embed_tokens)
         self.rule = [CHUNK_RULE_VERSION, self.chunk_tokens, p.max_chunks if p.pooling == "mean" else 1, p.pooling]
         cache_dir = ctx.cache_dir or str(Path.home() / ".cache" / "curate")
-        self.cache = VectorCache(Path(cache_dir) / "embeddings.sqlite")
+        self.cache = VectorCache(f"{cache_dir}/embeddings.sqlite")
 
     def _compute(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors (float32, NaN rows where the backend failed) and piece counts of ``texts``."""
@@ -112,6 +119,10 @@ class Embed(Stage):
             vecs = np.full((len(flat), p.dim), np.nan, dtype=np.float32)
         pooled = pool_chunks(vecs, weights, owner, len(texts)).astype(np.float32)
         return pooled, np.array([len(s) for s in spans], dtype=np.int32)
+
+    def teardown(self) -> None:
+        """Close the model backend and the result cache (frees GPU memory under vLLM)."""
+        close_all(getattr(self, "backend", None), getattr(self, "cache", None))
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: EmbedParams = self.params  # type: ignore[assignment]

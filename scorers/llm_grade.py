@@ -33,9 +33,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, SamplingParams, make_backend
-from engines.inference.base import BACKEND_REQUIRES
+from engines.inference.base import BACKEND_REQUIRES, backend_resources, close_all
+from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
-from engines.stage import Stage, StageContext, register_stage
+from engines.stage import Resources, Stage, StageContext, register_stage
 from scorers.llm_parsing import Parsed, parse_edu, parse_multi, yes_probability
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -68,6 +69,13 @@ class LLMGrader(Stage):
     version = "1"
     needs = ("text",)
     Params = GraderParams
+    # A model load per worker: keep set-up copies in long-lived workers (actors on Ray).
+    stateful = True
+    runtime_params = inference_runtime_params("inference")
+
+    def resources(self) -> Resources:
+        return backend_resources([self.params.inference])  # type: ignore[attr-defined]
+
     requires = BACKEND_REQUIRES["transformers"]  # the default backend; requirements() follows the params
 
     def requirements(self) -> dict[str, tuple[str, ...]]:
@@ -88,7 +96,7 @@ class LLMGrader(Stage):
         self.template = template_text(p.grader)
         self.template_id = f"{TEMPLATES[p.grader]}:{hashlib.sha256(self.template.encode()).hexdigest()[:8]}"
         cache_dir = ctx.cache_dir or str(Path.home() / ".cache" / "curate")
-        self.cache = ResultCache(Path(cache_dir) / "llm_results.sqlite")
+        self.cache = ResultCache(f"{cache_dir}/llm_results.sqlite")
 
     def _pieces(self, text: str) -> list[str]:
         p: GraderParams = self.params  # type: ignore[assignment]
@@ -141,6 +149,10 @@ class LLMGrader(Stage):
                     results[i] = _as_dict(parsed, raw)
             self.cache.put_many({keys[i]: results[i] for i in todo})
         return [cached.get(k) or results[i] for i, k in enumerate(keys)]
+
+    def teardown(self) -> None:
+        """Close the model backend and the result cache (frees GPU memory under vLLM)."""
+        close_all(getattr(self, "backend", None), getattr(self, "cache", None))
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: GraderParams = self.params  # type: ignore[assignment]

@@ -26,9 +26,10 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.inference import InferenceBackend, InferenceConfig, make_backend
-from engines.inference.base import BACKEND_REQUIRES
+from engines.inference.base import BACKEND_REQUIRES, backend_resources, close_all
+from engines.inference.base import runtime_params as inference_runtime_params
 from engines.inference.cache import ResultCache, cache_key, text_hash
-from engines.stage import Stage, StageContext, register_stage
+from engines.stage import Resources, Stage, StageContext, register_stage
 from scorers.llm_grade import in_sample
 
 
@@ -59,6 +60,13 @@ class Perplexity(Stage):
     version = "1"
     needs = ("text",)
     Params = PerplexityParams
+    # A model load per worker: keep set-up copies in long-lived workers (actors on Ray).
+    stateful = True
+    runtime_params = inference_runtime_params("models[].inference")
+
+    def resources(self) -> Resources:
+        return backend_resources([m.inference for m in self.params.models])  # type: ignore[attr-defined]
+
     requires = BACKEND_REQUIRES["transformers"]  # the default backend; requirements() follows the params
 
     def requirements(self) -> dict[str, tuple[str, ...]]:
@@ -76,7 +84,11 @@ class Perplexity(Stage):
         given = ctx.extra.get("backends") or {}
         self.backends: dict[str, InferenceBackend] = {m.name: given.get(m.name) or make_backend(m.inference)
                                                       for m in p.models}
-        self.cache = ResultCache(Path(ctx.cache_dir or Path.home() / ".cache" / "curate") / "ppl_results.sqlite")
+        self.cache = ResultCache(f"{ctx.cache_dir or Path.home() / '.cache' / 'curate'}/ppl_results.sqlite")
+
+    def teardown(self) -> None:
+        """Close the model backends and the result cache (frees GPU memory under vLLM)."""
+        close_all(*getattr(self, "backends", {}).values(), getattr(self, "cache", None))
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         p: PerplexityParams = self.params  # type: ignore[assignment]

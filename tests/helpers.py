@@ -62,7 +62,8 @@ def make_lake(root: Path, sources: dict[str, list[list[str]]], ingest_run: str =
     return sorted(paths)
 
 
-def demo_config(demo_dir: Path, lake: Path, drop_kinds: tuple[str, ...] = ("llm_grader", "perplexity")) -> dict:
+def demo_config(demo_dir: Path, lake: Path,
+                drop_kinds: tuple[str, ...] = ("llm_grader", "perplexity", "rewrite")) -> dict:
     """The demo pipeline as a dict, reading the bundled data in place and writing to ``lake``.
 
     Slow model-backed stages are left out unless a test is about them (test_flow_e2e keeps all)."""

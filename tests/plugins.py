@@ -49,3 +49,62 @@ class Trap(Stage):
         if batch.get_column("text").str.contains(self.params.trap, literal=True).any():
             raise RuntimeError(f"trap {self.params.trap!r} hit")
         return batch.select(pl.lit(True).alias("keep"), pl.lit(None, pl.String).alias("reason"))
+
+
+class WhereParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds_per_batch: float = 0.0
+
+
+@register_stage
+class Where(Stage):
+    """Records the Ray node that annotated each row ("" outside Ray) and the worker's thread count:
+    lets the two-node test see that both nodes did work. A test probe, not a pattern for stages."""
+
+    kind = "test_where"
+    Params = WhereParams
+
+    def writes(self) -> dict[str, pa.DataType]:
+        return {"node": pa.string(), "threads": pa.int64()}
+
+    def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
+        import sys
+        time.sleep(self.params.seconds_per_batch)
+        node = ""
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            node = sys.modules["ray"].get_runtime_context().get_node_id()
+        return pl.DataFrame({"node": [node] * batch.height, "threads": [self.context.threads] * batch.height},
+                            schema={"node": pl.String, "threads": pl.Int64})
+
+
+class TeardownParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    log: str  # a file each setup/teardown appends a line to
+    threads: int = 1  # a runtime param: excluded from the key
+
+
+@register_stage
+class CountsSetups(Stage):
+    """Appends "setup <pid>" / "teardown <pid>" to ``log``: lets tests count model loads and teardowns."""
+
+    kind = "test_setups"
+    Params = TeardownParams
+    runtime_params = ("threads",)
+    stateful = True
+
+    def writes(self) -> dict[str, pa.DataType]:
+        return {"n": pa.int64()}
+
+    def _note(self, what: str) -> None:
+        import os
+        with open(self.params.log, "a") as f:
+            f.write(f"{what} {os.getpid()}\n")
+
+    def setup(self, ctx) -> None:  # noqa: ANN001
+        self._note("setup")
+
+    def teardown(self) -> None:
+        self._note("teardown")
+
+    def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return batch.select(pl.col("text").str.len_chars().cast(pl.Int64).alias("n"))

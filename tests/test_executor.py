@@ -101,7 +101,7 @@ def test_fed_columns_stream_in_step_with_the_shard(tmp_path, corpora):
     assert seen == list(range(len(ids)))
     # A fed file shorter than its shard is an error, not silently misaligned rows.
     short = tmp_path / "short.parquet"
-    pq.write_table(pa.table({"n": pa.array(range(len(ids) - 3), pa.int64())}), short)
+    pq.write_table(pa.table({"id": ids.slice(0, len(ids) - 3), "n": pa.array(range(len(ids) - 3), pa.int64())}), short)
     bad = ShardTask("wiki_en", raw, str(tmp_path / "out2.parquet"), (("n", str(short), "n"),))
     import pytest
     with pytest.raises(ValueError, match="fewer rows"):

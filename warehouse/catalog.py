@@ -34,10 +34,14 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``ablations``, ``ablation_evals``: proxy-model runs per (ablation, release, seed) and their
   metrics per step (``ablations.results``; loaded from ``<lake>/ablations/``).
 
+- ``rewrite_outputs``: every candidate a ``rewrite`` stage made, kept or dropped (reason, reply),
+  with its lineage (parent, prompt and version, model, sampling, seed, segment); loaded from the
+  lake's ``raw/<derived source>/<run>/_outputs/*.parquet`` (warehouse.rewrites).
+
 Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (the shards of every
 committed release), and one ``ann_<stage>`` view per configured stage over its annotation files (of live
 ingests too), with the document's ``source`` (from the file's path), so a score distribution per source
-needs no join.
+needs no join; ``rewrite_summary`` and ``rewrite_drops`` over ``rewrite_outputs`` (warehouse.rewrites).
 
 Only the flow's main process writes, under the lake lock (warehouse/lock.py); connections
 are short-lived, and both sides wait out the other's file lock (warehouse/catalog_access.py),
@@ -58,6 +62,7 @@ from typing import Any, Iterator
 import duckdb
 
 from engines import storage
+from engines.storage_duckdb import catalog_path, register_lake
 from warehouse import runlog
 from warehouse.catalog_access import CatalogDamaged, open_catalog
 from warehouse.releasing.publish import published_shards
@@ -120,6 +125,13 @@ CREATE TABLE IF NOT EXISTS release_gates(
 CREATE TABLE IF NOT EXISTS release_text(
   name VARCHAR, version VARCHAR, source VARCHAR, step BIGINT, stage VARCHAR, column_name VARCHAR, docs BIGINT,
   docs_changed BIGINT, chars_in BIGINT, chars_removed BIGINT, lines_in BIGINT, lines_removed BIGINT);
+CREATE TABLE IF NOT EXISTS rewrite_outputs(
+  id VARCHAR, status VARCHAR, reason VARCHAR, source VARCHAR, parent_id VARCHAR, parent_source VARCHAR,
+  parent_shard VARCHAR, parent_row BIGINT, stage VARCHAR, route VARCHAR, method VARCHAR, family VARCHAR,
+  prompt_id VARCHAR, prompt_version VARCHAR, model VARCHAR, backend VARCHAR, sampling VARCHAR, seed BIGINT,
+  segment_index INTEGER, segment_start BIGINT, segment_end BIGINT, prompt_tokens BIGINT, completion_tokens BIGINT,
+  words BIGINT, finish_reason VARCHAR, cached BOOLEAN, detail VARCHAR, reply VARCHAR, ingest_run VARCHAR,
+  file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS superseded_ingests(
   source VARCHAR, path VARCHAR, old_ingest_run VARCHAR, old_file_index BIGINT, new_ingest_run VARCHAR,
   new_file_index BIGINT, run_id VARCHAR, recorded_at TIMESTAMPTZ);
@@ -152,13 +164,20 @@ def now() -> datetime:
 class Catalog:
     """The catalog of the lake around ``path`` (``<lake>/catalog.duckdb``).
 
-    ``journal=False`` skips writing lake records (used when replaying them into a new catalog)."""
+    ``journal=False`` skips writing lake records (used when replaying them into a new catalog).
+    ``lake_root``: the lake it describes, when the file is not inside it (a remote lake's catalog
+    is a local file elsewhere: engines/storage_duckdb.py)."""
 
-    def __init__(self, path: str, journal: bool = True):
+    def __init__(self, path: str, journal: bool = True, lake_root: str | None = None):
         self.path = path
-        self.lake_root = storage.parent(path)
+        self.lake_root = lake_root or storage.parent(path)
         self.journal = journal
         self._tx = threading.local()
+
+    @classmethod
+    def of_lake(cls, lake_root: str, journal: bool = True) -> Catalog:
+        """The catalog of the lake at ``lake_root`` (local file; for a remote lake, on this machine)."""
+        return cls(catalog_path(lake_root), journal=journal, lake_root=lake_root)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -170,6 +189,7 @@ class Catalog:
             raise FileNotFoundError(f"no catalog at {self.path}: run `curate run PIPELINE.yaml` first")
         con = open_catalog(self.path, read_only)
         try:
+            register_lake(con, self.lake_root)
             if not read_only:
                 con.execute(SCHEMA)
             yield con
@@ -375,6 +395,8 @@ class Catalog:
             for stage, key in stage_keys.items():  # source from the path: annotations/<key>/<source>/...
                 view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE,
                      extra=r", regexp_extract(filename, '/annotations/[^/]+/([^/]+)/[^/]+/[^/]+$', 1) AS source")
+            from warehouse.rewrites import create_views
+            create_views(con)  # rewrite_summary, rewrite_drops (issue 15)
 
     # --- reads ------------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from engines import storage
+from engines.storage_duckdb import catalog_path
 from warehouse import runlog
 from warehouse.catalog import Catalog, now
 from warehouse.lake import Lake
@@ -184,6 +185,10 @@ def sync_catalog(catalog: Catalog, lake_root: str) -> dict[str, int]:
                     con.execute(f"DELETE FROM {table} WHERE name=? AND version=?", [manifest["name"], manifest["version"]])
                 catalog.record_release(manifest, manifest.get("run_id") or "", folder)
             added["releases"] += 1
+    from warehouse.rewrites import sync_rewrites
+    loaded = sync_rewrites(catalog, lake_root)  # a rewrite stage's candidate files (issue 15)
+    if loaded:
+        added["rewrite_outputs"] = loaded
     return added
 
 
@@ -209,14 +214,12 @@ def rebuild_catalog(lake_root: str) -> dict[str, int]:
     """Build a new catalog from the lake alone and put it in place of ``<lake>/catalog.duckdb``.
 
     The old file (damaged or not) is kept as ``catalog.duckdb.before-rebuild``. Hold the lake
-    lock while calling this. The catalog is a local DuckDB file, so the lake must be local."""
-    final = f"{lake_root}/catalog.duckdb"
-    if "://" in final:
-        raise ValueError("catalog rebuild needs a local lake folder (the DuckDB catalog is a local file)")
-    tmp = f"{lake_root}/.tmp-rebuild-{uuid.uuid4().hex[:8]}-catalog.duckdb"
+    lock while calling this. The catalog is a local DuckDB file: for a remote lake, the one on this
+    machine (engines/storage_duckdb.py), built from the lake's records."""
+    final = catalog_path(lake_root)
+    tmp = f"{os.path.dirname(final)}/.tmp-rebuild-{uuid.uuid4().hex[:8]}-catalog.duckdb"
     try:
-        cat = Catalog(tmp, journal=False)
-        cat.lake_root = lake_root
+        cat = Catalog(tmp, journal=False, lake_root=lake_root)
         cat.init()
         added = sync_catalog(cat, lake_root)
         cat.refresh_views(lake_root, latest_stage_keys(cat))

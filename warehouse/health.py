@@ -38,6 +38,7 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from engines import storage
+from engines.storage_duckdb import catalog_path
 from warehouse import catalog_sync, runlog
 from warehouse.catalog import Catalog
 from warehouse.catalog_access import CatalogBusy, CatalogDamaged
@@ -197,15 +198,13 @@ def _check_releases(root: str) -> list[Finding]:
 
 
 def _check_catalog(root: str, deep: bool) -> list[Finding]:
-    path = f"{root}/catalog.duckdb"
-    if "://" in path:
-        return []
+    path = catalog_path(root)
     if not storage.exists(path):
         if runlog.read_runs(root) or storage.glob(f"{root}/raw/*/*/_done/*.json"):
             return [Finding("catalog_missing", path, "the catalog is missing but the lake has runs",
                             "rebuild it from the lake (`curate catalog rebuild`)")]
         return []
-    cat = Catalog(path)
+    cat = Catalog.of_lake(root)
     try:
         holes = catalog_holes(cat, root)
         killed = _running_runs(cat) if lock_holder(root) is None or _we_hold(root) else []
@@ -399,7 +398,7 @@ def repair_lake(root: str, findings: list[Finding], drop_lost: bool = False,
     done: list[str] = []
     left: list[Finding] = []
     kinds = {f.kind for f in findings}
-    catalog = Catalog(f"{root}/catalog.duckdb") if "://" not in root else None
+    catalog = Catalog.of_lake(root)
     if catalog is not None and kinds & {"catalog_missing", "catalog_damaged"}:
         added = catalog_sync.rebuild_catalog(root)
         done.append(f"rebuilt the catalog from the lake ({_counts(added)})")

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 
 from engines import storage
+from engines.storage_duckdb import catalog_path
 from warehouse.errors import DamagedFile
 from warehouse.supersede import live_markers
 
@@ -32,7 +33,8 @@ class Lake:
 
     @property
     def catalog_path(self) -> str:
-        return f"{self.root}/catalog.duckdb"
+        """``<lake>/catalog.duckdb``; a local file elsewhere for a remote lake (engines.storage_duckdb)."""
+        return catalog_path(self.root)
 
     def raw_dir(self, source: str, ingest_run: str) -> str:
         return f"{self.root}/raw/{source}/{ingest_run}"

@@ -47,10 +47,7 @@ def read_json(url: str) -> dict[str, Any] | None:
 
 def write_json(url: str, obj: dict[str, Any]) -> None:
     """Replace ``url`` with ``obj`` as JSON, atomically."""
-    fs = storage.fs_and_path(url)[0]
-    with storage.atomic_path(url) as tmp:
-        with fs.open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+    storage.write_bytes_atomic(url, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
 
 
 def read_pin(lake: Lake, stage_key: str) -> dict[str, Any] | None:

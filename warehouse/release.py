@@ -37,6 +37,7 @@ import polars as pl
 from engines import storage
 from engines.faults import fault_point
 from schemas.config import PipelineConfig, stable_hash
+from schemas.derived import source_names
 from warehouse.lake import Lake
 from warehouse.releasing import gates, publish
 from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_frame
@@ -116,7 +117,7 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
         raise ValueError(f"release.order {cfg.release.order!r} needs a planner (see planning.release_plan)")
     rel = cfg.release
     root = lake.release_dir(rel.name)
-    raw_shards = [p for s in cfg.sources for p in lake.raw_shards(s.name)]
+    raw_shards = [p for s in source_names(cfg) for p in lake.raw_shards(s)]  # ingested, then derived sources
     chash = content_hash(cfg, stages, raw_shards, lake, code_version)
     existing = find_release(lake, rel.name, chash)
     if existing is not None:
@@ -174,7 +175,7 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
     """The pass over the lake: fates, accounting, text statistics, and the shards (streamed, or
     staged and written in the planner's order). Returns what the manifest needs."""
     rel = cfg.release
-    sources = [s.name for s in cfg.sources]
+    sources = source_names(cfg)  # ingested sources, then derived (synthetic) ones
     selection = parse_selection(rel.select, {s.name: set(s.columns) for s in stages})
     reads = Reads.of(stages, selection.columns, selection.stages, list(rel.text), plan_columns)
     text = release_text(list(rel.text))

@@ -17,9 +17,10 @@ Measured with DuckDB 2.0.1: the allowed folders let ``COPY ... TO`` write inside
 why (1) is needed as well; DuckDB itself refuses ``read_text``/``read_csv``/``glob`` outside them,
 ``LOAD``, and any ``SET`` once the configuration is locked.
 
-For a lake on object storage (issue 13), ``allowed_directories`` takes the same folders as
-``s3://bucket/lake/raw/`` prefixes; httpfs (or an fsspec filesystem registered with
-``register_filesystem``) must then be loaded before the configuration is locked.
+For a lake on object storage, ``allowed_directories`` takes the same folders as
+``s3://bucket/lake/raw/`` prefixes, and the lake's fsspec filesystem is registered before the
+configuration is locked (engines/storage_duckdb.py; tests/test_s3_lake.py reads release shards on
+S3 through the door, and is refused a prefix outside them).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any
 
 import duckdb
 
+from engines.storage_duckdb import register_lake
 from warehouse.catalog_access import open_catalog
 from warehouse.errors import LakeError
 
@@ -72,6 +74,7 @@ def sandboxed_connection(catalog_path: str, lake_root: str) -> duckdb.DuckDBPyCo
     """A read-only connection to the catalog that can read only the lake's data folders."""
     con = open_catalog(catalog_path, read_only=True,
                        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    register_lake(con, lake_root)  # a remote lake is read through fsspec, registered before the lock
     folders = [f"{lake_root.rstrip('/')}/{d}/" for d in READABLE]
     con.execute("SET allowed_directories = ?", [folders])
     con.execute("SET enable_external_access = false")

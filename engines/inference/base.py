@@ -105,6 +105,23 @@ class InferenceBackend(ABC):
     def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
         """Generate one reply per conversation (the model's chat template applied)."""
 
+    def chat_each(self, conversations: list[Messages], params: list[SamplingParams]) -> list[Generation]:
+        """One reply per conversation, each with its own sampling parameters (say a per-request
+        seed). This default groups conversations by parameters and calls ``chat`` once per group;
+        under greedy decoding the seed changes nothing, so it is ignored for grouping. Backends
+        that take parameters per request (vLLM, OpenAI-compatible servers) override it."""
+        if len(params) != len(conversations):
+            raise ValueError(f"{len(params)} sampling parameters for {len(conversations)} conversations")
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, p in enumerate(params):
+            key = p.model_copy(update={"seed": 0}) if p.temperature == 0 else p
+            groups.setdefault(key, []).append(i)
+        out: list[Generation | None] = [None] * len(conversations)
+        for key, idx in groups.items():
+            for i, g in zip(idx, self.chat([conversations[i] for i in idx], key)):
+                out[i] = g
+        return [g for g in out if g is not None]
+
     @abstractmethod
     def next_token_logprobs(self, conversations: list[Messages], candidates: list[str]) -> list[dict[str, float]]:
         """For each conversation, the log-probability that the reply starts with each candidate
@@ -175,3 +192,29 @@ def make_backend(config: InferenceConfig, **kwargs: Any) -> InferenceBackend:
         return SentenceTransformersBackend(config, **kwargs)
     raise ValueError(f"unknown inference backend {config.backend!r}: use transformers, vllm, openai "
                      "or sentence_transformers")
+
+
+# InferenceConfig fields that change speed, never results (threads, batching, client limits):
+# model stages list them, prefixed by their params path, in ``Stage.runtime_params``.
+RUNTIME_FIELDS = ("threads", "batch_size", "max_concurrency", "timeout_s", "max_retries")
+
+
+def runtime_params(prefix: str) -> tuple[str, ...]:
+    """``RUNTIME_FIELDS`` under the params path ``prefix`` ("inference", "models[].inference")."""
+    return tuple(f"{prefix}.{f}" for f in RUNTIME_FIELDS)
+
+
+def backend_resources(configs: list[InferenceConfig]) -> Any:
+    """What one worker running these backends needs: a GPU for vLLM, else one CPU (or the
+    configured thread count). An OpenAI-compatible server needs neither on this side."""
+    from engines.stage import Resources
+    gpus = 1.0 if any(c.backend == "vllm" for c in configs) else 0.0
+    cpus = max([float(c.threads or 1) for c in configs if c.backend != "openai"] or [1.0])
+    return Resources(cpus=cpus, gpus=gpus)
+
+
+def close_all(*resources: Any) -> None:
+    """``close()`` each of a model stage's backends and caches that was set up (None: skipped)."""
+    for r in resources:
+        if r is not None:
+            r.close()

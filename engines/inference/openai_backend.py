@@ -68,9 +68,12 @@ class OpenAIBackend(InferenceBackend):
 
     # --- interface ---------------------------------------------------------------------------
     def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
-        bodies = [{"model": self.config.model, "messages": c, "temperature": params.temperature, "top_p": params.top_p,
-                   "max_tokens": params.max_tokens, "seed": params.seed, **({"stop": list(params.stop)} if params.stop else {})}
-                  for c in conversations]
+        return self.chat_each(conversations, [params] * len(conversations))
+
+    def chat_each(self, conversations: list[Messages], params: list[SamplingParams]) -> list[Generation]:
+        bodies = [{"model": self.config.model, "messages": c, "temperature": p.temperature, "top_p": p.top_p,
+                   "max_tokens": p.max_tokens, "seed": p.seed, **({"stop": list(p.stop)} if p.stop else {})}
+                  for c, p in zip(conversations, params)]
         out = []
         for r in self._run_all("/chat/completions", bodies):
             if isinstance(r, BaseException):

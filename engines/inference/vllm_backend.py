@@ -46,12 +46,18 @@ class VLLMBackend(InferenceBackend):
 
     def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
         outs = self.llm.chat(conversations, self._params(params), use_tqdm=False)
-        res = []
-        for o in outs:
-            c = o.outputs[0]
-            res.append(Generation(text=c.text, finish_reason="length" if c.finish_reason == "length" else "stop",
-                                  prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(c.token_ids)))
-        return res
+        return [self._generation(o) for o in outs]
+
+    @staticmethod
+    def _generation(o: Any) -> Generation:
+        c = o.outputs[0]
+        return Generation(text=c.text, finish_reason="length" if c.finish_reason == "length" else "stop",
+                          prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(c.token_ids))
+
+    def chat_each(self, conversations: list[Messages], params: list[SamplingParams]) -> list[Generation]:
+        # One engine call; vLLM takes a SamplingParams per prompt (per-request seeds are reproducible).
+        outs = self.llm.chat(conversations, [self._params(p) for p in params], use_tqdm=False)
+        return [self._generation(o) for o in outs]
 
     def next_token_logprobs(self, conversations: list[Messages], candidates: list[str]) -> list[dict[str, float]]:
         outs = self.llm.chat(conversations, self._params(SamplingParams(max_tokens=1), logprobs=20), use_tqdm=False)

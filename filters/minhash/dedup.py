@@ -252,6 +252,7 @@ class MinHashDedup(GlobalStage):
     needs = ("id", "source", "ingest_run", "src_file", "src_offset", "crawl_date", "text",
              BANDS_COLUMN, COUNT_COLUMN, "score")
     Params = MinHashDedupParams
+    runtime_params = ("threads",)
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         super().__init__(params, upstream)
@@ -367,7 +368,8 @@ class MinHashDedup(GlobalStage):
         meta_writer: pq.ParquetWriter | None = None
         scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
         shingle_file = open(scan.shingles_path, "wb") if p.verify else None
-        shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads))
+        shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads),
+                                     self.context.threads)
         sh_total = 0
         try:
             if prev:  # the earlier documents' metadata first: positions continue after them

@@ -100,10 +100,12 @@ class SignatureComputer:
     """MinHash band keys (and optional stored shingles) for an Arrow/Polars string column.
     Used by the stage, the tests and the benchmark alike."""
 
-    def __init__(self, params: MinHashParams):
+    def __init__(self, params: MinHashParams, threads: int | None = None):
         from filters.minhash import kernels as k
         self.k = k
         self.params = params
+        # The executor's thread budget for this worker (StageContext.threads); params.threads wins.
+        self.default_threads = threads
         self.bands, self.rows = params.resolved()
         self.a, self.b = k.permutations(params.num_perm, params.seed)
         self._pool: ThreadPoolExecutor | None = None
@@ -115,10 +117,7 @@ class SignatureComputer:
         return string_buffers(texts.to_frame("t").select(normalised_text(pl.col("t"))).to_series())
 
     def threads(self) -> int:
-        if self.params.threads:
-            return self.params.threads
-        import multiprocessing as mp
-        return 1 if mp.parent_process() is not None else max(1, os.cpu_count() or 1)
+        return self.params.threads or self.default_threads or max(1, os.cpu_count() or 1)
 
     def compute(self, texts: pl.Series, keep_k: int = 0, band_keys: bool = True
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -171,6 +170,7 @@ class MinHashSignatures(Stage):
     version = "1"
     needs = ("text",)
     Params = MinHashParams
+    runtime_params = ("threads",)
 
     def writes(self) -> dict[str, pa.DataType]:
         return {BANDS_COLUMN: pa.list_(pa.uint64()), COUNT_COLUMN: pa.int64()}
@@ -184,11 +184,11 @@ class MinHashSignatures(Stage):
         return stable_hash({"params": resolved, "upstream": self.upstream})[:10]
 
     def setup(self, ctx: StageContext) -> None:
-        self._computer = SignatureComputer(self.params)  # type: ignore[arg-type]
+        self._computer = SignatureComputer(self.params, ctx.threads)  # type: ignore[arg-type]
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         if not hasattr(self, "_computer"):
-            self.setup(StageContext())
+            self.setup(self.context)
         keys, counts, _, _ = self._computer.compute(batch.get_column("text"))
         n, bands = keys.shape
         offsets = np.arange(0, n * bands + 1, bands, dtype=np.int32) if n else np.zeros(1, np.int32)

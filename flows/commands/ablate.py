@@ -36,7 +36,7 @@ def ablate(releases: Annotated[list[str], typer.Argument(
     progress = _Progress(console, cfg.steps)
     try:
         info = run_ablation(releases, cfg, root, log=lambda m: console.print(m, highlight=False), progress=progress,
-                            catalog=Catalog(f"{root}/catalog.duckdb"))
+                            catalog=Catalog.of_lake(root))
     except (AblationError, FileNotFoundError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None

@@ -60,7 +60,7 @@ def run_gc(pipelines: list[str], yes: bool = False) -> tuple[list[Garbage], dict
     from warehouse.catalog import Catalog
     with _lake_lock(lake.root):  # no run can move a pin or add a key while this plans and deletes
         garbage = plan(lake, _references(cfgs, lake))
-        return garbage, collect(lake, garbage, pipelines, Catalog(lake.catalog_path))
+        return garbage, collect(lake, garbage, pipelines, Catalog.of_lake(lake.root))
 
 
 def _references(cfgs: list[PipelineConfig], lake: Lake) -> References:

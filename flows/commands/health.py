@@ -91,5 +91,6 @@ def catalog_rebuild(lake: Annotated[str, typer.Option("--lake", "-l", help="Lake
     root = _root(lake)
     with lake_lock(root, "catalog rebuild", wait_s=wait, on_wait=_waiting):
         added = rebuild_catalog(root)
-    console.print(f"[green]rebuilt {root}/catalog.duckdb[/] from the lake: " +
+    from engines.storage_duckdb import catalog_path
+    console.print(f"[green]rebuilt {catalog_path(root)}[/] from the lake: " +
                   ", ".join(f"{n} {k}" for k, n in added.items()))

@@ -113,7 +113,7 @@ def test_mds_streaming_dataset(tmp_path: Path, release_dir: Path, smollm2_tokeni
 
 def _read_mmidx(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
     """An independent reader of Megatron's MMIDIDX format: (sizes, tokens of each document)."""
-    raw = (prefix.with_suffix(".idx")).read_bytes()
+    raw = Path(f"{prefix}.idx").read_bytes()  # not with_suffix: a derived source name has a "."
     assert raw[:9] == b"MMIDIDX\x00\x00"
     version, code, n, ndoc = struct.unpack("<QBQQ", raw[9:34])
     assert version == 1 and code == 8 and ndoc == n + 1
@@ -121,7 +121,7 @@ def _read_mmidx(prefix: Path) -> tuple[np.ndarray, np.ndarray]:
     ptrs = np.frombuffer(raw, np.int64, n, 34 + 4 * n)
     docs = np.frombuffer(raw, np.int64, n + 1, 34 + 12 * n)
     assert (docs == np.arange(n + 1)).all() and (ptrs == np.concatenate([[0], np.cumsum(sizes[:-1]) * 2])).all()
-    return sizes, np.fromfile(prefix.with_suffix(".bin"), dtype=np.uint16)
+    return sizes, np.fromfile(f"{prefix}.bin", dtype=np.uint16)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")

@@ -24,6 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engines.storage_dirs import local_dir
+
 
 class ReleaseError(ValueError):
     """The release folder is missing, incomplete or does not match its manifest."""
@@ -49,7 +51,9 @@ class Release:
 
 
 def open_release(release_dir: str | Path) -> Release:
-    d = Path(release_dir)
+    """The release folder (a path, or a URL on a remote lake: read from a local copy, as a trainer's
+    tools need local files; engines.storage_dirs.local_dir)."""
+    d = Path(local_dir(str(release_dir)) if "://" in str(release_dir) else release_dir)
     mpath = d / "manifest.json"
     if not mpath.is_file():
         raise ReleaseError(f"{d} is not a release folder: no manifest.json")

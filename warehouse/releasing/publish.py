@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import fsspec
-
 from engines import storage
 from engines.faults import fault_point
 
@@ -52,11 +50,6 @@ class ReleaseNotFound(LookupError):
     """No committed release answers the request; the message says what exists."""
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
-
-
 def _as_url(like: str, path: str) -> str:
     """``path`` as returned by the filesystem, in the protocol of ``like`` (a URL or a local path)."""
     if "://" in like and "://" not in path:
@@ -66,13 +59,9 @@ def _as_url(like: str, path: str) -> str:
 
 def put_atomic(url: str, data: bytes) -> None:
     """Write one small object so that readers see the old state or the whole new one, nothing between."""
+    storage.write_bytes_atomic(url, data)  # rename locally; one PUT on object stores
     fs, path = storage.fs_and_path(url)
-    if _is_local(fs):
-        with storage.atomic_path(url) as tmp:
-            fs.pipe_file(tmp, data)
-    else:  # one PUT: object stores make it visible whole or not at all
-        fs.pipe_file(path, data)
-        fs.invalidate_cache(storage.parent(path))
+    fs.invalidate_cache(storage.parent(path))
 
 
 def read_manifest(url: str) -> dict[str, Any]:

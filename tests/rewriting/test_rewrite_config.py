@@ -1,0 +1,49 @@
+"""A rewrite stage's configuration is checked before anything runs: routing columns, methods,
+derived source names, and the synthetic share."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from flows.validate import validate_pipeline
+
+
+def _write(tmp_path, routes, sources=None, mixture=None) -> str:
+    pq.write_table(pa.table({"text": ["a few words of text"]}), tmp_path / "web.parquet")
+    stage = {"name": "rw", "kind": "rewrite", "params": {"routes": routes}}
+    if sources is not None:
+        stage["sources"] = sources
+    cfg = {"name": "t", "lake": str(tmp_path / "lake"),
+           "sources": [{"name": "web", "format": "parquet", "paths": [str(tmp_path / "web.parquet")]},
+                       {"name": "web.wrap2", "format": "parquet", "paths": [str(tmp_path / "web.parquet")]}],
+           "stages": [{"name": "gopher", "kind": "gopher_quality"}, stage],
+           "release": {"name": "t", "select": "gopher.keep", **({"mixture": mixture} if mixture else {})}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _errors(path: str) -> str:
+    return "\n".join(validate_pipeline(path).errors)
+
+
+def test_a_good_stage_validates(tmp_path):
+    path = _write(tmp_path, [{"method": "wrap", "when": "not gopher.keep", "budget_tokens": 1000}],
+                  mixture={"method": "proportional", "synthetic_share": 0.2})
+    assert _errors(path) == ""
+
+
+def test_problems_are_reported_before_running(tmp_path):
+    errs = _errors(_write(tmp_path, [{"method": "wrap", "when": "fineweb.keep"}]))
+    assert "fineweb" in errs  # a routing column no earlier stage writes
+    errs = _errors(_write(tmp_path, [{"method": "wrapp"}]))
+    assert "wrapp" in errs  # unknown method
+    errs = _errors(_write(tmp_path, [{"method": "wrap", "name": "wrap2"}]))
+    assert "web.wrap2" in errs and "ingested source" in errs  # derived name clashes with a source
+    errs = _errors(_write(tmp_path, [{"method": "wrap"}, {"method": "wrap"}]))
+    assert "unique" in errs
+    errs = _errors(_write(tmp_path, [{"method": "wrap", "when": "gopher.keep and ("}]))
+    assert "cannot parse" in errs
+    errs = _errors(_write(tmp_path, [{"method": "wrap"}], mixture={"method": "proportional", "synthetic_share": 1.5}))
+    assert "synthetic_share" in errs
