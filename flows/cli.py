@@ -18,6 +18,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from flows.commands.report import print_run_accounting, report, sample, show  # noqa: E402
 from flows.commands.validate import check_or_exit, validate  # noqa: E402
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app = typer.Typer(
 releases_app = typer.Typer(help="List releases, show one, or diff two.", invoke_without_command=True)
 app.add_typer(releases_app, name="releases")
 app.command()(validate)
+for _cmd in (report, show, sample):
+    app.command()(_cmd)
 # Wide enough for catalog tables when output is piped (rich would assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -121,6 +124,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s.get("ablation"):
         from flows.commands.ablate import print_flow_ablation
         print_flow_ablation(console, s["ablation"])
+    print_run_accounting(console, s)  # last: where the documents went, and the report's path
 
 
 @app.command()
@@ -134,7 +138,8 @@ def gc(pipelines: Annotated[list[Path], typer.Argument(help="The pipeline YAML f
 @app.command()
 def serve(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file to run on schedule.")],
           cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 2 * * *' for 02:00 every night.")] = "0 2 * * *",
-          name: Annotated[str, typer.Option(help="Deployment name shown in the Prefect UI.")] = "nightly",
+          name: Annotated[str | None, typer.Option(help="Deployment name shown in the Prefect UI (default: the "
+                                                        "pipeline's name, so pipelines served side by side differ).")] = None,
           timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC"):
     """Serve the pipeline as a scheduled Prefect deployment (runs until stopped).
 
@@ -150,7 +155,8 @@ def serve(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file 
     from prefect.schedules import Cron
 
     from flows.pipeline import curate_flow
-    curate_flow.serve(name=name, schedules=[Cron(cron, timezone=timezone)],
+    from schemas.config import load_config
+    curate_flow.serve(name=name or load_config(pipeline).name, schedules=[Cron(cron, timezone=timezone)],
                       parameters={"config_path": str(pipeline.resolve())})
 
 
@@ -225,12 +231,19 @@ def releases(ctx: typer.Context, lake: LakeOpt = "./lake",
 @releases_app.command("diff")
 def releases_diff(ctx: typer.Context,
                   old: Annotated[str, typer.Argument(help="NAME/VERSION of the older release.")],
-                  new: Annotated[str, typer.Argument(help="NAME/VERSION of the newer release.")]):
-    """Compare two releases: totals, per-source rows and tokens, drop reasons, config."""
+                  new: Annotated[str, typer.Argument(help="NAME/VERSION of the newer release.")],
+                  docs: Annotated[int, typer.Option(help="Also list the documents added and removed: counts by "
+                                                         "reason and this many sampled documents of each.")] = 0):
+    """Compare two releases: totals, per-source rows and tokens, drop reasons, config (and with
+    --docs N, the documents added and removed, by reason)."""
     from warehouse.releases_diff import diff_releases
     cat = _catalog(ctx.obj or "./lake")
     for title, (cols, rows) in diff_releases(cat, old, new).items():
         _print(cols, rows, title=title)
+    if docs:
+        from flows.commands.report import print_docs_diff
+        from warehouse.lake import Lake
+        print_docs_diff(Lake(_lake_root(ctx.obj or "./lake")), old, new, docs)
 
 
 @app.command()
@@ -272,6 +285,11 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
     except (ValueError, FileExistsError, ImportError) as e:
         console.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None
+    from warehouse.export.record import record_in_catalog
+    try:
+        record_in_catalog(root, info)
+    except Exception as e:  # noqa: BLE001 - the export is complete; its catalog row can be added later
+        console.print(f"[yellow]exported, but not recorded in the catalog ({e}); export.json holds the counts[/]")
     console.print(f"[bold green]exported {rel_dir.parent.name}/{rel_dir.name} as {format}[/]: "
                   f"{info['rows']:,} documents, {info['tokens']:,} tokens\n  {dest}")
 

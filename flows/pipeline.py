@@ -7,6 +7,7 @@ is missing. Without ``PREFECT_API_URL`` Prefect starts a temporary local server 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.rewrite_step import is_rewrite, run_rewrite, stage_passes
+from flows.run_report import flow_run_name, publish_artifacts, record_timing, write_report
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config
@@ -126,9 +128,14 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
 
 def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[ShardTask]) -> tuple[str, str]:
     """Fit, reuse or extend a global stage by its fit policy (flows/fitting.py); returns
-    (effective key, artifact dir)."""
+    (effective key, artifact dir). Its wall time goes to ``stage_timings`` (phase ``fit``)."""
     run = FitRun(ctx.lake, ctx.catalog, ctx.executor, ctx.run_id, get_run_logger())
-    return fit_stage(run, cs.name, cs.stage, key, tasks, refit=cs.name in ctx.refit)  # type: ignore[arg-type]
+    started, t0 = now(), time.perf_counter()
+    key, art = fit_stage(run, cs.name, cs.stage, key, tasks, refit=cs.name in ctx.refit)  # type: ignore[arg-type]
+    _, fitted = ctx.catalog.query("SELECT count(*) FROM artifacts WHERE run_id = ? AND stage_key = ?", [ctx.run_id, key])
+    record_timing(ctx, cs.name, "fit", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
+                  status="computed" if fitted[0][0] else "reused", shards=len(tasks))
+    return key, art
 
 
 def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
@@ -138,7 +145,7 @@ def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
                               reingest=source.name in ctx.reingest, warn=get_run_logger().warning)
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="ingest", task_run_name="ingest-{source.name}", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def ingest_source(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     log = get_run_logger()
     tasks = plan_ingest(ctx, source)
@@ -167,7 +174,7 @@ def stage_key(cs: ConfiguredStage, keys: dict[str, str]) -> str:
     return cs.stage.key(cs.name)
 
 
-@task(name="stage", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="stage", task_run_name="{cs.name}", retries=2, retry_delay_seconds=2, cache_policy=NONE)
 def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     log = get_run_logger()
     sources = [s for s in source_names(ctx.cfg) if cs.sources is None or s in cs.sources]
@@ -184,12 +191,16 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     ctx.keys[cs.name] = key
     tasks = [ShardTask(source=src, raw_path=raw, out_path=ctx.lake.annotation_path(key, raw), inputs=feeds[raw])
              for src, raw in raw_all]
+    started, t0 = now(), time.perf_counter()
     results = ctx.executor.run_stage(cs.name, cs.stage, tasks, sctx)
     failed = [r for r in results if r.status == "failed"]
     if failed:  # one more try for shards that failed as a whole (e.g. a worker died)
         retry = {r.task.raw_path for r in failed}
         again = ctx.executor.run_stage(cs.name, cs.stage, [r.task for r in failed], sctx)
         results = [r for r in results if r.task.raw_path not in retry] + again
+    computed = [r for r in results if r.status == "computed"]
+    record_timing(ctx, cs.name, "apply", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
+                  status="computed" if computed else "skipped", shards=len(computed), rows=sum(r.rows for r in computed))
     at = now()
     record_stage_results(ctx.catalog, [{
         "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind,
@@ -234,7 +245,7 @@ def release_planner(cfg: PipelineConfig, columns: dict[str, set[str]]) -> tuple[
     return planner, tuple(dict.fromkeys(wanted))
 
 
-@task(name="release", retries=1, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="release", task_run_name="release-{ctx.cfg.release.name}", retries=1, retry_delay_seconds=2, cache_policy=NONE)
 def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool = False) -> dict[str, Any]:
     log = get_run_logger()
     infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
@@ -242,6 +253,7 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
     planner, plan_cols = release_planner(ctx.cfg, {cs.name: set(cs.stage.writes()) for cs in stages})
     optional = {s.name for s in ctx.cfg.sources if getattr(s, "optional", False)}
     optional |= set(derived_sources(ctx.cfg))  # a rewrite route may produce nothing: no row floor for it
+    started, t0 = now(), time.perf_counter()
     try:
         manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
                                           planner=planner, plan_columns=plan_cols, accept_gates=accept_gates,
@@ -250,6 +262,7 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
         ctx.catalog.record_rejected({"name": e.name, "version": e.version, "gates": e.report}, ctx.run_id)
         log.error("%s", e)
         return {"gate_failure": e}
+    record_timing(ctx, "release", "write", started, time.perf_counter() - t0, status="computed" if created else "skipped")
     path = ctx.lake.release_dir(manifest["name"], manifest["version"])
     ctx.catalog.record_release(manifest, ctx.run_id, path)
     for message in gate_warnings(manifest.get("gates", {})) if created else []:
@@ -262,7 +275,7 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
             "warnings": gate_warnings(manifest.get("gates", {})), "accepted": manifest.get("gates", {}).get("accepted")}
 
 
-@flow(name="curate", log_prints=True)
+@flow(name="curate", flow_run_name=flow_run_name, log_prints=True)
 def curate_flow(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
                 accept_gates: bool = False, wait_s: float = 0.0, refit: list[str] | None = None) -> dict[str, Any]:
     """Run a pipeline file end to end and return a summary (also stored in the catalog).
@@ -316,10 +329,13 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         catalog.refresh_views(lake.root, dict(ctx.keys))
         if "gate_failure" in rel:
             raise rel["gate_failure"]
+        report = write_report(ctx, stages, rel)
         ablation = ablate_release(lake.root, catalog, cfg, rel) if cfg.ablation else None
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
-        return {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel,
-                "ablation": ablation}
+        summary = {"run_id": run_id, "lake": lake.root, "ingest": ingested, "stages": staged, "release": rel,
+                   "report": report, "ablation": ablation}
+        publish_artifacts(ctx, summary)
+        return summary
     except BaseException as e:
         catalog.finish_run(run_id, "failed", message=f"{type(e).__name__}: {e}")
         raise

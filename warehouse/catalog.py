@@ -20,6 +20,10 @@ Tables (all append-only except ``releases``' LATEST flag):
   repeats) and its drops per stage and reason.
 - ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
   phase, and where each phase starts and ends (rows and tokens) in training order.
+- ``stage_timings``: wall time of each stage per run and phase (``fit``, ``apply``; ``release``
+  ``write``; ``report`` ``build``).
+- ``exports``: rows and tokens per source of each ``curate export`` (real trainer token counts
+  when a tokenizer was given); the same facts are in the export's ``export.json``.
 - ``release_gates``: every gate check of every release step, published or stopped (outcome pass,
   warn, fail or skipped, with the value, the threshold and a message).
 - ``release_text``: per release, source and ``release.text`` step, what the step changed in the
@@ -35,9 +39,9 @@ Tables (all append-only except ``releases``' LATEST flag):
   lake's ``raw/<derived source>/<run>/_outputs/*.parquet`` (warehouse.rewrites).
 
 Views: ``documents`` (all raw shards of live ingests), ``release_shards`` (the shards of every
-committed release), and one
-``ann_<stage>`` view per configured stage over its annotation files (of live ingests too);
-``rewrite_summary`` and ``rewrite_drops`` over ``rewrite_outputs`` (warehouse.rewrites).
+committed release), and one ``ann_<stage>`` view per configured stage over its annotation files (of live
+ingests too), with the document's ``source`` (from the file's path), so a score distribution per source
+needs no join; ``rewrite_summary`` and ``rewrite_drops`` over ``rewrite_outputs`` (warehouse.rewrites).
 
 Only the flow's main process writes, under the lake lock (warehouse/lock.py); connections
 are short-lived, and both sides wait out the other's file lock (warehouse/catalog_access.py),
@@ -109,6 +113,12 @@ CREATE TABLE IF NOT EXISTS semantic_sources(
   in_groups BIGINT, duplicates BIGINT, d4_pruned BIGINT);
 CREATE TABLE IF NOT EXISTS drop_reasons(
   name VARCHAR, version VARCHAR, source VARCHAR, stage VARCHAR, reason VARCHAR, rows BIGINT);
+CREATE TABLE IF NOT EXISTS stage_timings(
+  run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, kind VARCHAR, phase VARCHAR, status VARCHAR, shards BIGINT,
+  rows BIGINT, seconds DOUBLE, started_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS exports(
+  name VARCHAR, version VARCHAR, format VARCHAR, out_dir VARCHAR, source VARCHAR, rows BIGINT, tokens BIGINT,
+  token_source VARCHAR, tokenizer VARCHAR, tokenizer_sha256 VARCHAR, exported_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS release_gates(
   name VARCHAR, version VARCHAR, run_id VARCHAR, gate VARCHAR, outcome VARCHAR, source VARCHAR, rule VARCHAR,
   value DOUBLE, threshold DOUBLE, message VARCHAR, published BOOLEAN, accepted BOOLEAN, recorded_at TIMESTAMPTZ);
@@ -361,7 +371,7 @@ class Catalog:
         self.insert("release_text", text_rows(manifest))
         phases = manifest.get("phases") or []
         self.insert("release_phases", [
-            {"name": name, "version": version, "phase": p.get("name"), "start_row": p.get("start_row"),
+            {"name": name, "version": version, "phase": p.get("phase") or p.get("name"), "start_row": p.get("start_row"),
              "end_row": p.get("end_row"), "start_token": p.get("start_token"), "end_token": p.get("end_token")}
             for p in phases])
 
@@ -382,8 +392,9 @@ class Catalog:
                 listing = ", ".join(f"'{_lit(p)}'" for p in shards)
                 con.execute("CREATE OR REPLACE VIEW release_shards AS SELECT * FROM "
                             f"read_parquet([{listing}], union_by_name=true, filename=true)")
-            for stage, key in stage_keys.items():
-                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE)
+            for stage, key in stage_keys.items():  # source from the path: annotations/<key>/<source>/...
+                view(f"ann_{stage}", f"{lake_root}/annotations/{key}/*/*/part-*.parquet", where=_LIVE,
+                     extra=r", regexp_extract(filename, '/annotations/[^/]+/([^/]+)/[^/]+/[^/]+$', 1) AS source")
             from warehouse.rewrites import create_views
             create_views(con)  # rewrite_summary, rewrite_drops (issue 15)
 

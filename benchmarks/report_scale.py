@@ -1,0 +1,108 @@
+"""Does the report stay within bounded memory on a large release? (A scale check, not a race.)
+
+Builds a corpus of ``--docs`` real-text documents (the shared corpora's paragraphs, cycled, with
+a share of exact copies so dedup has clusters), runs a cheap pipeline over it with `curate run`
+(length filter, exact dedup, difficulty; a folding curriculum), then times `curate report` in a
+fresh process and prints its peak resident memory next to the size of the release's input.
+The report must scale with one raw shard and DuckDB's memory limit, not with the corpus:
+
+    python -m benchmarks.report_scale --docs 200000
+
+There is no peer to run: nothing else writes this report. The figure to compare is the peak
+RSS against the input text bytes (and against a run with --docs 20000: it should barely move).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = Path(os.environ.get("CURATE_CORPORA", REPO.parent / "shared" / "corpora"))
+
+
+def make_corpus(path: Path, docs: int, copies: float = 0.03) -> int:
+    """Paragraph-sized documents from the shared corpora; ``copies`` of them repeat an earlier one."""
+    paras: list[str] = []
+    for name in ("wiki_en", "wiki_fr", "wiki_es", "python_docs", "gutenberg"):
+        f = CORPORA / f"{name}.parquet"
+        if f.exists():
+            for t in pq.read_table(f, columns=["text"]).column("text").to_pylist():
+                paras += [p for p in t.split("\n\n") if len(p) > 80]
+    if not paras:
+        sys.exit(f"no corpora at {CORPORA}; set CURATE_CORPORA")
+    writer = None
+    n_bytes = 0
+    for start in range(0, docs, 50_000):
+        n = min(50_000, docs - start)
+        texts = []
+        for i in range(start, start + n):
+            j = i - 1 if copies and i % int(1 / copies) == 0 and i else i  # a copy of the previous one
+            texts.append(f"{paras[j % len(paras)]}\n\n(part {j // len(paras)})")
+        n_bytes += sum(len(t.encode()) for t in texts)
+        table = pa.table({"id": [f"d{i}" for i in range(start, start + n)], "text": texts})
+        writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
+        writer.write_table(table)
+    assert writer is not None
+    writer.close()
+    return n_bytes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--docs", type=int, default=200_000)
+    ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    work = args.dir or Path(tempfile.mkdtemp(prefix="curate-report-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    text_bytes = make_corpus(work / "corpus.parquet", args.docs)
+    cfg = {"name": "scale", "lake": str(work / "lake"),
+           "executor": {"kind": "local", "workers": 2, "shard_bytes": 16_000_000},
+           "sources": [{"name": "web", "format": "parquet", "paths": [str(work / "corpus.parquet")],
+                        "columns": {"text": "text", "id": "id"}}],
+           "stages": [{"name": "length", "kind": "length_filter", "params": {"min_words": 20}},
+                      {"name": "dedup", "kind": "exact_dedup"},
+                      {"name": "difficulty", "kind": "difficulty"}],
+           "release": {"name": "scale", "select": "length.keep and dedup.keep and difficulty.compression_ratio > 1.2",
+                       "shard_rows": 50_000, "curriculum": {"kind": "folding", "column": "difficulty.compression_ratio",
+                                                            "folds": 3}}}
+    (work / "p.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, CURATE_PROGRESS="0", PREFECT_LOGGING_LEVEL="WARNING")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "flows.cli", "run", str(work / "p.yaml")], cwd=REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    run_s = time.perf_counter() - t0
+    out = work / "again.html"
+    # The fates file the run wrote is removed, so the report replays the release's decision too.
+    for f in (work / "lake" / "reports").glob("scale/*/fates.parquet"):
+        f.unlink()
+    # `curate report` in its own process (it starts none), reporting its own peak RSS.
+    code = ("import resource, sys\nfrom flows.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    t0 = time.perf_counter()
+    got = subprocess.run([sys.executable, "-c", code, "report", "scale", "--lake", str(work / "lake"), "--out", str(out)],
+                         cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    report_s = time.perf_counter() - t0
+    peak_kb = int(got.stdout.strip().splitlines()[-1])
+    page = out.read_text()
+    data = json.loads(page.split('id="curate-report-data">', 1)[1].split("</script>", 1)[0])
+    print(json.dumps({
+        "docs": args.docs, "input_text_mb": round(text_bytes / 1e6, 1), "released_rows": data["release"]["rows"],
+        "run_s": round(run_s, 1), "report_s": round(report_s, 1),
+        "report_peak_rss_mb": round(peak_kb / 1024, 1),
+        "report_kb": round(len(page.encode()) / 1024), "dup_clusters": data["duplicates"][0]["clusters"],
+        "load_average": os.getloadavg()[0],
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

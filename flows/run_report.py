@@ -1,0 +1,108 @@
+"""What a run shows a person: stage timings in the catalog, the release report, Prefect artifacts.
+
+- ``record_timing``: one ``stage_timings`` row per stage phase (fit, apply; release write;
+  report build) with its wall time, so "which stage is slow" is one query.
+- ``write_report``: the Prefect task that writes ``<lake>/reports/NAME/VERSION/report.html``
+  (warehouse/report). The report is derived from the release, so a failure to write it is
+  logged and the run still completes; ``curate report`` writes it again.
+- ``publish_artifacts``: a markdown artifact with the run's summary tables and a link artifact
+  to the report, so the Prefect UI shows what a run did.
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from warehouse.catalog import now
+
+if TYPE_CHECKING:
+    from flows.pipeline import ConfiguredStage, RunContext
+
+
+def flow_run_name() -> str:
+    """``<pipeline>-<UTC time>`` for the Prefect UI (the pipeline file's name if it does not load)."""
+    from datetime import UTC
+
+    from prefect.runtime import flow_run
+
+    from schemas.config import load_config
+    path = str((flow_run.parameters or {}).get("config_path") or "")
+    try:
+        name = load_config(path).name
+    except Exception:  # noqa: BLE001 - only a label; the flow reports a bad file itself
+        name = Path(path).stem or "curate"
+    return f"{name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+def record_timing(ctx: RunContext, stage: str, phase: str, started: datetime, seconds: float, *, key: str = "",
+                  kind: str = "", status: str = "computed", shards: int | None = None,
+                  rows: int | None = None) -> None:
+    ctx.catalog.insert("stage_timings", [{
+        "run_id": ctx.run_id, "stage": stage, "stage_key": key, "kind": kind, "phase": phase, "status": status,
+        "shards": shards, "rows": rows, "seconds": round(seconds, 4), "started_at": started}])
+
+
+@task(name="report", task_run_name="report-{rel[name]}", retries=0, cache_policy=NONE)
+def write_report(ctx: RunContext, stages: list[ConfiguredStage], rel: dict[str, Any]) -> dict[str, Any]:
+    """Write the release's report (if it is not there yet); returns its path and size, or the error."""
+    from engines import storage
+    from warehouse.release import StageInfo
+    from warehouse.report import build_report
+    from warehouse.report.context import REPORT_FILE, report_dir
+    log = get_run_logger()
+    path = f"{report_dir(ctx.lake, rel['name'], rel['version'])}/{REPORT_FILE}"
+    if not rel["created"] and storage.exists(path):
+        return {"path": path, "written": False}
+    infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
+    started, t0 = now(), time.perf_counter()
+    try:
+        rep = build_report(ctx.lake, rel["name"], rel["version"], stages=infos, code_version=ctx.code_version)
+    except Exception as e:  # noqa: BLE001 - the release stands without its report
+        log.error("the report of %s/%s could not be written (%s: %s); write it with `curate report %s/%s`",
+                  rel["name"], rel["version"], type(e).__name__, e, rel["name"], rel["version"])
+        return {"path": None, "error": f"{type(e).__name__}: {e}"}
+    record_timing(ctx, "report", "build", started, time.perf_counter() - t0)
+    log.info("report: %s (%s KB)", rep.path, rep.bytes // 1024)
+    return {"path": rep.path, "bytes": rep.bytes, "written": True}
+
+
+def artifact_key(pipeline: str, what: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"curate-{pipeline}-{what}".lower())).strip("-")
+
+
+def report_link(path: str) -> str:
+    return path if "://" in path else Path(path).resolve().as_uri()
+
+
+def publish_artifacts(ctx: RunContext, summary: dict[str, Any]) -> None:
+    """The run's summary (markdown tables) and a link to its report, as Prefect artifacts of this
+    flow run. A Prefect API that refuses them costs a warning, not the run."""
+    try:
+        _publish(ctx, summary)
+    except Exception as e:  # noqa: BLE001 - artifacts describe the run; the run's results stand without them
+        get_run_logger().warning("could not publish the Prefect artifacts of this run: %s: %s", type(e).__name__, e)
+
+
+def _publish(ctx: RunContext, summary: dict[str, Any]) -> None:
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+    from warehouse.report.summary import markdown_summary, source_accounting
+    rel = summary["release"]
+    accounting = source_accounting(ctx.catalog, rel["name"], rel["version"])
+    _, rows = ctx.catalog.query("SELECT stage, phase, seconds FROM stage_timings WHERE run_id = ?", [ctx.run_id])
+    timings = [{"stage": s, "phase": p, "seconds": sec} for s, p, sec in rows]
+    create_markdown_artifact(markdown=markdown_summary(summary, accounting, timings),
+                             key=artifact_key(ctx.cfg.name, "summary"),
+                             description=f"curate run {ctx.run_id}: release {rel['name']}/{rel['version']}")
+    path = (summary.get("report") or {}).get("path")
+    if path:
+        create_link_artifact(link=report_link(path), link_text=f"report {rel['name']}/{rel['version']}",
+                             key=artifact_key(ctx.cfg.name, "report"),
+                             description=f"The HTML report of release {rel['name']}/{rel['version']}")
