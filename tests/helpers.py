@@ -84,4 +84,11 @@ def demo_config(demo_dir: Path, lake: Path,
         if any(v.split(".")[0] in dropped for v in st.get("inputs", {}).values()):
             dropped.add(st["name"])
     cfg["stages"] = [st for st in cfg["stages"] if st["name"] not in dropped]
+    # Without the rewrite stage its derived sources (<source>.<route>) do not exist.
+    if not any(st["kind"] == "rewrite" for st in cfg["stages"]):
+        real = {s["name"] for s in cfg["sources"]}
+        for st in cfg["stages"]:
+            if st.get("sources"):
+                st["sources"] = [n for n in st["sources"] if n in real]
+        (cfg["release"].get("mixture") or {}).pop("synthetic_share", None)
     return cfg

@@ -25,4 +25,7 @@ def test_cli_applies_them_before_the_libraries_load():
     code = ("import flows.cli, os, pyarrow as pa; "
             "print(os.environ['_RJEM_MALLOC_CONF'], pa.default_memory_pool().backend_name)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [allocators.DEFAULTS["_RJEM_MALLOC_CONF"], "system"]
+    conf, pool = out.stdout.split()
+    # Polars >= 2 puts its own settings first and ours after them; jemalloc reads options left to
+    # right, so the last value of each option (ours) is the one in force.
+    assert conf.endswith(allocators.DEFAULTS["_RJEM_MALLOC_CONF"]) and pool == "system"
