@@ -3,6 +3,7 @@ ATTACH + USE + DROP, INSTALL/LOAD, SET, PRAGMA, DDL/DML) is refused with one cle
 catalog tables and the Parquet views over the lake still answer."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,10 @@ def lake(tmp_path_factory, corpora) -> Path:
     rel = root / "releases" / "demo" / "v1"
     rel.mkdir(parents=True)
     pq.write_table(pq.read_table(shards[0]), rel / "shard-000000.parquet")
+    # The manifest is the commit record: release_shards lists committed releases only.
+    (rel / "manifest.json").write_text(json.dumps({
+        "name": "demo", "version": "v1", "content_hash": "h", "created_at": "2026-12-05T00:00:00+00:00",
+        "shards": [{"file": "shard-000000.parquet", "rows": 15}], "totals": {"rows": 15}}))
     (root / "releases" / "demo" / "LATEST").write_text("v1\n")
     ann = root / "annotations" / "length@1-abc" / "wiki_en" / "ing-test"
     ann.mkdir(parents=True)
