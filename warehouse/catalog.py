@@ -224,15 +224,17 @@ class Catalog:
             pass
 
     # --- writes -----------------------------------------------------------------------------
-    def insert(self, table: str, rows: list[dict[str, Any]], replace: dict[str, Any] | None = None) -> None:
+    def insert(self, table: str, rows: list[dict[str, Any]], replace: dict[str, Any] | None = None,
+               from_lake: bool = False) -> None:
         """Append rows (after deleting the rows matching ``replace``, if given).
 
         Rows of tables the lake does not otherwise hold are first written to the lake's
-        journal (warehouse/runlog.py), so the catalog never knows what the lake does not."""
+        journal (warehouse/runlog.py), so the catalog never knows what the lake does not.
+        ``from_lake``: these rows are derived from a lake file (a manifest), so no journal entry."""
         if not rows and not replace:
             return
         entry = None
-        if self.journal and table not in runlog.LAKE_DERIVED:
+        if self.journal and not from_lake and table not in runlog.LAKE_DERIVED:
             entry = runlog.write_journal(self.lake_root, table, rows, replace)
         with self.transaction(), self.connect() as con:
             self.apply_rows(con, table, rows, replace)
@@ -367,8 +369,9 @@ class Catalog:
                  "weight": w, "epochs": mix["epochs"].get(src), "tokens_available": mix["tokens"].get(src),
                  "rows_kept": manifest["sources"].get(src, {}).get("rows_kept"), "tokens_released": released.get(src)}
                 for ph in mix["phases"] for src, w in ph["weights"].items()])
-        self.insert("release_gates", gate_rows(manifest, run_id, now()))
-        self.insert("release_text", text_rows(manifest))
+        # Both come from the manifest (a rebuild derives the same rows, recorded when it was created).
+        self.insert("release_gates", gate_rows(manifest, run_id, manifest["created_at"]), from_lake=True)
+        self.insert("release_text", text_rows(manifest), from_lake=True)
         phases = manifest.get("phases") or []
         self.insert("release_phases", [
             {"name": name, "version": version, "phase": p.get("phase") or p.get("name"), "start_row": p.get("start_row"),
