@@ -210,6 +210,16 @@ def latest_stage_keys(catalog: Catalog) -> dict[str, str]:
     return {s: k for s, k in rows}
 
 
+def _load_artifact_tables(cat: Catalog) -> None:
+    """Tables a global stage's fit left in its artifact (``catalog/*.parquet``, e.g. semantic_groups)
+    come back from the artifacts the journal recorded."""
+    with cat.connect() as con:
+        rows = con.execute("SELECT DISTINCT stage, stage_key, path FROM artifacts WHERE path IS NOT NULL").fetchall()
+    for stage, key, path in rows:
+        if storage.exists(path):
+            cat.load_artifact_tables(stage, key, path)
+
+
 def rebuild_catalog(lake_root: str) -> dict[str, int]:
     """Build a new catalog from the lake alone and put it in place of ``<lake>/catalog.duckdb``.
 
@@ -222,6 +232,7 @@ def rebuild_catalog(lake_root: str) -> dict[str, int]:
         cat = Catalog(tmp, journal=False, lake_root=lake_root)
         cat.init()
         added = sync_catalog(cat, lake_root)
+        _load_artifact_tables(cat)
         cat.refresh_views(lake_root, latest_stage_keys(cat))
         for suffix in ("", ".wal"):
             if os.path.exists(final + suffix):
