@@ -42,7 +42,7 @@ def test_each_release_is_ablated_against_its_parent(tmp_path: Path, demo_dir: Pa
     pipeline = _pipeline(tmp_path)
     first = run_pipeline(str(pipeline))
     assert first["ablation"]["releases"] == [f"abl/{first['release']['version']}"]
-    pq.write_table(pq.read_table(corpora / "wiki_en.parquet").slice(4000, 150), tmp_path / "data" / "wiki_en_new.parquet")
+    pq.write_table(pq.read_table(corpora / "wiki_en.parquet").slice(3000, 150), tmp_path / "data" / "wiki_en_new.parquet")
     night = run_pipeline(str(pipeline))
     old, new = f"abl/{first['release']['version']}", f"abl/{night['release']['version']}"
     assert night["ablation"]["releases"] == [old, new]

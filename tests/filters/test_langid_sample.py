@@ -83,7 +83,7 @@ def test_labels_agree_with_whole_text_labels_on_all_corpora(corpora):
     per_source = Counter(sources[i].split("/")[0] for i in differ)
     print(f"{len(live)} documents ({len(long)} longer than {limit} chars): agreement {agreement:.4%}, "
           f"long documents {1 - len(differ) / max(1, len(long)):.3%}; disagreements per source {dict(per_source)}")
-    assert len(long) >= 200  # the bound was exercised on hundreds of real long documents (251 in the sample)
+    assert len(long) >= 150  # the bound was exercised on real long documents (185 in the sample at 8,192 chars)
     assert agreement >= 0.995
     assert len(differ) / len(long) <= 0.03  # measured 1.3% on the shared corpora, all on handbook pages
     # no language of the handbook loses much: per language, the share of its pages labelled as the
