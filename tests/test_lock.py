@@ -192,6 +192,26 @@ def test_a_writer_whose_number_was_pruned_withdraws(lake_root, monkeypatch):
     assert lock.generations() == [7]
 
 
+def test_losing_the_create_race_still_names_the_winner(lake_root, monkeypatch):
+    """Two writers start together: both see an empty lock folder, the winner creates gen 0 first.
+    The loser's create fails before it ever read a record; its error must still name the winner
+    (CI saw "locked by another writer" here when two `curate run` started at once)."""
+    with lake_lock(lake_root, "run", run_id="run-W") as winner:
+        loser = LakeLock(lake_root, "run")
+        real_current = loser.current
+        calls = {"n": 0}
+
+        def stale_view():
+            calls["n"] += 1
+            return None if calls["n"] == 1 else real_current()  # first look: the folder was still empty
+
+        monkeypatch.setattr(loser, "current", stale_view)
+        with pytest.raises(LakeBusy) as e:
+            loser.acquire(wait_s=0)
+        msg = str(e.value)
+        assert "run run-W" in msg and f"pid {os.getpid()}" in msg and winner.record.started_at in msg
+
+
 def test_a_lost_lock_is_detected_and_never_overwritten(lake_root):
     lock = LakeLock(lake_root, "run", heartbeat_s=3600)
     lock.acquire()

@@ -274,12 +274,26 @@ class LakeLock:
                 return rec
             waited = time.monotonic() - t0
             if waited >= wait_s:
-                raise LakeBusy(self.root, self.blocker, waited)
+                raise LakeBusy(self.root, self.blocker or self._holder_once_written(), waited)
             if not told and on_wait is not None:
                 on_wait(self.blocker)
                 told = True
             time.sleep(min(delay, max(0.05, wait_s - waited)))
             delay = min(delay * 1.5, 2.0)
+
+    def _holder_once_written(self, grace_s: float = 3.0) -> LockRecord | None:
+        """The holder's record, waiting briefly when we lost the race to a writer still writing it.
+
+        Two writers that start together: the loser's ``create_exclusive`` fails while the winner's
+        record may still be empty, and the error should name the winner, not "another writer"."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            cur = self.current()
+            if cur is not None and cur[1] is not None and cur[1].released_at is None:
+                return cur[1]
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
 
     # --- holding -------------------------------------------------------------------------------
     def _start_heartbeat(self) -> None:
