@@ -45,6 +45,7 @@ from engines.executor import (
 )
 from engines.extras import install_command
 from engines.faults import fault_point
+from engines.partitioned_fit import PartitionedFit
 from engines.stage import GlobalStage, Resources, Stage, StageContext
 from schemas.config import ExecutorConfig
 
@@ -223,8 +224,19 @@ class RayExecutor:
 
     def fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str,
             ctx: StageContext | None = None) -> dict[str, Any]:
-        """One Ray task streaming every shard through ``stage.fit`` on the driver's node with all its CPUs
-        (the fit's threads), writing the same artifacts as the local executor."""
+        """A stage that offers its fit in partitions (``engines.partitioned_fit``: exact dedup) runs as
+        a map task per shard and a reduce task per partition (``engines.ray_fit``); any other fit is
+        one Ray task streaming every shard through ``stage.fit`` on the driver's node with all its
+        CPUs (the fit's threads). Either way the artifact is the local executor's, file for file."""
+        if isinstance(stage, PartitionedFit) and len(tasks) > 1:
+            from engines.ray_fit import partitioned_fit
+            ray = self._connect()
+            res = stage.resources()
+            ctx = dataclasses.replace(ctx or StageContext(), threads=max(1, int(res.cpus)))
+            metrics, line = partitioned_fit(ray, stage, tasks, artifact_dir, ctx, self.config.batch_rows,
+                                            self._slots(res), _options(res), RETRIES)
+            _log().info(line)
+            return metrics
         return self._fit_task(_fit, stage, len(tasks), ctx, stage, tasks, artifact_dir)
 
     def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],

@@ -61,6 +61,27 @@ def _hashes(texts: pl.Series) -> pl.Series:
                                           signed=True) for t in texts.to_list()], dtype=pl.Int64)
 
 
+def _first_by_hash(rows: pl.DataFrame) -> pl.DataFrame:
+    """Rows in lake order -> one row per hash: its first document and the group's size."""
+    return (rows.group_by("h", maintain_order=True)
+            .agg(pl.col("id").first(), pl.col("source").first(), pl.col("src_file").first(),
+                 pl.col("src_offset").first(), pl.len().cast(pl.Int64).alias("size"))
+            .select(list(INDEX_SCHEMA)))
+
+
+def _write_index(index: pl.DataFrame, earlier: int, docs: int, artifact_dir: str) -> dict[str, Any]:
+    """Write the index (sorted by hash) and its duplicate groups; the fit's metrics (``earlier``:
+    distinct hashes of the previous index, ``docs``: documents added). One chunk: the same rows
+    give the same bytes whichever way (one process, partitions) they were put together."""
+    index = index.rechunk()
+    pq.write_table(index.to_arrow(), f"{artifact_dir}/{INDEX_FILE}", compression="zstd")
+    groups = index.filter(pl.col("size") > 1)
+    pq.write_table(groups.to_arrow(), f"{artifact_dir}/duplicate_groups.parquet")
+    total = int(index.get_column("size").sum() or 0)
+    return {"documents": total, "new_documents": docs, "groups": groups.height,
+            "duplicates": total - index.height, "new_duplicates": docs - (index.height - earlier)}
+
+
 @register_stage
 class ExactDedup(GlobalStage):
     kind = "exact_dedup"
@@ -90,27 +111,31 @@ class ExactDedup(GlobalStage):
         the survivor and a full fit over the same documents gives the same index."""
         old = (pl.read_parquet(f"{previous_dir}/{INDEX_FILE}") if previous_dir
                else pl.DataFrame(schema=INDEX_SCHEMA))
-        parts = [self._frame(b).with_row_index("_pos") for b in batches]
+        parts = [self._frame(b) for b in batches]
         docs = sum(p.height for p in parts)
         if parts:
-            # Lake order is the order of batches, then rows: a global sequence number keeps it.
-            seq = pl.concat([p.with_columns(pl.lit(i).alias("_batch")) for i, p in enumerate(parts)])
-            new = (seq.sort("_batch", "_pos").group_by("h", maintain_order=True)
-                   .agg(pl.col("id").first(), pl.col("source").first(), pl.col("src_file").first(),
-                        pl.col("src_offset").first(), pl.len().cast(pl.Int64).alias("size")))
-            index = (pl.concat([old, new.select(list(INDEX_SCHEMA))]).group_by("h", maintain_order=True)
+            # Lake order is the order of batches, then rows: concatenated in that order.
+            index = (pl.concat([old, _first_by_hash(pl.concat(parts))]).group_by("h", maintain_order=True)
                      .agg(pl.col("id").first(), pl.col("source").first(), pl.col("src_file").first(),
                           pl.col("src_offset").first(), pl.col("size").sum())
                      .sort("h"))
         else:
             index = old
-        pq.write_table(index.to_arrow(), f"{artifact_dir}/{INDEX_FILE}", compression="zstd")
-        groups = index.filter(pl.col("size") > 1)
-        pq.write_table(groups.to_arrow(), f"{artifact_dir}/duplicate_groups.parquet")
-        total = int(index.get_column("size").sum() or 0)
-        return {"documents": total, "new_documents": docs, "groups": groups.height,
-                "duplicates": total - index.height,
-                "new_duplicates": docs - (index.height - old.height)}
+        return _write_index(index, old.height, docs, artifact_dir)
+
+    # --- the fit in partitions of hashes (engines.partitioned_fit): the Ray executor runs one
+    # task per shard (hashing) and one per partition (first occurrence); the same index results.
+    fit_key = "h"
+
+    def fit_map(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return self._frame(batch)
+
+    def fit_reduce(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        return _first_by_hash(pl.concat(frames))
+
+    def fit_finish(self, parts: list[pl.DataFrame], documents: int, artifact_dir: str) -> dict[str, Any]:
+        index = pl.concat(parts).sort("h") if parts else pl.DataFrame(schema=INDEX_SCHEMA)
+        return _write_index(index, 0, documents, artifact_dir)
 
     def setup(self, ctx: StageContext) -> None:
         assert ctx.artifact_dir, "exact_dedup needs its fitted artifact"

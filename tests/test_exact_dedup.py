@@ -1,6 +1,7 @@
 """Exact dedup as a global stage (fit, then per-shard apply), against a plain-Python reference."""
 from __future__ import annotations
 
+import polars as pl
 import pyarrow.parquet as pq
 
 from engines.executor import LocalExecutor, ShardTask
@@ -11,19 +12,23 @@ from tests.helpers import make_lake, real_texts
 from warehouse.lake import Lake
 
 
-def test_planted_duplicates_match_reference(tmp_path, corpora):
+def planted_lake(root, corpora) -> tuple[Lake, list[tuple[str, str]]]:
+    """Four shards of real text with planted copies: across sources and shards, within a shard,
+    and differing only by case and spacing. Returns the lake and its (source, shard) lake order."""
     en = real_texts(corpora, "wiki_en", 400)
     fr = real_texts(corpora, "wiki_fr", 200)
     docs = real_texts(corpora, "python_docs", 30)
-    # Plant copies: across sources, within a shard, and differing only by case and spacing.
     fr[10] = en[3]
     fr[11] = "  " + en[5].upper().replace(" ", "   ") + "\n"
     en[250] = en[7]
     docs[4] = fr[20]
-    make_lake(tmp_path, {"wiki_en": [en[:200], en[200:]], "wiki_fr": [fr], "python_docs": [docs]})
-    lake = Lake(str(tmp_path))
-    order = [("wiki_en", p) for p in lake.raw_shards("wiki_en")] + [("wiki_fr", p) for p in lake.raw_shards("wiki_fr")] \
-        + [("python_docs", p) for p in lake.raw_shards("python_docs")]
+    make_lake(root, {"wiki_en": [en[:200], en[200:]], "wiki_fr": [fr], "python_docs": [docs]})
+    lake = Lake(str(root))
+    return lake, [(s, p) for s in ("wiki_en", "wiki_fr", "python_docs") for p in lake.raw_shards(s)]
+
+
+def test_planted_duplicates_match_reference(tmp_path, corpora):
+    lake, order = planted_lake(tmp_path, corpora)
     stage = ExactDedup()
     art = tmp_path / "art"
     art.mkdir()
@@ -71,3 +76,30 @@ def test_already_released_documents_survive_new_copies(tmp_path, corpora):
     assert all(r["keep"] for r in docs_ann)
     assert [i for i, r in enumerate(web_ann) if not r["keep"]] == [7]
     assert web_ann[7]["survivor_id"] == docs_ann[3]["id"]
+
+
+def test_fit_in_partitions_writes_the_same_artifact(tmp_path, corpora):
+    """The partitioned fit (engines.partitioned_fit: map per shard, reduce per hash partition,
+    finish), run here in one process as the contract describes it, writes the one-process fit's
+    files byte for byte and its metrics, for any number of partitions (the Ray executor's wiring
+    of the same steps: tests/test_ray_executor.py)."""
+    from engines.executor import shard_batches
+    from engines.partitioned_fit import PartitionedFit, split
+    lake, order = planted_lake(tmp_path / "lake", corpora)
+    stage = ExactDedup()
+    assert isinstance(stage, PartitionedFit)
+    tasks = [ShardTask(s, p, "") for s, p in order]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False) as ex:
+        ref_metrics = ex.fit(stage, tasks, str(ref))
+    for partitions in (1, 2, 3, 7):
+        mapped = [[stage.fit_map(b) for _, b in shard_batches(stage, t, 64)] for t in tasks]
+        per_shard = [split(pl.concat(frames), stage.fit_key, partitions) for frames in mapped]
+        parts = [stage.fit_reduce([shard[p] for shard in per_shard if shard[p].height]) for p in range(partitions)]
+        art = tmp_path / f"p{partitions}"
+        art.mkdir()
+        metrics = stage.fit_finish(parts, sum(f.height for frames in mapped for f in frames), str(art))
+        assert metrics == ref_metrics and metrics["duplicates"] == 4
+        for name in ("index.parquet", "duplicate_groups.parquet"):
+            assert (art / name).read_bytes() == (ref / name).read_bytes(), (partitions, name)
