@@ -23,11 +23,13 @@ as with the local executor. Progress goes to the Prefect run log (and a progress
 
 On a multi-machine cluster the lake must be reachable from every node (S3 or a shared
 filesystem): workers read raw shards and write annotations themselves, nothing passes through the
-driver but shard paths and row counts.
+driver but shard paths and row counts. The workers get the driver's S3 endpoint, region and
+credentials with the job (``worker_env``), so the same pipeline file runs with ``lake: s3://...``.
 """
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import os
 import time
@@ -55,6 +57,25 @@ RETRIES = 2
 OBJECT_STORE_BYTES = 500_000_000
 # Seconds between progress lines in the run log.
 LOG_EVERY_S = 10.0
+# What the workers get of the driver's environment unless executor.forward_env says otherwise:
+# the S3 endpoint (MinIO, Ceph, moto...), region and credentials botocore/s3fs read. Not
+# AWS_PROFILE or credential-file paths: they name files on the driver's machine.
+FORWARD_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def worker_env(forward: list[str] | None = None) -> dict[str, str]:
+    """The driver's environment variables its Ray workers get (the job's ``runtime_env``).
+
+    Always the ``CURATE_*`` switches (plugins, scratch folder, fault injection). Then each
+    variable named by ``forward`` (``executor.forward_env``; names or fnmatch patterns), by
+    default ``FORWARD_ENV``: where the lake's object store is and the credentials to reach it,
+    so ``lake: s3://...`` reaches the workers exactly as the driver reaches it. Variables the
+    driver does not have are not sent, so a worker keeps what its node gives it (an IAM role, a
+    pod's Secret). ``forward_env: []`` sends none of them (credentials in ``runtime_env`` are
+    visible to whoever can read the cluster's job list)."""
+    patterns = ["CURATE_*", *(FORWARD_ENV if forward is None else forward)]
+    return {k: v for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
 
 
 def _import_ray() -> Any:
@@ -137,8 +158,7 @@ class RayExecutor:
         ray = self.ray
         if ray.is_initialized():
             return ray
-        # Fault-injection and plugin switches travel to the workers with the job.
-        env = {k: v for k, v in os.environ.items() if k.startswith("CURATE_")}
+        env = worker_env(self.config.forward_env)
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env} if env else None, "logging_level": logging.WARNING}
         if self.config.address is None:
             # Objects passed around are small (stages' params, shard paths, fit metrics): a small store.
@@ -149,8 +169,9 @@ class RayExecutor:
             ray.init(address=self.config.address, **kwargs)
         self._connected = True
         res = ray.cluster_resources()
-        _log().info("ray: connected to %s (%s nodes, %s CPUs, %s GPUs)", self.config.address or "a local Ray",
-                    len([n for n in ray.nodes() if n.get("Alive")]), res.get("CPU", 0), res.get("GPU", 0))
+        _log().info("ray: connected to %s (%s nodes, %s CPUs, %s GPUs); workers get %s", self.config.address or
+                    "a local Ray", len([n for n in ray.nodes() if n.get("Alive")]), res.get("CPU", 0),
+                    res.get("GPU", 0), ", ".join(sorted(env)) or "no variables of the driver")
         return ray
 
     def _remote(self, fn: Callable[..., Any]) -> Any:

@@ -123,6 +123,9 @@ class ExecutorConfig(_Strict):
     batch_rows: int = Field(default=4096, gt=0)
     # Target size of a raw shard (uncompressed text bytes).
     shard_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    # Ray only: the driver's environment variables (names or fnmatch patterns) its Ray workers get
+    # (engines.ray_executor.worker_env). It never changes output: left out of the config hash.
+    forward_env: list[str] | None = Field(default=None, exclude=True)
 
     @field_validator("address")
     @classmethod

@@ -2,6 +2,8 @@
 context, teardown, annotation files aligned with their raw shard by id."""
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -32,6 +34,32 @@ def test_executor_config_kinds_and_addresses():
         ExecutorConfig(kind="ray", address="somewhere")
     with pytest.raises(ValueError):
         ExecutorConfig(kind="spark")  # type: ignore[arg-type]
+
+
+def test_ray_workers_get_the_drivers_s3_settings_and_only_those(monkeypatch):
+    """What a Ray job's workers get of the driver's environment: the S3 endpoint, region and
+    credentials (so ``lake: s3://`` works on a cluster that knows nothing of them), the CURATE_*
+    switches, never a profile name or file path of the driver's machine; ``forward_env`` decides,
+    and it leaves the config hash alone (it cannot change output)."""
+    from engines.ray_executor import worker_env
+    from schemas.config import PipelineConfig
+    for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+              "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_REGION", "AWS_DEFAULT_REGION", "HOME_BANK"):
+        monkeypatch.setenv(k, f"v-{k}")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    for k in [k for k in os.environ if k.startswith("CURATE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CURATE_SCRATCH", "/scratch")
+    assert sorted(worker_env()) == ["AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_REGION",
+                                    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "CURATE_SCRATCH"]
+    assert worker_env()["AWS_ENDPOINT_URL"] == "v-AWS_ENDPOINT_URL"
+    assert sorted(worker_env(["AWS_ENDPOINT_URL", "AWS_*REGION"])) == [
+        "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_REGION", "CURATE_SCRATCH"]
+    assert sorted(worker_env([])) == ["CURATE_SCRATCH"]
+    base = {"name": "p", "sources": [{"name": "s", "format": "jsonl", "paths": ["x"]}],
+            "release": {"name": "r", "select": "true"}}
+    assert (PipelineConfig(**base, executor={"kind": "ray", "forward_env": []}).config_hash()
+            == PipelineConfig(**base, executor={"kind": "ray"}).config_hash())
 
 
 def test_runtime_params_are_not_part_of_the_key():

@@ -6,13 +6,16 @@
   pipeline spread over both, while a Ray worker is SIGKILLed mid-shard (Ray retries it);
 - driver killed (SIGKILL) mid-stage, then re-run: the same release, finished shards untouched.
 
-The lake is local here: the storage layer that puts it on S3 is another branch of issue 13.
+The two-node runs put the lake on a real S3-protocol server (moto's, ``s3_server``): the pipeline
+file is the local reference's with ``executor.kind: ray`` and ``lake: s3://...``, nothing else. The
+cluster's nodes are started without the S3 variables (as a cluster that knows nothing of this
+lake): the workers reach it only with what the driver forwards (``ray_executor.worker_env``).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import fsspec
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -29,6 +33,7 @@ import tests.plugins  # noqa: F401 - registers the test stages
 from flows.pipeline import run_pipeline
 from tests.conftest import REPO
 from tests.helpers import demo_config
+from warehouse.lake import Lake
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -43,8 +48,9 @@ COUNTS = {
 }
 
 
-def pipeline_file(root: Path, demo_dir: Path, executor: dict, where_seconds: float = 0.0) -> Path:
-    cfg = demo_config(demo_dir, root / "lake", drop_kinds=MODEL_KINDS)
+def pipeline_file(root: Path, demo_dir: Path, executor: dict, where_seconds: float = 0.0,
+                  lake: str | None = None) -> Path:
+    cfg = demo_config(demo_dir, lake or root / "lake", drop_kinds=MODEL_KINDS)
     cfg["release"]["select"] = cfg["release"]["select"].replace(" and sem.keep", "")
     cfg["executor"] = {"batch_rows": 1024, "shard_bytes": 2_000_000, **executor}
     # A probe of where each shard ran (not in the selection: the release does not depend on it).
@@ -54,14 +60,18 @@ def pipeline_file(root: Path, demo_dir: Path, executor: dict, where_seconds: flo
     return root / "p.yaml"
 
 
-def release_files(lake: Path) -> dict[str, str]:
-    """sha256 of every release shard, by name."""
-    [version] = [p for p in (lake / "releases" / "demo").iterdir() if (p / "manifest.json").exists()]
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(version.rglob("*.parquet"))}
+def release_files(lake: Path | str) -> dict[str, str]:
+    """sha256 of every release shard, by name (a local lake or an ``s3://`` one)."""
+    fs, root = fsspec.core.url_to_fs(str(lake))
+    fs.invalidate_cache()
+    [manifest] = fs.glob(f"{root}/releases/demo/*/manifest.json")
+    return {p.rsplit("/", 1)[-1]: hashlib.sha256(fs.cat_file(p)).hexdigest()
+            for p in sorted(fs.find(manifest.rsplit("/", 1)[0])) if p.endswith(".parquet")}
 
 
-def catalog_counts(lake: Path) -> dict[str, list]:
-    con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
+def catalog_counts(lake: Path | str, catalog: Path | None = None) -> dict[str, list]:
+    """The COUNTS queries on a lake's catalog (``catalog``: where a remote lake's run kept it)."""
+    con = duckdb.connect(str(catalog or Lake(str(lake)).catalog_path), read_only=True)
     try:
         return {name: con.execute(q).fetchall() for name, q in COUNTS.items()}
     finally:
@@ -95,12 +105,19 @@ def test_conformance_local_vs_private_ray(tmp_path, demo_dir, local_run):
     for a in anns:
         if not a.parts[1].startswith("where@"):
             assert (lake / a).read_bytes() == (ref_lake / a).read_bytes(), a
+    # Exact dedup's fit ran as map and reduce tasks (engines.ray_fit): the same index, byte for byte.
+    dedup = sorted(a.relative_to(ref_lake) for a in ref_lake.glob("artifacts/dedup@*/**/*.parquet"))
+    assert dedup, "no exact-dedup artifact in the reference lake"
+    for a in dedup:
+        assert (lake / a).read_bytes() == (ref_lake / a).read_bytes(), a
 
 
 @pytest.fixture(scope="module")
 def two_nodes():
     from tests.raycluster import TwoNodeRay
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    # The nodes know nothing of the S3 server: the workers reach the lake only with what the driver sends.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     cluster = TwoNodeRay(env)
     try:
         cluster.start()
@@ -109,27 +126,33 @@ def two_nodes():
         cluster.stop()
 
 
-def test_two_nodes_with_a_worker_killed_mid_shard(tmp_path, demo_dir, local_run, two_nodes):
+def test_two_nodes_lake_on_s3_with_a_worker_killed_mid_shard(tmp_path, demo_dir, local_run, two_nodes, s3_server):
     ref_files, ref_counts, _ = local_run
     once = tmp_path / "once"
     once.mkdir()
-    p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, where_seconds=0.3)
+    lake = f"{s3_server.bucket()}/lake"
+    p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, where_seconds=0.3, lake=lake)
     # The first Ray worker to reach the middle of a shard SIGKILLs itself; Ray retries the shard.
     run = _curate_run(p, _env(tmp_path, two_nodes.auth, CURATE_FAULT="shard:mid_write",
-                              CURATE_FAULT_ONCE_DIR=str(once)))
+                              CURATE_FAULT_ONCE_DIR=str(once), PREFECT_LOGGING_LEVEL="INFO"))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (once / "shard_mid_write").exists(), "no worker was killed: the fault point never fired"
-    lake = tmp_path / "lake"
+    assert "workers get AWS_ACCESS_KEY_ID, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL" in run.stdout, run.stdout[-3000:]
+    assert "accounting unavailable" not in run.stdout  # the end-of-run summary found the remote lake's catalog
     assert release_files(lake) == ref_files
-    assert without_stage(catalog_counts(lake), "where") == without_stage(ref_counts, "where")
-    nodes = {n for f in lake.glob("annotations/where@*/*/*/part-*.parquet")
-             for n in pq.read_table(f, columns=["node"]).column("node").to_pylist()}
+    assert without_stage(catalog_counts(lake, tmp_path / "catalog.duckdb"), "where") == without_stage(ref_counts, "where")
+    fs, root = fsspec.core.url_to_fs(lake)
+    nodes = {n for f in fs.glob(f"{root}/annotations/where@*/*/*/part-*.parquet")
+             for n in pq.read_table(f, columns=["node"], filesystem=fs).column("node").to_pylist()}
     assert len(nodes) == 2 and "" not in nodes, f"shards ran on {nodes}, not on both nodes"
 
 
 def _env(root: Path, auth: dict[str, str], **extra: str) -> dict[str, str]:
+    """The driver's environment: the test's (with the S3 server's AWS_* variables), its own Prefect
+    home, and a scratch folder and catalog of its own for a remote lake."""
     env = dict(os.environ, **auth, PYTHONPATH=str(REPO), CURATE_PLUGINS="tests.plugins", CURATE_PROGRESS="0",
-               PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+               PREFECT_HOME=str(root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               CURATE_SCRATCH=str(root / "scratch"), CURATE_CATALOG=str(root / "catalog.duckdb"), **extra)
     env.pop("PREFECT_API_URL", None)
     return env
 
@@ -150,31 +173,70 @@ def _curate_run(pipeline: Path, env: dict[str, str]) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(errors="replace"), "")
 
 
-def test_driver_killed_mid_stage_then_rerun(tmp_path, demo_dir, local_run, two_nodes):
+def _finished(lake: str) -> dict[str, tuple[str, str]]:
+    """(last modified, ETag) of every finished raw shard and annotation on the S3 lake."""
+    fs, root = fsspec.core.url_to_fs(lake)
+    fs.invalidate_cache()
+    return {k: (str(v["LastModified"]), v["ETag"]) for pattern in ("annotations/*/*/*/part-*.parquet",
+                                                                    "raw/*/*/part-*.parquet")
+            for k, v in fs.glob(f"{root}/{pattern}", detail=True).items()}
+
+
+def test_driver_killed_mid_stage_then_rerun_lake_on_s3(tmp_path, demo_dir, local_run, two_nodes, s3_server):
     ref_files, ref_counts, _ = local_run
     once = tmp_path / "once"
     once.mkdir()
-    p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address})
-    lake = tmp_path / "lake"
+    lake = f"{s3_server.bucket()}/lake"
+    p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, lake=lake)
     crashed = _curate_run(p, _env(tmp_path, two_nodes.auth, CURATE_FAULT="ray:driver_after_shard", CURATE_FAULT_ONCE_DIR=str(once)))
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-2000:] + crashed.stderr[-2000:]
-    assert not list(lake.glob("releases/demo/*/manifest.json"))
-    done = {f: (f.stat().st_mtime_ns, f.stat().st_ino)
-            for f in [*lake.glob("annotations/*/*/*/part-*.parquet"), *lake.glob("raw/*/*/part-*.parquet")]}
-    assert any("annotations" in str(f) for f in done), "the driver died before any shard was annotated"
-    time.sleep(1)  # mtimes of a rewrite would differ
+    fs, root = fsspec.core.url_to_fs(lake)
+    assert not fs.glob(f"{root}/releases/demo/*/manifest.json")
+    done = _finished(lake)
+    assert any("/annotations/" in k for k in done), "the driver died before any shard was annotated"
+    time.sleep(1.1)  # S3's LastModified has one-second resolution: a rewrite would show
 
     again = _curate_run(p, _env(tmp_path, two_nodes.auth))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    for f, stamp in done.items():
-        assert (f.stat().st_mtime_ns, f.stat().st_ino) == stamp, f"{f} was recomputed"
+    now = _finished(lake)
+    for k, stamp in done.items():
+        assert now.get(k) == stamp, f"{k} was recomputed"
     assert release_files(lake) == ref_files
-    con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
+    con = duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True)
     skipped = con.execute("SELECT count(*) FROM stage_runs WHERE status = 'skipped' AND run_id = "
                           "(SELECT max(run_id) FROM runs WHERE status = 'completed')").fetchone()[0]
     con.close()
-    assert skipped >= sum("annotations" in str(f) for f in done)
-    json.dumps(catalog_counts(lake), default=str)  # the catalog is readable after the crash
+    assert skipped >= sum("/annotations/" in k for k in done)
+    counts = catalog_counts(lake, tmp_path / "catalog.duckdb")  # readable after the crash
+    # The same shards, quarantine and artifacts as the reference (its stage runs were split over two runs).
+    assert {k: v for k, v in counts.items() if k != "stage_runs"} == {k: v for k, v in ref_counts.items()
+                                                                     if k != "stage_runs"}
+
+
+def test_exact_dedup_fit_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_nodes, monkeypatch, caplog):
+    """The exact-dedup fit on the cluster as one map task per shard and one reduce task per hash
+    partition (engines.ray_fit) writes the local executor's artifact, byte for byte."""
+    from engines.executor import LocalExecutor, ShardTask
+    from engines.ray_executor import RayExecutor
+    from filters.exact_dedup import ExactDedup
+    from schemas.config import ExecutorConfig
+    from tests.test_exact_dedup import planted_lake
+
+    _, order = planted_lake(tmp_path / "lake", corpora)
+    tasks = [ShardTask(s, p, "") for s, p in order]
+    for k, v in two_nodes.auth.items():
+        monkeypatch.setenv(k, v)
+    metrics = {}
+    for kind, ex in (("local", LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False)),
+                     ("ray", RayExecutor(ExecutorConfig(kind="ray", address=two_nodes.address, batch_rows=64),
+                                         show_progress=False))):
+        (tmp_path / kind).mkdir()
+        with ex, caplog.at_level(logging.INFO, logger="curate.ray"):
+            metrics[kind] = ex.fit(ExactDedup(), tasks, str(tmp_path / kind))
+    assert "fit of exact_dedup over 4 shards: 4 map tasks, 2 partitions" in caplog.text
+    assert metrics["ray"] == metrics["local"] and metrics["ray"]["duplicates"] == 4
+    for name in ("index.parquet", "duplicate_groups.parquet"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 
 def test_actors_errors_and_teardown_like_the_local_executor(tmp_path, corpora):

@@ -312,7 +312,7 @@ def print_run_accounting(out: Console, summary: dict[str, Any]) -> None:
     from warehouse.report.summary import accounting_line, source_accounting
     rel = summary["release"]
     try:
-        rows = source_accounting(Catalog(f"{summary['lake']}/catalog.duckdb"), rel["name"], rel["version"])
+        rows = source_accounting(Catalog.of_lake(summary["lake"]), rel["name"], rel["version"])
     except Exception as e:  # noqa: BLE001 - the run is done; its accounting is a courtesy
         out.print(f"[yellow]per-source accounting unavailable: {e}[/]")
         rows = []
