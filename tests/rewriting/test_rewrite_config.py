@@ -74,3 +74,12 @@ def test_a_rewrite_worker_reserves_what_its_backend_needs():
     assert (cpu.cpus, cpu.gpus) == (2.0, 0.0)
     assert _stage({"backend": "openai"}).resources().gpus == 0.0
     assert _stage({}).stateful  # one model load per long-lived worker
+
+
+def test_the_run_summary_names_the_second_pass_over_derived_shards():
+    """A stage that runs again after a rewrite (over the derived shards) is labelled, not listed
+    twice under the same name (a first-time user read that as a bug)."""
+    from flows.cli import _label_passes
+    rows = [{"stage": "gopher", "computed": 4}, {"stage": "rw", "computed": 4}, {"stage": "gopher", "computed": 2}]
+    assert [r["stage"] for r in _label_passes(rows)] == ["gopher", "rw", "gopher (again: derived shards)"]
+    assert _label_passes(rows)[2]["computed"] == 2
