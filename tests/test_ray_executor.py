@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
+import json
 import os
 import signal
 import subprocess
@@ -213,28 +213,38 @@ def test_driver_killed_mid_stage_then_rerun_lake_on_s3(tmp_path, demo_dir, local
                                                                      if k != "stage_runs"}
 
 
-def test_exact_dedup_fit_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_nodes, monkeypatch, caplog):
+_RAY_FIT = """
+import json, logging, sys
+from engines.executor import ShardTask
+from engines.ray_executor import RayExecutor
+from filters.exact_dedup import ExactDedup
+from schemas.config import ExecutorConfig
+logging.basicConfig(level=logging.INFO)
+address, out, tasks = sys.argv[1], sys.argv[2], [ShardTask(s, p, "") for s, p in json.loads(sys.argv[3])]
+with RayExecutor(ExecutorConfig(kind="ray", address=address, batch_rows=64), show_progress=False) as ex:
+    print(json.dumps(ex.fit(ExactDedup(), tasks, out)))
+"""
+
+
+def test_exact_dedup_fit_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_nodes):
     """The exact-dedup fit on the cluster as one map task per shard and one reduce task per hash
-    partition (engines.ray_fit) writes the local executor's artifact, byte for byte."""
+    partition (engines.ray_fit) writes the local executor's artifact, byte for byte. The driver is a
+    process of its own (a process joins one Ray cluster once)."""
     from engines.executor import LocalExecutor, ShardTask
-    from engines.ray_executor import RayExecutor
     from filters.exact_dedup import ExactDedup
     from schemas.config import ExecutorConfig
     from tests.test_exact_dedup import planted_lake
 
     _, order = planted_lake(tmp_path / "lake", corpora)
-    tasks = [ShardTask(s, p, "") for s, p in order]
-    for k, v in two_nodes.auth.items():
-        monkeypatch.setenv(k, v)
-    metrics = {}
-    for kind, ex in (("local", LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False)),
-                     ("ray", RayExecutor(ExecutorConfig(kind="ray", address=two_nodes.address, batch_rows=64),
-                                         show_progress=False))):
+    for kind in ("local", "ray"):
         (tmp_path / kind).mkdir()
-        with ex, caplog.at_level(logging.INFO, logger="curate.ray"):
-            metrics[kind] = ex.fit(ExactDedup(), tasks, str(tmp_path / kind))
-    assert "fit of exact_dedup over 4 shards: 4 map tasks, 2 partitions" in caplog.text
-    assert metrics["ray"] == metrics["local"] and metrics["ray"]["duplicates"] == 4
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False) as ex:
+        local = ex.fit(ExactDedup(), [ShardTask(s, p, "") for s, p in order], str(tmp_path / "local"))
+    run = subprocess.run([sys.executable, "-c", _RAY_FIT, two_nodes.address, str(tmp_path / "ray"), json.dumps(order)],
+                         cwd=REPO, env=_env(tmp_path, two_nodes.auth), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "fit of exact_dedup over 4 shards: 4 map tasks, 2 partitions" in run.stderr, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == local and local["duplicates"] == 4
     for name in ("index.parquet", "duplicate_groups.parquet"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
