@@ -2,6 +2,8 @@
 
 - ``record_timing``: one ``stage_timings`` row per stage phase (fit, apply; release write;
   report build) with its wall time, so "which stage is slow" is one query.
+- ``record_fit``: a global stage's fit in ``stage_runs`` (phase ``fit``, beside the per-shard
+  ``apply`` rows) and in ``stage_timings``.
 - ``write_report``: the Prefect task that writes ``<lake>/reports/NAME/VERSION/report.html``
   (warehouse/report). The report is derived from the release, so a failure to write it is
   logged and the run still completes; ``curate report`` writes it again.
@@ -46,6 +48,18 @@ def record_timing(ctx: RunContext, stage: str, phase: str, started: datetime, se
     ctx.catalog.insert("stage_timings", [{
         "run_id": ctx.run_id, "stage": stage, "stage_key": key, "kind": kind, "phase": phase, "status": status,
         "shards": shards, "rows": rows, "seconds": round(seconds, 4), "started_at": started}])
+
+
+def record_fit(ctx: RunContext, cs: ConfiguredStage, key: str, started: datetime, seconds: float, status: str,
+               shards: int, error: str | None = None) -> None:
+    """One fit of a global stage: status ``computed`` (fitted or extended), ``reused`` (a pinned
+    model) or ``failed``. Its ``stage_runs`` row has no shard (the fit reads them all)."""
+    from warehouse.catalog_sync import record_stage_results
+    record_timing(ctx, cs.name, "fit", started, seconds, key=key, kind=cs.stage.kind, status=status, shards=shards)
+    record_stage_results(ctx.catalog, [{
+        "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind, "version": cs.stage.version,
+        "source": None, "shard": None, "status": status, "rows": None, "row_errors": None,
+        "seconds": round(seconds, 4), "error": error, "recorded_at": now(), "phase": "fit"}])
 
 
 @task(name="report", task_run_name="report-{rel[name]}", retries=0, cache_policy=NONE)
