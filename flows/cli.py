@@ -102,7 +102,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
         raise typer.Exit(2) from None
     except GateFailed as e:
         console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
-                      f"version = '{e.version}'\"\nthe record: {e.record}")
+                      f"version = '{e.version}'\"\nthe record: {e.record}", soft_wrap=True)
         raise typer.Exit(3) from None
     _print_summary(summary)
 

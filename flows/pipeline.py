@@ -28,7 +28,7 @@ from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.rewrite_step import is_rewrite, run_rewrite, stage_passes
-from flows.run_report import flow_run_name, publish_artifacts, record_fit, record_timing, write_report
+from flows.run_report import flow_run_name, publish_artifacts, record_fit, record_timing, report_rejected, write_report
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config
@@ -333,7 +333,7 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         rel = release(ctx, stages, accept_gates)
         catalog.refresh_views(lake.root, dict(ctx.keys))
         if "gate_failure" in rel:
-            raise rel["gate_failure"]
+            raise report_rejected(ctx, stages, rel["gate_failure"])
         report = write_report(ctx, stages, rel)
         ablation = ablate_release(lake.root, catalog, cfg, rel) if cfg.ablation else None
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))
