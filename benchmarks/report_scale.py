@@ -88,11 +88,17 @@ def main() -> None:
         f.unlink()
     # `curate report` in its own process (it starts none), reporting its own peak RSS.
     # The first figure is the peak after the imports (what any `curate` command costs), the second
-    # the peak of the whole command: their difference is what building the report added.
-    code = ("import resource, sys\nfrom flows.cli import app\nimport warehouse.report, flows.commands.report\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\ntry:\n    app(sys.argv[1:])\n"
+    # the peak of the whole command: their difference is what building the report added. VmHWM is
+    # this process's own peak; Linux carries ru_maxrss across exec, so that one would start at this
+    # (corpus-holding) parent's size.
+    code = ("import resource, sys\n"
+            "def peak():\n    try:\n        return next(int(ln.split()[1]) for ln in open('/proc/self/status') "
+            "if ln.startswith('VmHWM:'))\n    except OSError:\n"
+            "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "from flows.cli import app\nimport warehouse.report, flows.commands.report\n"
+            "base = peak()\ntry:\n    app(sys.argv[1:])\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(base, peak())")
     t0 = time.perf_counter()
     got = subprocess.run([sys.executable, "-c", code, "report", "scale", "--lake", str(work / "lake"), "--out", str(out)],
                          cwd=REPO, env=env, check=True, capture_output=True, text=True)
