@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,9 @@ from engines import storage
 from warehouse.errors import DamagedFile
 
 ERROR_COLUMN = "_error"
+# Rows per chunk when the release streams a raw shard (shard_chunks): the release step holds one
+# chunk of text (a few copies of it, in Arrow and Polars) whatever the shard size.
+CHUNK_ROWS = 8192
 
 
 @dataclass
@@ -99,6 +104,83 @@ def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
             continue
         df = df.with_columns([ann.get_column(c).alias(f"{st.name}.{c}") for c in ann.columns])
     return df, missing
+
+
+class _Rows:
+    """Exact row ranges of one Parquet file, read in order a batch at a time (the files of a shard
+    and of its annotations are cut into row groups independently)."""
+
+    def __init__(self, path: str, pf: pq.ParquetFile, columns: list[str] | None):
+        self.path, self._batches = path, pf.iter_batches(batch_size=CHUNK_ROWS, columns=columns, use_threads=False)
+        try:
+            schema = pf.schema_arrow
+            self._empty = schema.empty_table().select(columns) if columns is not None else schema.empty_table()
+        except KeyError as e:  # a column the stage should have written is not in its file
+            raise _damaged(path, e) from None
+        self._buf: list[pa.RecordBatch] = []
+        self._have = 0
+
+    def take(self, n: int) -> pa.Table:
+        while self._have < n:
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as e:
+                raise _damaged(self.path, e) from None
+            self._buf.append(batch)
+            self._have += batch.num_rows
+        table = pa.Table.from_batches(self._buf) if self._buf else self._empty
+        out, rest = table.slice(0, n), table.slice(n)
+        self._buf, self._have = rest.to_batches(), rest.num_rows
+        return out
+
+
+def _damaged(path: str, e: BaseException) -> DamagedFile:
+    return DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
+
+def _open(stack: ExitStack, path: str) -> pq.ParquetFile:
+    fs, p = storage.fs_and_path(path)
+    try:
+        return pq.ParquetFile(stack.enter_context(fs.open(p, "rb")))
+    except (pa.ArrowException, OSError) as e:
+        raise _damaged(path, e) from None
+
+
+def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
+                 annotation_path: Any) -> Iterator[tuple[pl.DataFrame, dict[str, str]]]:
+    """``shard_frame`` a chunk of ``CHUNK_ROWS`` rows at a time, in shard order: the raw shard and
+    each annotation file are read side by side, so memory is one chunk whatever the shard size.
+    The concatenated chunks equal ``shard_frame``'s frame; ``missing`` is the same for every chunk."""
+    with ExitStack() as stack:
+        raw_pf = _open(stack, raw)
+        n = raw_pf.metadata.num_rows
+        missing: dict[str, str] = {}
+        readers: list[tuple[str, _Rows]] = []
+        for st in stages:
+            cols = reads.columns.get(st.name)
+            if cols is None or not st.applies_to(source):
+                continue
+            ann_path = annotation_path(st.key, raw)
+            if not storage.exists(ann_path):
+                missing[st.name] = f"stage {st.name} has no annotations for this shard (it failed there; see stage_runs)"
+                continue
+            pf = _open(stack, ann_path)
+            if pf.metadata.num_rows != n:
+                missing[st.name] = f"stage {st.name} annotations have {pf.metadata.num_rows} rows for a shard of {n}"
+                continue
+            readers.append((st.name, _Rows(ann_path, pf, cols)))
+        raw_rows = _Rows(raw, raw_pf, None)
+        for start in range(0, n, CHUNK_ROWS) if n else [0]:  # an empty shard: one empty chunk
+            chunk = raw_rows.take(min(CHUNK_ROWS, n - start))
+            df = pl.from_arrow(chunk)
+            assert isinstance(df, pl.DataFrame)
+            for name, rows in readers:
+                ann = rows.take(chunk.num_rows)
+                df = df.with_columns([pl.from_arrow(ann.column(c)).alias(f"{name}.{c}")  # type: ignore[union-attr]
+                                      for c in ann.column_names])
+            yield df, missing
 
 
 def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict[str, str], select: pl.Expr,
