@@ -155,9 +155,9 @@ def removed_doc_idx(inputs: Path, lake: Path):
     finally:
         con.close()
     src = pl.read_parquet(sorted(inputs.glob("*.parquet")), columns=["doc_idx", "id"])
-    ids = document_ids(SOURCE, src.get_column("id").to_list())
+    ids = pl.Series("id", document_ids(SOURCE, src.get_column("id").to_list()), dtype=pl.String)
     kept = pl.scan_parquet(f"{path}/shard-*.parquet").select("id").collect().get_column("id")
-    mask = ~np.isin(np.asarray(ids, dtype=object), kept.to_numpy())
+    mask = ~ids.is_in(kept.implode()).to_numpy()  # a hash join (np.isin on object arrays took minutes at 200k)
     return np.sort(src.get_column("doc_idx").to_numpy()[mask])
 
 
