@@ -2,7 +2,10 @@
 rows, fates and shards as reading the shard whole, whatever the chunk size."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
@@ -12,6 +15,8 @@ from tests.test_release import _release_rows, _setup
 from warehouse.release import build_release
 from warehouse.releasing import fates
 from warehouse.releasing.fates import Reads, shard_chunks, shard_frame
+from warehouse.report.context import load_context
+from warehouse.report.fates import ensure_fates, where_matches
 
 
 @pytest.mark.parametrize("order", ["ingest", "shuffle"])
@@ -43,3 +48,27 @@ def test_chunks_concatenate_to_the_whole_shard(tmp_path, corpora, monkeypatch):
     assert len(chunks) == -(-whole.height // 64) and all(m == missing for _, m in chunks)
     assert_frame_equal(pl.concat([c for c, _ in chunks]), whole)
     assert "length.keep" in whole.columns and "length.reason" in whole.columns
+
+
+def test_report_fates_match_the_release_in_chunks(tmp_path, corpora, monkeypatch):
+    """The report replays the release's decisions chunk by chunk: row numbers stay shard rows."""
+    cfg, lake, info, _ = _setup(tmp_path, corpora)
+    manifest, _ = build_release(cfg, lake, info, "run-1", "test")
+    got, default = {}, fates.CHUNK_ROWS
+    for chunk in (default, 37):
+        monkeypatch.setattr(fates, "CHUNK_ROWS", chunk)
+        ctx = load_context(lake, manifest["name"], manifest["version"], stages=info)
+        path = ensure_fates(ctx)
+        got[chunk] = pl.read_parquet(path)
+        Path(path).unlink()
+        got[f"where-{chunk}"] = pl.from_arrow(pa.concat_tables(list(where_matches(ctx, "length.keep == false"))))
+    whole, small = got[default], got[37]
+    assert_frame_equal(small, whole)
+    assert whole.height == sum(a["rows_in"] for a in manifest["sources"].values())
+    kept = whole.filter(pl.col("fate") == "kept")
+    assert kept.height == sum(s["rows"] for s in manifest["shards"])
+    # a document's (raw, row) names its row in the raw shard
+    raw, row, doc = whole.filter(pl.col("row") > 100).select("raw", "row", "id").row(0)
+    assert pq.read_table(raw, columns=["id"]).column("id")[row].as_py() == doc
+    assert_frame_equal(got["where-37"], got[f"where-{default}"])
+    assert got["where-37"].height > 0
