@@ -97,6 +97,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec (Linux): SIGTERM it when curate's process dies, so a
+    killed run (SIGKILL: no atexit) leaves no server behind. Best effort."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
+
+
 class TemporaryServer:
     """A Prefect API server in a subprocess on a free local port; :meth:`wait_ready` before the
     first flow call; :meth:`stop` runs at exit (registered with atexit when it starts)."""
@@ -109,7 +119,8 @@ class TemporaryServer:
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | SERVER_ENV
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         atexit.register(self.stop)
 
     def wait_ready(self, timeout_s: float | None = None) -> float:

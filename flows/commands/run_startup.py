@@ -38,6 +38,8 @@ class RunStartup:
         self.mark("cli")
         self.server: TemporaryServer | None = _start() if early_server else None
         self.marks["prefect_server"] = 1.0 if self.server else 0.0  # 1: curate started it early
+        if self.server is not None:
+            self.marks["prefect_port"] = float(self.server.port)
 
     def mark(self, name: str) -> None:
         self.marks[name] = round(time.perf_counter() - self._t0, 3)
