@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engines import storage
 from engines.faults import fault_point
-from engines.stage import GlobalStage, Stage, StageContext
+from engines.stage import GlobalStage, Resources, Stage, StageContext
 from schemas.config import ExecutorConfig
 from schemas.documents import DOCUMENT, annotation_schema
 
@@ -65,8 +65,10 @@ class Executor(Protocol):
     """What the flow asks of an executor. Stages never see it: an executor adapts them (ships
     them to workers, sets them up once per worker, binds a ``StageContext``, tears them down)."""
 
-    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working") -> Iterator[Any]:
-        """``fn(item)`` (a picklable, module-level function) for each item, in completion order."""
+    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working",
+            resources: Resources | None = None) -> Iterator[Any]:
+        """``fn(item)`` (a picklable, module-level function) for each item, in completion order;
+        each call reserves ``resources`` where the executor places work (default: one CPU)."""
         ...
 
     def run_stage(self, name: str, stage: Stage, tasks: list[ShardTask],
@@ -327,8 +329,10 @@ class LocalExecutor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working") -> Iterator[Any]:
-        """``fn(item)`` for each item, yielded in completion order, at most ``workers`` at once."""
+    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working",
+            resources: Resources | None = None) -> Iterator[Any]:
+        """``fn(item)`` for each item, yielded in completion order, at most ``workers`` at once
+        (``resources`` is accepted for the contract: one machine's pool has no placement)."""
         with _progress() if self.show_progress else _NullProgress() as prog:
             bar: Any = prog.add_task(desc, total=len(items))
             if self.workers == 1 or len(items) <= 1:

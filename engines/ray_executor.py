@@ -188,12 +188,16 @@ class RayExecutor:
         return max(1, int(max(cpus or [1])))
 
     # --- the contract ---------------------------------------------------------------------------
-    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working") -> Iterator[Any]:
-        """``fn(item)`` as Ray tasks (one CPU each), at most twice the cluster's CPUs in flight."""
+    def map(self, fn: Callable[..., Any], items: list[Any], desc: str = "working",
+            resources: Resources | None = None) -> Iterator[Any]:
+        """``fn(item)`` as Ray tasks, each reserving ``resources`` (default one CPU; a vLLM rewrite
+        reserves a GPU), at most twice as many in flight as the cluster holds at once. Ray reuses
+        worker processes, so a model a task loads into a module-level cache serves later items."""
         ray = self._connect()
-        remote = self._remote(_call)
+        res = resources or Resources()
+        remote = self._remote(_call).options(**_options(res))
         fn_ref = ray.put(fn)
-        limit = 2 * self._slots(Resources())
+        limit = 2 * self._slots(res)
         queue, pending = list(reversed(items)), list[Any]()
         with self._bar(desc, len(items)) as (prog, bar):
             while queue or pending:

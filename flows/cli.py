@@ -111,10 +111,22 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
     _print_summary(summary)
 
 
+def _label_passes(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """After a rewrite stage the flow runs the stages before it again, over the new derived
+    shards (flows/rewrite_step.stage_passes): say so on those rows instead of listing a stage twice."""
+    seen: set[str] = set()
+    out = []
+    for r in stages:
+        name = r.get("stage", "")
+        out.append({**r, "stage": f"{name} (again: derived shards)"} if name in seen else r)
+        seen.add(name)
+    return out
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     from warehouse.lake import Lake
     for title, rows, cols in (("ingest", s["ingest"], ("source", "files", "rows_in", "rows_written", "rows_quarantined")),
-                              ("stages", s["stages"], ("stage", "computed", "skipped", "failed", "row_errors"))):
+                              ("stages", _label_passes(s["stages"]), ("stage", "computed", "skipped", "failed", "row_errors"))):
         _print(list(cols), [tuple(r.get(c, "") for c in cols) for r in rows], title=title)
     r = s["release"]
     for message in r.get("warnings") or []:

@@ -69,7 +69,8 @@ def run_rewrite(ctx: RunContext, cs: ConfiguredStage, columns: dict[str, set[str
                         ctx.cfg.executor.shard_bytes, ctx.cfg.executor.batch_rows)
     busy = [t for t in plan.tasks if t.routes]
     results = [rewrite_shard(t) for t in plan.tasks if not t.routes]  # annotation only: no model needed
-    results += list(ctx.executor.map(rewrite_shard, busy, desc=f"{cs.name} ({len(busy)} shards)"))
+    results += list(ctx.executor.map(rewrite_shard, busy, desc=f"{cs.name} ({len(busy)} shards)",
+                                     resources=stage.resources()))
     for path, marker in plan.tombstones:
         write_json_atomic(path, marker)
     markers = [m for r in results for m in r.markers] + [{**m, "_path": p} for p, m in plan.tombstones]

@@ -29,7 +29,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from engines.stage import Stage, register_stage
+from engines.inference.base import RUNTIME_FIELDS, backend_resources
+from engines.inference.base import runtime_params as inference_runtime_params
+from engines.stage import Resources, Stage, register_stage
 from rewriting.params import RewriteParams
 from schemas.config import stable_hash
 
@@ -62,6 +64,13 @@ class RewriteStage(Stage):
     version = "1"
     needs = ("text",)
     Params = RewriteParams
+    # A model per worker: set-up copies live in long-lived workers (Ray reuses worker processes;
+    # rewriting.task.worker_generator keeps one generator per process and params).
+    stateful = True
+    # Speed knobs: they change how replies are computed, never which (the result cache is keyed by
+    # model, template, sampling and text), so they stay out of the stage key and the derived
+    # shards' fingerprint: changing a batch size reuses everything generated.
+    runtime_params = (*inference_runtime_params("inference"), "chunk_prompts", "parents_per_batch")
 
     def __init__(self, params: Any = None, upstream: dict[str, str] | None = None):
         super().__init__(params, upstream)
@@ -85,6 +94,11 @@ class RewriteStage(Stage):
     def requirements(self) -> dict[str, tuple[str, ...]]:
         return self.rparams.inference.requires()
 
+    def resources(self) -> Resources:
+        """One generation worker: a GPU for vLLM, the configured threads on CPU (the executor
+        reserves this per shard task; see ``Executor.map``)."""
+        return backend_resources([self.rparams.inference])  # type: ignore[no-any-return]
+
     def writes(self) -> dict[str, pa.DataType]:
         return dict(ANNOTATION)
 
@@ -92,7 +106,10 @@ class RewriteStage(Stage):
         """The part of the config that decides what a routed parent becomes (not which parents
         are routed): the fingerprint of derived shards (rewriting/plan.py) builds on it."""
         p = self.rparams
-        return stable_hash({"inference": p.inference.model_dump(mode="json"), "language_check": p.language_check,
+        inference = p.inference.model_dump(mode="json")
+        for field in RUNTIME_FIELDS:
+            inference.pop(field, None)
+        return stable_hash({"inference": inference, "language_check": p.language_check,
                             "min_language_score": p.min_language_score, "version": self.version})[:12]
 
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:

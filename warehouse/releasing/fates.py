@@ -97,12 +97,21 @@ def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
         if not storage.exists(ann_path):
             missing[st.name] = f"stage {st.name} has no annotations for this shard (it failed there; see stage_runs)"
             continue
-        ann = pl.from_arrow(_read(ann_path, cols))
+        ann = pl.from_arrow(_read(ann_path, ["id", *cols]))
         assert isinstance(ann, pl.DataFrame)
         if ann.height != df.height:
             missing[st.name] = f"stage {st.name} annotations have {ann.height} rows for a shard of {df.height}"
             continue
-        df = df.with_columns([ann.get_column(c).alias(f"{st.name}.{c}") for c in ann.columns])
+        # Aligned by id, not only by position: a file written for another version of the shard
+        # (or rows reordered by a buggy stage) has the right length but the wrong documents.
+        off = ann.get_column("id") != df.get_column("id")
+        if off.any():
+            row = int(off.arg_max() or 0)
+            missing[st.name] = (f"stage {st.name} annotations are not aligned with the shard by id (row {row}: "
+                                f"{ann['id'][row]!r} for document {df['id'][row]!r}); delete {ann_path} and run "
+                                f"again to recompute it")
+            continue
+        df = df.with_columns([ann.get_column(c).alias(f"{st.name}.{c}") for c in cols])
     return df, missing
 
 
