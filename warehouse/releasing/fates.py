@@ -102,17 +102,25 @@ def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
         if ann.height != df.height:
             missing[st.name] = f"stage {st.name} annotations have {ann.height} rows for a shard of {df.height}"
             continue
-        # Aligned by id, not only by position: a file written for another version of the shard
-        # (or rows reordered by a buggy stage) has the right length but the wrong documents.
-        off = ann.get_column("id") != df.get_column("id")
-        if off.any():
-            row = int(off.arg_max() or 0)
-            missing[st.name] = (f"stage {st.name} annotations are not aligned with the shard by id (row {row}: "
-                                f"{ann['id'][row]!r} for document {df['id'][row]!r}); delete {ann_path} and run "
-                                f"again to recompute it")
+        why = _misaligned(st.name, ann.get_column("id"), df.get_column("id"), ann_path)
+        if why:
+            missing[st.name] = why
             continue
         df = df.with_columns([ann.get_column(c).alias(f"{st.name}.{c}") for c in cols])
     return df, missing
+
+
+def _misaligned(stage: str, ann_ids: pl.Series, raw_ids: pl.Series, ann_path: str) -> str | None:
+    """Why an annotation file of the right length does not belong to the shard, or None.
+
+    Aligned by id, not only by position: a file written for another version of the shard (or
+    rows reordered by a buggy stage) has the right length but the wrong documents."""
+    off = ann_ids != raw_ids
+    if not off.any():
+        return None
+    row = int(off.arg_max() or 0)
+    return (f"stage {stage} annotations are not aligned with the shard by id (row {row}: {ann_ids[row]!r} for "
+            f"document {raw_ids[row]!r}); delete {ann_path} and run again to recompute it")
 
 
 class _Rows:
@@ -157,6 +165,13 @@ def _open(stack: ExitStack, path: str) -> pq.ParquetFile:
         raise _damaged(path, e) from None
 
 
+def _ids(path: str, pf: pq.ParquetFile) -> pl.Series:
+    try:
+        return pl.Series("id", pf.read(columns=["id"], use_threads=False).column("id"))
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise _damaged(path, e) from None
+
+
 def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
                  annotation_path: Any) -> Iterator[tuple[pl.DataFrame, dict[str, str]]]:
     """``shard_frame`` a chunk of ``CHUNK_ROWS`` rows at a time, in shard order: the raw shard and
@@ -167,6 +182,7 @@ def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
         n = raw_pf.metadata.num_rows
         missing: dict[str, str] = {}
         readers: list[tuple[str, _Rows]] = []
+        raw_ids: pl.Series | None = None  # the shard's ids (~40 bytes a row), read once for the id check
         for st in stages:
             cols = reads.columns.get(st.name)
             if cols is None or not st.applies_to(source):
@@ -178,6 +194,13 @@ def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
             pf = _open(stack, ann_path)
             if pf.metadata.num_rows != n:
                 missing[st.name] = f"stage {st.name} annotations have {pf.metadata.num_rows} rows for a shard of {n}"
+                continue
+            # The whole id columns first (as shard_frame): a file misaligned anywhere quarantines the
+            # whole shard's rows before any chunk is decided.
+            raw_ids = _ids(raw, raw_pf) if raw_ids is None else raw_ids
+            why = _misaligned(st.name, _ids(ann_path, pf), raw_ids, ann_path)
+            if why:
+                missing[st.name] = why
                 continue
             readers.append((st.name, _Rows(ann_path, pf, cols)))
         raw_rows = _Rows(raw, raw_pf, None)
