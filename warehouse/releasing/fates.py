@@ -82,13 +82,10 @@ def _read(path: str, columns: list[str] | None = None) -> pa.Table:
         raise DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
-def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
-                annotation_path: Any) -> tuple[pl.DataFrame, dict[str, str]]:
-    """The raw shard with the columns the release reads of each applicable stage, as
-    ``<stage>.<col>``; and, for stages whose annotation file is missing or misaligned, why."""
-    df = pl.from_arrow(_read(raw))
-    assert isinstance(df, pl.DataFrame)
-    missing: dict[str, str] = {}
+def _annotation_files(raw: str, source: str, stages: list[StageInfo], reads: Reads, annotation_path: Any,
+                      missing: dict[str, str]) -> Iterator[tuple[StageInfo, list[str], str]]:
+    """(stage, columns to read, annotation file) of each stage the release reads for this shard;
+    a stage whose file does not exist goes to ``missing`` with why."""
     for st in stages:
         cols = reads.columns.get(st.name)
         if cols is None or not st.applies_to(source):
@@ -97,6 +94,17 @@ def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
         if not storage.exists(ann_path):
             missing[st.name] = f"stage {st.name} has no annotations for this shard (it failed there; see stage_runs)"
             continue
+        yield st, cols, ann_path
+
+
+def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
+                annotation_path: Any) -> tuple[pl.DataFrame, dict[str, str]]:
+    """The raw shard with the columns the release reads of each applicable stage, as
+    ``<stage>.<col>``; and, for stages whose annotation file is missing or misaligned, why."""
+    df = pl.from_arrow(_read(raw))
+    assert isinstance(df, pl.DataFrame)
+    missing: dict[str, str] = {}
+    for st, cols, ann_path in _annotation_files(raw, source, stages, reads, annotation_path, missing):
         ann = pl.from_arrow(_read(ann_path, ["id", *cols]))
         assert isinstance(ann, pl.DataFrame)
         if ann.height != df.height:
@@ -183,14 +191,7 @@ def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
         missing: dict[str, str] = {}
         readers: list[tuple[str, _Rows]] = []
         raw_ids: pl.Series | None = None  # the shard's ids (~40 bytes a row), read once for the id check
-        for st in stages:
-            cols = reads.columns.get(st.name)
-            if cols is None or not st.applies_to(source):
-                continue
-            ann_path = annotation_path(st.key, raw)
-            if not storage.exists(ann_path):
-                missing[st.name] = f"stage {st.name} has no annotations for this shard (it failed there; see stage_runs)"
-                continue
+        for st, cols, ann_path in _annotation_files(raw, source, stages, reads, annotation_path, missing):
             pf = _open(stack, ann_path)
             if pf.metadata.num_rows != n:
                 missing[st.name] = f"stage {st.name} annotations have {pf.metadata.num_rows} rows for a shard of {n}"
