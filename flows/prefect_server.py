@@ -29,6 +29,7 @@ under load) on its first start.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import socket
 import subprocess
@@ -117,7 +118,11 @@ class TemporaryServer:
         self.started = time.perf_counter()
         self.ready_after: float | None = None
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | SERVER_ENV
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+        # --app-dir as Prefect passes it: prefect's own install first on the path, whatever the cwd holds
+        # (find_spec locates the package without importing it).
+        spec = importlib.util.find_spec("prefect")
+        app_dir = ["--app-dir", str(Path(spec.origin).parent.parent)] if spec and spec.origin else []
+        cmd = [sys.executable, "-m", "uvicorn", *app_dir, "--factory", "prefect.server.api.server:create_app",
                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
         self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
             cmd, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
