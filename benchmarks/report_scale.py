@@ -3,7 +3,8 @@
 Builds a corpus of ``--docs`` real-text documents (the shared corpora's paragraphs, cycled, with
 a share of exact copies so dedup has clusters), runs a cheap pipeline over it with `curate run`
 (length filter, exact dedup, difficulty; a folding curriculum), then times `curate report` in a
-fresh process and prints its peak resident memory next to the size of the release's input.
+fresh process and prints its peak resident memory (and the peak after its imports alone, so the
+difference is what building the report added) next to the size of the release's input.
 The report must scale with one raw shard and DuckDB's memory limit, not with the corpus:
 
     python -m benchmarks.report_scale --docs 200000
@@ -86,22 +87,46 @@ def main() -> None:
     for f in (work / "lake" / "reports").glob("scale/*/fates.parquet"):
         f.unlink()
     # `curate report` in its own process (it starts none), reporting its own peak RSS.
-    code = ("import resource, sys\nfrom flows.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    assert not e.code, e.code\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    # The first figure is the peak after the imports (what any `curate` command costs), the second
+    # the peak of the whole command: their difference is what building the report added. VmHWM is
+    # this process's own peak; Linux carries ru_maxrss across exec, so that one would start at this
+    # (corpus-holding) parent's size.
+    code = ("import resource, sys\n"
+            "def peak():\n    try:\n        return next(int(ln.split()[1]) for ln in open('/proc/self/status') "
+            "if ln.startswith('VmHWM:'))\n    except OSError:\n"
+            "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "from flows.cli import app\nimport warehouse.report, flows.commands.report\n"
+            "base = peak()\ntry:\n    app(sys.argv[1:])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(base, peak())")
     t0 = time.perf_counter()
     got = subprocess.run([sys.executable, "-c", code, "report", "scale", "--lake", str(work / "lake"), "--out", str(out)],
                          cwd=REPO, env=env, check=True, capture_output=True, text=True)
     report_s = time.perf_counter() - t0
-    peak_kb = int(got.stdout.strip().splitlines()[-1])
+    base_kb, peak_kb = map(int, got.stdout.strip().splitlines()[-1].split())
     page = out.read_text()
     data = json.loads(page.split('id="curate-report-data">', 1)[1].split("</script>", 1)[0])
     print(json.dumps({
         "docs": args.docs, "input_text_mb": round(text_bytes / 1e6, 1), "released_rows": data["release"]["rows"],
         "run_s": round(run_s, 1), "report_s": round(report_s, 1),
-        "report_peak_rss_mb": round(peak_kb / 1024, 1),
+        "report_peak_rss_mb": round(peak_kb / 1024, 1), "imports_peak_rss_mb": round(base_kb / 1024, 1),
+        "report_added_rss_mb": round((peak_kb - base_kb) / 1024, 1),
         "report_kb": round(len(page.encode()) / 1024), "dup_clusters": data["duplicates"][0]["clusters"],
-        "load_average": os.getloadavg()[0],
+        "load_average": os.getloadavg()[0], "cpu": _cpu(),
     }, indent=1))
+    if not args.dir:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    return f"{name} ({os.cpu_count()} CPUs; {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'})"
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
             raise typer.Exit(2) from None
         except GateFailed as e:
             console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
-                          f"version = '{e.version}'\"\nthe record: {e.record}")
+                          f"version = '{e.version}'\"\nthe record: {e.record}", soft_wrap=True)
             raise typer.Exit(3) from None
     _print_summary(summary)
 
@@ -194,8 +194,9 @@ def stats(lake: LakeOpt = "./lake"):
             "ORDER BY created_at DESC LIMIT 1) r USING (name, version) ORDER BY d.rows DESC LIMIT 30",
         "quarantine": "SELECT source, stage, left(error, 90) AS error, sum(rows) AS rows FROM quarantine "
                       "GROUP BY ALL ORDER BY rows DESC LIMIT 20",
-        "stages (latest run)": "SELECT stage, status, count(*) AS shards, sum(rows) AS rows, round(sum(seconds), 2) AS seconds "
-                               "FROM stage_runs WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY ALL ORDER BY stage",
+        "stages (latest run; fit: a global stage's model)":
+            "SELECT stage, phase, status, count(shard) AS shards, sum(rows) AS rows, round(sum(seconds), 2) AS seconds "
+            "FROM stage_runs WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY ALL ORDER BY stage, phase DESC",
     }
     for title, sql in queries.items():
         cols, rows = cat.query(sql)

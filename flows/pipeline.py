@@ -28,7 +28,7 @@ from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.rewrite_step import is_rewrite, run_rewrite, stage_passes
-from flows.run_report import flow_run_name, publish_artifacts, record_timing, write_report
+from flows.run_report import flow_run_name, publish_artifacts, record_fit, record_timing, report_rejected, write_report
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config
@@ -128,13 +128,17 @@ def configure_stages(cfg: PipelineConfig) -> list[ConfiguredStage]:
 
 def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[ShardTask]) -> tuple[str, str]:
     """Fit, reuse or extend a global stage by its fit policy (flows/fitting.py); returns
-    (effective key, artifact dir). Its wall time goes to ``stage_timings`` (phase ``fit``)."""
+    (effective key, artifact dir). Its wall time goes to ``stage_runs`` and ``stage_timings``
+    (phase ``fit``; a failed fit too)."""
     run = FitRun(ctx.lake, ctx.catalog, ctx.executor, ctx.run_id, get_run_logger())
     started, t0 = now(), time.perf_counter()
-    key, art = fit_stage(run, cs.name, cs.stage, key, tasks, refit=cs.name in ctx.refit)  # type: ignore[arg-type]
+    try:
+        key, art = fit_stage(run, cs.name, cs.stage, key, tasks, refit=cs.name in ctx.refit)  # type: ignore[arg-type]
+    except Exception as e:
+        record_fit(ctx, cs, key, started, time.perf_counter() - t0, "failed", len(tasks), f"{type(e).__name__}: {e}")
+        raise
     _, fitted = ctx.catalog.query("SELECT count(*) FROM artifacts WHERE run_id = ? AND stage_key = ?", [ctx.run_id, key])
-    record_timing(ctx, cs.name, "fit", started, time.perf_counter() - t0, key=key, kind=cs.stage.kind,
-                  status="computed" if fitted[0][0] else "reused", shards=len(tasks))
+    record_fit(ctx, cs, key, started, time.perf_counter() - t0, "computed" if fitted[0][0] else "reused", len(tasks))
     return key, art
 
 
@@ -205,7 +209,8 @@ def run_stage(ctx: RunContext, cs: ConfiguredStage) -> dict[str, Any]:
     record_stage_results(ctx.catalog, [{
         "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind,
         "version": cs.stage.version, "source": r.task.source, "shard": r.task.raw_path, "status": r.status,
-        "rows": r.rows, "row_errors": r.row_errors, "seconds": r.seconds, "error": r.error, "recorded_at": at} for r in results])
+        "rows": r.rows, "row_errors": r.row_errors, "seconds": r.seconds, "error": r.error, "recorded_at": at,
+        "phase": "apply"} for r in results])
     if cs.stage.kind == "perplexity":
         p = cs.stage.params
         ctx.catalog.record_bpb_matrix(ctx.run_id, cs.name, key, ctx.lake.root, [m.name for m in p.models], p.group_by)  # type: ignore[attr-defined]
@@ -328,7 +333,7 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         rel = release(ctx, stages, accept_gates)
         catalog.refresh_views(lake.root, dict(ctx.keys))
         if "gate_failure" in rel:
-            raise rel["gate_failure"]
+            raise report_rejected(ctx, stages, rel["gate_failure"])
         report = write_report(ctx, stages, rel)
         ablation = ablate_release(lake.root, catalog, cfg, rel) if cfg.ablation else None
         catalog.finish_run(run_id, "completed", (rel["name"], rel["version"]))

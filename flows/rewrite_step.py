@@ -79,10 +79,10 @@ def run_rewrite(ctx: RunContext, cs: ConfiguredStage, columns: dict[str, set[str
     at = now()
     rows = [{"run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": stage.kind, "version": stage.version,
              "source": r.task.source, "shard": r.task.raw_path, "status": r.status, "rows": r.rows, "row_errors": 0,
-             "seconds": r.seconds, "error": r.error, "recorded_at": at} for r in results]
+             "seconds": r.seconds, "error": r.error, "recorded_at": at, "phase": "apply"} for r in results]
     rows += [{"run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": stage.kind, "version": stage.version,
               "source": src, "shard": raw, "status": "skipped", "rows": None, "row_errors": 0, "seconds": 0.0,
-              "error": None, "recorded_at": at} for src, raw in plan.done]
+              "error": None, "recorded_at": at, "phase": "apply"} for src, raw in plan.done]
     record_stage_results(ctx.catalog, rows)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:

@@ -2,9 +2,13 @@
 
 - ``record_timing``: one ``stage_timings`` row per stage phase (fit, apply; release write;
   report build) with its wall time, so "which stage is slow" is one query.
+- ``record_fit``: a global stage's fit in ``stage_runs`` (phase ``fit``, beside the per-shard
+  ``apply`` rows) and in ``stage_timings``.
 - ``write_report``: the Prefect task that writes ``<lake>/reports/NAME/VERSION/report.html``
   (warehouse/report). The report is derived from the release, so a failure to write it is
   logged and the run still completes; ``curate report`` writes it again.
+- ``report_rejected``: the report of a release its gates stopped, at
+  ``<lake>/reports/NAME/_rejected/VERSION/report.html``, named in the failure's message.
 - ``publish_artifacts``: a markdown artifact with the run's summary tables and a link artifact
   to the report, so the Prefect UI shows what a run did.
 """
@@ -23,6 +27,7 @@ from warehouse.catalog import now
 
 if TYPE_CHECKING:
     from flows.pipeline import ConfiguredStage, RunContext
+    from warehouse.releasing.gates import GateFailed
 
 
 def flow_run_name() -> str:
@@ -48,6 +53,18 @@ def record_timing(ctx: RunContext, stage: str, phase: str, started: datetime, se
         "shards": shards, "rows": rows, "seconds": round(seconds, 4), "started_at": started}])
 
 
+def record_fit(ctx: RunContext, cs: ConfiguredStage, key: str, started: datetime, seconds: float, status: str,
+               shards: int, error: str | None = None) -> None:
+    """One fit of a global stage: status ``computed`` (fitted or extended), ``reused`` (a pinned
+    model) or ``failed``. Its ``stage_runs`` row has no shard (the fit reads them all)."""
+    from warehouse.catalog_sync import record_stage_results
+    record_timing(ctx, cs.name, "fit", started, seconds, key=key, kind=cs.stage.kind, status=status, shards=shards)
+    record_stage_results(ctx.catalog, [{
+        "run_id": ctx.run_id, "stage": cs.name, "stage_key": key, "kind": cs.stage.kind, "version": cs.stage.version,
+        "source": None, "shard": None, "status": status, "rows": None, "row_errors": None,
+        "seconds": round(seconds, 4), "error": error, "recorded_at": now(), "phase": "fit"}])
+
+
 @task(name="report", task_run_name="report-{rel[name]}", retries=0, cache_policy=NONE)
 def write_report(ctx: RunContext, stages: list[ConfiguredStage], rel: dict[str, Any]) -> dict[str, Any]:
     """Write the release's report (if it is not there yet); returns its path and size, or the error."""
@@ -56,13 +73,15 @@ def write_report(ctx: RunContext, stages: list[ConfiguredStage], rel: dict[str, 
     from warehouse.report import build_report
     from warehouse.report.context import REPORT_FILE, report_dir
     log = get_run_logger()
-    path = f"{report_dir(ctx.lake, rel['name'], rel['version'])}/{REPORT_FILE}"
+    rejected = bool(rel.get("rejected"))
+    path = f"{report_dir(ctx.lake, rel['name'], rel['version'], rejected)}/{REPORT_FILE}"
     if not rel["created"] and storage.exists(path):
         return {"path": path, "written": False}
     infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
     started, t0 = now(), time.perf_counter()
     try:
-        rep = build_report(ctx.lake, rel["name"], rel["version"], stages=infos, code_version=ctx.code_version)
+        rep = build_report(ctx.lake, rel["name"], rel["version"], stages=infos, code_version=ctx.code_version,
+                           rejected=rejected)
     except Exception as e:  # noqa: BLE001 - the release stands without its report
         log.error("the report of %s/%s could not be written (%s: %s); write it with `curate report %s/%s`",
                   rel["name"], rel["version"], type(e).__name__, e, rel["name"], rel["version"])
@@ -70,6 +89,35 @@ def write_report(ctx: RunContext, stages: list[ConfiguredStage], rel: dict[str, 
     record_timing(ctx, "report", "build", started, time.perf_counter() - t0)
     log.info("report: %s (%s KB)", rep.path, rep.bytes // 1024)
     return {"path": rep.path, "bytes": rep.bytes, "written": True}
+
+
+def report_rejected(ctx: RunContext, stages: list[ConfiguredStage], failure: GateFailed) -> GateFailed:
+    """A release its gates stopped still gets its report (marked REJECTED, failed gates first), at
+    ``<lake>/reports/NAME/_rejected/VERSION/report.html``: that is when a person needs to look. The
+    failure's message names it, and a Prefect artifact links it; returns the failure to raise."""
+    got = write_report(ctx, stages, {"name": failure.name, "version": failure.version, "created": True,
+                                     "rejected": True})
+    failure.with_report(got.get("path"))
+    try:
+        _publish_rejected(ctx, failure)
+    except Exception as e:  # noqa: BLE001 - the run fails for its gates, not for its artifacts
+        get_run_logger().warning("could not publish the Prefect artifacts of this run: %s: %s", type(e).__name__, e)
+    return failure
+
+
+def _publish_rejected(ctx: RunContext, failure: GateFailed) -> None:
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
+    ref = f"{failure.name}/{failure.version}"
+    fails = [c for c in failure.report.get("checks") or [] if c.get("outcome") == "fail"]
+    lines = [f"# REJECTED: release {ref} was not published", "", "| gate | source | message |", "|---|---|---|"]
+    lines += [f"| {c.get('gate')} | {c.get('source') or ''} | {str(c.get('message')).replace('|', '/')} |" for c in fails]
+    lines += ["", f"Record: `{failure.record}`", f"Report: `{failure.report_path or 'not written (see the log)'}`"]
+    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(ctx.cfg.name, "summary"),
+                             description=f"curate run {ctx.run_id}: release {ref} REJECTED by its gates")
+    if failure.report_path:
+        create_link_artifact(link=report_link(failure.report_path), link_text=f"report {ref} (REJECTED)",
+                             key=artifact_key(ctx.cfg.name, "report"),
+                             description=f"The HTML report of the rejected release {ref}")
 
 
 def artifact_key(pipeline: str, what: str) -> str:

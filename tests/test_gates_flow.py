@@ -3,7 +3,9 @@ exits 3 with the reason, the Prefect flow run fails, the catalog says why, nothi
 --accept-gates publishes it deliberately."""
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -25,7 +27,7 @@ def _pipeline(root: Path, corpora: Path) -> Path:
                         "columns": {"text": "text", "id": "url"}},
                        {"name": "wiki_fr", "format": "jsonl", "paths": [str(root / "fr.jsonl")],
                         "columns": {"text": "body", "id": "url"}}],
-           "stages": [{"name": "length", "kind": "length_filter", "params": {"min_words": 5}}],
+           "stages": [{"name": "length", "kind": "length_filter", "params": {"min_words": 30}}],  # drops 10 of 200 wiki_en rows
            "release": {"name": "gated", "select": "length.keep"}}
     (root / "p.yaml").write_text(yaml.safe_dump(cfg))
     return root / "p.yaml"
@@ -47,10 +49,21 @@ def test_failed_gate_fails_the_run_and_publishes_nothing(tmp_path, corpora):
     root = lake / "releases" / "gated"
     assert not (root / "LATEST").exists()
     assert sorted(p.name for p in root.iterdir()) == ["_rejected"]
+    [record] = (root / "_rejected").iterdir()
+    rejected_page = _check_rejected_report(lake, json.loads(record.read_text()), res.output)
+    # `curate report NAME/VERSION` writes it again; `curate sample` reads its documents.
+    ref = f"gated/{record.stem}"
+    again = CliRunner().invoke(app, ["report", ref, "--lake", str(lake), "--out", str(tmp_path / "again.html")])
+    assert again.exit_code == 0 and "REJECTED" in again.output, again.output
+    got, first = _report_data((tmp_path / "again.html").read_text()), _report_data(rejected_page.read_text())
+    assert got["release"]["rejected"] and got["accounting"] == first["accounting"] and got["examples"] == first["examples"]
+    drawn = CliRunner().invoke(app, ["sample", "--release", ref, "--reason", "length", "-n", "3", "--lake", str(lake)])
+    assert drawn.exit_code == 0 and "10 documents match; 3 shown" in drawn.output, drawn.output
     con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
     try:
         runs = con.execute("SELECT status, message FROM runs ORDER BY started_at").fetchall()
         assert [r[0] for r in runs] == ["failed", "failed"] and "source wiki_fr released 0 rows" in runs[-1][1]
+        assert all(str(rejected_page) in r[1] for r in runs), "the run's record names the rejected report"
         fails = con.execute("SELECT DISTINCT gate, source FROM release_gates WHERE outcome = 'fail' "
                             "AND NOT published ORDER BY gate").fetchall()
         assert fails == [("max_quarantine_rate", "wiki_fr"), ("min_source_rows", "wiki_fr")]
@@ -64,9 +77,47 @@ def test_failed_gate_fails_the_run_and_publishes_nothing(tmp_path, corpora):
     version = (root / "LATEST").read_text().strip()
     manifest = json.loads((root / version / "manifest.json").read_text())
     assert manifest["gates"]["accepted"] and manifest["sources"]["wiki_fr"]["rows_quarantined"] == 120
+    # The same release, published: its own report is not marked rejected, and the rejected one stays.
+    published = _report_data((lake / "reports" / "gated" / version / "report.html").read_text())
+    assert not published["release"]["rejected"] and published["accounting"] == _report_data(
+        rejected_page.read_text())["accounting"]
     con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM release_gates WHERE version = ? AND outcome = 'fail' "
                            "AND accepted AND published", [version]).fetchone()[0] == 2
     finally:
         con.close()
+
+
+def _report_data(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="curate-report-data">(.*?)</script>', page, re.S)
+    assert m, "the report embeds its numbers"
+    return json.loads(m.group(1))
+
+
+def _check_rejected_report(lake: Path, record: dict, output: str) -> Path:
+    """The rejected release's report: where the terminal said, marked REJECTED with the failed
+    gates before anything else, its numbers those of the record the release step kept."""
+    page_path = lake / "reports" / "gated" / "_rejected" / record["version"] / "report.html"
+    assert f"The report of the rejected release (what it would have been, failed gates first): {page_path}" in output
+    page = page_path.read_text()
+    assert "curate report · gated/" in page and "· REJECTED</title>" in page
+    banner = page.split('<section class="rejected"', 1)[1].split("</section>", 1)[0]
+    assert page.index('<section class="rejected"') < page.index("<nav>") < page.index('id="accounting"')
+    fails = [c for c in record["gates"]["checks"] if c["outcome"] == "fail"]
+    assert len(fails) == 2 and "2 gates failed" in banner
+    for c in fails:
+        assert html.escape(c["message"]) in banner
+    data = _report_data(page)
+    assert data["release"]["rejected"] and data["release"]["shards"] == 0
+    assert data["release"]["rows"] == record["totals"]["rows"] == record["sources"]["wiki_en"]["rows_kept"] > 0
+    assert {s: a["rows_in"] for s, a in data["accounting"].items()} == {"wiki_en": 200, "wiki_fr": 120}
+    assert data["accounting"]["wiki_fr"]["rows_quarantined"] == 120
+    assert {(d["stage"], d["reason"]) for d in data["drop_reasons"]} == {
+        (d["stage"], d["reason"]) for d in record["drop_reasons"]}
+    assert sorted(c["gate"] for c in data["gates"]["checks"] if c["outcome"] == "fail") == [
+        "max_quarantine_rate", "min_source_rows"]
+    # The length filter's drops come with example documents, read from the raw shards.
+    drops = [g for g in data["examples"] if g["stage"] == "length"]
+    assert drops and all(e["text"] for g in drops for e in g["examples"])
+    return page_path

@@ -180,9 +180,14 @@ def test_classifier_stays_pinned_and_old_scores_stay(nights):
     con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
     runs = [r for (r,) in con.execute("SELECT run_id FROM runs ORDER BY started_at").fetchall()]
     per_night = [dict(con.execute("SELECT stage, sum((status='computed')::INT) FROM stage_runs WHERE run_id=? "
-                                  "GROUP BY stage", [r]).fetchall()) for r in runs]
+                                  "AND phase = 'apply' GROUP BY stage", [r]).fetchall()) for r in runs]
     pins = con.execute("SELECT stage, count(*) FROM pins WHERE policy='pinned' GROUP BY stage").fetchall()
+    # The fit of each global stage is a stage_runs row too (phase fit, no shard): fitted on night 1,
+    # the pinned classifier reused after.
+    fits = [dict(con.execute("SELECT stage, status FROM stage_runs WHERE run_id=? AND phase = 'fit' AND shard IS NULL",
+                             [r]).fetchall()) for r in runs]
     con.close()
+    assert [f["quality"] for f in fits] == ["computed", "reused", "reused"] and fits[0]["dedup"] == "computed"
     new_shards = 2  # one wiki file and one fr file per night
     for counts in per_night[1:]:
         assert all(counts[s] == new_shards for s in ("quality", "ensemble", "dedup", "fuzzy", "decontam", "length")), counts
@@ -248,7 +253,8 @@ def test_refit_retrains_and_reannotates(nights):
     assert after["history"][-1]["artifact"] == before["artifact"] and after["trained_on"]["shards"] == 6
     con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
     run = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()[0]
-    counts = dict(con.execute("SELECT stage, sum((status='computed')::INT) FROM stage_runs WHERE run_id=? GROUP BY stage",
+    counts = dict(con.execute("SELECT stage, sum((status='computed')::INT) FROM stage_runs WHERE run_id=? "
+                              "AND phase = 'apply' GROUP BY stage",
                               [run]).fetchall())
     con.close()
     assert counts["quality"] == counts["ensemble"] == 6 and counts["dedup"] == counts["length"] == 0

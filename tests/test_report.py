@@ -275,6 +275,12 @@ def test_timings_and_task_names(demo_runs, report, con):
     kinds = dict(con.execute("SELECT DISTINCT stage, kind FROM stage_timings WHERE run_id = ? AND phase = 'apply'",
                              [run_id]).fetchall())
     assert {s for s, p in phases if p == "fit"} == {s for s, k in kinds.items() if issubclass(stage_class(k), GlobalStage)}
+    # stage_runs carries the same fits (phase fit, no shard) beside its per-shard apply rows.
+    fits = con.execute("SELECT stage, status, seconds FROM stage_runs WHERE run_id = ? AND phase = 'fit' "
+                       "AND shard IS NULL", [run_id]).fetchall()
+    assert sorted(fits) == sorted((s, st, sec) for s, p, st, sec in rows if p == "fit")
+    assert con.execute("SELECT count(*) FROM stage_runs WHERE run_id = ? AND (phase = 'apply') != (shard IS NOT NULL)",
+                       [run_id]).fetchone()[0] == 0
     assert {"dedup", "fuzzy", "quality"} <= set(kinds)
     flow_run = con.execute("SELECT prefect_flow_run FROM runs WHERE run_id = ?", [run_id]).fetchone()[0]
     names, artifacts = asyncio.run(_prefect_view(flow_run))

@@ -6,7 +6,12 @@ Tables (all append-only except ``releases``' LATEST flag):
 - ``ingested_files``: each input file version ingested (fingerprint = path + size + mtime/ETag),
   so a nightly run ingests only what is new.
 - ``shards``: every raw shard with its rows and text bytes.
-- ``stage_runs``: one row per (run, stage, shard): computed / skipped / failed, rows, seconds.
+- ``stage_runs``: the wall time of every stage in every run, by ``phase``: ``apply`` rows, one per
+  (run, stage, shard): computed / skipped / failed, rows, seconds; ``fit`` rows, one per run of a
+  global stage (shard and source NULL): status ``computed`` (it fitted, or extended its model) or
+  ``reused`` (a pinned model), ``failed`` with the error, and its seconds. Count shards with
+  ``phase = 'apply'``; catalogs made before the column existed get it on opening, their rows as
+  ``apply`` (warehouse/catalog_upgrade.py).
 - ``artifacts``: each fitted artifact of a global stage, with its metrics.
 - ``pins``: each time a global stage's pin moved (which artifact, why, trained on how many
   shards and rows; ``<lake>/pins/<stage-key>.json`` holds the current one).
@@ -20,8 +25,9 @@ Tables (all append-only except ``releases``' LATEST flag):
   repeats) and its drops per stage and reason.
 - ``release_mixture``, ``release_phases``: a planned release's weights and epochs per source and
   phase, and where each phase starts and ends (rows and tokens) in training order.
-- ``stage_timings``: wall time of each stage per run and phase (``fit``, ``apply``; ``release``
-  ``write``; ``report`` ``build``).
+- ``stage_timings``: wall time of each stage per run and phase, one row each (``fit``, ``apply``
+  in all shards; ``release`` ``write``; ``report`` ``build``): the per-run totals the report and
+  the Prefect summary show, next to ``stage_runs``' per-shard rows.
 - ``exports``: rows and tokens per source of each ``curate export`` (real trainer token counts
   when a tokenizer was given); the same facts are in the export's ``export.json``.
 - ``release_gates``: every gate check of every release step, published or stopped (outcome pass,
@@ -65,6 +71,7 @@ from engines import storage
 from engines.storage_duckdb import catalog_path, register_lake
 from warehouse import runlog
 from warehouse.catalog_access import CatalogDamaged, open_catalog
+from warehouse.catalog_upgrade import upgrade
 from warehouse.releasing.publish import published_shards
 from warehouse.releasing.records import gate_rows, text_rows
 
@@ -82,7 +89,7 @@ CREATE TABLE IF NOT EXISTS shards(
 CREATE TABLE IF NOT EXISTS stage_runs(
   run_id VARCHAR, stage VARCHAR, stage_key VARCHAR, kind VARCHAR, version VARCHAR, source VARCHAR,
   shard VARCHAR, status VARCHAR, rows BIGINT, row_errors BIGINT, seconds DOUBLE, error VARCHAR,
-  recorded_at TIMESTAMPTZ);
+  recorded_at TIMESTAMPTZ, phase VARCHAR DEFAULT 'apply');
 CREATE TABLE IF NOT EXISTS quarantine(
   run_id VARCHAR, source VARCHAR, stage VARCHAR, file VARCHAR, "offset" BIGINT, rows BIGINT,
   error VARCHAR, raw BLOB, recorded_at TIMESTAMPTZ);
@@ -192,6 +199,7 @@ class Catalog:
             register_lake(con, self.lake_root)
             if not read_only:
                 con.execute(SCHEMA)
+            upgrade(con, read_only)  # a catalog an older curate wrote: today's columns
             yield con
         except duckdb.Error as e:
             if "Corrupt database file" in str(e) or (self.path in str(e) and "read enough bytes" in str(e)):

@@ -31,6 +31,7 @@ import duckdb
 
 from engines.storage_duckdb import register_lake
 from warehouse.catalog_access import open_catalog
+from warehouse.catalog_upgrade import upgrade
 from warehouse.errors import LakeError
 
 ALLOWED = "SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN"
@@ -75,6 +76,7 @@ def sandboxed_connection(catalog_path: str, lake_root: str) -> duckdb.DuckDBPyCo
     con = open_catalog(catalog_path, read_only=True,
                        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     register_lake(con, lake_root)  # a remote lake is read through fsspec, registered before the lock
+    upgrade(con, read_only=True)  # a catalog an older curate wrote: today's columns (a temporary view)
     folders = [f"{lake_root.rstrip('/')}/{d}/" for d in READABLE]
     con.execute("SET allowed_directories = ?", [folders])
     con.execute("SET enable_external_access = false")

@@ -20,7 +20,7 @@ from rich.text import Text
 from engines import storage
 from warehouse.lake import Lake
 from warehouse.release import latest_version
-from warehouse.report.context import ReleaseContext, load_context, read_manifest, report_dir
+from warehouse.report.context import ReleaseContext, load_context, read_manifest, rejected_record, report_dir
 
 console = Console(highlight=False)
 LakeOpt = Annotated[str, typer.Option("--lake", "-l", help="Lake folder, or a pipeline YAML whose lake to use.")]
@@ -77,15 +77,18 @@ def _stages_from_config(lake: Lake, manifest: dict[str, Any]) -> list[Any] | Non
 
 
 def release_context(lake: Lake, ref: str | None) -> ReleaseContext:
+    """The release ``ref`` names; a ``NAME/VERSION`` its gates stopped is read from its ``_rejected`` record."""
     name, version = resolve_release(lake, ref)
+    rejected = not storage.exists(f"{lake.release_dir(name, version)}/manifest.json") and storage.exists(
+        rejected_record(lake, name, version))
     try:
-        manifest = read_manifest(lake, name, version)
+        manifest = read_manifest(lake, name, version, rejected)
     except FileNotFoundError as e:
         raise _fail(str(e)) from None
     stages = None
-    if not storage.exists(f"{report_dir(lake, name, version)}/context.json"):
+    if not storage.exists(f"{report_dir(lake, name, version, rejected)}/context.json"):
         stages = _stages_from_config(lake, manifest)
-    return load_context(lake, name, version, stages)
+    return load_context(lake, name, version, stages, rejected=rejected)
 
 
 # --- curate report --------------------------------------------------------------------------------
@@ -95,17 +98,19 @@ def report(release: Annotated[str | None, typer.Argument(help="NAME/VERSION or N
            seed: Annotated[int, typer.Option(help="Seed of the example documents drawn per drop reason.")] = 0) -> None:
     """Write the HTML report of a release: accounting waterfalls, drop reasons with example
     documents, score histograms, duplicate clusters, mixture and curriculum, changes since the
-    parent. One self-contained file: open it in a browser, no server needed."""
+    parent. One self-contained file: open it in a browser, no server needed. NAME/VERSION of a
+    release its gates stopped writes that one's report (marked REJECTED)."""
     from flows.pipeline import code_version
     from warehouse.report import build_report
     lk = _lake(lake)
     ctx = release_context(lk, release)
     with console.status(f"building the report of {ctx.ref} ..."):
         rep = build_report(lk, ctx.name, ctx.version, stages=ctx.stages, out=str(out.resolve()) if out else None,
-                           seed=seed, code_version=code_version())
+                           seed=seed, code_version=code_version(), rejected=ctx.rejected)
     for note in ctx.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"[bold green]report of {ctx.ref}[/] ({rep.bytes / 1024:,.0f} KB):\n  {rep.path}")
+    state = " [bold red](REJECTED by its gates)[/]" if ctx.rejected else ""
+    console.print(f"[bold green]report of {ctx.ref}[/]{state} ({rep.bytes / 1024:,.0f} KB):\n  {rep.path}", soft_wrap=True)
 
 
 # --- curate show ------------------------------------------------------------------------------------

@@ -21,15 +21,25 @@ from schemas.gates import GatesConfig
 
 
 class GateFailed(RuntimeError):
-    """A release stopped by its gates; ``report`` holds every check, ``record`` where it is kept."""
+    """A release stopped by its gates; ``report`` holds every check, ``record`` where it is kept,
+    ``report_path`` the HTML report of the rejected release once the flow wrote it (``with_report``)."""
 
     def __init__(self, name: str, version: str, report: dict[str, Any], record: str):
         self.name, self.version, self.report, self.record = name, version, report, record
+        self.report_path: str | None = None
         fails = [c["message"] for c in report["checks"] if c["outcome"] == "fail"]
         super().__init__(f"release {name}/{version} was not published: {len(fails)} gate(s) failed\n  - "
                          + "\n  - ".join(fails)
                          + "\nFix the input or the pipeline, adjust release.gates, or publish it anyway with "
                            "`curate run PIPELINE --accept-gates`.")
+
+    def with_report(self, path: str | None) -> GateFailed:
+        """Name the rejected release's report in the message (and so in the run's record and log)."""
+        if path:
+            self.report_path = path
+            self.args = (f"{self.args[0]}\nThe report of the rejected release (what it would have been, failed "
+                         f"gates first): {path}",)
+        return self
 
 
 def _check(gate: str, outcome: str, message: str, source: str | None = None, rule: str | None = None,

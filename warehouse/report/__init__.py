@@ -9,6 +9,10 @@ sampled example documents, histograms of every numeric annotation per source wit
 selection's thresholds, duplicate clusters, mixture and curriculum, the diff against the parent
 release, and the run's stage timings.
 
+A release its gates stopped gets a report too (``rejected=True``): the same sections from the
+record the release step kept, marked REJECTED with the failed gates first, at
+``<lake>/reports/NAME/_rejected/VERSION/report.html``.
+
 Cost: one pass over the release's raw shards the first time (the fates file), then DuckDB scans
 of annotation columns and release ids; memory stays bounded by DuckDB's limit and one shard.
 """
@@ -46,7 +50,7 @@ def report_data(ctx: ReleaseContext, seed: int = 0, chars: int = 300, code_versi
                         "created_at": m.get("created_at"), "pipeline": m.get("pipeline"), "run_id": m.get("run_id"),
                         "selection": ctx.selection, "rows": int(totals.get("rows", 0)),
                         "tokens": int(totals.get("tokens", 0)), "bytes": int(totals.get("bytes", 0)),
-                        "shards": len(m.get("shards") or []), "notes": ctx.notes},
+                        "shards": len(m.get("shards") or []), "notes": ctx.notes, "rejected": ctx.rejected},
             "stages": [s.name for s in ctx.stages],
             "accounting": sections.accounting(ctx),
             "waterfall": sections.waterfalls(ctx),
@@ -92,12 +96,14 @@ def _has_context(ctx: ReleaseContext, version: str) -> bool:
 
 
 def build_report(lake: Lake | str, name: str, version: str, stages: list[StageInfo] | None = None,
-                 out: str | None = None, seed: int = 0, code_version: str = "") -> Report:
+                 out: str | None = None, seed: int = 0, code_version: str = "", rejected: bool = False) -> Report:
     """Write the report of release ``name/version`` (default ``<lake>/reports/NAME/VERSION/report.html``,
     or ``out``); ``stages``: the pipeline's stages in order, when the caller knows them (else the
-    saved context or the lake tells)."""
+    saved context or the lake tells). ``rejected``: the release its gates stopped (from
+    ``releases/NAME/_rejected/VERSION.json``; the page, at ``reports/NAME/_rejected/VERSION/``,
+    is marked REJECTED with the failed gates at the top)."""
     lake = lake if isinstance(lake, Lake) else Lake(lake)
-    ctx = load_context(lake, name, version, stages)
+    ctx = load_context(lake, name, version, stages, rejected=rejected)
     if stages is not None:
         save_context(ctx)
     data = report_data(ctx, seed=seed, code_version=code_version)

@@ -22,23 +22,36 @@ import pyarrow.parquet as pq
 from engines import storage
 from warehouse.lake import Lake
 from warehouse.release import ERROR_COLUMN, StageInfo
+from warehouse.releasing.publish import REJECTED
 
 CONTEXT_FILE = "context.json"
 REPORT_FILE = "report.html"
 
 
-def report_dir(lake: Lake, name: str, version: str) -> str:
-    """``<lake>/reports/NAME/VERSION``: the report, its context and its cached per-document fates."""
-    return f"{lake.root}/reports/{name}/{version}"
+def report_dir(lake: Lake, name: str, version: str, rejected: bool = False) -> str:
+    """``<lake>/reports/NAME/VERSION``: the report, its context and its cached per-document fates;
+    ``reports/NAME/_rejected/VERSION`` for a release its gates stopped."""
+    return f"{lake.root}/reports/{name}/" + (f"{REJECTED}/{version}" if rejected else version)
 
 
-def read_manifest(lake: Lake, name: str, version: str) -> dict[str, Any]:
-    path = f"{lake.release_dir(name, version)}/manifest.json"
+def rejected_record(lake: Lake, name: str, version: str) -> str:
+    """``releases/NAME/_rejected/VERSION.json``: what the release step knew of a release its gates stopped."""
+    return f"{lake.release_dir(name)}/{REJECTED}/{version}.json"
+
+
+def read_manifest(lake: Lake, name: str, version: str, rejected: bool = False) -> dict[str, Any]:
+    """A release's manifest; ``rejected``: the record of a release its gates stopped, as a manifest
+    without shards (they were deleted)."""
+    path = rejected_record(lake, name, version) if rejected else f"{lake.release_dir(name, version)}/manifest.json"
     if not storage.exists(path):
-        raise FileNotFoundError(f"no release {name}/{version} in {lake.root} (see `curate releases`)")
+        what = "rejected release" if rejected else "release"
+        raise FileNotFoundError(f"no {what} {name}/{version} in {lake.root} (see `curate releases`)")
     fs, p = storage.fs_and_path(path)
     with fs.open(p, "r") as f:
-        return json.load(f)
+        manifest = json.load(f)
+    if rejected:
+        manifest["shards"] = []
+    return manifest
 
 
 @dataclass
@@ -49,6 +62,7 @@ class ReleaseContext:
     manifest: dict[str, Any]
     stages: list[StageInfo]  # pipeline order
     notes: list[str] = field(default_factory=list)  # what had to be inferred
+    rejected: bool = False  # stopped by its gates: a record without shards (warehouse/report/rejected.py)
 
     @property
     def name(self) -> str:
@@ -93,7 +107,7 @@ class ReleaseContext:
 
     @property
     def report_dir(self) -> str:
-        return report_dir(self.lake, self.name, self.version)
+        return report_dir(self.lake, self.name, self.version, self.rejected)
 
     def stage(self, name: str) -> StageInfo | None:
         return next((s for s in self.stages if s.name == name), None)
@@ -116,18 +130,25 @@ def save_context(ctx: ReleaseContext) -> None:
     write_bytes(f"{ctx.report_dir}/{CONTEXT_FILE}", body.encode())
 
 
-def load_context(lake: Lake, name: str, version: str, stages: list[StageInfo] | None = None) -> ReleaseContext:
+def load_context(lake: Lake, name: str, version: str, stages: list[StageInfo] | None = None,
+                 rejected: bool = False) -> ReleaseContext:
     """The release ``name/version`` with its stages: ``stages`` if given (the flow, or a pipeline
-    file), else the saved context.json, else inferred from the lake."""
-    manifest = read_manifest(lake, name, version)
+    file), else the saved context.json, else inferred from the lake. ``rejected``: the release its
+    gates stopped (read from its ``_rejected`` record)."""
+    manifest = read_manifest(lake, name, version, rejected)
     keys: dict[str, str] = dict((manifest.get("inputs") or {}).get("stages") or {})
     if stages is None:
-        path = f"{report_dir(lake, name, version)}/{CONTEXT_FILE}"
+        path = f"{report_dir(lake, name, version, rejected)}/{CONTEXT_FILE}"
         if storage.exists(path):
             fs, p = storage.fs_and_path(path)
             with fs.open(p, "r") as f:
                 stages = [StageInfo(**s) for s in json.load(f)["stages"]]
-    ctx = ReleaseContext(lake, manifest, [])
+    ctx = ReleaseContext(lake, manifest, [], rejected=rejected)
+    if rejected:
+        ctx.notes.append("REJECTED by its gates: nothing was published, and the shards it wrote were deleted. The "
+                         "numbers are those of the release it would have been; the mixture and curriculum sections "
+                         "(read from shards) are empty, and the changes since the parent count the documents its "
+                         "selection kept.")
     if stages is not None:
         # The manifest's keys win: a pipeline file may have moved on since this release.
         ctx.stages = [StageInfo(s.name, keys.get(s.name, s.key), list(s.columns), s.sources) for s in stages

@@ -4,7 +4,8 @@ Documents are compared by id (a document repeated by a mixture counts once). A r
 document's reason is its fate in the newer release (the filter that dropped it, or "not in the
 input any more"); an added document's reason is its fate in the older release (the filter that
 dropped it then, or "new input"); a document kept by the selection in both but sampled by the
-mixture in only one is "kept (not drawn by the mixture)". Both come from the releases' fates files
+mixture in only one is "kept (not drawn by the mixture)". A release its gates stopped has no shards
+left: its documents are those its selection kept (before any mixture sampling). Both come from the releases' fates files
 (warehouse/report/fates.py), computed once per release. Cost: DuckDB set differences over the
 two releases' id columns and the two fates files.
 """
@@ -27,10 +28,14 @@ def docs_diff(con: duckdb.DuckDBPyConnection, old: ReleaseContext, new: ReleaseC
               seed: int = 0, chars: int = 160) -> dict[str, Any]:
     """Counts of added and removed documents per source and per reason, and a seeded sample of each."""
     f_old, f_new = ensure_fates(old), ensure_fates(new)
-    for name, ctx in (("ids_old", old), ("ids_new", new)):
+    for name, ctx, fates in (("ids_old", old, f_old), ("ids_new", new, f_new)):
         files = ctx.shard_files
-        src = f"SELECT DISTINCT id, source FROM read_parquet({files_sql(files)})" if files else \
-            "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS source WHERE false"
+        if files:
+            src = f"SELECT DISTINCT id, source FROM read_parquet({files_sql(files)})"
+        elif ctx.rejected:  # its shards were deleted: the documents its selection kept
+            src = f"SELECT DISTINCT id, source FROM read_parquet({lit(fates)}) WHERE fate = 'kept'"
+        else:
+            src = "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS source WHERE false"
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {src}")
     reason = ("CASE WHEN f.id IS NULL THEN ? WHEN f.fate = 'kept' THEN ? "
               "WHEN f.fate = 'quarantined' THEN f.stage || ': quarantined' ELSE f.stage || ': ' || f.reason END")

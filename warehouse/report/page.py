@@ -28,6 +28,8 @@ code{background:#f3f4f6;padding:1px 4px;border-radius:3px;font-size:12px}.sel{wh
 padding:6px 8px}details{margin:4px 0;border:1px solid #eee;border-radius:5px;padding:4px 8px}summary{cursor:pointer}
 pre.doc{white-space:pre-wrap;background:#fafafa;border-left:3px solid #D55E00;margin:6px 0;padding:6px 8px;
 font-size:12px;max-height:12em;overflow:auto}.muted{color:#6b7280;font-size:12px}.note{color:#92400e}
+.notes{padding:6px 28px}.rejected{margin:0;padding:10px 28px;background:#fef2f2;border-bottom:3px solid #b91c1c;color:#7f1d1d}
+.rejected h2{border:0;margin:4px 0;color:#b91c1c}.rej{background:#b91c1c;color:#fff;padding:1px 8px;border-radius:4px}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}.legend i{display:inline-block;width:10px;
 height:10px;margin-right:4px;vertical-align:-1px}.num-pos{color:#047857}.num-neg{color:#b91c1c}
 """
@@ -61,6 +63,7 @@ def render(data: dict[str, Any]) -> str:
     colours = {s: svg.colour(i) for i, s in enumerate(sources)}
     parts = [
         _header(rel),
+        _rejected(data) if rel.get("rejected") else "",
         '<nav><a href="#accounting">Accounting</a><a href="#gates">Gates</a><a href="#drops">Drop reasons</a><a href="#scores">Scores</a>'
         '<a href="#duplicates">Duplicates</a><a href="#mixture">Mixture</a><a href="#diff">Changes</a>'
         '<a href="#timings">Timings</a></nav><main>',
@@ -80,7 +83,7 @@ def render(data: dict[str, Any]) -> str:
     blob = json.dumps(_finite(data), default=str, sort_keys=True, allow_nan=False).replace("<", "\\u003c")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>curate report · "
-            f"{escape(rel['name'])}/{escape(rel['version'])}</title><style>{CSS}</style></head><body>"
+            f"{escape(rel['name'])}/{escape(rel['version'])}{' · REJECTED' if rel.get('rejected') else ''}</title><style>{CSS}</style></head><body>"
             + "".join(parts)
             + f'<script type="application/json" id="curate-report-data">{blob}</script></body></html>')
 
@@ -97,13 +100,28 @@ def _finite(v: Any) -> Any:
 
 
 def _header(rel: dict[str, Any]) -> str:
-    notes = "".join(f'<div class="note">{escape(n)}</div>' for n in rel.get("notes") or [])
-    return (f"<header><h1>Release {escape(rel['name'])}/{escape(rel['version'])}</h1><div class=\"meta\">"
-            f"{rel['rows']:,} documents · {rel['tokens']:,} tokens · {rel['shards']} shard{'s' if rel['shards'] != 1 else ''} · "
+    notes = "".join(f'<div class="note notes">{escape(n)}</div>' for n in rel.get("notes") or [])
+    state = ' <span class="rej">REJECTED</span>' if rel.get("rejected") else ""
+    would = "would have released " if rel.get("rejected") else ""
+    return (f"<header><h1>Release {escape(rel['name'])}/{escape(rel['version'])}{state}</h1><div class=\"meta\">"
+            f"{would}{rel['rows']:,} documents · {rel['tokens']:,} tokens · {rel['shards']} shard{'s' if rel['shards'] != 1 else ''} · "
             f"{rel['bytes'] / 1e6:,.1f} MB · created {escape(str(rel.get('created_at') or ''))} · pipeline "
             f"{escape(str(rel.get('pipeline') or ''))} · run {escape(str(rel.get('run_id') or ''))} · parent "
             f"{escape(str(rel.get('parent') or 'none'))}</div></header>"
             f"{notes}")
+
+
+def _rejected(data: dict[str, Any]) -> str:
+    """The banner of a release its gates stopped: the failed gates, and what to do."""
+    g = data.get("gates") or {}
+    fails = [c for c in g.get("checks") or [] if c.get("outcome") == "fail"]
+    items = "".join(f"<li><b>{escape(str(c.get('gate')))}</b>: {escape(str(c.get('message')))}</li>" for c in fails)
+    rel = data["release"]
+    return (f'<section class="rejected" id="rejected"><h2>REJECTED: release {escape(rel["name"])}/'
+            f'{escape(rel["version"])} was not published; {len(fails)} gate{"s" if len(fails) != 1 else ""} failed</h2>'
+            f"<ul>{items}</ul><p>Fix the input or the pipeline, adjust <code>release.gates</code>, or publish it "
+            "anyway with <code>curate run PIPELINE --accept-gates</code>. The sections below show what this release "
+            "would have been.</p></section>")
 
 
 def _accounting(data: dict[str, Any]) -> str:
