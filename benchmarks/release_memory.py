@@ -1,10 +1,12 @@
 """Peak memory of the release writer on a large lake, this tree against another checkout of curate.
 
-    .venv/bin/python -m benchmarks.release_memory --docs 200000 [--peer-code DIR]
+    .venv/bin/python -m benchmarks.release_memory --docs 200000 [--shard-docs 70000] [--peer-code DIR]
 
 Builds (once, under ``--out``) a lake of ``--docs`` documents from the dedup benchmark corpus
 (benchmarks/dedup/corpus.py: real sentences of the shared corpora), spread over three sources
-in raw shards of 20,000 documents, then runs the release step alone (``build_release``, no
+in raw shards of ``--shard-docs`` documents (default 20,000; `curate run`'s ingest writes shards
+of ~70,000 of these documents in one row group: ``--shard-docs 70000 --row-group-docs 70000`` is the
+user path's layout), then runs the release step alone (``build_release``, no
 stages, ``select: true``) in a child process per code tree and per mode, polling the peak RSS of
 its process tree:
 
@@ -56,14 +58,28 @@ print(json.dumps({"rows": manifest["totals"]["rows"], "shards": len(manifest["sh
 """
 
 
-def build_lake(corpus: Path, lake: Path, shard_docs: int = 20_000) -> None:
+def _shard_batches(corpus: Path, shard_docs: int):
+    """The corpus in batches of exactly ``shard_docs`` rows (the last one shorter)."""
+    buf: list[pa.RecordBatch] = []
+    have = 0
+    for rb in pq.ParquetFile(corpus).iter_batches(batch_size=10_000, columns=["doc_idx", "text"]):
+        buf.append(rb)
+        have += rb.num_rows
+        if have >= shard_docs:
+            t = pa.Table.from_batches(buf)
+            yield t.slice(0, shard_docs).combine_chunks().to_batches()[0]
+            buf, have = t.slice(shard_docs).to_batches(), have - shard_docs
+    if have:
+        yield pa.Table.from_batches(buf).combine_chunks().to_batches()[0]
+
+
+def build_lake(corpus: Path, lake: Path, shard_docs: int = 20_000, row_group_docs: int = 10_000) -> None:
     """Raw shards (DOCUMENT schema) and their ingest markers, round-robin over three sources."""
     from schemas.documents import DOCUMENT
     if (lake / "raw").exists():
         return
-    pf = pq.ParquetFile(corpus)
     parts: dict[str, list[dict]] = {s: [] for s in SOURCES}
-    for k, rb in enumerate(pf.iter_batches(batch_size=shard_docs, columns=["doc_idx", "text"])):
+    for k, rb in enumerate(_shard_batches(corpus, shard_docs)):
         src = SOURCES[k % len(SOURCES)]
         idx = rb.column(0).to_numpy()
         m = len(idx)
@@ -76,7 +92,7 @@ def build_lake(corpus: Path, lake: Path, shard_docs: int = 20_000) -> None:
         }, schema=DOCUMENT)
         path = lake / "raw" / src / "ing-bench" / f"part-00000-{len(parts[src]):03d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path, compression="zstd", compression_level=1, row_group_size=10_000)
+        pq.write_table(table, path, compression="zstd", compression_level=1, row_group_size=row_group_docs)
         parts[src].append({"path": str(path), "rows": m, "text_bytes": int(pa.compute.sum(
             pa.compute.binary_length(table.column("text"))).as_py())})
     for src, ps in parts.items():
@@ -118,14 +134,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/release-bench"))
     ap.add_argument("--peer-code", type=Path, help="another checkout of curate to compare with")
     ap.add_argument("--modes", default="planned,ingest")
+    ap.add_argument("--shard-docs", type=int, default=20_000, help="documents per raw shard of the lake")
+    ap.add_argument("--row-group-docs", type=int, default=10_000,
+                    help="documents per row group of a raw shard (`curate run`'s ingest: one per shard)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     corpus = a.out / f"corpus-{a.docs}.parquet"
     if not corpus.exists():
         from benchmarks.dedup.corpus import generate
         generate(corpus, a.docs, 7, 50_000)
-    lake = a.out / f"lake-{a.docs}"
-    build_lake(corpus, lake)
+    layout = (a.shard_docs, a.row_group_docs)
+    lake = a.out / (f"lake-{a.docs}" + (f"-{a.shard_docs}-{a.row_group_docs}" if layout != (20_000, 10_000) else ""))
+    build_lake(corpus, lake, *layout)
     trees = {"this tree": REPO} | ({"peer": a.peer_code.resolve()} if a.peer_code else {})
     for mode in a.modes.split(","):
         got = {name: measure(code, lake, mode, a.out / f"{mode}-{name.replace(' ', '_')}.log")

@@ -89,21 +89,25 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
     A release that fails its gates (release.gates) is not published and the command exits with 3.
     One run per lake at a time: a second one waits (--wait) or exits with code 75.
     """
-    check_or_exit(pipeline, reingest, quiet=True)
-    from flows.commands.health import _waiting
-    from flows.fitting import RefitError
-    from flows.pipeline import run_pipeline
-    from warehouse.releasing.gates import GateFailed
-    try:
-        summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True, refit=refit,
-                               accept_gates=accept_gates, wait_s=wait, on_wait=_waiting)
-    except RefitError as e:
-        console.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
-    except GateFailed as e:
-        console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
-                      f"version = '{e.version}'\"\nthe record: {e.record}", soft_wrap=True)
-        raise typer.Exit(3) from None
+    from flows.commands.run_startup import RunStartup
+    with RunStartup(early_server=_STANDALONE) as startup:  # Prefect's server boots while we import and validate
+        check_or_exit(pipeline, reingest, quiet=True)
+        startup.mark("validated")
+        from flows.commands.health import _waiting
+        from flows.fitting import RefitError
+        from flows.pipeline import run_pipeline
+        from warehouse.releasing.gates import GateFailed
+        startup.mark("imported")
+        try:
+            summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True, refit=refit,
+                                   accept_gates=accept_gates, wait_s=wait, on_wait=_waiting, before_flow=startup.ready)
+        except RefitError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2) from None
+        except GateFailed as e:
+            console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
+                          f"version = '{e.version}'\"\nthe record: {e.record}", soft_wrap=True)
+            raise typer.Exit(3) from None
     _print_summary(summary)
 
 
@@ -327,7 +331,13 @@ from flows.commands.ablate import ablate  # noqa: E402
 app.command()(ablate)
 
 
+# True when this process is the `curate` command itself (not a test runner invoking the app in-process).
+_STANDALONE = False
+
+
 def main() -> None:
+    global _STANDALONE
+    _STANDALONE = True
     from warehouse.errors import LakeError
     try:
         app()

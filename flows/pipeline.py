@@ -350,12 +350,14 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
 
 def run_pipeline(config_path: str, workers: int | None = None, reingest: list[str] | None = None,
                  validated: bool = False, accept_gates: bool = False, wait_s: float = 0.0,
-                 on_wait: Any = None, refit: list[str] | None = None) -> dict[str, Any]:
+                 on_wait: Any = None, refit: list[str] | None = None, before_flow: Any = None) -> dict[str, Any]:
     """Validate the file (every problem at once, before Prefect starts: flows.validate), take the
     lake lock (waiting up to ``wait_s`` seconds for another writer; ``LakeBusy`` names it), check
     the catalog opens, then run the flow. ``reingest``: sources to ingest afresh. ``validated``:
     the caller already checked. ``accept_gates``: publish the release even if its gates fail.
-    ``refit``: global stages to fit again (``RefitError`` when one is not a global stage)."""
+    ``refit``: global stages to fit again (``RefitError`` when one is not a global stage).
+    ``before_flow``: called right before the flow starts (`curate run` waits there for the
+    Prefect server it started early: flows/prefect_server.py)."""
     if not validated:
         validate_pipeline(config_path, reingest or ()).raise_for_errors()
     cfg = load_config(config_path)
@@ -364,6 +366,8 @@ def run_pipeline(config_path: str, workers: int | None = None, reingest: list[st
     with lake_lock(cfg.lake_path, "run", wait_s=wait_s, on_wait=on_wait):
         if Path(Catalog.of_lake(cfg.lake_path).path).exists():
             Catalog.of_lake(cfg.lake_path).init()  # a damaged catalog is named before Prefect starts
+        if before_flow is not None:
+            before_flow()
         return curate_flow(config_path=str(Path(config_path).resolve()), workers=workers,
                            reingest=list(reingest or ()), accept_gates=accept_gates, refit=list(refit or ()))
 

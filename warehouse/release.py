@@ -40,7 +40,7 @@ from schemas.config import PipelineConfig, stable_hash
 from schemas.derived import source_names
 from warehouse.lake import Lake
 from warehouse.releasing import gates, publish
-from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_frame
+from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_chunks
 from warehouse.releasing.text import TextStats, release_text
 from warehouse.releasing.writer import RELEASE_SCHEMA, ShardWriter, write_in_order
 from warehouse.selection import parse_selection
@@ -184,28 +184,28 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
     small: dict[str, list[pl.DataFrame]] = {s: [] for s in sources}
     for raw in raw_shards:
         source = lake.source_of(raw)
-        df, missing = shard_frame(raw, source, stages, reads, lake.annotation_path)
-        for col in selection.columns | set(plan_columns) | set(rel.text):  # a stage that does not apply: nulls
-            if col not in df.columns:
-                df = df.with_columns(pl.lit(None, pl.String if col in rel.text else pl.Null).alias(col))
-        df = decide(df, source, stages, missing, selection.expr, reads, text)
-        acc.add(source, df)
-        kept = df.filter(pl.col("_fate") == "kept")
-        text_stats.add(source, kept, {s.name: s.applies_to(source) for s in stages})
-        kept = kept.with_columns(text.alias("text")).with_columns(
-            pl.col("text").str.count_matches(r"\S+").cast(pl.Int64).alias("n_tokens"))
-        acc.per_source[source]["tokens_kept"] += int(kept.get_column("n_tokens").sum() or 0)
-        table = kept.select(RELEASE_SCHEMA.names).to_arrow().cast(RELEASE_SCHEMA)
-        if planner is None:
-            writer.add(table)
-            continue
-        path = f"{scratch}/{len(staging):06d}.parquet"
-        storage.write_table_atomic(path, table)
-        small[source].append(kept.select(
-            pl.lit(len(staging), pl.Int64).alias("_file"), pl.int_range(kept.height, dtype=pl.Int64).alias("_row"),
-            pl.col("text").str.len_bytes().cast(pl.Int64).alias("_bytes"), "id", "n_tokens",
-            *[pl.col(c) for c in plan_columns]))
-        staging.append(path)
+        for df, missing in shard_chunks(raw, source, stages, reads, lake.annotation_path):  # bounded: one chunk
+            for col in selection.columns | set(plan_columns) | set(rel.text):  # a stage that does not apply: nulls
+                if col not in df.columns:
+                    df = df.with_columns(pl.lit(None, pl.String if col in rel.text else pl.Null).alias(col))
+            df = decide(df, source, stages, missing, selection.expr, reads, text)
+            acc.add(source, df)
+            kept = df.filter(pl.col("_fate") == "kept")
+            text_stats.add(source, kept, {s.name: s.applies_to(source) for s in stages})
+            kept = kept.with_columns(text.alias("text")).with_columns(
+                pl.col("text").str.count_matches(r"\S+").cast(pl.Int64).alias("n_tokens"))
+            acc.per_source[source]["tokens_kept"] += int(kept.get_column("n_tokens").sum() or 0)
+            table = kept.select(RELEASE_SCHEMA.names).to_arrow().cast(RELEASE_SCHEMA)
+            if planner is None:
+                writer.add(table)
+                continue
+            path = f"{scratch}/{len(staging):06d}.parquet"
+            storage.write_table_atomic(path, table)
+            small[source].append(kept.select(
+                pl.lit(len(staging), pl.Int64).alias("_file"), pl.int_range(kept.height, dtype=pl.Int64).alias("_row"),
+                pl.col("text").str.len_bytes().cast(pl.Int64).alias("_bytes"), "id", "n_tokens",
+                *[pl.col(c) for c in plan_columns]))
+            staging.append(path)
     plan_extras: dict[str, Any] = {}
     released = None
     if planner is not None:

@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,9 @@ from engines import storage
 from warehouse.errors import DamagedFile
 
 ERROR_COLUMN = "_error"
+# Rows per chunk when the release streams a raw shard (shard_chunks): the release step holds one
+# chunk of text (a few copies of it, in Arrow and Polars) whatever the shard size.
+CHUNK_ROWS = 8192
 
 
 @dataclass
@@ -77,13 +82,10 @@ def _read(path: str, columns: list[str] | None = None) -> pa.Table:
         raise DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
-def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
-                annotation_path: Any) -> tuple[pl.DataFrame, dict[str, str]]:
-    """The raw shard with the columns the release reads of each applicable stage, as
-    ``<stage>.<col>``; and, for stages whose annotation file is missing or misaligned, why."""
-    df = pl.from_arrow(_read(raw))
-    assert isinstance(df, pl.DataFrame)
-    missing: dict[str, str] = {}
+def _annotation_files(raw: str, source: str, stages: list[StageInfo], reads: Reads, annotation_path: Any,
+                      missing: dict[str, str]) -> Iterator[tuple[StageInfo, list[str], str]]:
+    """(stage, columns to read, annotation file) of each stage the release reads for this shard;
+    a stage whose file does not exist goes to ``missing`` with why."""
     for st in stages:
         cols = reads.columns.get(st.name)
         if cols is None or not st.applies_to(source):
@@ -92,22 +94,126 @@ def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
         if not storage.exists(ann_path):
             missing[st.name] = f"stage {st.name} has no annotations for this shard (it failed there; see stage_runs)"
             continue
+        yield st, cols, ann_path
+
+
+def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
+                annotation_path: Any) -> tuple[pl.DataFrame, dict[str, str]]:
+    """The raw shard with the columns the release reads of each applicable stage, as
+    ``<stage>.<col>``; and, for stages whose annotation file is missing or misaligned, why."""
+    df = pl.from_arrow(_read(raw))
+    assert isinstance(df, pl.DataFrame)
+    missing: dict[str, str] = {}
+    for st, cols, ann_path in _annotation_files(raw, source, stages, reads, annotation_path, missing):
         ann = pl.from_arrow(_read(ann_path, ["id", *cols]))
         assert isinstance(ann, pl.DataFrame)
         if ann.height != df.height:
             missing[st.name] = f"stage {st.name} annotations have {ann.height} rows for a shard of {df.height}"
             continue
-        # Aligned by id, not only by position: a file written for another version of the shard
-        # (or rows reordered by a buggy stage) has the right length but the wrong documents.
-        off = ann.get_column("id") != df.get_column("id")
-        if off.any():
-            row = int(off.arg_max() or 0)
-            missing[st.name] = (f"stage {st.name} annotations are not aligned with the shard by id (row {row}: "
-                                f"{ann['id'][row]!r} for document {df['id'][row]!r}); delete {ann_path} and run "
-                                f"again to recompute it")
+        why = _misaligned(st.name, ann.get_column("id"), df.get_column("id"), ann_path)
+        if why:
+            missing[st.name] = why
             continue
         df = df.with_columns([ann.get_column(c).alias(f"{st.name}.{c}") for c in cols])
     return df, missing
+
+
+def _misaligned(stage: str, ann_ids: pl.Series, raw_ids: pl.Series, ann_path: str) -> str | None:
+    """Why an annotation file of the right length does not belong to the shard, or None.
+
+    Aligned by id, not only by position: a file written for another version of the shard (or
+    rows reordered by a buggy stage) has the right length but the wrong documents."""
+    off = ann_ids != raw_ids
+    if not off.any():
+        return None
+    row = int(off.arg_max() or 0)
+    return (f"stage {stage} annotations are not aligned with the shard by id (row {row}: {ann_ids[row]!r} for "
+            f"document {raw_ids[row]!r}); delete {ann_path} and run again to recompute it")
+
+
+class _Rows:
+    """Exact row ranges of one Parquet file, read in order a batch at a time (the files of a shard
+    and of its annotations are cut into row groups independently)."""
+
+    def __init__(self, path: str, pf: pq.ParquetFile, columns: list[str] | None):
+        self.path, self._batches = path, pf.iter_batches(batch_size=CHUNK_ROWS, columns=columns, use_threads=False)
+        try:
+            schema = pf.schema_arrow
+            self._empty = schema.empty_table().select(columns) if columns is not None else schema.empty_table()
+        except KeyError as e:  # a column the stage should have written is not in its file
+            raise _damaged(path, e) from None
+        self._buf: list[pa.RecordBatch] = []
+        self._have = 0
+
+    def take(self, n: int) -> pa.Table:
+        while self._have < n:
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as e:
+                raise _damaged(self.path, e) from None
+            self._buf.append(batch)
+            self._have += batch.num_rows
+        table = pa.Table.from_batches(self._buf) if self._buf else self._empty
+        out, rest = table.slice(0, n), table.slice(n)
+        self._buf, self._have = rest.to_batches(), rest.num_rows
+        return out
+
+
+def _damaged(path: str, e: BaseException) -> DamagedFile:
+    return DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+
+
+def _open(stack: ExitStack, path: str) -> pq.ParquetFile:
+    fs, p = storage.fs_and_path(path)
+    try:
+        return pq.ParquetFile(stack.enter_context(fs.open(p, "rb")))
+    except (pa.ArrowException, OSError) as e:
+        raise _damaged(path, e) from None
+
+
+def _ids(path: str, pf: pq.ParquetFile) -> pl.Series:
+    try:
+        return pl.Series("id", pf.read(columns=["id"], use_threads=False).column("id"))
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise _damaged(path, e) from None
+
+
+def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
+                 annotation_path: Any) -> Iterator[tuple[pl.DataFrame, dict[str, str]]]:
+    """``shard_frame`` a chunk of ``CHUNK_ROWS`` rows at a time, in shard order: the raw shard and
+    each annotation file are read side by side, so memory is one chunk whatever the shard size.
+    The concatenated chunks equal ``shard_frame``'s frame; ``missing`` is the same for every chunk."""
+    with ExitStack() as stack:
+        raw_pf = _open(stack, raw)
+        n = raw_pf.metadata.num_rows
+        missing: dict[str, str] = {}
+        readers: list[tuple[str, _Rows]] = []
+        raw_ids: pl.Series | None = None  # the shard's ids (~40 bytes a row), read once for the id check
+        for st, cols, ann_path in _annotation_files(raw, source, stages, reads, annotation_path, missing):
+            pf = _open(stack, ann_path)
+            if pf.metadata.num_rows != n:
+                missing[st.name] = f"stage {st.name} annotations have {pf.metadata.num_rows} rows for a shard of {n}"
+                continue
+            # The whole id columns first (as shard_frame): a file misaligned anywhere quarantines the
+            # whole shard's rows before any chunk is decided.
+            raw_ids = _ids(raw, raw_pf) if raw_ids is None else raw_ids
+            why = _misaligned(st.name, _ids(ann_path, pf), raw_ids, ann_path)
+            if why:
+                missing[st.name] = why
+                continue
+            readers.append((st.name, _Rows(ann_path, pf, cols)))
+        raw_rows = _Rows(raw, raw_pf, None)
+        for start in range(0, n, CHUNK_ROWS) if n else [0]:  # an empty shard: one empty chunk
+            chunk = raw_rows.take(min(CHUNK_ROWS, n - start))
+            df = pl.from_arrow(chunk)
+            assert isinstance(df, pl.DataFrame)
+            for name, rows in readers:
+                ann = rows.take(chunk.num_rows)
+                df = df.with_columns([pl.from_arrow(ann.column(c)).alias(f"{name}.{c}")  # type: ignore[union-attr]
+                                      for c in ann.column_names])
+            yield df, missing
 
 
 def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict[str, str], select: pl.Expr,

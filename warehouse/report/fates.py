@@ -7,7 +7,7 @@ first failing filter in pipeline order) shard by shard and writes one small row 
 (id, source, raw shard, row, fate, stage, reason) to ``reports/NAME/VERSION/fates.parquet``. A
 release never changes, so neither does the file: it is computed once and reused.
 
-Memory: one raw shard and its annotations at a time. Cost: one pass over the release's raw
+Memory: a chunk of a raw shard and its annotations at a time (``shard_chunks``). Cost: one pass over the release's raw
 shards (text included, as the release step reads it), then reads of ~40 bytes per document.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from engines import storage
-from warehouse.releasing.fates import Reads, decide, shard_frame
+from warehouse.releasing.fates import Reads, decide, shard_chunks
 from warehouse.releasing.text import release_text
 from warehouse.report.context import ReleaseContext
 from warehouse.report.io import read_rows, write_parquet
@@ -43,30 +43,36 @@ def where_selection(ctx: ReleaseContext, expr: str) -> Selection:
         raise SelectionError(str(e).replace("release.select:", "--where:", 1)) from None
 
 
-def decided_shard(ctx: ReleaseContext, raw: str, selection: Selection | None = None,
-                  extra: Selection | None = None) -> pl.DataFrame:
-    """A raw shard with the stage columns the release reads (``stage.column``; plus those ``extra``,
-    a ``--where``, names) and ``_fate``/``_stage``/``_reason``, decided exactly as the release decided
-    (warehouse.releasing.fates, with the release's ``text`` chain). Columns a stage does not write
-    for this source are nulls."""
+def decided_chunks(ctx: ReleaseContext, raw: str, selection: Selection | None = None,
+                   extra: Selection | None = None) -> Iterator[pl.DataFrame]:
+    """A raw shard, a chunk at a time (in shard order), with the stage columns the release reads
+    (``stage.column``; plus those ``extra``, a ``--where``, names) and ``_fate``/``_stage``/``_reason``,
+    decided exactly as the release decided (warehouse.releasing.fates, with the release's ``text``
+    chain). Columns a stage does not write for this source are nulls."""
     selection = selection or release_selection(ctx)
     source = ctx.lake.source_of(raw)
     chain = ctx.text_chain
     wanted = selection.columns | (extra.columns if extra else set())
     reads = Reads.of(ctx.stages, wanted, selection.stages, chain)
-    df, missing = shard_frame(raw, source, ctx.stages, reads, ctx.lake.annotation_path)
-    for col in wanted | set(chain):
-        if col not in df.columns:
-            df = df.with_columns(pl.lit(None, pl.String if col in chain else pl.Null).alias(col))
-    df = decide(df, source, ctx.stages, missing, selection.expr, reads, release_text(chain))
-    # Reasons as the catalog's drop_reasons spell them.
-    return df.with_columns(pl.when(pl.col("_fate") == "quarantined").then(pl.lit("quarantined: ") + pl.col("_reason"))
-                           .otherwise(pl.col("_reason")).alias("_reason"))
+    for df, missing in shard_chunks(raw, source, ctx.stages, reads, ctx.lake.annotation_path):
+        for col in wanted | set(chain):
+            if col not in df.columns:
+                df = df.with_columns(pl.lit(None, pl.String if col in chain else pl.Null).alias(col))
+        df = decide(df, source, ctx.stages, missing, selection.expr, reads, release_text(chain))
+        # Reasons as the catalog's drop_reasons spell them.
+        yield df.with_columns(pl.when(pl.col("_fate") == "quarantined").then(pl.lit("quarantined: ") + pl.col("_reason"))
+                              .otherwise(pl.col("_reason")).alias("_reason"))
 
 
-def _rows(df: pl.DataFrame, raw: str) -> pa.Table:
+def decided_shard(ctx: ReleaseContext, raw: str, selection: Selection | None = None,
+                  extra: Selection | None = None) -> pl.DataFrame:
+    """``decided_chunks`` of the whole shard as one frame."""
+    return pl.concat(list(decided_chunks(ctx, raw, selection, extra)), how="vertical_relaxed")
+
+
+def _rows(df: pl.DataFrame, raw: str, offset: int = 0) -> pa.Table:
     return df.select(pl.col("id"), pl.col("source"), pl.lit(raw).alias("raw"),
-                     pl.int_range(df.height, dtype=pl.Int64).alias("row"), pl.col("_fate").alias("fate"),
+                     pl.int_range(offset, offset + df.height, dtype=pl.Int64).alias("row"), pl.col("_fate").alias("fate"),
                      pl.col("_stage").alias("stage"), pl.col("_reason").alias("reason")
                      ).to_arrow().cast(FATES_SCHEMA)
 
@@ -85,7 +91,10 @@ def ensure_fates(ctx: ReleaseContext, progress: Callable[[int, int], None] | Non
 
     def tables() -> Iterator[pa.Table]:
         for i, raw in enumerate(shards):
-            yield _rows(decided_shard(ctx, raw, selection), raw)
+            offset = 0
+            for chunk in decided_chunks(ctx, raw, selection):
+                yield _rows(chunk, raw, offset)
+                offset += chunk.height
             if progress:
                 progress(i + 1, len(shards))
     write_parquet(path, FATES_SCHEMA, tables())
@@ -113,10 +122,12 @@ def where_matches(ctx: ReleaseContext, expr: str, sources: list[str] | None = No
     for raw in ctx.raw_shards:
         if sources and ctx.lake.source_of(raw) not in sources:
             continue
-        df = decided_shard(ctx, raw, selection, extra)
-        hit = df.with_row_index("_r").filter(extra.expr)
-        if hit.height:
-            yield _rows(hit, raw).set_column(3, "row", pa.array(hit.get_column("_r").cast(pl.Int64).to_arrow()))
+        offset = 0
+        for df in decided_chunks(ctx, raw, selection, extra):
+            hit = df.with_row_index("_r", offset=offset).filter(extra.expr)
+            offset += df.height
+            if hit.height:
+                yield _rows(hit, raw).set_column(3, "row", pa.array(hit.get_column("_r").cast(pl.Int64).to_arrow()))
 
 
 def read_texts(rows: list[tuple[str, int]], chars: int | None = None) -> dict[tuple[str, int], str]:

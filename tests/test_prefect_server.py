@@ -1,0 +1,93 @@
+"""`curate run` starts Prefect's temporary server on its first line (flows/prefect_server.py):
+only where Prefect would start one anyway, a real server the flow reports to, gone at exit."""
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+
+from flows.prefect_server import prefect_would_start_one
+from tests.conftest import REPO
+from tests.helpers import cli_env
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"PREFECT_HOME": str(tmp_path / "home"), **extra}
+
+
+def test_only_where_prefect_would_start_a_temporary_server(tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    assert prefect_would_start_one(_env(tmp_path), cwd)
+    assert not prefect_would_start_one(_env(tmp_path, PREFECT_API_URL="http://127.0.0.1:4200/api"), cwd)
+    assert not prefect_would_start_one(_env(tmp_path, PREFECT_API_KEY="k"), cwd)
+    assert not prefect_would_start_one(_env(tmp_path, PREFECT_SERVER_EPHEMERAL_ENABLED="false"), cwd)
+    assert not prefect_would_start_one(_env(tmp_path, CURATE_EARLY_PREFECT_SERVER="0"), cwd)
+    # Prefect's own profiles file: the active profile decides, other profiles do not.
+    home = tmp_path / "home"
+    home.mkdir()
+    profiles = home / "profiles.toml"
+    profiles.write_text('active = "ephemeral"\n[profiles.ephemeral]\nPREFECT_SERVER_EPHEMERAL_ENABLED = "true"\n'
+                        '[profiles.local]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n')
+    assert prefect_would_start_one(_env(tmp_path), cwd)
+    assert not prefect_would_start_one(_env(tmp_path, PREFECT_PROFILE="local"), cwd)
+    profiles.write_text(profiles.read_text().replace('active = "ephemeral"', 'active = "local"'))
+    assert not prefect_would_start_one(_env(tmp_path), cwd)
+    profiles.write_text("not [valid toml")
+    assert not prefect_would_start_one(_env(tmp_path), cwd)  # unreadable: Prefect reads (and reports) it
+    profiles.unlink()
+    # Settings files in the working directory that may name an API.
+    for name, text in ((".env", "PREFECT_API_URL=http://x/api\n"), ("prefect.toml", "[api]\n"),
+                       ("pyproject.toml", "[tool.prefect.api]\nurl = 'http://x/api'\n")):
+        (cwd / name).write_text(text)
+        assert not prefect_would_start_one(_env(tmp_path), cwd), name
+        (cwd / name).unlink()
+    (cwd / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert prefect_would_start_one(_env(tmp_path), cwd)
+
+
+def _pipeline(tmp_path: Path, corpora: Path) -> Path:
+    cfg = {"name": "early", "lake": str(tmp_path / "lake"), "executor": {"workers": 1},
+           "sources": [{"name": "wiki_en", "format": "parquet", "paths": [str(corpora / "wiki_en.parquet")]}],
+           "stages": [{"name": "length", "kind": "length_filter", "params": {"min_words": 30}}],
+           "release": {"name": "rel", "select": "length.keep"}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+def test_curate_run_reports_to_the_server_it_started_early(tmp_path, corpora):
+    pipeline = _pipeline(tmp_path, corpora)
+    env = dict(cli_env(tmp_path), CURATE_STARTUP_TIMES="1")
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(pipeline)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    [line] = [ln for ln in out.stderr.splitlines() if ln.startswith("startup-times ")]
+    times = json.loads(line.removeprefix("startup-times "))
+    assert times["prefect_server"] == 1.0  # started early, not by Prefect
+    assert times["cli"] <= times["validated"] <= times["imported"] <= times["prefect_ready"] <= times["end"]
+    assert _closed(int(times["prefect_port"]))  # stopped at exit
+    assert "Starting temporary server" not in out.stdout + out.stderr  # Prefect did not start its own
+    con = duckdb.connect(str(tmp_path / "lake" / "catalog.duckdb"), read_only=True)
+    try:
+        status, flow_run = con.execute("SELECT status, prefect_flow_run FROM runs").fetchone()
+    finally:
+        con.close()
+    assert status == "completed" and flow_run  # a real Prefect flow run, recorded by that server
+    # The same flow run, in Prefect's own database (PREFECT_HOME) that the server wrote.
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        state = db.execute("SELECT state_type FROM flow_run WHERE id = ?", [flow_run]).fetchone()
+    assert state == ("COMPLETED",)
