@@ -42,7 +42,7 @@ def _lake_root(lake: str) -> str:
         try:
             return load_config(lake).lake_path
         except ConfigError as e:
-            console.print(f"[red]{e}[/]")
+            console.print(f"[red]{e}[/]", soft_wrap=True)
             raise typer.Exit(2) from None
     return str(Path(lake).resolve()) if "://" not in lake else lake
 
@@ -102,7 +102,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file, e
             summary = run_pipeline(str(pipeline), workers=workers, reingest=reingest, validated=True, refit=refit,
                                    accept_gates=accept_gates, wait_s=wait, on_wait=_waiting, before_flow=startup.ready)
         except RefitError as e:
-            console.print(f"[red]{e}[/]")
+            console.print(f"[red]{e}[/]", soft_wrap=True)
             raise typer.Exit(2) from None
         except GateFailed as e:
             console.print(f"[red]{e}[/]\nwhy, in the catalog: curate sql \"SELECT * FROM release_gates WHERE "
@@ -218,10 +218,10 @@ def sql(query: Annotated[str, typer.Argument(help="SQL for DuckDB, e.g. \"SELECT
     try:
         cols, rows = readonly_query(cat.path, cat.lake_root, query)
     except LakeError as e:  # refused, unparsable, or the catalog busy/damaged: one line
-        console.print(f"[red]{e}[/]", highlight=False)
+        console.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except duckdb.Error as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{e}[/]", soft_wrap=True)
         raise typer.Exit(1) from None
     if as_json:
         for r in rows:
@@ -290,7 +290,7 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
     try:  # a committed release only: LATEST is checked against the manifests, a damaged one is named
         rel_dir = Path(release) if (Path(release) / "manifest.json").is_file() else Path(resolve(root, release))
     except (ManifestError, ReleaseNotFound) as e:
-        console.print(f"[red]{e}[/] (see `curate releases --lake {root}`)")
+        console.print(f"[red]{e}[/] (see `curate releases --lake {root}`)", soft_wrap=True)
         raise typer.Exit(1) from None
     tok_path: str | None = tokenizer
     dest = out or Path(root) / "exports" / rel_dir.parent.name / rel_dir.name / format
@@ -300,7 +300,7 @@ def export(release: Annotated[str, typer.Argument(help="NAME (its LATEST version
             tok_path = str(smollm2_tokenizer())
         info = export_release(rel_dir, dest, format, tokenizer_path=tok_path, overwrite=overwrite)  # type: ignore[arg-type]
     except (ValueError, FileExistsError, ImportError) as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{e}[/]", soft_wrap=True)
         raise typer.Exit(1) from None
     from warehouse.export.record import record_in_catalog
     try:
@@ -342,7 +342,7 @@ def main() -> None:
     try:
         app()
     except LakeError as e:  # a lake problem with a remedy: one line, no traceback
-        console.print(f"[red]{e}[/]", highlight=False)
+        console.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
 
 

@@ -59,7 +59,9 @@ def all_tables(lake: Path) -> dict[str, list[tuple]]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CURATE_PROGRESS="0", PYTHONPATH=str(REPO))
+    # A narrow terminal: an error's remedy (a command to copy) must stay on one line whatever the
+    # width and the length of the paths in it (CI once saw "curate catalog\nrebuild").
+    env = dict(os.environ, CURATE_PROGRESS="0", PYTHONPATH=str(REPO), COLUMNS="60")
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
 

@@ -30,7 +30,7 @@ def ablate(releases: Annotated[list[str], typer.Argument(
         if seeds:
             cfg = cfg.model_copy(update={"seeds": [int(s) for s in seeds.split(",") if s.strip()]})
     except (ConfigError, ValueError) as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{e}[/]", soft_wrap=True)
         raise typer.Exit(2) from None
     root = _lake_root(lake)
     progress = _Progress(console, cfg.steps)
@@ -38,7 +38,7 @@ def ablate(releases: Annotated[list[str], typer.Argument(
         info = run_ablation(releases, cfg, root, log=lambda m: console.print(m, highlight=False), progress=progress,
                             catalog=Catalog.of_lake(root))
     except (AblationError, FileNotFoundError) as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{e}[/]", soft_wrap=True)
         raise typer.Exit(1) from None
     print_summary(console, info)
     if plot and info.get("plot"):

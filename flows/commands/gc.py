@@ -81,12 +81,12 @@ def gc_command(pipelines: list[str], yes: bool, console: Any) -> None:
     try:
         garbage, record = run_gc(pipelines, yes)
     except (ConfigError, ValueError) as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{e}[/]", soft_wrap=True)
         raise typer.Exit(2) from None
     except Exception as e:  # the lake lock's errors (another writer holds it) carry their exit code
         if not hasattr(e, "exit_code"):
             raise
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{e}[/]", soft_wrap=True)
         raise typer.Exit(int(e.exit_code)) from None
     table = Table(title="removed" if record else "would remove (dry run)")
     for col in ("what", "path", "MB", "why"):
