@@ -79,7 +79,7 @@ def _read(path: str, columns: list[str] | None = None) -> pa.Table:
         with fs.open(p, "rb") as f:
             return pq.read_table(f, columns=columns)
     except (pa.ArrowException, OSError) as e:  # name the file: a bare ArrowInvalid says nothing
-        raise DamagedFile(path, f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise _damaged(path, e) from None
 
 
 def _annotation_files(raw: str, source: str, stages: list[StageInfo], reads: Reads, annotation_path: Any,
@@ -100,7 +100,10 @@ def _annotation_files(raw: str, source: str, stages: list[StageInfo], reads: Rea
 def shard_frame(raw: str, source: str, stages: list[StageInfo], reads: Reads,
                 annotation_path: Any) -> tuple[pl.DataFrame, dict[str, str]]:
     """The raw shard with the columns the release reads of each applicable stage, as
-    ``<stage>.<col>``; and, for stages whose annotation file is missing or misaligned, why."""
+    ``<stage>.<col>``; and, for stages whose annotation file is missing or misaligned, why.
+
+    The whole shard at once: the release and the report stream ``shard_chunks`` instead; this
+    is the plain form the tests hold the chunked join to."""
     df = pl.from_arrow(_read(raw))
     assert isinstance(df, pl.DataFrame)
     missing: dict[str, str] = {}
