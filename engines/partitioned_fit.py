@@ -1,25 +1,34 @@
 """Global fits an executor may split into many tasks: map per shard, reduce per key partition.
 
-A global stage whose fit groups documents by an integer key (exact dedup: the text hash) can
-offer its fit in three steps besides ``fit``; an executor with many workers (the Ray executor)
-then runs it as
+A global stage whose fit groups documents by an integer key (exact dedup: the text hash; MinHash
+dedup: the band key's bucket partition) can offer its fit in three steps besides ``fit``; an
+executor with many workers (the Ray executor) then runs it as
 
-1. **map**, one task per shard: ``fit_map(batch)`` for every batch of the shard (the stage's
-   ``needs`` and fed columns, as ``fit`` gets them), giving one row per document with the
-   integer column ``fit_key``; the rows are split into partitions by key (``split``);
-2. **reduce**, one task per partition: ``fit_reduce(frames)`` over that partition's rows, the
-   frames in lake order (shard by shard, rows in order), so "first in lake order" rules hold;
-3. **finish**, once, where the artifact folder is: ``fit_finish(parts, documents, dir)`` writes
-   the artifact from the reduced partitions (in partition order) and returns the fit's metrics.
+1. **map**, one task per shard: ``fit_map(batch, row)`` for every batch of the shard (the stage's
+   ``needs`` and fed columns, as ``fit`` gets them; ``row``: the batch's first row in the shard),
+   giving the batch's rows for the reduce step (with the integer column ``fit_key``) and its
+   *side* output (what the finish needs of every document in lake order: MinHash keeps document
+   metadata and shingle sets there; ``None`` when nothing). The rows are split into partitions
+   by key (``split``);
+2. **reduce**, one task per partition: ``fit_reduce(frames)`` over that partition's rows from every
+   shard, as (lake position of the shard's first row, rows) in lake order (shard by shard, rows
+   in order), so "first in lake order" rules hold and rows can be numbered in the lake;
+3. **finish**, once, where the artifact folder is: ``fit_finish(parts, sides, documents, dir)``
+   writes the artifact from the reduced partitions (an iterator, in partition order, of the
+   non-empty ones) and the side outputs (an iterator over shards in lake order of (lake position
+   of its first row, its batches' side outputs)), and returns the fit's metrics.
 
-The contract: ``fit_finish(reduce per partition of map over every shard)`` writes the same files
-and metrics as ``fit`` over the same shards, for any number of partitions (the stage sorts what it
-writes by key, never by partition). Stages never know which executor runs them; an executor that
-does not split (the local one) calls ``fit``.
+The contract: ``fit_finish`` over the reduce per partition of the map over every shard writes the
+same files and metrics as ``fit`` over the same shards (a stage's ``seconds`` timings aside), for
+any number of partitions (the stage writes nothing in partition order). Stages never know which
+executor runs them; an executor that does not split (the local one) calls ``fit``.
+``fit_in_one_process`` runs the three steps in one process: the reference the tests hold the
+steps to, and the Ray executor's wiring of the same functions (engines/ray_fit.py).
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import itertools
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import polars as pl
 
@@ -28,16 +37,32 @@ import polars as pl
 class PartitionedFit(Protocol):
     fit_key: str  # the integer column of fit_map's rows that decides their partition
 
-    def fit_map(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """One batch of a shard -> its rows for the reduce step (with ``fit_key``), in batch order."""
+    def fit_map(self, batch: pl.DataFrame, row: int) -> tuple[pl.DataFrame, Any]:
+        """One batch of a shard (its first row is row ``row`` of the shard) -> its rows for the
+        reduce step (with ``fit_key``), in batch order, and its side output for the finish."""
         ...
 
-    def fit_reduce(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
-        """One partition's rows, in lake order (never empty) -> that partition's part of the artifact."""
+    def fit_reduce(self, frames: list[tuple[int, pl.DataFrame]]) -> Any:
+        """One partition's rows, as (lake position of the shard's first row, rows) in lake order
+        (never empty) -> that partition's part of the artifact."""
         ...
 
-    def fit_finish(self, parts: list[pl.DataFrame], documents: int, artifact_dir: str) -> dict[str, Any]:
-        """Write the artifact from every partition's part; ``documents``: rows mapped. Returns metrics."""
+    def fit_finish(self, parts: Iterator[Any], sides: Iterator[tuple[int, list[Any]]], documents: int,
+                   artifact_dir: str) -> dict[str, Any]:
+        """Write the artifact from every partition's part and every shard's side outputs;
+        ``documents``: rows mapped. Returns metrics."""
+        ...
+
+
+@runtime_checkable
+class PartitionedIncrementalFit(PartitionedFit, Protocol):
+    """A partitioned fit that can also extend an earlier artifact (``fit_incremental``) the same
+    way: map and reduce over the new shards only, then a finish that merges them into it."""
+
+    def fit_finish_incremental(self, previous_dir: str, parts: Iterator[Any], sides: Iterator[tuple[int, list[Any]]],
+                               documents: int, artifact_dir: str) -> dict[str, Any]:
+        """``fit_finish`` on top of the artifact in ``previous_dir``: the files and metrics of
+        ``fit_incremental`` over the same new shards."""
         ...
 
 
@@ -46,3 +71,51 @@ def split(frame: pl.DataFrame, key: str, partitions: int) -> list[pl.DataFrame]:
     the frame's order. Pure arithmetic on the key: every map task agrees on every key's partition."""
     part = frame.get_column(key).reinterpret(signed=False) % partitions
     return [frame.filter(part == p) for p in range(partitions)]
+
+
+def map_shard(stage: PartitionedFit, batches: Iterable[pl.DataFrame],
+              partitions: int) -> tuple[list[pl.DataFrame | None], list[Any], int]:
+    """One shard's batches -> its rows split into partitions (all ``None`` for a shard without
+    rows), its batches' side outputs, its row count."""
+    frames, sides, rows = [], [], 0
+    for batch in batches:
+        mapped, side = stage.fit_map(batch, rows)
+        frames.append(mapped)
+        sides.append(side)
+        rows += batch.height
+    if not any(f.height for f in frames):
+        return [None] * partitions, sides, rows
+    return list(split(pl.concat(frames), stage.fit_key, partitions)), sides, rows
+
+
+def starts(rows: Sequence[int]) -> list[int]:
+    """Lake position of each shard's first row, from the shards' row counts (in lake order)."""
+    return [0, *itertools.accumulate(rows)][:len(rows)]
+
+
+def reduce_partition(stage: PartitionedFit, first_rows: Sequence[int], frames: Sequence[pl.DataFrame | None]) -> Any:
+    """One partition's rows from every shard (in lake order; ``first_rows``: each shard's lake
+    position) -> its part, or ``None`` when no shard has rows in it."""
+    rows = [(s, f) for s, f in zip(first_rows, frames) if f is not None and f.height]
+    return stage.fit_reduce(rows) if rows else None
+
+
+def finish(stage: PartitionedFit, parts: Iterator[Any], sides: Iterator[tuple[int, list[Any]]], documents: int,
+           artifact_dir: str, previous_dir: str | None = None) -> dict[str, Any]:
+    """``fit_finish``, or ``fit_finish_incremental`` on top of ``previous_dir`` when given."""
+    if previous_dir is None:
+        return stage.fit_finish(parts, sides, documents, artifact_dir)
+    assert isinstance(stage, PartitionedIncrementalFit)
+    return stage.fit_finish_incremental(previous_dir, parts, sides, documents, artifact_dir)
+
+
+def fit_in_one_process(stage: PartitionedFit, shards: Sequence[Callable[[], Iterable[pl.DataFrame]]],
+                       partitions: int, artifact_dir: str, previous_dir: str | None = None) -> dict[str, Any]:
+    """The three steps in this process, in order (``shards``: a callable per shard giving its
+    batches): what an executor distributes, run where a test can compare it with ``fit`` (or
+    with ``fit_incremental`` on top of ``previous_dir``)."""
+    mapped = [map_shard(stage, batches(), partitions) for batches in shards]
+    first = starts([rows for _, _, rows in mapped])
+    parts = (reduce_partition(stage, first, [split_[p] for split_, _, _ in mapped]) for p in range(partitions))
+    return finish(stage, (p for p in parts if p is not None), iter(list(zip(first, [s for _, s, _ in mapped]))),
+                  sum(rows for _, _, rows in mapped), artifact_dir, previous_dir)

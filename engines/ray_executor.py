@@ -47,7 +47,7 @@ from engines.executor import (
 )
 from engines.extras import install_command
 from engines.faults import fault_point
-from engines.partitioned_fit import PartitionedFit
+from engines.partitioned_fit import PartitionedFit, PartitionedIncrementalFit
 from engines.stage import GlobalStage, Resources, Stage, StageContext
 from schemas.config import ExecutorConfig
 
@@ -254,21 +254,29 @@ class RayExecutor:
         one Ray task streaming every shard through ``stage.fit`` on the driver's node with all its
         CPUs (the fit's threads). Either way the artifact is the local executor's, file for file."""
         if isinstance(stage, PartitionedFit) and len(tasks) > 1:
-            from engines.ray_fit import partitioned_fit
-            ray = self._connect()
-            res = stage.resources()
-            ctx = dataclasses.replace(ctx or StageContext(), threads=max(1, int(res.cpus)))
-            metrics, line = partitioned_fit(ray, stage, tasks, artifact_dir, ctx, self.config.batch_rows,
-                                            self._slots(res), _options(res), RETRIES)
-            _log().info(line)
-            return metrics
+            return self._partitioned_fit(stage, tasks, artifact_dir, ctx)
         return self._fit_task(_fit, stage, len(tasks), ctx, stage, tasks, artifact_dir)
 
     def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
                         earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
-        """``stage.fit_incremental`` over the new shards, as one Ray task (see ``fit``)."""
+        """``stage.fit_incremental`` over the new shards: as map and reduce tasks over the new
+        shards and a finish that merges them into ``previous_dir`` when the stage offers it
+        (``PartitionedIncrementalFit``: exact dedup), else as one Ray task (see ``fit``)."""
+        if isinstance(stage, PartitionedIncrementalFit) and len(tasks) > 1:
+            return self._partitioned_fit(stage, tasks, artifact_dir, None, previous_dir)
         return self._fit_task(_fit_incremental, stage, len(tasks), None, stage, previous_dir, tasks,
                               [t.raw_path for t in earlier], artifact_dir)
+
+    def _partitioned_fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str, ctx: StageContext | None,
+                         previous_dir: str | None = None) -> dict[str, Any]:
+        from engines.ray_fit import partitioned_fit
+        ray = self._connect()
+        res = stage.resources()
+        ctx = dataclasses.replace(ctx or StageContext(), threads=max(1, int(res.cpus)))
+        metrics, line = partitioned_fit(ray, stage, tasks, artifact_dir, ctx, self.config.batch_rows,
+                                        self._slots(res), _options(res), RETRIES, previous_dir)
+        _log().info(line)
+        return metrics
 
     def _fit_task(self, fn: Callable[..., Any], stage: GlobalStage, shards: int, ctx: StageContext | None,
                   *args: Any) -> dict[str, Any]:

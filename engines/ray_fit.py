@@ -2,11 +2,13 @@
 
 One **map** task per shard (read the shard from the lake, ``fit_map`` its batches, split the rows
 into ``partitions`` by key), one **reduce** task per partition (its rows from every map task, in
-shard order, through ``fit_reduce``), then ``fit_finish`` in the driver, which writes the artifact
-into the folder the storage layer staged for it there. The map outputs travel through Ray's object
-store, never through the driver; only the reduced parts (for exact dedup: one row per distinct
-hash, as much as the one-task fit holds) come back to it. Cost: the shards are read in parallel on
-every node; the finish is a concatenation and a sort.
+shard order, numbered in the lake from the map tasks' row counts, through ``fit_reduce``), then
+``fit_finish`` in the driver, which writes the artifact into the folder the storage layer staged
+for it there. The map outputs travel through Ray's object store, never through the driver; the
+driver fetches the reduced parts one at a time, then each shard's side output one at a time (for
+exact dedup: one row per distinct hash, and nothing; for MinHash dedup: the band index, the
+candidate pairs, and the document metadata and shingle sets), so it holds one of them at a time
+besides what the stage's finish keeps. Cost: the shards are read in parallel on every node.
 
 A map or reduce task whose worker dies is retried by Ray; past its retries the fit fails, as the
 one-task fit does.
@@ -14,48 +16,57 @@ one-task fit does.
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import polars as pl
+from typing import Any, Iterator
 
 from engines.executor import ShardTask, shard_batches
-from engines.partitioned_fit import PartitionedFit, split
+from engines.partitioned_fit import PartitionedFit, finish, map_shard, reduce_partition, starts
 from engines.stage import GlobalStage, StageContext
 
 
-def _map_shard(stage: Any, task: ShardTask, ctx: StageContext, batch_rows: int,
-               partitions: int) -> list[pl.DataFrame | int | None]:
-    """One shard -> its rows split into partitions (``None`` for a shard without rows), then its row count."""
+def _map_shard(stage: Any, task: ShardTask, ctx: StageContext, batch_rows: int, partitions: int) -> list[Any]:
+    """One shard -> its rows split into partitions (``None`` for a partition without rows), its
+    side outputs, then its row count (separate return values: each goes where it is needed)."""
     stage.bind(ctx)
-    frames = [stage.fit_map(batch) for _, batch in shard_batches(stage, task, batch_rows)]
-    rows = sum(f.height for f in frames)
-    if not rows:
-        return [*([None] * partitions), 0]
-    return [*split(pl.concat(frames), stage.fit_key, partitions), rows]
+    parts, sides, rows = map_shard(stage, (b for _, b in shard_batches(stage, task, batch_rows)), partitions)
+    return [*parts, sides, rows]
 
 
-def _reduce(stage: Any, ctx: StageContext, *frames: pl.DataFrame | None) -> pl.DataFrame | None:
-    """One partition's rows from every shard, in shard order -> its part of the artifact."""
+def _reduce(stage: Any, ctx: StageContext, shards: int, *args: Any) -> Any:
+    """One partition: ``args`` is every shard's row count, then its rows of this partition (in shard order)."""
     stage.bind(ctx)
-    rows = [f for f in frames if f is not None and f.height]
-    return stage.fit_reduce(rows) if rows else None
+    return reduce_partition(stage, starts(args[:shards]), args[shards:])
 
 
 def partitioned_fit(ray: Any, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str, ctx: StageContext,
-                    batch_rows: int, partitions: int, options: dict[str, Any], retries: int) -> tuple[dict[str, Any], str]:
+                    batch_rows: int, partitions: int, options: dict[str, Any], retries: int,
+                    previous_dir: str | None = None) -> tuple[dict[str, Any], str]:
     """Run ``stage``'s fit as map, reduce and finish (see the module docstring); returns its metrics
-    and a line for the run log. ``options``: each task's Ray reservation."""
+    and a line for the run log. ``options``: each task's Ray reservation. With ``previous_dir`` the
+    finish extends that earlier artifact (``fit_finish_incremental``: ``tasks`` are the new shards)."""
     assert isinstance(stage, PartitionedFit)
     t0 = time.perf_counter()
     stage_ref = ray.put(stage)
-    mapper = ray.remote(_map_shard).options(num_returns=partitions + 1, max_retries=retries, **options)
+    mapper = ray.remote(_map_shard).options(num_returns=partitions + 2, max_retries=retries, **options)
     reducer = ray.remote(_reduce).options(max_retries=retries, **options)
     maps = [mapper.remote(stage_ref, t, ctx, batch_rows, partitions) for t in tasks]
-    reduced = [reducer.remote(stage_ref, ctx, *[m[p] for m in maps]) for p in range(partitions)]
-    documents = sum(ray.get([m[partitions] for m in maps]))
-    parts = [p for p in ray.get(reduced) if p is not None]
+    counts = [m[partitions + 1] for m in maps]
+    reduced = [reducer.remote(stage_ref, ctx, len(maps), *counts, *[m[p] for m in maps]) for p in range(partitions)]
+    rows = ray.get(counts)
+    first = starts(rows)
+
+    def parts() -> Iterator[Any]:
+        for ref in reduced:
+            part = ray.get(ref)
+            if part is not None:
+                yield part
+
+    def sides() -> Iterator[tuple[int, list[Any]]]:
+        for start, m in zip(first, maps):
+            yield start, ray.get(m[partitions])
+
     stage.bind(ctx)
-    metrics = stage.fit_finish(parts, documents, artifact_dir)
-    line = (f"fit of {stage.kind} over {len(tasks)} shards: {len(tasks)} map tasks, {partitions} partitions, "
+    metrics = finish(stage, parts(), sides(), sum(rows), artifact_dir, previous_dir)
+    what = "incremental fit" if previous_dir else "fit"
+    line = (f"{what} of {stage.kind} over {len(tasks)} shards: {len(tasks)} map tasks, {partitions} partitions, "
             f"{time.perf_counter() - t0:.1f} s on Ray")
     return metrics, line

@@ -109,33 +109,45 @@ class ExactDedup(GlobalStage):
         ``batches``: every distinct hash with its first document in lake order and its group
         size. Earlier documents come first in lake order, so an earlier first occurrence stays
         the survivor and a full fit over the same documents gives the same index."""
+        parts = [self._frame(b) for b in batches]
+        return self._merged(previous_dir, _first_by_hash(pl.concat(parts)) if parts else None,
+                            sum(p.height for p in parts), artifact_dir)
+
+    @staticmethod
+    def _merged(previous_dir: str | None, new: pl.DataFrame | None, docs: int, artifact_dir: str) -> dict[str, Any]:
+        """Write the earlier index (``previous_dir``; none for a first fit) merged with ``new`` (one
+        row per hash of the new documents: first occurrence, group size; any row order)."""
         old = (pl.read_parquet(f"{previous_dir}/{INDEX_FILE}") if previous_dir
                else pl.DataFrame(schema=INDEX_SCHEMA))
-        parts = [self._frame(b) for b in batches]
-        docs = sum(p.height for p in parts)
-        if parts:
-            # Lake order is the order of batches, then rows: concatenated in that order.
-            index = (pl.concat([old, _first_by_hash(pl.concat(parts))]).group_by("h", maintain_order=True)
-                     .agg(pl.col("id").first(), pl.col("source").first(), pl.col("src_file").first(),
-                          pl.col("src_offset").first(), pl.col("size").sum())
-                     .sort("h"))
-        else:
-            index = old
+        if new is None:
+            return _write_index(old, old.height, docs, artifact_dir)
+        # The earlier rows come first, so an earlier first occurrence stays the survivor.
+        index = (pl.concat([old, new]).group_by("h", maintain_order=True)
+                 .agg(pl.col("id").first(), pl.col("source").first(), pl.col("src_file").first(),
+                      pl.col("src_offset").first(), pl.col("size").sum())
+                 .sort("h"))
         return _write_index(index, old.height, docs, artifact_dir)
 
     # --- the fit in partitions of hashes (engines.partitioned_fit): the Ray executor runs one
     # task per shard (hashing) and one per partition (first occurrence); the same index results.
     fit_key = "h"
 
-    def fit_map(self, batch: pl.DataFrame) -> pl.DataFrame:
-        return self._frame(batch)
+    def fit_map(self, batch: pl.DataFrame, row: int) -> tuple[pl.DataFrame, None]:
+        return self._frame(batch), None
 
-    def fit_reduce(self, frames: list[pl.DataFrame]) -> pl.DataFrame:
-        return _first_by_hash(pl.concat(frames))
+    def fit_reduce(self, frames: list[tuple[int, pl.DataFrame]]) -> pl.DataFrame:
+        return _first_by_hash(pl.concat([f for _, f in frames]))
 
-    def fit_finish(self, parts: list[pl.DataFrame], documents: int, artifact_dir: str) -> dict[str, Any]:
-        index = pl.concat(parts).sort("h") if parts else pl.DataFrame(schema=INDEX_SCHEMA)
-        return _write_index(index, 0, documents, artifact_dir)
+    def fit_finish(self, parts: Iterator[pl.DataFrame], sides: Iterator[tuple[int, list[None]]], documents: int,
+                   artifact_dir: str) -> dict[str, Any]:
+        found = list(parts)
+        return self._merged(None, pl.concat(found) if found else None, documents, artifact_dir)
+
+    def fit_finish_incremental(self, previous_dir: str, parts: Iterator[pl.DataFrame],
+                               sides: Iterator[tuple[int, list[None]]], documents: int,
+                               artifact_dir: str) -> dict[str, Any]:
+        found = list(parts)
+        return self._merged(previous_dir, pl.concat(found) if found else None, documents, artifact_dir)
 
     def setup(self, ctx: StageContext) -> None:
         assert ctx.artifact_dir, "exact_dedup needs its fitted artifact"

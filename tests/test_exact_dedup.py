@@ -1,7 +1,6 @@
 """Exact dedup as a global stage (fit, then per-shard apply), against a plain-Python reference."""
 from __future__ import annotations
 
-import polars as pl
 import pyarrow.parquet as pq
 
 from engines.executor import LocalExecutor, ShardTask
@@ -84,7 +83,7 @@ def test_fit_in_partitions_writes_the_same_artifact(tmp_path, corpora):
     files byte for byte and its metrics, for any number of partitions (the Ray executor's wiring
     of the same steps: tests/test_ray_executor.py)."""
     from engines.executor import shard_batches
-    from engines.partitioned_fit import PartitionedFit, split
+    from engines.partitioned_fit import PartitionedFit, fit_in_one_process
     lake, order = planted_lake(tmp_path / "lake", corpora)
     stage = ExactDedup()
     assert isinstance(stage, PartitionedFit)
@@ -94,12 +93,10 @@ def test_fit_in_partitions_writes_the_same_artifact(tmp_path, corpora):
     with LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False) as ex:
         ref_metrics = ex.fit(stage, tasks, str(ref))
     for partitions in (1, 2, 3, 7):
-        mapped = [[stage.fit_map(b) for _, b in shard_batches(stage, t, 64)] for t in tasks]
-        per_shard = [split(pl.concat(frames), stage.fit_key, partitions) for frames in mapped]
-        parts = [stage.fit_reduce([shard[p] for shard in per_shard if shard[p].height]) for p in range(partitions)]
         art = tmp_path / f"p{partitions}"
         art.mkdir()
-        metrics = stage.fit_finish(parts, sum(f.height for frames in mapped for f in frames), str(art))
+        metrics = fit_in_one_process(stage, [lambda t=t: (b for _, b in shard_batches(stage, t, 64)) for t in tasks],
+                                     partitions, str(art))
         assert metrics == ref_metrics and metrics["duplicates"] == 4
         for name in ("index.parquet", "duplicate_groups.parquet"):
             assert (art / name).read_bytes() == (ref / name).read_bytes(), (partitions, name)

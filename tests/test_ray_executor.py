@@ -105,9 +105,11 @@ def test_conformance_local_vs_private_ray(tmp_path, demo_dir, local_run):
     for a in anns:
         if not a.parts[1].startswith("where@"):
             assert (lake / a).read_bytes() == (ref_lake / a).read_bytes(), a
-    # Exact dedup's fit ran as map and reduce tasks (engines.ray_fit): the same index, byte for byte.
-    dedup = sorted(a.relative_to(ref_lake) for a in ref_lake.glob("artifacts/dedup@*/**/*.parquet"))
-    assert dedup, "no exact-dedup artifact in the reference lake"
+    # The exact and MinHash dedup fits ran as map and reduce tasks (engines.ray_fit): the same
+    # artifacts, byte for byte.
+    dedup = sorted(a.relative_to(ref_lake) for stage in ("dedup", "fuzzy")
+                   for a in ref_lake.glob(f"artifacts/{stage}@*/**/*") if a.is_file())
+    assert {a.parts[1].split("@")[0] for a in dedup} == {"dedup", "fuzzy"}, dedup
     for a in dedup:
         assert (lake / a).read_bytes() == (ref_lake / a).read_bytes(), a
 
@@ -218,35 +220,51 @@ import json, logging, sys
 from engines.executor import ShardTask
 from engines.ray_executor import RayExecutor
 from filters.exact_dedup import ExactDedup
+from filters.minhash.dedup import MinHashDedup
 from schemas.config import ExecutorConfig
 logging.basicConfig(level=logging.INFO)
-address, out, tasks = sys.argv[1], sys.argv[2], [ShardTask(s, p, "") for s, p in json.loads(sys.argv[3])]
-with RayExecutor(ExecutorConfig(kind="ray", address=address, batch_rows=64), show_progress=False) as ex:
-    print(json.dumps(ex.fit(ExactDedup(), tasks, out)))
+kinds = {"exact_dedup": ExactDedup, "minhash_dedup": MinHashDedup}
+with RayExecutor(ExecutorConfig(kind="ray", address=sys.argv[1], batch_rows=64), show_progress=False) as ex:
+    for kind, params, out, shards in json.loads(sys.argv[2]):
+        tasks = [ShardTask(s, p, "", tuple(tuple(i) for i in fed)) for s, p, fed in shards]
+        print(json.dumps(ex.fit(kinds[kind](params), tasks, out)))
 """
 
 
-def test_exact_dedup_fit_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_nodes):
-    """The exact-dedup fit on the cluster as one map task per shard and one reduce task per hash
-    partition (engines.ray_fit) writes the local executor's artifact, byte for byte. The driver is a
-    process of its own (a process joins one Ray cluster once)."""
-    from engines.executor import LocalExecutor, ShardTask
+def test_dedup_fits_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_nodes):
+    """The exact-dedup fit (one map task per shard, one reduce task per hash partition) and the
+    MinHash-dedup fit (one map task per shard, one reduce task per group of band partitions, then
+    verification and clustering in the driver) on the cluster (engines.ray_fit) write the local
+    executor's artifacts, byte for byte, and its metrics. The driver is a process of its own (a
+    process joins one Ray cluster once)."""
+    from engines.executor import LocalExecutor
     from filters.exact_dedup import ExactDedup
+    from filters.minhash.dedup import MinHashDedup
     from schemas.config import ExecutorConfig
+    from tests.minhash.test_partitioned_fit import artifact_files, dedup_tasks, planted_minhash_lake, without_seconds
     from tests.test_exact_dedup import planted_lake
 
     _, order = planted_lake(tmp_path / "lake", corpora)
-    for kind in ("local", "ray"):
-        (tmp_path / kind).mkdir()
+    near = planted_minhash_lake(tmp_path / "near", corpora)
+    fits = [("exact_dedup", {}, [(s, p, []) for s, p in order]), ("minhash_dedup", {"partitions": 5}, near)]
+    local = {}
     with LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False) as ex:
-        local = ex.fit(ExactDedup(), [ShardTask(s, p, "") for s, p in order], str(tmp_path / "local"))
-    run = subprocess.run([sys.executable, "-c", _RAY_FIT, two_nodes.address, str(tmp_path / "ray"), json.dumps(order)],
+        for kind, params, shards in fits:
+            (tmp_path / f"local-{kind}").mkdir()
+            (tmp_path / f"ray-{kind}").mkdir()
+            stage = (ExactDedup if kind == "exact_dedup" else MinHashDedup)(params)
+            local[kind] = ex.fit(stage, dedup_tasks(shards), str(tmp_path / f"local-{kind}"))
+    spec = [(kind, params, str(tmp_path / f"ray-{kind}"), shards) for kind, params, shards in fits]
+    run = subprocess.run([sys.executable, "-c", _RAY_FIT, two_nodes.address, json.dumps(spec)],
                          cwd=REPO, env=_env(tmp_path, two_nodes.auth), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "fit of exact_dedup over 4 shards: 4 map tasks, 2 partitions" in run.stderr, run.stderr[-3000:]
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == local and local["duplicates"] == 4
-    for name in ("index.parquet", "duplicate_groups.parquet"):
-        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert "fit of minhash_dedup over 5 shards: 5 map tasks, 2 partitions" in run.stderr, run.stderr[-3000:]
+    exact, near_dup = (json.loads(line) for line in run.stdout.strip().splitlines()[-2:])
+    assert exact == local["exact_dedup"] and exact["duplicates"] == 4
+    assert without_seconds(near_dup) == without_seconds(local["minhash_dedup"]) and near_dup["duplicates"] >= 100
+    for kind, _, _ in fits:
+        assert artifact_files(tmp_path / f"ray-{kind}") == artifact_files(tmp_path / f"local-{kind}"), kind
 
 
 def test_actors_errors_and_teardown_like_the_local_executor(tmp_path, corpora):

@@ -53,12 +53,13 @@ joined by U+001F: unique per raw row and stable across runs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Literal
 
 import numpy as np
 import polars as pl
@@ -79,6 +80,11 @@ FLUSH_ROWS = 1 << 18  # buffered (key, pos) rows before the partitions are writt
 DOCS_FILE = "docs.parquet"  # pos, key, id, source, crawl_date, score of every document
 ROOTS_FILE = "roots.parquet"  # pos, root of every document in a cluster of two or more
 STATE_FILE = "state.json"  # documents, bands
+
+
+def _check_size(documents: int) -> None:
+    if documents >= 1 << 32:
+        raise ValueError("minhash_dedup codes candidate pairs in 64 bits: at most 2^32 documents per fit")
 
 
 class MinHashDedupParams(BaseModel):
@@ -137,6 +143,12 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 
 
+def part_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """Partition of each 64-bit key from its top 32 bits (multiply-shift range reduction: monotone
+    in the key, so partitions hold consecutive key ranges)."""
+    return (((keys >> np.uint64(32)) * np.uint64(partitions)) >> np.uint64(32)).astype(np.int64)
+
+
 class _PartitionedSpill:
     """Rows spread over ``partitions`` folders by a 64-bit routing key per row, buffered up to
     ``flush_rows`` rows and then written as one small Parquet file per partition and flush
@@ -151,15 +163,10 @@ class _PartitionedSpill:
         self.rows = self.flushes = 0
         self.files: dict[int, list[str]] = {}
 
-    def part_of(self, keys: np.ndarray) -> np.ndarray:
-        """Partition of each 64-bit key from its top 32 bits (multiply-shift range reduction:
-        monotone in the key, so partitions hold consecutive key ranges)."""
-        return (((keys >> np.uint64(32)) * np.uint64(self.partitions)) >> np.uint64(32)).astype(np.int64)
-
     def add(self, route: np.ndarray, table: pa.Table) -> None:
         """Buffer ``table``; row i goes to the partition of ``route[i]`` (``part_of``)."""
         if table.num_rows:
-            self.buf.append((self.part_of(route), table))
+            self.buf.append((part_of(route, self.partitions), table))
             self.rows += table.num_rows
             if self.rows >= self.flush_rows:
                 self.flush()
@@ -210,6 +217,37 @@ class _Scan:
         full = np.concatenate(self.full) if self.full else np.zeros(0, dtype=bool)
         return ShingleSets(self.shingles_path, np.concatenate(self.offsets), full, self.first)
 
+    def add(self, batch: _Batch, meta_writer: pq.ParquetWriter, shingle_file: BinaryIO | None) -> None:
+        """Count one scanned batch in; its metadata and shingle sets go to the spill files."""
+        if self.bands is None:
+            self.bands = batch.bands
+        self.empty += batch.empty
+        meta_writer.write_table(batch.meta.cast(meta_writer.schema))
+        if shingle_file is not None and batch.shingles is not None:
+            values, lengths, full = batch.shingles
+            shingle_file.write(memoryview(values))
+            self.offsets.append(int(self.offsets[-1][-1]) + np.cumsum(lengths))
+            self.full.append(full)
+        self.docs += batch.meta.num_rows
+
+
+@dataclass
+class _Batch:
+    """One batch scanned (``MinHashDedup._scan_batch``): its band rows (bucket partition, band key,
+    position), document metadata, shingle sets (values, per-document lengths, whether each set is
+    complete; ``None`` without ``verify``), rows without a signature, and bands per signature."""
+
+    bucket_rows: pl.DataFrame | None
+    meta: pa.Table
+    shingles: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    empty: int
+    bands: int | None
+
+    def moved(self, shift: int) -> _Batch:
+        """Without its band rows (what the finish of a partitioned fit needs), positions moved by ``shift``."""
+        pos = pa.array(self.meta.column("pos").to_numpy() + shift, pa.int64())
+        return _Batch(None, self.meta.set_column(0, "pos", pos), self.shingles, self.empty, self.bands)
+
 
 @dataclass
 class ShingleSets:
@@ -227,6 +265,47 @@ class ShingleSets:
             return pos - self.first
         old = pos < self.first
         return np.where(old, np.searchsorted(self.earlier, pos), len(self.earlier) + pos - self.first)
+
+
+def _bucket_pairs(k: Any, f: pl.DataFrame, window: int, new_from: int = 0) -> tuple[np.ndarray, int] | None:
+    """The candidate pairs of one bucket partition's rows sorted by (key, pos), as unique pair codes
+    (``lo << 32 | hi``), and its largest bucket; only pairs whose later member is at ``new_from`` or
+    after. ``None`` when no key occurs twice."""
+    f = f.filter(pl.col("key").is_duplicated())
+    if f.height == 0:
+        return None
+    lo, hi = k.bucket_pairs_kernel(f.get_column("key").to_numpy(), f.get_column("pos").to_numpy(), window)
+    if new_from:
+        new = hi >= new_from
+        lo, hi = lo[new], hi[new]
+    code = np.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
+    return code, int(f.group_by("key").len().get_column("len").max() or 0)
+
+
+class _CandidateSpill:
+    """The band index files of the artifact (``buckets/part-XXXX.parquet``) as they are written,
+    and the candidate pairs, spilled by pair code; with the counts the fit reports."""
+
+    def __init__(self, folder: str, artifact_dir: str, partitions: int):
+        self.spill = _PartitionedSpill(folder, partitions)
+        self.buckets = f"{artifact_dir}/buckets"
+        os.makedirs(self.buckets, exist_ok=True)
+        self.stats = {"bucket_pairs": 0, "largest_bucket": 0, "partitions": 0}  # bucket_pairs: before de-duplication
+
+    def write_bucket(self, part: int, rows: pl.DataFrame) -> None:
+        """One bucket partition's rows, sorted by (key, pos)."""
+        rows.rechunk().write_parquet(f"{self.buckets}/part-{part:04d}.parquet", compression="zstd",
+                                     compression_level=1)
+        self.stats["partitions"] += 1
+
+    def add(self, code: np.ndarray, largest: int) -> None:
+        """One bucket partition's unique pair codes and its largest bucket."""
+        self.stats["bucket_pairs"] += len(code)
+        self.stats["largest_bucket"] = max(self.stats["largest_bucket"], largest)
+        self.spill.add(_mix(code), pa.table({"pair": code.view(np.int64)}))
+
+    def close(self) -> tuple[dict[int, list[str]], dict[str, int]]:
+        return self.spill.close(), self.stats
 
 
 def _write_roots(path: str, roots: np.ndarray) -> None:
@@ -284,9 +363,62 @@ class MinHashDedup(GlobalStage):
         from filters.minhash.incremental import Previous
         return self._fit(batches, artifact_dir, Previous(previous_dir, earlier))
 
-    def _fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str, prev: Previous | None) -> dict[str, Any]:
+    # --- the fit in band partitions (engines.partitioned_fit): the Ray executor runs one task per
+    # shard (metadata, band rows, shingle sets), one per group of bucket partitions (the band index
+    # and its candidate pairs), then verification, union-find and survivors where the artifact is.
+    fit_key = "part"  # the bucket partition of a band row (part_of its key): a partition holds whole buckets
+
+    def fit_map(self, batch: pl.DataFrame, row: int) -> tuple[pl.DataFrame, _Batch | None]:
+        """One batch -> its band rows (bucket partition, key, position in the shard) and the rest of
+        what the scan keeps of it (metadata, shingle sets) for the finish."""
+        if batch.height == 0:
+            return pl.DataFrame(schema={"part": pl.Int64, "key": pl.UInt64, "pos": pl.Int64}), None
+        scanned = self._scan_batch(batch, row, self._shingler())
+        assert scanned.bucket_rows is not None
+        return scanned.bucket_rows, scanned.moved(0)
+
+    def fit_reduce(self, frames: list[tuple[int, pl.DataFrame]]) -> list[tuple[int, pl.DataFrame, Any]]:
+        """Some bucket partitions' rows from every shard -> per bucket partition (in order): its rows
+        sorted by (key, position in the lake), for the band index, and its candidate pairs."""
         from filters.minhash import kernels as k
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        rows = pl.concat([f.with_columns(pl.col("pos") + start) for start, f in frames])
+        out = []
+        for (part,), f in sorted(rows.partition_by("part", as_dict=True).items()):
+            f = f.select("key", "pos").sort("key", "pos")
+            out.append((int(part), f, _bucket_pairs(k, f, p.window)))
+        return out
+
+    def fit_finish(self, parts: Iterator[list[tuple[int, pl.DataFrame, Any]]], sides: Iterator[tuple[int, list[Any]]],
+                   documents: int, artifact_dir: str) -> dict[str, Any]:
+        """The artifact from the reduced bucket partitions and every shard's metadata and shingle
+        sets (in lake order): the files and metrics of ``fit`` over the same shards."""
+        from filters.minhash import kernels as k
+        _check_size(documents)
+        timings: dict[str, float] = {}
+        spill = f"{artifact_dir}/_spill"
+        os.makedirs(spill, exist_ok=True)
+        t0 = time.perf_counter()
+        scan = _Scan(f"{spill}/shingles.u32", 0)
+        with self._scan_files(scan, f"{artifact_dir}/{DOCS_FILE}", None) as add:
+            for start, batches in sides:
+                for side in batches:
+                    if side is not None:
+                        add(side.moved(start))
+        timings["scan_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        pairs = _CandidateSpill(f"{spill}/pairs", artifact_dir, self.params.partitions)  # type: ignore[attr-defined]
+        for part in parts:
+            for bucket, rows, found in part:
+                pairs.write_bucket(bucket, rows)
+                if found is not None:
+                    pairs.add(*found)
+        pair_files, cand = pairs.close()
+        timings["candidates_s"] = time.perf_counter() - t1
+        return self._cluster(k, scan, pair_files, cand, artifact_dir, None, timings)
+
+    def _fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str, prev: Previous | None) -> dict[str, Any]:
+        from filters.minhash import kernels as k
         self.needs = self._fit_needs  # type: ignore[misc]  # (the executor reads batches lazily, after this)
         timings: dict[str, float] = {}
         spill = f"{artifact_dir}/_spill"
@@ -294,15 +426,21 @@ class MinHashDedup(GlobalStage):
         n_old = prev.documents if prev else 0
         t0 = time.perf_counter()
         scan = self._scan(batches, spill, f"{artifact_dir}/{DOCS_FILE}", prev)
-        n_docs = n_old + scan.docs
-        if n_docs >= 1 << 32:
-            raise ValueError("minhash_dedup codes candidate pairs in 64 bits: at most 2^32 documents per fit")
+        _check_size(n_old + scan.docs)
         timings["scan_s"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         pair_files, cand = self._candidates(k, scan.bucket_parts, artifact_dir, spill, prev)
         timings["candidates_s"] = time.perf_counter() - t1
+        return self._cluster(k, scan, pair_files, cand, artifact_dir, prev, timings)
 
+    def _cluster(self, k: Any, scan: _Scan, pair_files: dict[int, list[str]], cand: dict[str, int], artifact_dir: str,
+                 prev: Previous | None, timings: dict[str, float]) -> dict[str, Any]:
+        """From the scan's spills and the candidate pairs: verify, union, survivors; the rest of the
+        artifact and the fit's metrics (a full fit and a partitioned one share it)."""
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        spill = f"{artifact_dir}/_spill"
+        n_docs = (prev.documents if prev else 0) + scan.docs
         # Verify and union.
         t2 = time.perf_counter()
         parent = prev.parent(n_docs) if prev else np.arange(n_docs, dtype=np.int64)
@@ -365,65 +503,80 @@ class MinHashDedup(GlobalStage):
         flat spill file. Documents are numbered from ``prev.documents`` (0 for a full fit)."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
-        meta_writer: pq.ParquetWriter | None = None
         scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
-        shingle_file = open(scan.shingles_path, "wb") if p.verify else None
-        shingler = SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads),
-                                     self.context.threads)
-        sh_total = 0
-        try:
-            if prev:  # the earlier documents' metadata first: positions continue after them
-                meta_writer = prev.copy_docs(docs_path)
+        shingler = self._shingler()
+        with self._scan_files(scan, docs_path, prev) as add:
             for batch in batches:
-                n = batch.height
-                if n == 0:
-                    continue
-                missing = [c for c in self.needs if c not in batch.columns]
-                if missing:
-                    raise ValueError(f"minhash_dedup: columns {missing} are missing; run minhash_signatures before it"
-                                     + (f", and a stage writing {p.score_column!r}" if p.score_column in missing else ""))
-                pos = np.arange(scan.first + scan.docs, scan.first + scan.docs + n, dtype=np.int64)
-                values, lengths = _list_parts(batch.get_column(BANDS_COLUMN), np.uint64)
-                counts = batch.get_column(COUNT_COLUMN).fill_null(0).to_numpy().astype(np.int64)
-                if scan.bands is None and (lengths > 0).any():
-                    scan.bands = int(lengths[lengths > 0][0])
-                good = (lengths > 0) & (counts > 0)
-                scan.empty += int(n - good.sum())
-                row_of_value = np.repeat(np.arange(n), lengths)
-                keep_values = good[row_of_value]
-                bkeys = values[keep_values]
-                buckets.add(bkeys, pa.table({"key": bkeys, "pos": pos[row_of_value[keep_values]]}))
-                meta = batch.select(
-                    pl.Series("pos", pos), pl.Series("key", document_keys(batch)), pl.col("id"), pl.col("source"),
-                    pl.col("crawl_date"),
-                    (pl.col(p.score_column).cast(pl.Float64) if p.survivor == "quality"
-                     else pl.lit(None, pl.Float64)).alias("score"))
-                table = meta.to_arrow()
-                if meta_writer is None:
-                    meta_writer = pq.ParquetWriter(docs_path, table.schema, compression="zstd", compression_level=1)
-                meta_writer.write_table(table.cast(meta_writer.schema))
-                if shingle_file is not None:
-                    # Bottom-k shingle sets for verification, derived from the text (all of a
-                    # document's shingles up to max_shingles distinct ones).
-                    _, n_distinct, sv, soff = shingler.compute(batch.get_column("text"), p.max_shingles,
-                                                               band_keys=False)
-                    sl = np.diff(soff)
-                    if not good.all():
-                        sv = sv[np.repeat(good, sl)]
-                        sl = np.where(good, sl, 0)
-                    shingle_file.write(memoryview(np.ascontiguousarray(sv, dtype=np.uint32)))
-                    scan.offsets.append(sh_total + np.cumsum(sl))
-                    sh_total += int(sl.sum())
-                    scan.full.append(n_distinct <= p.max_shingles)
-                scan.docs += n
+                if batch.height:
+                    scanned = self._scan_batch(batch, scan.first + scan.docs, shingler)
+                    assert scanned.bucket_rows is not None
+                    bkeys = scanned.bucket_rows.get_column("key").to_numpy()
+                    buckets.add(bkeys, pa.table({"key": bkeys, "pos": scanned.bucket_rows.get_column("pos").to_numpy()}))
+                    add(scanned)
+        scan.bucket_parts = buckets.close()
+        pa.default_memory_pool().release_unused()
+        return scan
+
+    def _shingler(self) -> SignatureComputer:
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        return SignatureComputer(MinHashParams(ngram=p.ngram, fold_digits=p.fold_digits, threads=p.threads),
+                                 self.context.threads)
+
+    @contextlib.contextmanager
+    def _scan_files(self, scan: _Scan, docs_path: str, prev: Previous | None) -> Iterator[Callable[[_Batch], None]]:
+        """The spill files of a scan (document metadata, after the earlier documents' when ``prev``;
+        shingle sets with ``verify``), open while the scanned batches are added in lake order."""
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        meta_writer: pq.ParquetWriter | None = prev.copy_docs(docs_path) if prev else None
+        shingle_file = open(scan.shingles_path, "wb") if p.verify else None
+
+        def add(batch: _Batch) -> None:
+            nonlocal meta_writer
+            if meta_writer is None:
+                meta_writer = pq.ParquetWriter(docs_path, batch.meta.schema, compression="zstd", compression_level=1)
+            scan.add(batch, meta_writer, shingle_file)
+        try:
+            yield add
         finally:
             if shingle_file is not None:
                 shingle_file.close()
             if meta_writer is not None:
                 meta_writer.close()
-        scan.bucket_parts = buckets.close()
-        pa.default_memory_pool().release_unused()
-        return scan
+
+    def _scan_batch(self, batch: pl.DataFrame, first: int, shingler: SignatureComputer) -> _Batch:
+        """One non-empty batch, its documents numbered from ``first``: band rows, metadata, shingle sets."""
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        n = batch.height
+        missing = [c for c in self.needs if c not in batch.columns]
+        if missing:
+            raise ValueError(f"minhash_dedup: columns {missing} are missing; run minhash_signatures before it"
+                             + (f", and a stage writing {p.score_column!r}" if p.score_column in missing else ""))
+        pos = np.arange(first, first + n, dtype=np.int64)
+        values, lengths = _list_parts(batch.get_column(BANDS_COLUMN), np.uint64)
+        counts = batch.get_column(COUNT_COLUMN).fill_null(0).to_numpy().astype(np.int64)
+        good = (lengths > 0) & (counts > 0)
+        row_of_value = np.repeat(np.arange(n), lengths)
+        keep_values = good[row_of_value]
+        bkeys = values[keep_values]
+        bucket_rows = pl.DataFrame({"part": part_of(bkeys, p.partitions), "key": bkeys,
+                                    "pos": pos[row_of_value[keep_values]]})
+        meta = batch.select(
+            pl.Series("pos", pos), pl.Series("key", document_keys(batch)), pl.col("id"), pl.col("source"),
+            pl.col("crawl_date"),
+            (pl.col(p.score_column).cast(pl.Float64) if p.survivor == "quality"
+             else pl.lit(None, pl.Float64)).alias("score")).to_arrow()
+        shingles = None
+        if p.verify:
+            # Bottom-k shingle sets for verification, derived from the text (all of a document's
+            # shingles up to max_shingles distinct ones); none for documents without a signature.
+            _, n_distinct, sv, soff = shingler.compute(batch.get_column("text"), p.max_shingles, band_keys=False)
+            sl = np.diff(soff)
+            if not good.all():
+                sv = sv[np.repeat(good, sl)]
+                sl = np.where(good, sl, 0)
+            shingles = (np.ascontiguousarray(sv, dtype=np.uint32), sl, n_distinct <= p.max_shingles)
+        bands = int(lengths[lengths > 0][0]) if (lengths > 0).any() else None
+        return _Batch(bucket_rows, meta, shingles, int(n - good.sum()), bands)
 
     def _candidates(self, k: Any, bucket_parts: dict[int, list[str]], artifact_dir: str, spill: str,
                     prev: Previous | None) -> tuple[dict[int, list[str]], dict[str, int]]:
@@ -433,16 +586,12 @@ class MinHashDedup(GlobalStage):
         with a new document are made, and only in buckets a new document is in: exactly the
         pairs of a full fit that the earlier fit did not already have."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
-        pairs = _PartitionedSpill(f"{spill}/pairs", p.partitions)
-        stats = {"bucket_pairs": 0, "largest_bucket": 0, "partitions": 0}  # bucket_pairs: before de-duplication
-        os.makedirs(f"{artifact_dir}/buckets", exist_ok=True)
+        pairs = _CandidateSpill(f"{spill}/pairs", artifact_dir, p.partitions)
         old_parts = prev.bucket_parts() if prev else {}
         for part in sorted(set(bucket_parts) | set(old_parts)):
             new_files = bucket_parts.get(part, [])
             f = pl.read_parquet(([old_parts[part]] if part in old_parts else []) + new_files).sort("key", "pos")
-            f.write_parquet(f"{artifact_dir}/buckets/part-{part:04d}.parquet", compression="zstd",
-                            compression_level=1)
-            stats["partitions"] += 1
+            pairs.write_bucket(part, f)
             for path in new_files:
                 os.remove(path)
             if prev and new_files:
@@ -450,21 +599,10 @@ class MinHashDedup(GlobalStage):
                            maintain_order="left")
             elif prev:
                 continue
-            f = f.filter(pl.col("key").is_duplicated())
-            if f.height == 0:
-                continue
-            keys = f.get_column("key").to_numpy()
-            posv = f.get_column("pos").to_numpy()
-            lo, hi = k.bucket_pairs_kernel(keys, posv, p.window)
-            if prev:
-                new = hi >= prev.documents
-                lo, hi = lo[new], hi[new]
-            code = np.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
-            stats["bucket_pairs"] += len(code)
-            stats["largest_bucket"] = max(stats["largest_bucket"],
-                                          int(f.group_by("key").len().get_column("len").max() or 0))
-            pairs.add(_mix(code), pa.table({"pair": code.view(np.int64)}))
-        return pairs.close(), stats
+            found = _bucket_pairs(k, f, p.window, prev.documents if prev else 0)
+            if found is not None:
+                pairs.add(*found)
+        return pairs.close()
 
     @staticmethod
     def _similarities(k: Any, fd: int | None, offsets: np.ndarray, full: np.ndarray,

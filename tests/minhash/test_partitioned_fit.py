@@ -1,0 +1,77 @@
+"""minhash_dedup's fit in band partitions (engines.partitioned_fit: a map per shard, a reduce per
+group of bucket partitions, the finish where the artifact is) against the one-process fit: the same
+files byte for byte and the same metrics, for several partition counts. The Ray executor's wiring
+of the same steps: tests/test_ray_executor.py."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.executor import LocalExecutor, ShardTask, shard_batches
+from engines.partitioned_fit import PartitionedFit, fit_in_one_process
+from filters.minhash.dedup import MinHashDedup
+from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignatures
+from schemas.config import ExecutorConfig
+from tests.minhash.test_dedup import family_corpus, write_shard
+
+BATCH_ROWS = 64
+
+
+def planted_minhash_lake(root: Path, corpora: Path) -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    """Five shards over two sources (uneven sizes, not multiples of the batch size) of real
+    Wikipedia text with 40 planted near-duplicate families (copies, one word changed, a line
+    appended) spread across shards, plus documents without a signature (empty, punctuation);
+    the signatures computed by minhash_signatures. Returns (source, raw shard, fed columns) per
+    shard in lake order, as the flow hands them to minhash_dedup."""
+    docs, _ = family_corpus(corpora, np.random.default_rng(7))
+    docs[5:5] = ["", " ... ", ""]
+    cuts = [0, 97, 230, 231, 390, len(docs)]
+    shards = [("wiki" if i < 3 else "news", write_shard(root / "raw" / f"s{i}.parquet", "wiki" if i < 3 else "news",
+                                                         docs[a:b]))
+              for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+    sig = MinHashSignatures({})
+    key = sig.key("sig")
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=BATCH_ROWS), show_progress=False) as ex:
+        results = ex.run_stage("sig", sig, [ShardTask(s, p, f"{root}/ann/{key}/{Path(p).name}") for s, p in shards])
+    assert all(r.status == "computed" for r in results), [r.error for r in results]
+    return [(s, p, [(c, f"{root}/ann/{key}/{Path(p).name}", c) for c in (BANDS_COLUMN, COUNT_COLUMN)])
+            for s, p in shards]
+
+
+def dedup_tasks(shards: list[tuple[str, str, list[tuple[str, str, str]]]]) -> list[ShardTask]:
+    return [ShardTask(s, p, "", tuple(tuple(i) for i in inputs)) for s, p, inputs in shards]  # type: ignore[misc]
+
+
+def artifact_files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def without_seconds(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("params", [{"partitions": 5}, {"verify": False, "survivor": "min_id"}])
+def test_fit_in_band_partitions_writes_the_same_artifact(tmp_path, corpora, params):
+    shards = planted_minhash_lake(tmp_path, corpora)
+    tasks = dedup_tasks(shards)
+    stage = MinHashDedup(params)
+    assert isinstance(stage, PartitionedFit)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=BATCH_ROWS), show_progress=False) as ex:
+        ref_metrics = ex.fit(stage, tasks, str(ref))
+    assert ref_metrics["duplicates"] >= 100 and ref_metrics["without_signature"] == 3
+    expected = artifact_files(ref)
+    assert "buckets/part-0000.parquet" in expected and "docs.parquet" in expected
+    for partitions in (1, 2, 3, 7):
+        art = tmp_path / f"p{partitions}"
+        art.mkdir()
+        metrics = fit_in_one_process(
+            stage, [lambda t=t: (b for _, b in shard_batches(stage, t, BATCH_ROWS)) for t in tasks], partitions, str(art))
+        assert without_seconds(metrics) == without_seconds(ref_metrics), partitions
+        got = artifact_files(art)
+        assert sorted(got) == sorted(expected), partitions
+        for name, data in expected.items():
+            assert got[name] == data, (partitions, name)
