@@ -26,6 +26,15 @@ def planted_lake(root, corpora) -> tuple[Lake, list[tuple[str, str]]]:
     return lake, [(s, p) for s in ("wiki_en", "wiki_fr", "python_docs") for p in lake.raw_shards(s)]
 
 
+def planted_night(root, corpora) -> list[str]:
+    """A night's two new shards for ``planted_lake``'s lake (source ``news``): 65 documents, six
+    of them exact copies (five of earlier documents, one of a new one). Returns their paths."""
+    night = real_texts(corpora, "wiki_en", 60, offset=400) + real_texts(corpora, "wiki_fr", 5)  # fr[:5]: old
+    night[3] = night[40]
+    make_lake(root, {"news": [night[:25], night[25:]]}, ingest_run="ing-night")
+    return Lake(str(root)).raw_shards("news")
+
+
 def test_planted_duplicates_match_reference(tmp_path, corpora):
     lake, order = planted_lake(tmp_path, corpora)
     stage = ExactDedup()
@@ -98,5 +107,33 @@ def test_fit_in_partitions_writes_the_same_artifact(tmp_path, corpora):
         metrics = fit_in_one_process(stage, [lambda t=t: (b for _, b in shard_batches(stage, t, 64)) for t in tasks],
                                      partitions, str(art))
         assert metrics == ref_metrics and metrics["duplicates"] == 4
+        for name in ("index.parquet", "duplicate_groups.parquet"):
+            assert (art / name).read_bytes() == (ref / name).read_bytes(), (partitions, name)
+
+
+def test_incremental_fit_in_partitions_writes_the_same_artifact(tmp_path, corpora):
+    """The nightly update in partitions (map and reduce over the new shards only, then a finish
+    that merges them into the earlier index: ``fit_finish_incremental``) writes what
+    ``fit_incremental`` writes, byte for byte, with its metrics; new copies of earlier documents
+    keep the earlier survivor."""
+    from engines.executor import shard_batches
+    from engines.partitioned_fit import PartitionedIncrementalFit, fit_in_one_process
+    lake, order = planted_lake(tmp_path / "lake", corpora)
+    new = [ShardTask("news", p, "") for p in planted_night(tmp_path / "lake", corpora)]
+    stage = ExactDedup()
+    assert isinstance(stage, PartitionedIncrementalFit)
+    prev, ref = tmp_path / "prev", tmp_path / "ref"
+    prev.mkdir()
+    ref.mkdir()
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False) as ex:
+        ex.fit(stage, [ShardTask(s, p, "") for s, p in order], str(prev))
+        ref_metrics = ex.fit_incremental(stage, str(prev), new, [], str(ref))
+    assert ref_metrics["new_documents"] == 65 and ref_metrics["new_duplicates"] == 6
+    for partitions in (1, 2, 3, 7):
+        art = tmp_path / f"p{partitions}"
+        art.mkdir()
+        metrics = fit_in_one_process(stage, [lambda t=t: (b for _, b in shard_batches(stage, t, 64)) for t in new],
+                                     partitions, str(art), previous_dir=str(prev))
+        assert metrics == ref_metrics
         for name in ("index.parquet", "duplicate_groups.parquet"):
             assert (art / name).read_bytes() == (ref / name).read_bytes(), (partitions, name)

@@ -225,46 +225,59 @@ from schemas.config import ExecutorConfig
 logging.basicConfig(level=logging.INFO)
 kinds = {"exact_dedup": ExactDedup, "minhash_dedup": MinHashDedup}
 with RayExecutor(ExecutorConfig(kind="ray", address=sys.argv[1], batch_rows=64), show_progress=False) as ex:
-    for kind, params, out, shards in json.loads(sys.argv[2]):
+    for kind, params, out, shards, previous in json.loads(sys.argv[2]):
         tasks = [ShardTask(s, p, "", tuple(tuple(i) for i in fed)) for s, p, fed in shards]
-        print(json.dumps(ex.fit(kinds[kind](params), tasks, out)))
+        stage = kinds[kind](params)
+        print(json.dumps(ex.fit_incremental(stage, previous, tasks, [], out) if previous else ex.fit(stage, tasks, out)))
 """
 
 
 def test_dedup_fits_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_nodes):
-    """The exact-dedup fit (one map task per shard, one reduce task per hash partition) and the
-    MinHash-dedup fit (one map task per shard, one reduce task per group of band partitions, then
-    verification and clustering in the driver) on the cluster (engines.ray_fit) write the local
-    executor's artifacts, byte for byte, and its metrics. The driver is a process of its own (a
-    process joins one Ray cluster once)."""
+    """On the cluster (engines.ray_fit): the exact-dedup fit (one map task per shard, one reduce
+    task per hash partition), its nightly update (the same over the new shards, merged into the
+    earlier index) and the MinHash-dedup fit (one map task per shard, one reduce task per group of
+    band partitions, then verification and clustering in the driver) write the local executor's
+    artifacts, byte for byte, and its metrics. The driver is a process of its own (a process joins
+    one Ray cluster once)."""
     from engines.executor import LocalExecutor
     from filters.exact_dedup import ExactDedup
     from filters.minhash.dedup import MinHashDedup
     from schemas.config import ExecutorConfig
     from tests.minhash.test_partitioned_fit import artifact_files, dedup_tasks, planted_minhash_lake, without_seconds
-    from tests.test_exact_dedup import planted_lake
+    from tests.test_exact_dedup import planted_lake, planted_night
 
     _, order = planted_lake(tmp_path / "lake", corpora)
+    night = planted_night(tmp_path / "lake", corpora)
     near = planted_minhash_lake(tmp_path / "near", corpora)
-    fits = [("exact_dedup", {}, [(s, p, []) for s, p in order]), ("minhash_dedup", {"partitions": 5}, near)]
-    local = {}
+    prev = tmp_path / "exact-previous"
+    fits = [("exact_dedup", {}, [(s, p, []) for s, p in order], None),
+            ("exact_dedup", {}, [("news", p, []) for p in night], str(prev)),
+            ("minhash_dedup", {"partitions": 5}, near, None)]
+    kinds = {"exact_dedup": ExactDedup, "minhash_dedup": MinHashDedup}
+    local = []
     with LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False) as ex:
-        for kind, params, shards in fits:
-            (tmp_path / f"local-{kind}").mkdir()
-            (tmp_path / f"ray-{kind}").mkdir()
-            stage = (ExactDedup if kind == "exact_dedup" else MinHashDedup)(params)
-            local[kind] = ex.fit(stage, dedup_tasks(shards), str(tmp_path / f"local-{kind}"))
-    spec = [(kind, params, str(tmp_path / f"ray-{kind}"), shards) for kind, params, shards in fits]
+        prev.mkdir()
+        ex.fit(ExactDedup(), dedup_tasks(fits[0][2]), str(prev))
+        for i, (kind, params, shards, previous) in enumerate(fits):
+            (tmp_path / f"local-{i}").mkdir()
+            (tmp_path / f"ray-{i}").mkdir()
+            stage, tasks = kinds[kind](params), dedup_tasks(shards)
+            local.append(ex.fit_incremental(stage, previous, tasks, [], str(tmp_path / f"local-{i}")) if previous
+                         else ex.fit(stage, tasks, str(tmp_path / f"local-{i}")))
+    spec = [(kind, params, str(tmp_path / f"ray-{i}"), shards, previous)
+            for i, (kind, params, shards, previous) in enumerate(fits)]
     run = subprocess.run([sys.executable, "-c", _RAY_FIT, two_nodes.address, json.dumps(spec)],
                          cwd=REPO, env=_env(tmp_path, two_nodes.auth), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    assert "fit of exact_dedup over 4 shards: 4 map tasks, 2 partitions" in run.stderr, run.stderr[-3000:]
-    assert "fit of minhash_dedup over 5 shards: 5 map tasks, 2 partitions" in run.stderr, run.stderr[-3000:]
-    exact, near_dup = (json.loads(line) for line in run.stdout.strip().splitlines()[-2:])
-    assert exact == local["exact_dedup"] and exact["duplicates"] == 4
-    assert without_seconds(near_dup) == without_seconds(local["minhash_dedup"]) and near_dup["duplicates"] >= 100
-    for kind, _, _ in fits:
-        assert artifact_files(tmp_path / f"ray-{kind}") == artifact_files(tmp_path / f"local-{kind}"), kind
+    for line in ("fit of exact_dedup over 4 shards: 4 map tasks, 2 partitions",
+                 "incremental fit of exact_dedup over 2 shards: 2 map tasks, 2 partitions",
+                 "fit of minhash_dedup over 5 shards: 5 map tasks, 2 partitions"):
+        assert line in run.stderr, run.stderr[-3000:]
+    got = [json.loads(line) for line in run.stdout.strip().splitlines()[-3:]]
+    assert got[:2] == local[:2] and got[0]["duplicates"] == 4 and got[1]["new_duplicates"] == 6
+    assert without_seconds(got[2]) == without_seconds(local[2]) and got[2]["duplicates"] >= 100
+    for i in range(3):
+        assert artifact_files(tmp_path / f"ray-{i}") == artifact_files(tmp_path / f"local-{i}"), fits[i][:2]
 
 
 def test_actors_errors_and_teardown_like_the_local_executor(tmp_path, corpora):
