@@ -11,8 +11,10 @@ How stages are placed (stages never know; they declare ``resources()`` and ``sta
 - a ``stateful`` stage (a model load in ``setup``) runs on a pool of **actors**, as many as the
   cluster's free resources allow for one worker's reservation (a vLLM stage: one actor per GPU);
   each actor sets the stage up once, takes shards one at a time, and is torn down at the end;
-- a global stage's **fit** is one Ray task on the driver's node with all its CPUs (the fit streams the
-  whole corpus once; its artifacts are the local executor's, written under the same folder);
+- a global stage's **fit** runs as a map task per shard and a reduce task per partition when the
+  stage offers it (``engines.partitioned_fit``: exact dedup, its nightly update, MinHash dedup; see
+  ``engines.ray_fit``), else as one Ray task on the driver's node with all its CPUs (the fit streams
+  the whole corpus once); either way its artifacts are the local executor's, under the same folder;
 - ``map`` (ingest) runs each item as a task.
 
 Both executors call the same ``run_shard``, so annotation files are byte-identical. Every output is
@@ -249,7 +251,7 @@ class RayExecutor:
 
     def fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str,
             ctx: StageContext | None = None) -> dict[str, Any]:
-        """A stage that offers its fit in partitions (``engines.partitioned_fit``: exact dedup) runs as
+        """A stage that offers its fit in partitions (``engines.partitioned_fit``: exact and MinHash dedup) runs as
         a map task per shard and a reduce task per partition (``engines.ray_fit``); any other fit is
         one Ray task streaming every shard through ``stage.fit`` on the driver's node with all its
         CPUs (the fit's threads). Either way the artifact is the local executor's, file for file."""
