@@ -33,6 +33,27 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtim
 import polars as pl
 
 
+class Sides:
+    """What a finish gets of the map step besides the reduced parts: each shard's side outputs
+    (iterate: (lake position of the shard's first row, its batches' side outputs), in lake order,
+    one shard fetched at a time), and ``reread``: a second pass over chosen shards, where the
+    executor reads shards (``stage.fit_reread(batches, request)``, for a stage that needs more
+    of a few documents than it wants to carry through the map step: MinHash's shingle sets of
+    the documents in a candidate pair). ``first``: each shard's lake position."""
+
+    def __init__(self, first: list[int], fetch: Callable[[int], list[Any]],
+                 reread: Callable[[dict[int, Any]], Iterator[tuple[int, Any]]]):
+        self.first, self._fetch, self._reread = first, fetch, reread
+
+    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
+        for i, start in enumerate(self.first):
+            yield start, self._fetch(i)
+
+    def reread(self, requests: dict[int, Any]) -> Iterator[tuple[int, Any]]:
+        """(shard index, ``fit_reread`` of that shard and its request) for each request, in shard order."""
+        return self._reread(requests)
+
+
 @runtime_checkable
 class PartitionedFit(Protocol):
     fit_key: str  # the integer column of fit_map's rows that decides their partition
@@ -47,8 +68,7 @@ class PartitionedFit(Protocol):
         (never empty) -> that partition's part of the artifact."""
         ...
 
-    def fit_finish(self, parts: Iterator[Any], sides: Iterator[tuple[int, list[Any]]], documents: int,
-                   artifact_dir: str) -> dict[str, Any]:
+    def fit_finish(self, parts: Iterator[Any], sides: Sides, documents: int, artifact_dir: str) -> dict[str, Any]:
         """Write the artifact from every partition's part and every shard's side outputs;
         ``documents``: rows mapped. Returns metrics."""
         ...
@@ -59,8 +79,8 @@ class PartitionedIncrementalFit(PartitionedFit, Protocol):
     """A partitioned fit that can also extend an earlier artifact (``fit_incremental``) the same
     way: map and reduce over the new shards only, then a finish that merges them into it."""
 
-    def fit_finish_incremental(self, previous_dir: str, parts: Iterator[Any], sides: Iterator[tuple[int, list[Any]]],
-                               documents: int, artifact_dir: str) -> dict[str, Any]:
+    def fit_finish_incremental(self, previous_dir: str, parts: Iterator[Any], sides: Sides, documents: int,
+                               artifact_dir: str) -> dict[str, Any]:
         """``fit_finish`` on top of the artifact in ``previous_dir``: the files and metrics of
         ``fit_incremental`` over the same new shards."""
         ...
@@ -100,8 +120,8 @@ def reduce_partition(stage: PartitionedFit, first_rows: Sequence[int], frames: S
     return stage.fit_reduce(rows) if rows else None
 
 
-def finish(stage: PartitionedFit, parts: Iterator[Any], sides: Iterator[tuple[int, list[Any]]], documents: int,
-           artifact_dir: str, previous_dir: str | None = None) -> dict[str, Any]:
+def finish(stage: PartitionedFit, parts: Iterator[Any], sides: Sides, documents: int, artifact_dir: str,
+           previous_dir: str | None = None) -> dict[str, Any]:
     """``fit_finish``, or ``fit_finish_incremental`` on top of ``previous_dir`` when given."""
     if previous_dir is None:
         return stage.fit_finish(parts, sides, documents, artifact_dir)
@@ -117,5 +137,11 @@ def fit_in_one_process(stage: PartitionedFit, shards: Sequence[Callable[[], Iter
     mapped = [map_shard(stage, batches(), partitions) for batches in shards]
     first = starts([rows for _, _, rows in mapped])
     parts = (reduce_partition(stage, first, [split_[p] for split_, _, _ in mapped]) for p in range(partitions))
-    return finish(stage, (p for p in parts if p is not None), iter(list(zip(first, [s for _, s, _ in mapped]))),
-                  sum(rows for _, _, rows in mapped), artifact_dir, previous_dir)
+
+    def reread(requests: dict[int, Any]) -> Iterator[tuple[int, Any]]:
+        for i, request in sorted(requests.items()):
+            yield i, stage.fit_reread(shards[i](), request)  # type: ignore[attr-defined]
+
+    sides = Sides(first, lambda i: mapped[i][1], reread)
+    return finish(stage, (p for p in parts if p is not None), sides, sum(rows for _, _, rows in mapped), artifact_dir,
+                  previous_dir)

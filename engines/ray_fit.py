@@ -19,7 +19,7 @@ import time
 from typing import Any, Iterator
 
 from engines.executor import ShardTask, shard_batches
-from engines.partitioned_fit import PartitionedFit, finish, map_shard, reduce_partition, starts
+from engines.partitioned_fit import PartitionedFit, Sides, finish, map_shard, reduce_partition, starts
 from engines.stage import GlobalStage, StageContext
 
 
@@ -35,6 +35,12 @@ def _reduce(stage: Any, ctx: StageContext, shards: int, *args: Any) -> Any:
     """One partition: ``args`` is every shard's row count, then its rows of this partition (in shard order)."""
     stage.bind(ctx)
     return reduce_partition(stage, starts(args[:shards]), args[shards:])
+
+
+def _reread(stage: Any, task: ShardTask, ctx: StageContext, batch_rows: int, request: Any) -> Any:
+    """A second pass over one shard for the finish (``Sides.reread``)."""
+    stage.bind(ctx)
+    return stage.fit_reread((b for _, b in shard_batches(stage, task, batch_rows)), request)
 
 
 def partitioned_fit(ray: Any, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str, ctx: StageContext,
@@ -60,12 +66,16 @@ def partitioned_fit(ray: Any, stage: GlobalStage, tasks: list[ShardTask], artifa
             if part is not None:
                 yield part
 
-    def sides() -> Iterator[tuple[int, list[Any]]]:
-        for start, m in zip(first, maps):
-            yield start, ray.get(m[partitions])
+    def reread(requests: dict[int, Any]) -> Iterator[tuple[int, Any]]:
+        rereader = ray.remote(_reread).options(max_retries=retries, **options)
+        refs = [(i, rereader.remote(stage_ref, tasks[i], ctx, batch_rows, request))
+                for i, request in sorted(requests.items())]
+        for i, ref in refs:
+            yield i, ray.get(ref)
 
     stage.bind(ctx)
-    metrics = finish(stage, parts(), sides(), sum(rows), artifact_dir, previous_dir)
+    sides = Sides(first, lambda i: ray.get(maps[i][partitions]), reread)
+    metrics = finish(stage, parts(), sides, sum(rows), artifact_dir, previous_dir)
     what = "incremental fit" if previous_dir else "fit"
     line = (f"{what} of {stage.kind} over {len(tasks)} shards: {len(tasks)} map tasks, {partitions} partitions, "
             f"{time.perf_counter() - t0:.1f} s on Ray")

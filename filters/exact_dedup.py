@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from engines.partitioned_fit import Sides
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
 
 INDEX_FILE = "index.parquet"
@@ -138,13 +139,12 @@ class ExactDedup(GlobalStage):
     def fit_reduce(self, frames: list[tuple[int, pl.DataFrame]]) -> pl.DataFrame:
         return _first_by_hash(pl.concat([f for _, f in frames]))
 
-    def fit_finish(self, parts: Iterator[pl.DataFrame], sides: Iterator[tuple[int, list[None]]], documents: int,
+    def fit_finish(self, parts: Iterator[pl.DataFrame], sides: Sides, documents: int,
                    artifact_dir: str) -> dict[str, Any]:
         found = list(parts)
         return self._merged(None, pl.concat(found) if found else None, documents, artifact_dir)
 
-    def fit_finish_incremental(self, previous_dir: str, parts: Iterator[pl.DataFrame],
-                               sides: Iterator[tuple[int, list[None]]], documents: int,
+    def fit_finish_incremental(self, previous_dir: str, parts: Iterator[pl.DataFrame], sides: Sides, documents: int,
                                artifact_dir: str) -> dict[str, Any]:
         found = list(parts)
         return self._merged(previous_dir, pl.concat(found) if found else None, documents, artifact_dir)

@@ -74,6 +74,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from engines.partitioned_fit import Sides
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
 from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer, string_buffers
 
@@ -376,12 +377,30 @@ class MinHashDedup(GlobalStage):
 
     def fit_map(self, batch: pl.DataFrame, row: int) -> tuple[pl.DataFrame, _Batch | None]:
         """One batch -> its band rows (bucket partition, key, position in the shard) and the rest of
-        what the scan keeps of it (metadata, shingle sets) for the finish."""
+        what the scan keeps of it (metadata; no shingle sets: ``fit_reread`` makes those of the
+        documents in a candidate pair) for the finish."""
         if batch.height == 0:
             return pl.DataFrame(schema={"part": pl.Int64, "key": pl.UInt64, "pos": pl.Int64}), None
-        scanned = self._scan_batch(batch, row, self._shingler())
+        scanned = self._scan_batch(batch, row, None)
         assert scanned.bucket_rows is not None
         return scanned.bucket_rows, scanned.moved(0)
+
+    def fit_reread(self, batches: Iterator[pl.DataFrame], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The shingle sets of one shard's rows ``rows`` (ascending positions in the shard), as the
+        scan makes them: (values, length of each set, whether each set is complete)."""
+        shingler = self._shingler()
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        values, lengths, full, first = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)], [np.zeros(0, bool)], 0
+        for batch in batches:
+            mine = rows[(rows >= first) & (rows < first + batch.height)] - first
+            first += batch.height
+            if len(mine):
+                _, n_distinct, sv, soff = shingler.compute(batch.get_column("text").gather(mine), p.max_shingles,
+                                                           band_keys=False)
+                values.append(np.ascontiguousarray(sv, dtype=np.uint32))
+                lengths.append(np.diff(soff))
+                full.append(n_distinct <= p.max_shingles)
+        return np.concatenate(values), np.concatenate(lengths), np.concatenate(full)
 
     def fit_reduce(self, frames: list[tuple[int, pl.DataFrame]]) -> list[tuple[int, pl.DataFrame, Any]]:
         """Some bucket partitions' rows from every shard -> per bucket partition (in order): its rows
@@ -395,10 +414,11 @@ class MinHashDedup(GlobalStage):
             out.append((int(part), f, _bucket_pairs(k, f, p.window)))
         return out
 
-    def fit_finish(self, parts: Iterator[list[tuple[int, pl.DataFrame, Any]]], sides: Iterator[tuple[int, list[Any]]],
-                   documents: int, artifact_dir: str) -> dict[str, Any]:
-        """The artifact from the reduced bucket partitions and every shard's metadata and shingle
-        sets (in lake order): the files and metrics of ``fit`` over the same shards."""
+    def fit_finish(self, parts: Iterator[list[tuple[int, pl.DataFrame, Any]]], sides: Sides, documents: int,
+                   artifact_dir: str) -> dict[str, Any]:
+        """The artifact from the reduced bucket partitions and every shard's metadata (in lake
+        order), with the shingle sets of the documents in a candidate pair made by a second pass
+        over their shards: the files and metrics of ``fit`` over the same shards."""
         from filters.minhash import kernels as k
         _check_size(documents)
         timings: dict[str, float] = {}
@@ -420,8 +440,33 @@ class MinHashDedup(GlobalStage):
                 if found is not None:
                     pairs.add(*found)
         pair_files, cand = pairs.close()
+        shingles = self._reread_shingles(sides, pair_files, documents, spill) if self.params.verify else None  # type: ignore[attr-defined]
         timings["candidates_s"] = time.perf_counter() - t1
-        return self._cluster(k, scan, pair_files, cand, artifact_dir, None, timings)
+        return self._cluster(k, scan, pair_files, cand, artifact_dir, None, timings, shingles)
+
+    @staticmethod
+    def _reread_shingles(sides: Sides, pair_files: dict[int, list[str]], documents: int, spill: str) -> ShingleSets:
+        """The shingle sets of every document in a candidate pair, from a second pass over their
+        shards (``fit_reread``), in one flat file in lake order."""
+        wanted = [np.zeros(0, dtype=np.int64)]
+        for files in pair_files.values():
+            code = pl.read_parquet(files, columns=["pair"]).get_column("pair").to_numpy().view(np.uint64)
+            wanted.append(np.unique(np.concatenate([(code >> np.uint64(32)).astype(np.int64),
+                                                    (code & np.uint64(0xFFFFFFFF)).astype(np.int64)])))
+        docs = np.unique(np.concatenate(wanted))
+        first = np.asarray(sides.first, dtype=np.int64)
+        shard = np.searchsorted(first, docs, side="right") - 1
+        bounds = np.searchsorted(shard, np.arange(len(first) + 1))
+        requests = {i: docs[bounds[i]:bounds[i + 1]] - first[i] for i in range(len(first)) if bounds[i + 1] > bounds[i]}
+        path, offsets, full = f"{spill}/shingles-pairs.u32", [np.zeros(1, dtype=np.int64)], []
+        with open(path, "wb") as out:
+            for _, (values, lengths, complete) in sides.reread(requests):
+                out.write(memoryview(values))
+                offsets.append(int(offsets[-1][-1]) + np.cumsum(lengths))
+                full.append(complete)
+        # Every position is "earlier" than ``documents``: ShingleSets.local finds it among ``docs``.
+        return ShingleSets(path, np.concatenate(offsets), np.concatenate(full) if full else np.zeros(0, bool),
+                           documents, docs)
 
     def _fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str, prev: Previous | None) -> dict[str, Any]:
         from filters.minhash import kernels as k
@@ -441,16 +486,18 @@ class MinHashDedup(GlobalStage):
         return self._cluster(k, scan, pair_files, cand, artifact_dir, prev, timings)
 
     def _cluster(self, k: Any, scan: _Scan, pair_files: dict[int, list[str]], cand: dict[str, int], artifact_dir: str,
-                 prev: Previous | None, timings: dict[str, float]) -> dict[str, Any]:
+                 prev: Previous | None, timings: dict[str, float], shingles: ShingleSets | None = None) -> dict[str, Any]:
         """From the scan's spills and the candidate pairs: verify, union, survivors; the rest of the
-        artifact and the fit's metrics (a full fit and a partitioned one share it)."""
+        artifact and the fit's metrics (a full fit and a partitioned one share it). ``shingles``:
+        the sets to verify with, when not the scan's."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         spill = f"{artifact_dir}/_spill"
         n_docs = (prev.documents if prev else 0) + scan.docs
         # Verify and union.
         t2 = time.perf_counter()
         parent = prev.parent(n_docs) if prev else np.arange(n_docs, dtype=np.int64)
-        shingles = prev.shingle_sets(self, scan, pair_files, spill) if (prev and p.verify) else scan.shingle_sets()
+        if shingles is None:
+            shingles = prev.shingle_sets(self, scan, pair_files, spill) if (prev and p.verify) else scan.shingle_sets()
         candidates = accepted = 0
         sims_hist = np.zeros(20, dtype=np.int64)
         fd = os.open(shingles.path, os.O_RDONLY) if p.verify else None
@@ -510,7 +557,7 @@ class MinHashDedup(GlobalStage):
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
         scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
-        shingler = self._shingler()
+        shingler = self._shingler() if p.verify else None
         with self._scan_files(scan, docs_path, prev) as add:
             for batch in batches:
                 if batch.height:
@@ -549,8 +596,9 @@ class MinHashDedup(GlobalStage):
             if meta_writer is not None:
                 meta_writer.close()
 
-    def _scan_batch(self, batch: pl.DataFrame, first: int, shingler: SignatureComputer) -> _Batch:
-        """One non-empty batch, its documents numbered from ``first``: band rows, metadata, shingle sets."""
+    def _scan_batch(self, batch: pl.DataFrame, first: int, shingler: SignatureComputer | None) -> _Batch:
+        """One non-empty batch, its documents numbered from ``first``: band rows, metadata, shingle
+        sets (with a ``shingler``)."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         n = batch.height
         missing = [c for c in self.needs if c not in batch.columns]
@@ -572,7 +620,7 @@ class MinHashDedup(GlobalStage):
             (pl.col(p.score_column).cast(pl.Float64) if p.survivor == "quality"
              else pl.lit(None, pl.Float64)).alias("score")).to_arrow()
         shingles = None
-        if p.verify:
+        if shingler is not None:
             # Bottom-k shingle sets for verification, derived from the text (all of a document's
             # shingles up to max_shingles distinct ones); none for documents without a signature.
             _, n_distinct, sv, soff = shingler.compute(batch.get_column("text"), p.max_shingles, band_keys=False)
