@@ -6,9 +6,11 @@ shard order, numbered in the lake from the map tasks' row counts, through ``fit_
 ``fit_finish`` in the driver, which writes the artifact into the folder the storage layer staged
 for it there. The map outputs travel through Ray's object store, never through the driver; the
 driver fetches the reduced parts one at a time, then each shard's side output one at a time (for
-exact dedup: one row per distinct hash, and nothing; for MinHash dedup: the band index, the
-candidate pairs, and the document metadata and shingle sets), so it holds one of them at a time
-besides what the stage's finish keeps. Cost: the shards are read in parallel on every node.
+exact dedup: one row per distinct hash, and nothing; for MinHash dedup: the band index and the
+candidate pairs, and the document metadata), then the results of any second pass the finish asks
+for (``Sides.reread``: one task per shard; MinHash's shingle sets of the documents in a candidate
+pair), so it holds one of them at a time besides what the stage's finish keeps. Cost: the shards
+are read in parallel on every node.
 
 A map or reduce task whose worker dies is retried by Ray; past its retries the fit fails, as the
 one-task fit does.

@@ -49,10 +49,11 @@ Survivor policies (``survivor``): ``first`` (default: earliest in lake order, as
 not listed come after), ``newest`` (latest ``crawl_date``, nulls last). Ties go to ``first``.
 
 **In partitions** (``fit_map``/``fit_reduce``/``fit_finish``: engines/partitioned_fit.py; the Ray
-executor's fit): a map per shard scans its batches as step 1 does (band rows, metadata, shingle
-sets), a reduce per group of bucket partitions does step 2's sorting and pairing, and the finish
-(where the artifact is) writes the spills and the band index from them and runs steps 3-5 with the
-same code: the same files and metrics as ``fit`` for any number of partitions.
+executor's fit): a map per shard scans its batches as step 1 does (band rows, metadata; no
+shingle sets), a reduce per group of bucket partitions does step 2's sorting and pairing, and the
+finish (where the artifact is) writes the metadata and the band index, gets the shingle sets of
+the documents in a candidate pair from a second pass over their shards (``fit_reread``), and runs
+steps 3-5 with the same code: the same files and metrics as ``fit`` for any number of partitions.
 
 The document key is FNV-1a 64 (+ fmix64) of ``id, source, ingest_run, src_file, src_offset``
 joined by U+001F: unique per raw row and stable across runs.
