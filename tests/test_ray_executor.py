@@ -120,6 +120,7 @@ def test_conformance_local_vs_private_ray(tmp_path, demo_dir, local_run):
 def _fit_record(path: Path) -> dict:
     record = json.loads(path.read_text())
     record.pop("fitted_at")
+    record.pop("run_id", None)
     record["metrics"].pop("seconds", None)
     return record
 
