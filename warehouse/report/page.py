@@ -344,5 +344,5 @@ def _timings(data: dict[str, Any]) -> str:
             'workers more than the time that passed).</p>' + plot + table)
 
 
-def _secs(v: float | None) -> str:
-    return "" if v is None else f"{v:.2f}"
+def _secs(v: float | None) -> str | None:
+    return None if v is None else f"{v:.2f}"  # None: the table's dash
