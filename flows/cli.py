@@ -179,7 +179,7 @@ def serve(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file 
 # A fit reads every shard and has none of its own: its shards cell says "-", not 0.
 STAGES_SQL = ("SELECT stage, phase, status, CASE WHEN phase = 'fit' THEN '-' ELSE count(shard)::VARCHAR END AS shards, "
               "sum(rows) AS rows, round(sum(seconds), 2) AS seconds FROM stage_runs "
-              "WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY ALL ORDER BY stage, phase DESC")
+              "WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY stage, phase, status ORDER BY stage, phase DESC")
 
 
 @app.command()
