@@ -282,6 +282,8 @@ class _ShardSink:
 
     def _write(self, final: bool) -> None:
         """Write the whole row groups buffered (and, if ``final``, the rest as the last one)."""
+        if not self.buffer:  # the rows so far filled whole row groups, all written
+            return
         table = pa.concat_tables(self.buffer)
         n = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
         if n:
