@@ -7,8 +7,9 @@ with the annotation columns it reads (row-aligned, no key join), resolves the te
 order, each at most ``shard_rows`` rows and ``shard_bytes`` of text (releasing/writer.py). The
 gates then judge the finished release (releasing/gates.py); if they pass (or the run accepts
 them), ``manifest.json`` is written last as the commit record and ``LATEST`` points at it
-(releasing/publish.py). A crash at any step leaves nothing a reader sees; the next run cleans
-the leftovers and writes the same release.
+(releasing/publish.py). Each row's fate also goes to the report's per-document fates file, moved
+beside the report after the commit (releasing/fates_file.py). A crash at any step leaves nothing
+a reader sees; the next run cleans the leftovers and writes the same release.
 
 The version is ``<UTC date>-<6 hex of the content hash>``, where the content hash covers the
 release config (gates aside), the selection, the stage keys, the input shards (path and size) and
