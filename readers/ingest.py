@@ -1,7 +1,8 @@
 """The ``ingest`` stage: read one input file with its format's reader and write raw shards.
 
-Output: ``<out_dir>/part-<file:05d>-<k:03d>.parquet`` (zstd, DOCUMENT schema), rolled over once a
-shard holds ``shard_bytes`` of text; ``<out_dir>/_done/<file:05d>.json`` records the result and is
+Output: ``<out_dir>/part-<file:05d>-<k:03d>.parquet`` (zstd, DOCUMENT schema, row groups of
+``ROW_GROUP_ROWS`` = 10,000 rows written as they fill), rolled over once a shard holds ``shard_bytes``
+of text; ``<out_dir>/_done/<file:05d>.json`` records the result and is
 written last, so a file with a marker is complete and a re-run skips it, while a file without one
 is redone from scratch (its part names are deterministic, so a redo overwrites, never duplicates).
 Rows that cannot be read go to ``<quarantine_dir>/<file:05d>.parquet`` with file, offset and error.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -25,6 +28,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engines import storage
 from engines.faults import delay_point
@@ -36,6 +40,10 @@ from schemas.documents import DOCUMENT, QUARANTINE
 FORMAT_COLUMNS = {
     "warc": {"id": "warc_record_id", "url": "url", "crawl_date": "crawl_date"},
 }
+
+# Rows per row group of a raw shard: later passes (stages, fits, the release) read a row group at a
+# time, so this bounds their memory whatever the shard size.
+ROW_GROUP_ROWS = 10_000
 
 _HOST = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)"
 # The same for URLs without "@" (the user-info group cannot match there): three times faster.
@@ -243,30 +251,68 @@ class Normaliser:
 
 
 class _ShardSink:
-    """Rolls raw shards over at ``shard_bytes`` of text; each shard is written atomically."""
+    """Rolls raw shards over at ``shard_bytes`` of text (at a reader batch's end); each shard is
+    written atomically (a temporary name renamed when complete) in row groups of
+    ``ROW_GROUP_ROWS`` rows, streamed as the rows arrive: memory is one row group, not one shard,
+    and every later pass over the shard can read it a row group at a time."""
 
     def __init__(self, task: IngestFileTask):
         self.task = task
         self.parts: list[dict] = []
-        self.buffer: list[pa.Table] = []
-        self.buffered_bytes = 0
+        self.buffer: list[pa.Table] = []  # rows not yet written: less than one row group
+        self.buffered_rows = 0
+        self.shard_rows = self.shard_text_bytes = 0
+        self._commit: ExitStack | None = None  # the open shard's atomic_path
+        self._writer: pq.ParquetWriter | None = None
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
         self.buffer.append(table)
-        self.buffered_bytes += int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
-        if self.buffered_bytes >= self.task.shard_bytes:
+        self.buffered_rows += table.num_rows
+        self.shard_rows += table.num_rows
+        self.shard_text_bytes += int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
+        if self.buffered_rows >= ROW_GROUP_ROWS:
+            self._write(final=False)
+        if self.shard_text_bytes >= self.task.shard_bytes:
             self.flush()
 
-    def flush(self) -> None:
-        if not self.buffer:
+    def _path(self) -> str:
+        return f"{self.task.out_dir}/part-{self.task.file_index:05d}-{len(self.parts):03d}.parquet"
+
+    def _write(self, final: bool) -> None:
+        """Write the whole row groups buffered (and, if ``final``, the rest as the last one)."""
+        if not self.buffer:  # the rows so far filled whole row groups, all written
             return
-        path = f"{self.task.out_dir}/part-{self.task.file_index:05d}-{len(self.parts):03d}.parquet"
         table = pa.concat_tables(self.buffer)
-        storage.write_table_atomic(path, table)
-        self.parts.append({"path": path, "rows": table.num_rows, "text_bytes": self.buffered_bytes})
-        self.buffer, self.buffered_bytes = [], 0
+        n = table.num_rows if final else table.num_rows - table.num_rows % ROW_GROUP_ROWS
+        if n:
+            if self._writer is None:
+                self._commit = ExitStack()
+                tmp = self._commit.enter_context(storage.atomic_path(self._path()))
+                self._writer = storage.parquet_writer(tmp, DOCUMENT)
+            self._writer.write_table(table.slice(0, n), row_group_size=ROW_GROUP_ROWS)
+        rest = table.slice(n)
+        self.buffer, self.buffered_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def flush(self) -> None:
+        """Finish the open shard (if it has rows): its last row group, then the rename."""
+        if not self.shard_rows:
+            return
+        commit = None
+        try:
+            self._write(final=True)
+            assert self._writer is not None and self._commit is not None
+            self._writer.close()
+            commit, self._commit, self._writer = self._commit, None, None
+        except BaseException:
+            if self._commit is not None:  # the temporary file goes; nothing half-written is published
+                self._commit.__exit__(*sys.exc_info())
+            self._commit, self._writer = None, None
+            raise
+        commit.close()
+        self.parts.append({"path": self._path(), "rows": self.shard_rows, "text_bytes": self.shard_text_bytes})
+        self.shard_rows = self.shard_text_bytes = 0
 
 
 def _done_marker(task: IngestFileTask) -> str:

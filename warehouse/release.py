@@ -7,14 +7,15 @@ with the annotation columns it reads (row-aligned, no key join), resolves the te
 order, each at most ``shard_rows`` rows and ``shard_bytes`` of text (releasing/writer.py). The
 gates then judge the finished release (releasing/gates.py); if they pass (or the run accepts
 them), ``manifest.json`` is written last as the commit record and ``LATEST`` points at it
-(releasing/publish.py). A crash at any step leaves nothing a reader sees; the next run cleans
-the leftovers and writes the same release.
+(releasing/publish.py). Each row's fate also goes to the report's per-document fates file, moved
+beside the report after the commit (releasing/fates_file.py). A crash at any step leaves nothing
+a reader sees; the next run cleans the leftovers and writes the same release.
 
 The version is ``<UTC date>-<6 hex of the content hash>``, where the content hash covers the
 release config (gates aside), the selection, the stage keys, the input shards (path and size) and
 the code version. If a committed release with the same content hash exists, it is reused:
 re-running after a crash, or on a night with no new input, never makes a second copy. Token
-counts are whitespace-separated words until a tokenizer is configured.
+counts are whitespace-separated words until a tokenizer is configured (releasing/tokens.py).
 
 Named fault points (``CURATE_FAULT``, engines/faults.py), in order: ``release:prepared``,
 ``release:staged`` (planned releases), ``release:shard_written`` (after each shard),
@@ -41,7 +42,9 @@ from schemas.derived import source_names
 from warehouse.lake import Lake
 from warehouse.releasing import gates, publish
 from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_chunks
+from warehouse.releasing.fates_file import FATES_FILE, FatesSink, report_dir
 from warehouse.releasing.text import TextStats, release_text
+from warehouse.releasing.tokens import count_tokens
 from warehouse.releasing.writer import RELEASE_SCHEMA, ShardWriter, write_in_order
 from warehouse.selection import parse_selection
 
@@ -127,18 +130,45 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
     version = f"{datetime.now(UTC):%Y-%m-%d}-{chash[:6]}"
     out_dir = publish.prepare(root, version, chash)
     fault_point("release:prepared")
-    scratch = _Scratch(lake, rel.name, version) if planner is not None else None
+    scratch = _Scratch(lake, rel.name, version)  # planned rows and the fates file; gone whatever happens
     try:
-        writer = ShardWriter(out_dir, rel.shard_rows, rel.shard_bytes)
-        acc, text_stats, plan_extras, released = _write(cfg, lake, stages, raw_shards, writer, planner, plan_columns,
-                                                        scratch.path if scratch else "")
+        fates = FatesSink(f"{scratch.path}/{FATES_FILE}")
+        try:
+            writer = ShardWriter(out_dir, rel.shard_rows, rel.shard_bytes)
+            acc, text_stats, plan_extras, released = _write(cfg, lake, stages, raw_shards, writer, planner,
+                                                            plan_columns, scratch.path, fates)
+        finally:
+            fates.close()
+        manifest = _manifest(cfg, lake, stages, run_id, code_version, raw_shards, chash, version, writer, acc,
+                             text_stats, plan_extras, released, ingest_quarantine)
+        parent = manifest["parent"]
+        parent_manifest = publish.read_manifest(f"{root}/{parent}/{publish.MANIFEST}") if parent else None
+        report = gates.evaluate(rel.gates, manifest, parent_manifest, optional_sources)
+        report["accepted"] = accept_gates and not report["passed"]
+        manifest["gates"] = report
+        if not report["passed"] and not accept_gates:
+            # The manifest less its shards (deleted): enough for the report of the rejected release.
+            record = {k: v for k, v in manifest.items() if k != "shards"}
+            rejected = publish.reject(root, version, record)
+            fates.publish(report_dir(lake, rel.name, version, rejected=True))
+            raise gates.GateFailed(rel.name, version, report, rejected)
+        publish.commit(root, manifest)
+        fates.publish(report_dir(lake, rel.name, version))  # after the commit: a release's report reads it
     finally:
-        if scratch is not None:
-            scratch.remove()
+        scratch.remove()
+    return manifest, True
+
+
+def _manifest(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_id: str, code_version: str,
+              raw_shards: list[str], chash: str, version: str, writer: ShardWriter, acc: Accounting,
+              text_stats: TextStats, plan_extras: dict[str, Any], released: dict[str, dict[str, int]] | None,
+              ingest_quarantine: dict[str, int] | None) -> dict[str, Any]:
+    """The release's manifest (without its gates' report) from what the pass over the lake counted."""
+    rel = cfg.release
     acc.add_ingest_quarantine(ingest_quarantine or {})
     fault_point("release:shards_written")
     parent = latest_version(lake, rel.name)
-    manifest = {
+    return {
         "name": rel.name, "version": version, "parent": parent,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
         "pipeline": cfg.name, "config_hash": cfg.config_hash(), "curation_hash": curation_hash(cfg),
@@ -157,23 +187,14 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
         "text": {"chain": list(rel.text), "steps": text_stats.records()},
         **plan_extras,
     }
-    parent_manifest = publish.read_manifest(f"{root}/{parent}/{publish.MANIFEST}") if parent else None
-    report = gates.evaluate(rel.gates, manifest, parent_manifest, optional_sources)
-    report["accepted"] = accept_gates and not report["passed"]
-    manifest["gates"] = report
-    if not report["passed"] and not accept_gates:
-        # The manifest less its shards (deleted): enough for the report of the rejected release.
-        record = {k: v for k, v in manifest.items() if k != "shards"}
-        raise gates.GateFailed(rel.name, version, report, publish.reject(root, version, record))
-    publish.commit(root, manifest)
-    return manifest, True
 
 
 def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards: list[str], writer: ShardWriter,
-           planner: PlanFn | None, plan_columns: tuple[str, ...], scratch: str
+           planner: PlanFn | None, plan_columns: tuple[str, ...], scratch: str, fates: FatesSink
            ) -> tuple[Accounting, TextStats, dict[str, Any], dict[str, dict[str, int]] | None]:
-    """The pass over the lake: fates, accounting, text statistics, and the shards (streamed, or
-    staged and written in the planner's order). Returns what the manifest needs."""
+    """The pass over the lake: fates (accounted, and each row's into ``fates``), text statistics,
+    and the shards (streamed, or staged and written in the planner's order). Returns what the
+    manifest needs."""
     rel = cfg.release
     sources = source_names(cfg)  # ingested sources, then derived (synthetic) ones
     selection = parse_selection(rel.select, {s.name: set(s.columns) for s in stages})
@@ -190,10 +211,11 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
                     df = df.with_columns(pl.lit(None, pl.String if col in rel.text else pl.Null).alias(col))
             df = decide(df, source, stages, missing, selection.expr, reads, text)
             acc.add(source, df)
+            fates.add(raw, df)
             kept = df.filter(pl.col("_fate") == "kept")
             text_stats.add(source, kept, {s.name: s.applies_to(source) for s in stages})
-            kept = kept.with_columns(text.alias("text")).with_columns(
-                pl.col("text").str.count_matches(r"\S+").cast(pl.Int64).alias("n_tokens"))
+            kept = kept.with_columns(text.alias("text"))
+            kept = kept.with_columns(count_tokens(kept.get_column("text")))
             acc.per_source[source]["tokens_kept"] += int(kept.get_column("n_tokens").sum() or 0)
             table = kept.select(RELEASE_SCHEMA.names).to_arrow().cast(RELEASE_SCHEMA)
             if planner is None:

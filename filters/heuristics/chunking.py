@@ -19,7 +19,7 @@ import pyarrow as pa
 from engines import native
 from engines.strings import string_buffers
 
-ABI = 1
+ABI = 2
 EXTENSION = "filters.heuristics._chunks"
 
 

@@ -22,16 +22,11 @@ import pyarrow.parquet as pq
 from engines import storage
 from warehouse.lake import Lake
 from warehouse.release import ERROR_COLUMN, StageInfo
+from warehouse.releasing.fates_file import report_dir as report_dir  # its home before the release wrote fates
 from warehouse.releasing.publish import REJECTED
 
 CONTEXT_FILE = "context.json"
 REPORT_FILE = "report.html"
-
-
-def report_dir(lake: Lake, name: str, version: str, rejected: bool = False) -> str:
-    """``<lake>/reports/NAME/VERSION``: the report, its context and its cached per-document fates;
-    ``reports/NAME/_rejected/VERSION`` for a release its gates stopped."""
-    return f"{lake.root}/reports/{name}/" + (f"{REJECTED}/{version}" if rejected else version)
 
 
 def rejected_record(lake: Lake, name: str, version: str) -> str:

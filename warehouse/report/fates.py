@@ -1,14 +1,17 @@
 """The fate of every document of a release: kept, or dropped/quarantined with the stage and reason.
 
 A release records counts per (source, stage, reason), not the fate of each document; the report,
-``curate sample`` and ``curate show`` need the documents behind those counts. This module replays
-the release's own decision (warehouse.release: the same selection, the same attribution to the
-first failing filter in pipeline order) shard by shard and writes one small row per document
-(id, source, raw shard, row, fate, stage, reason) to ``reports/NAME/VERSION/fates.parquet``. A
-release never changes, so neither does the file: it is computed once and reused.
+``curate sample`` and ``curate show`` need the documents behind those counts: one small row per
+document (id, source, raw shard, row, fate, stage, reason) in ``reports/NAME/VERSION/fates.parquet``.
+The release step writes that file as it decides each row (warehouse/releasing/fates_file.py).
+Where it is missing (a release made before, or one whose run stopped after the commit) this module
+replays the release's own decision (warehouse.release: the same selection, the same attribution
+to the first failing filter in pipeline order) shard by shard and writes the same rows. A release
+never changes, so neither does the file: it is computed once and reused.
 
-Memory: a chunk of a raw shard and its annotations at a time (``shard_chunks``). Cost: one pass over the release's raw
-shards (text included, as the release step reads it), then reads of ~40 bytes per document.
+Memory: a chunk of a raw shard and its annotations at a time (``shard_chunks``). Cost of a replay:
+one pass over the release's raw shards (text included, as the release step reads it), then reads
+of ~40 bytes per document.
 """
 from __future__ import annotations
 
@@ -21,14 +24,13 @@ import pyarrow as pa
 
 from engines import storage
 from warehouse.releasing.fates import Reads, decide, shard_chunks
+from warehouse.releasing.fates_file import FATES_FILE as FATES_FILE
+from warehouse.releasing.fates_file import FATES_SCHEMA, catalog_reasons
+from warehouse.releasing.fates_file import fate_rows as _rows
 from warehouse.releasing.text import release_text
 from warehouse.report.context import ReleaseContext
 from warehouse.report.io import read_rows, write_parquet
 from warehouse.selection import Selection, SelectionError, parse_selection
-
-FATES_FILE = "fates.parquet"
-FATES_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("raw", pa.string()), ("row", pa.int64()),
-                          ("fate", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
 
 
 def release_selection(ctx: ReleaseContext) -> Selection:
@@ -59,9 +61,7 @@ def decided_chunks(ctx: ReleaseContext, raw: str, selection: Selection | None = 
             if col not in df.columns:
                 df = df.with_columns(pl.lit(None, pl.String if col in chain else pl.Null).alias(col))
         df = decide(df, source, ctx.stages, missing, selection.expr, reads, release_text(chain))
-        # Reasons as the catalog's drop_reasons spell them.
-        yield df.with_columns(pl.when(pl.col("_fate") == "quarantined").then(pl.lit("quarantined: ") + pl.col("_reason"))
-                              .otherwise(pl.col("_reason")).alias("_reason"))
+        yield catalog_reasons(df)  # reasons as the catalog's drop_reasons spell them
 
 
 def decided_shard(ctx: ReleaseContext, raw: str, selection: Selection | None = None,
@@ -70,19 +70,13 @@ def decided_shard(ctx: ReleaseContext, raw: str, selection: Selection | None = N
     return pl.concat(list(decided_chunks(ctx, raw, selection, extra)), how="vertical_relaxed")
 
 
-def _rows(df: pl.DataFrame, raw: str, offset: int = 0) -> pa.Table:
-    return df.select(pl.col("id"), pl.col("source"), pl.lit(raw).alias("raw"),
-                     pl.int_range(offset, offset + df.height, dtype=pl.Int64).alias("row"), pl.col("_fate").alias("fate"),
-                     pl.col("_stage").alias("stage"), pl.col("_reason").alias("reason")
-                     ).to_arrow().cast(FATES_SCHEMA)
-
-
 def fates_path(ctx: ReleaseContext) -> str:
     return f"{ctx.report_dir}/{FATES_FILE}"
 
 
 def ensure_fates(ctx: ReleaseContext, progress: Callable[[int, int], None] | None = None) -> str:
-    """The path of the release's fates file, computing it first if it is not there yet."""
+    """The path of the release's fates file (the release step writes it), computing it by replay
+    first if it is not there."""
     path = fates_path(ctx)
     if storage.exists(path):
         return path

@@ -7,11 +7,14 @@
  * extraction, an explode and a categorical encoding (same output: the tests compare both).
  * Scalar code only: the work is a byte scan and hashing, and every path of the build would run
  * the same loop.
+ *
+ * token_counts counts, per text, the runs of characters outside Unicode White_Space (without
+ * U+001C..U+001F): the regex \S+ of Polars/Rust, the release's n_tokens.
  */
 #include "curate_native.h"
 #include <stdlib.h>
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 /* Bytes of the whitespace character at data[i] (0 when it is not whitespace). */
 static inline int ws_len(const uint8_t *d, int64_t i, int64_t end) {
@@ -203,6 +206,60 @@ done:
     return res;
 }
 
+/* --- whitespace-separated tokens (the release's n_tokens) -------------------------------- */
+
+/* ASCII White_Space: \t \n \v \f \r and space (U+001C..U+001F are not White_Space). */
+static const uint8_t ASCII_WS[128] = {['\t'] = 1, ['\n'] = 1, ['\v'] = 1, ['\f'] = 1, ['\r'] = 1, [' '] = 1};
+
+/* token_counts(data, offsets, out): out[d] = runs of non-White_Space characters in text d. One
+   pass over the bytes; continuation bytes belong to the character their lead byte started. */
+static PyObject *py_token_counts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (cur_nargs(nargs, 3, "token_counts") < 0) return NULL;
+    cur_bufs B = {.n = 0};
+    PyObject *res = NULL;
+    const uint8_t *data; const int64_t *off; int64_t n, *out;
+    if (!(data = cur_arg(&B, args[0], 'b', 1, 0, "data", 0))) goto done;
+    const int64_t len = cur_len(&B.v[0]);
+    if (!(off = cur_arg(&B, args[1], 'i', 8, 0, "offsets", 1))) goto done;
+    n = cur_len(&B.v[1]) - 1;
+    if (!(out = cur_arg(&B, args[2], 'i', 8, 1, "out", n))) goto done;
+    if (check_offsets(off, n, len) < 0) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t d = 0; d < n; d++) {
+        int64_t i = off[d], t = 0;
+        const int64_t e = off[d + 1];
+        int in = 0;
+        while (i < e) {
+            const uint8_t c = data[i];
+            if (c < 0x80) {
+                const int sp = ASCII_WS[c];
+                t += !sp & !in;
+                in = !sp;
+                i++;
+                continue;
+            }
+            /* Only C2 (U+0085, U+00A0), E1 (U+1680), E2 (U+2000..U+205F) and E3 (U+3000) start
+               non-ASCII White_Space; any other byte is part of a token. */
+            const int w = (c == 0xC2 || (c >= 0xE1 && c <= 0xE3)) ? ws_len(data, i, e) : 0;
+            if (w) {
+                in = 0;
+                i += w;
+            } else {
+                t += !in;
+                in = 1;
+                i++;
+            }
+        }
+        out[d] = t;
+    }
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    cur_release(&B);
+    return res;
+}
+
 /* --- duplicated lines and paragraphs (Gopher repetition) ----------------------------------- */
 
 /* Bytes of the whitespace character that ends at data[e - 1] (0 when it is not whitespace). */
@@ -311,6 +368,8 @@ static PyMethodDef METHODS[] = {
      "chunk_count(data, offsets) -> (chunks, bytes): whitespace-separated chunks of the texts."},
     {"chunk_encode", (PyCFunction)(void (*)(void))py_chunk_encode, METH_FASTCALL,
      "chunk_encode(data, offsets, row, code, uniq_off, uniq_data) -> distinct chunks (numbered by first appearance)."},
+    {"token_counts", (PyCFunction)(void (*)(void))py_token_counts, METH_FASTCALL,
+     "token_counts(data, offsets, out): per text, runs of non-White_Space characters (regex \\S+)"},
     {"dup_stats", (PyCFunction)(void (*)(void))py_dup_stats, METH_FASTCALL,
      "dup_stats(data, offsets, mode, n_items, dup_items, dup_chars): lines (0) or paragraphs (1) equal to an "
      "earlier one of the same text."},
