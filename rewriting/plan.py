@@ -85,7 +85,8 @@ def route_identity(route: RouteConfig) -> dict:
     method = method_for(route)
     prompts = sorted({load_template(f.template).ref for f in method.families().values()})
     keep = route.model_dump(mode="json", exclude={"when", "sample_rate", "budget_tokens"})
-    return {"route": keep, "prompts": prompts}
+    extra = method.identity()  # only when non-empty: other methods' fingerprints stay as they were
+    return {"route": keep, "prompts": prompts, **({"method": extra} if extra else {})}
 
 
 def fingerprint(generation_hash: str, route: RouteConfig, parent_rel: str, ids: list[str]) -> str:

@@ -6,13 +6,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 Messages = list[dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}]
 
 
 class SamplingParams(BaseModel):
-    """Decoding settings, the same for every backend (greedy when temperature is 0)."""
+    """Decoding settings, the same for every backend (greedy when temperature is 0).
+
+    ``regex``: constrained decoding, the whole reply must match this regular expression
+    (portable syntax: literals, classes, groups, alternation, repetition). vLLM and an
+    OpenAI-compatible vLLM server enforce it as structured outputs; the transformers backend
+    masks the logits (engines/inference/constrain.py). It changes the output, so it is part of
+    every result-cache key built from these params; left unset it is left out of the dump, so
+    keys of unconstrained requests are what they were before the field existed."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     temperature: float = Field(default=0.0, ge=0)
@@ -20,6 +27,14 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(default=64, ge=1)
     seed: int = 0
     stop: tuple[str, ...] = ()
+    regex: str | None = Field(default=None, min_length=1)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_regex(self, handler: Any) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("regex", "") is None:
+            del out["regex"]
+        return out
 
 
 class InferenceConfig(BaseModel):

@@ -165,6 +165,11 @@ class Method:
                               max_tokens=r.max_tokens or fam.max_tokens,
                               seed=job_seed(r.seed, parent.id, family, segment.index))
 
+    def identity(self) -> dict[str, str]:
+        """What else decides this route's output beyond its config and prompts (a constraint's
+        grammar version): part of the derived shards' fingerprint; empty for most methods."""
+        return {}
+
     def jobs(self, parents: list[Parent], backend: InferenceBackend) -> list[Job]:
         r, fams = self.route, self.families()
         out: list[Job] = []
