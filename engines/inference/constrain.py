@@ -97,8 +97,12 @@ class Automaton:
     """A regex as a DFA over characters, restricted to states that can still reach a match."""
 
     def __init__(self, regex: str):
-        import interegular
-
+        try:
+            import interegular
+        except ImportError:
+            from engines.extras import install_command
+            raise ImportError("constrained decoding on the transformers backend needs the `interegular` package: "
+                              f"{install_command(['models'])}") from None
         try:
             fsm = interegular.parse_pattern(regex).to_fsm().reduce()
         except Exception as e:  # noqa: BLE001 - the library raises several kinds for bad patterns
