@@ -237,3 +237,22 @@ class RegexLogitsProcessor:
                     continue
             scores[row].masked_fill_(c.mask(self.states[row]).to(scores.device), float("-inf"))
         return scores
+
+
+class FrequencyPenalty:
+    """OpenAI's ``frequency_penalty`` as a ``LogitsProcessor``: each token's score minus the
+    penalty times its count among the tokens generated so far (the prompt does not count)."""
+
+    def __init__(self, penalty: float, prompt_len: int):
+        self.penalty = penalty
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_len:]
+        if new.shape[1]:
+            counts = torch.zeros_like(scores)
+            counts.scatter_add_(1, new, torch.ones_like(new, dtype=scores.dtype))
+            scores = scores - self.penalty * counts
+        return scores

@@ -82,14 +82,18 @@ class TransformersBackend(InferenceBackend):
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             rows = regexes[i:i + self.config.batch_size]
-            if any(r is not None for r in rows):
-                from transformers import LogitsProcessorList
-
+            procs: list[Any] = []
+            if params.frequency_penalty != 0.0:
+                from engines.inference.constrain import FrequencyPenalty
+                procs.append(FrequencyPenalty(params.frequency_penalty, enc["input_ids"].shape[1]))
+            if any(r is not None for r in rows):  # last: a penalty may not revive a forbidden token
                 from engines.inference.constrain import RegexLogitsProcessor
                 cache = self._constraints()
-                proc = RegexLogitsProcessor([cache.get(r) if r is not None else None for r in rows],
-                                            enc["input_ids"].shape[1])
-                kwargs["logits_processor"] = LogitsProcessorList([proc])
+                procs.append(RegexLogitsProcessor([cache.get(r) if r is not None else None for r in rows],
+                                                  enc["input_ids"].shape[1]))
+            if procs:
+                from transformers import LogitsProcessorList
+                kwargs["logits_processor"] = LogitsProcessorList(procs)
             with torch.inference_mode():
                 gen = self.model.generate(**enc, **kwargs)  # type: ignore[misc]
             new = gen[:, enc["input_ids"].shape[1]:]

@@ -191,6 +191,8 @@ def chat_body(model: str, messages: Messages, p: SamplingParams) -> dict[str, An
                             "max_tokens": p.max_tokens, "seed": p.seed}
     if p.stop:
         body["stop"] = list(p.stop)
+    if p.frequency_penalty != 0.0:  # a vLLM server's extra sampling parameter
+        body["frequency_penalty"] = p.frequency_penalty
     if p.regex is not None:
         body["structured_outputs"] = {"regex": p.regex}
     return body

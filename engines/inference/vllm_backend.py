@@ -128,6 +128,8 @@ def vllm_sampling_kwargs(p: SamplingParams, vllm: Any) -> dict[str, Any]:
     older vLLM without it gets ``guided_decoding=GuidedDecodingParams(regex=...)``."""
     kw: dict[str, Any] = {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens,
                           "seed": p.seed, "stop": list(p.stop) or None}
+    if p.frequency_penalty != 0.0:
+        kw["frequency_penalty"] = p.frequency_penalty
     if p.regex is not None:
         sp = vllm.sampling_params
         if hasattr(sp, "StructuredOutputsParams"):
