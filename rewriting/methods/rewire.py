@@ -22,8 +22,6 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field
-
 from engines.inference import SamplingParams
 from rewriting.methods.base import Family, Job, Method, Parent, RouteConfig
 from rewriting.segments import Segment
@@ -41,12 +39,11 @@ class RewireRoute(RouteConfig):
     """``constrained`` (default true): decode under ``REPLY_REGEX``, so the plan is short and
     the rewrite always comes after its heading (a small model otherwise skips the plan, or
     never writes the heading); the rewrite itself is free text. ``frequency_penalty``
-    (default 0.5) keeps a greedily decoding small model from repeating one sentence until it
+    (the family's default 0.5) keeps a greedily decoding small model from repeating one sentence until it
     runs out of tokens (every such reply is dropped as ``truncated``)."""
 
     method: Literal["rewire"] = "rewire"
     constrained: bool = True
-    frequency_penalty: float = Field(default=0.5, ge=-2, le=2)
 
 
 def after_marker(reply: str) -> str | None:
@@ -62,14 +59,13 @@ class Rewire(Method):
     Route = RewireRoute
 
     def families(self) -> dict[str, Family]:
-        return {"rewire": Family("rewire", segment_tokens=1024, max_tokens=1536, min_tokens=30, min_segment_tokens=16)}
+        return {"rewire": Family("rewire", segment_tokens=1024, max_tokens=1536, min_tokens=30, min_segment_tokens=16,
+                                 frequency_penalty=0.5)}
 
     def sampling(self, fam: Family, parent: Parent, family: str, segment: Segment) -> SamplingParams:
         route: RewireRoute = self.route  # type: ignore[assignment]
-        update: dict[str, object] = {"frequency_penalty": route.frequency_penalty}
-        if route.constrained:
-            update["regex"] = REPLY_REGEX
-        return super().sampling(fam, parent, family, segment).model_copy(update=update)
+        base = super().sampling(fam, parent, family, segment)
+        return base.model_copy(update={"regex": REPLY_REGEX}) if route.constrained else base
 
     def identity(self) -> dict[str, str]:
         return {"grammar": GRAMMAR_VERSION} if self.route.constrained else {}  # type: ignore[attr-defined]

@@ -161,3 +161,24 @@ def test_the_real_model_writes_programs_under_the_constraint(corpora):
 def prox_lang_route():
     from rewriting.methods.prox import ProxRoute
     return ProxRoute(max_segments=1, segment_tokens=96, max_tokens=64)
+
+
+def test_route_frequency_penalty_reaches_the_request_and_unset_leaves_fingerprints_alone():
+    from rewriting.methods import method_for
+    from rewriting.methods.base import Parent
+    from rewriting.params import RewriteParams
+    from rewriting.plan import route_identity
+    from tests.rewriting.canned import CannedBackend
+    wrap, rewire, tuned = RewriteParams(routes=[
+        {"method": "wrap", "styles": ["easy"]}, {"method": "rewire"},
+        {"method": "wrap", "name": "w2", "styles": ["easy"], "frequency_penalty": 0.3}]).routes
+    assert "frequency_penalty" not in route_identity(wrap)["route"]
+    assert route_identity(tuned)["route"]["frequency_penalty"] == 0.3
+    backend = CannedBackend(lambda m: "x")
+    parent = [Parent(0, "p", "The Rhine rises in the Alps and flows north to the sea. " * 4, "wiki")]
+    [j] = method_for(wrap).jobs(parent, backend)
+    assert j.sampling.frequency_penalty == 0.0 and "frequency_penalty" not in j.sampling.model_dump()
+    [j] = method_for(tuned).jobs(parent, backend)
+    assert j.sampling.frequency_penalty == 0.3
+    [j] = method_for(rewire).jobs(parent, backend)  # the family default, and the reply shape
+    assert j.sampling.frequency_penalty == 0.5 and j.sampling.regex == REPLY_REGEX
