@@ -31,31 +31,58 @@ REPO = Path(__file__).resolve().parents[1]
 CORPORA = Path(os.environ.get("CURATE_CORPORA", REPO.parent / "shared" / "corpora"))
 
 
-def make_corpus(path: Path, docs: int, copies: float = 0.03) -> int:
-    """Paragraph-sized documents from the shared corpora; ``copies`` of them repeat an earlier one."""
+def make_corpus(path: Path, docs: int, copies: float = 0.03, *, start: int = 0, paras_per_doc: int = 1,
+                corpora: Path = CORPORA) -> int:
+    """Paragraph-sized documents from the corpora (``paras_per_doc`` paragraphs each, cycled, each
+    numbered so it is unique); ``copies`` of them repeat the one before. Documents ``start`` to
+    ``start + docs``: files made with disjoint ranges hold different documents. Returns the text bytes."""
     paras: list[str] = []
     for name in ("wiki_en", "wiki_fr", "wiki_es", "python_docs", "gutenberg"):
-        f = CORPORA / f"{name}.parquet"
+        f = corpora / f"{name}.parquet"
         if f.exists():
             for t in pq.read_table(f, columns=["text"]).column("text").to_pylist():
                 paras += [p for p in t.split("\n\n") if len(p) > 80]
     if not paras:
-        sys.exit(f"no corpora at {CORPORA}; set CURATE_CORPORA")
+        sys.exit(f"no corpora at {corpora}; set CURATE_CORPORA")
     writer = None
     n_bytes = 0
-    for start in range(0, docs, 50_000):
-        n = min(50_000, docs - start)
+    for first in range(start, start + docs, 50_000):
+        n = min(50_000, start + docs - first)
         texts = []
-        for i in range(start, start + n):
+        for i in range(first, first + n):
             j = i - 1 if copies and i % int(1 / copies) == 0 and i else i  # a copy of the previous one
-            texts.append(f"{paras[j % len(paras)]}\n\n(part {j // len(paras)})")
+            body = "\n\n".join(paras[(j * paras_per_doc + k) % len(paras)] for k in range(paras_per_doc))
+            texts.append(f"{body}\n\n(part {j // len(paras)})" if paras_per_doc == 1 else f"{body}\n\n(document {j})")
         n_bytes += sum(len(t.encode()) for t in texts)
-        table = pa.table({"id": [f"d{i}" for i in range(start, start + n)], "text": texts})
+        table = pa.table({"id": [f"d{i}" for i in range(first, first + n)], "text": texts})
         writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
         writer.write_table(table)
     assert writer is not None
     writer.close()
     return n_bytes
+
+
+# `curate report` in a process of its own, printing its peak RSS after its imports and at its end.
+# VmHWM is this process's own peak; Linux carries ru_maxrss across exec, so that one would start
+# at the (corpus-holding) parent's size.
+_PEAK = ("import resource, sys\n"
+         "def peak():\n    try:\n        return next(int(ln.split()[1]) for ln in open('/proc/self/status') "
+         "if ln.startswith('VmHWM:'))\n    except OSError:\n"
+         "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+         "from flows.cli import app\nimport warehouse.report, flows.commands.report\n"
+         "base = peak()\ntry:\n    app(sys.argv[1:])\n"
+         "except SystemExit as e:\n    assert not e.code, e.code\n"
+         "print(base, peak())")
+
+
+def report_peak_kb(lake: Path, ref: str, out: Path, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """Run ``curate report REF --out OUT`` in a fresh process; its peak RSS in KB after its imports
+    and at its end (their difference is what building the report added)."""
+    env = dict(os.environ if env is None else env, CURATE_PROGRESS="0", PREFECT_LOGGING_LEVEL="WARNING")
+    got = subprocess.run([sys.executable, "-c", _PEAK, "report", ref, "--lake", str(lake), "--out", str(out)],
+                         cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    base_kb, peak_kb = map(int, got.stdout.strip().splitlines()[-1].split())
+    return base_kb, peak_kb
 
 
 def main() -> None:
@@ -86,24 +113,9 @@ def main() -> None:
     # The fates file the run wrote is removed, so the report replays the release's decision too.
     for f in (work / "lake" / "reports").glob("scale/*/fates.parquet"):
         f.unlink()
-    # `curate report` in its own process (it starts none), reporting its own peak RSS.
-    # The first figure is the peak after the imports (what any `curate` command costs), the second
-    # the peak of the whole command: their difference is what building the report added. VmHWM is
-    # this process's own peak; Linux carries ru_maxrss across exec, so that one would start at this
-    # (corpus-holding) parent's size.
-    code = ("import resource, sys\n"
-            "def peak():\n    try:\n        return next(int(ln.split()[1]) for ln in open('/proc/self/status') "
-            "if ln.startswith('VmHWM:'))\n    except OSError:\n"
-            "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "from flows.cli import app\nimport warehouse.report, flows.commands.report\n"
-            "base = peak()\ntry:\n    app(sys.argv[1:])\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(base, peak())")
     t0 = time.perf_counter()
-    got = subprocess.run([sys.executable, "-c", code, "report", "scale", "--lake", str(work / "lake"), "--out", str(out)],
-                         cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    base_kb, peak_kb = report_peak_kb(work / "lake", "scale", out, env)
     report_s = time.perf_counter() - t0
-    base_kb, peak_kb = map(int, got.stdout.strip().splitlines()[-1].split())
     page = out.read_text()
     data = json.loads(page.split('id="curate-report-data">', 1)[1].split("</script>", 1)[0])
     print(json.dumps({

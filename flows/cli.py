@@ -176,6 +176,12 @@ def serve(pipeline: Annotated[Path, typer.Argument(help="The pipeline YAML file 
                       parameters={"config_path": str(pipeline.resolve())})
 
 
+# A fit reads every shard and has none of its own: its shards cell says "-", not 0.
+STAGES_SQL = ("SELECT stage, phase, status, CASE WHEN phase = 'fit' THEN '-' ELSE count(shard)::VARCHAR END AS shards, "
+              "sum(rows) AS rows, round(sum(seconds), 2) AS seconds FROM stage_runs "
+              "WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY stage, phase, status ORDER BY stage, phase DESC")
+
+
 @app.command()
 def stats(lake: LakeOpt = "./lake"):
     """Print the common catalog tables: runs, per-source accounting, drop reasons, quarantine."""
@@ -195,8 +201,7 @@ def stats(lake: LakeOpt = "./lake"):
         "quarantine": "SELECT source, stage, left(error, 90) AS error, sum(rows) AS rows FROM quarantine "
                       "GROUP BY ALL ORDER BY rows DESC LIMIT 20",
         "stages (latest run; fit: a global stage's model)":
-            "SELECT stage, phase, status, count(shard) AS shards, sum(rows) AS rows, round(sum(seconds), 2) AS seconds "
-            "FROM stage_runs WHERE run_id = (SELECT max(run_id) FROM runs) GROUP BY ALL ORDER BY stage, phase DESC",
+            STAGES_SQL,
     }
     for title, sql in queries.items():
         cols, rows = cat.query(sql)

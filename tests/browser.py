@@ -36,10 +36,13 @@ _MEASURE = """() => Array.from(document.querySelectorAll('svg.plot')).map(s => {
 })"""
 
 
-def render(html: Path, screenshot: Path | None = None, width: int = 1400, height: int | None = None) -> dict[str, Any]:
+def render(html: Path, screenshot: Path | None = None, width: int = 1400, height: int | None = None,
+           visible: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load ``html`` from disk; return JavaScript errors, console errors, requests to anything but
     the file, the measured plots, the page title and its JSON data; with ``screenshot``, write a
-    PNG of the whole page, or of its top ``height`` pixels."""
+    PNG of the whole page, or of its top ``height`` pixels. For each CSS selector in ``visible``,
+    ``out["visible"][selector]`` is the rendered text of its first element if the browser shows it
+    (in the first screen, not hidden), else None."""
     from playwright.sync_api import sync_playwright
     exe = find_chromium()
     if exe is None:
@@ -58,11 +61,25 @@ def render(html: Path, screenshot: Path | None = None, width: int = 1400, height
             out["title"] = page.title()
             out["plots"] = page.evaluate(_MEASURE)
             out["data"] = json.loads(page.locator("#curate-report-data").text_content() or "{}")
+            out["visible"] = {sel: _shown_text(page, sel) for sel in visible}
             if screenshot is not None:
                 page.screenshot(path=str(screenshot), full_page=height is None)
         finally:
             ctx.close()
     return out
+
+
+def _shown_text(page: Any, selector: str) -> str | None:
+    """The innerText of the first element matching ``selector`` if it is displayed and lies (at
+    least partly) in the first screen of the page, else None."""
+    el = page.locator(selector).first
+    if el.count() == 0 or not el.is_visible():
+        return None
+    box = el.bounding_box()
+    viewport = page.viewport_size or {"height": 900}
+    if box is None or box["height"] <= 0 or box["y"] >= viewport["height"]:
+        return None
+    return str(el.inner_text())
 
 
 if __name__ == "__main__":

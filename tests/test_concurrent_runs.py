@@ -17,14 +17,14 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import cli_env, demo_config
+from tests.helpers import LIGHT_KINDS, cli_env, demo_config
 from warehouse.health import check_lake
 
 pytestmark = pytest.mark.slow
 
 
 def _pipeline(root: Path, demo_dir: Path, slow_s: float = 0.0) -> Path:
-    cfg = demo_config(demo_dir, root / "lake")
+    cfg = demo_config(demo_dir, root / "lake", drop_kinds=LIGHT_KINDS)
     cfg["executor"] = {"workers": 2, "batch_rows": 256, "shard_bytes": 300_000}
     if slow_s:
         cfg["stages"].append({"name": "slow", "kind": "test_slow_words", "params": {"seconds_per_batch": slow_s}})

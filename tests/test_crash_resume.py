@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import cli_env, demo_config
+from tests.helpers import LIGHT_KINDS, cli_env, demo_config
 
 pytestmark = pytest.mark.slow
 
 
 def _pipeline(root: Path, demo_dir: Path) -> Path:
-    cfg = demo_config(demo_dir, root / "lake")
+    cfg = demo_config(demo_dir, root / "lake", drop_kinds=LIGHT_KINDS)
     cfg["executor"] = {"workers": 2, "batch_rows": 64, "shard_bytes": 300_000}
     cfg["stages"].append({"name": "slow", "kind": "test_slow_words", "params": {"seconds_per_batch": 0.25}})
     cfg["release"]["select"] += " and slow.words > 0"

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.browser import find_chromium
+
 pytestmark = pytest.mark.slow
 
 
@@ -33,15 +35,31 @@ def _pipeline(root: Path, corpora: Path) -> Path:
     return root / "p.yaml"
 
 
-def test_failed_gate_fails_the_run_and_publishes_nothing(tmp_path, corpora):
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, corpora):
+    """The pipeline run twice and stopped by its gates both times: through the flow, then `curate run`."""
     from typer.testing import CliRunner
 
     from flows.cli import app
     from flows.pipeline import curate_flow
+    tmp_path = tmp_path_factory.mktemp("gated")
     pipeline = _pipeline(tmp_path, corpora)
     state = curate_flow(config_path=str(pipeline), return_state=True)
-    assert state.is_failed()
     res = CliRunner().invoke(app, ["run", str(pipeline)])
+    return {"tmp": tmp_path, "pipeline": pipeline, "state": state, "res": res}
+
+
+def _rejected_page(lake: Path) -> Path:
+    [record] = (lake / "releases" / "gated" / "_rejected").iterdir()
+    return lake / "reports" / "gated" / "_rejected" / record.stem / "report.html"
+
+
+def test_failed_gate_fails_the_run_and_publishes_nothing(gated):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    tmp_path, pipeline, res = gated["tmp"], gated["pipeline"], gated["res"]
+    assert gated["state"].is_failed()
     assert res.exit_code == 3, res.output
     assert "was not published" in res.output and "source wiki_fr released 0 rows" in res.output
     assert "--accept-gates" in res.output
@@ -87,6 +105,30 @@ def test_failed_gate_fails_the_run_and_publishes_nothing(tmp_path, corpora):
                            "AND accepted AND published", [version]).fetchone()[0] == 2
     finally:
         con.close()
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="no chromium on this machine (apt-get install -y chromium)")
+def test_rejected_report_renders_in_a_real_browser(gated, tmp_path):
+    """The rejected release's page in headless Chromium: the red REJECTED banner with both failed
+    gates is on the first screen, every plot drew its marks, no JavaScript error, no request."""
+    from tests.browser import render
+    page_path = _rejected_page(gated["tmp"] / "lake")
+    got = render(page_path, tmp_path / "shot.png", height=900, visible=("section.rejected",))
+    assert got["page_errors"] == [] and got["console_errors"] == [] and got["requests"] == []
+    assert got["title"].startswith("curate report · gated/") and got["title"].endswith("REJECTED")
+    banner = got["visible"]["section.rejected"]
+    assert banner is not None, "the REJECTED banner is not shown on the first screen"
+    fails = [c for c in got["data"]["gates"]["checks"] if c["outcome"] == "fail"]
+    assert "REJECTED" in banner and "2 gates failed" in banner and len(fails) == 2
+    for c in fails:  # each failed gate, with its message, as the browser shows it
+        assert c["gate"] in banner and " ".join(c["message"].split()) in " ".join(banner.split()), (c, banner)
+    plots = got["plots"]
+    # A waterfall per source and the histograms of the length filter's annotations at least.
+    n_hist = sum(1 for h in got["data"]["histograms"] if h["kind"] == "histogram")
+    assert n_hist and len(plots) >= len(got["data"]["waterfall"]) + n_hist
+    for p in plots:
+        assert p["width"] > 100 and p["height"] > 50 and p["drawn"] > 0, p
+    assert (tmp_path / "shot.png").stat().st_size > 20_000
 
 
 def _report_data(page: str) -> dict:

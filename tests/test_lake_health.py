@@ -20,7 +20,7 @@ import yaml
 
 from flows.pipeline import run_pipeline
 from tests.conftest import REPO
-from tests.helpers import demo_config
+from tests.helpers import LIGHT_KINDS, demo_config
 from warehouse.catalog import Catalog
 from warehouse.health import check_lake, repair_lake
 from warehouse.sql_door import readonly_query
@@ -79,7 +79,7 @@ def _accounting(lake: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory, demo_dir) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("heal")
-    cfg = demo_config(demo_dir, root / "lake")
+    cfg = demo_config(demo_dir, root / "lake", drop_kinds=LIGHT_KINDS)
     cfg["executor"] = {"workers": 2, "batch_rows": 256, "shard_bytes": 50_000}
     (root / "p.yaml").write_text(yaml.safe_dump(cfg))
     run_pipeline(str(root / "p.yaml"))

@@ -294,6 +294,70 @@ def test_timings_and_task_names(demo_runs, report, con):
     assert f"]({first.as_uri()})" in link.data and first.exists()
 
 
+def _timing_cells(page: str) -> dict[str, list[str]]:
+    """The stage timings table of a report page: stage -> its cells as the page shows them."""
+    section = page.split('id="timings"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    rows = {}
+    for tr in re.findall(r"<tr>(.*?)</tr>", section, re.S):
+        cells = [htmllib.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_report_timings_are_stage_runs(demo_runs, report, con):
+    """The timings section reads the catalog's stage_runs: per stage the fit row's seconds and the
+    apply rows' seconds summed over shards, shown separately; the page equals the SQL answer, for
+    the first run (fits computed) and the second (pinned fits reused, annotations skipped)."""
+    (n1, v1, _, run1), (_, v2, _, run2) = demo_runs["releases"]
+    for version, run_id in ((v1, run1), (v2, run2)):
+        page = (demo_runs["lake"] / "reports" / n1 / version / "report.html").read_text()
+        got = {t["stage"]: t for t in _data(page)["timings"]}
+        want = {}
+        for stage, phase, status, n, sec in con.execute(
+                "SELECT stage, phase, status, count(*), sum(seconds) FROM stage_runs WHERE run_id = ? GROUP BY ALL",
+                [run_id]).fetchall():
+            w = want.setdefault(stage, {"fit": None, "fit_status": None, "apply": None, "computed": 0, "skipped": 0})
+            if phase == "fit":
+                w["fit"], w["fit_status"] = sec, status
+            else:
+                w["apply"] = (w["apply"] or 0.0) + sec
+                w[status] = w.get(status, 0) + n
+        assert set(got) == set(want) and {"gopher", "dedup", "fuzzy", "quality"} <= set(got)
+        cells = _timing_cells(page)
+        for stage, w in want.items():
+            g = got[stage]
+            assert g["fit_seconds"] == (None if w["fit"] is None else pytest.approx(w["fit"], abs=1e-4)), stage
+            assert g["apply_seconds"] == pytest.approx(w["apply"], abs=1e-4) and g["fit_status"] == w["fit_status"]
+            assert (g["shards_computed"], g["shards_skipped"]) == (w["computed"], w["skipped"]), stage
+            # The table shows the same numbers to two decimals (a dash: no fit).
+            fit_cell = "–" if g["fit_seconds"] is None else f"{g['fit_seconds']:.2f}"
+            assert cells[stage][:4] == [fit_cell, w["fit_status"] or "–", f"{g['apply_seconds']:.2f}",
+                                        f"{w['computed']:,}"]
+        # Global stages have a fit row (fit and apply separately); per-document stages none.
+        assert got["dedup"]["fit_seconds"] is not None and got["gopher"]["fit_seconds"] is None
+        statuses = {t["fit_status"] for t in got.values() if t["fit_status"]}
+        assert statuses == ({"computed"} if version == v1 else {"reused"}), statuses
+
+
+def test_stats_shows_no_shard_count_for_fits(demo_runs, con):
+    """`curate stats`: a fit row (global stage, no shard of its own) shows "-" for shards, an
+    apply row its shard count."""
+    res = CliRunner().invoke(app, ["stats", "--lake", str(demo_runs["lake"])])
+    assert res.exit_code == 0, res.output
+    table = res.output.split("stages (latest run", 1)[1]
+    rows = [[c.strip() for c in ln.strip("│ ").split("│")] for ln in table.splitlines() if ln.count("│") >= 6]
+    fits = {r[0]: r for r in rows if r[1] == "fit"}
+    run_id = con.execute("SELECT max(run_id) FROM runs").fetchone()[0]
+    assert set(fits) == {s for (s,) in con.execute("SELECT DISTINCT stage FROM stage_runs WHERE run_id = ? "
+                                                   "AND phase = 'fit'", [run_id]).fetchall()} and "dedup" in fits
+    assert all(r[3] == "-" for r in fits.values()), fits
+    applies = {(r[0], r[2]): r[3] for r in rows if r[1] == "apply"}
+    want = {(s, st): str(n) for s, st, n in con.execute(
+        "SELECT stage, status, count(*) FROM stage_runs WHERE run_id = ? AND phase = 'apply' GROUP BY ALL",
+        [run_id]).fetchall()}
+    assert applies == want
+
+
 async def _prefect_view(flow_run_id: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId

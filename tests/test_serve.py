@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.helpers import demo_config
+from tests.helpers import LIGHT_KINDS, demo_config
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_serve_schedules_and_runs(tmp_path, demo_dir):
     api = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api,
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO), CURATE_PROGRESS="0")
-    cfg = demo_config(demo_dir, tmp_path / "lake")
+    cfg = demo_config(demo_dir, tmp_path / "lake", drop_kinds=LIGHT_KINDS)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     # A second pipeline served beside it: its deployment gets its own name, not the first one's.
     (tmp_path / "other.yaml").write_text(yaml.safe_dump({**cfg, "name": "other", "lake": str(tmp_path / "lake2")}))

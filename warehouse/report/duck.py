@@ -6,6 +6,8 @@ DuckDB (bounded by ``memory_limit``, spilling to a temporary folder) and return 
 """
 from __future__ import annotations
 
+import os
+import re
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -15,9 +17,18 @@ import pyarrow as pa
 
 from engines import storage
 
+# DuckDB's own cap for the report's aggregates (it spills to a temporary folder beyond it):
+# lower it on a machine with less memory to spare.
+MEMORY_LIMIT_ENV = "CURATE_REPORT_DUCKDB_MEMORY"
+
 
 @contextmanager
-def connect(lake_root: str, memory_limit: str = "1GB") -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(lake_root: str, memory_limit: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection for the report: ``memory_limit`` (default ``$CURATE_REPORT_DUCKDB_MEMORY``
+    or 1GB), two threads, a temporary spill folder removed on exit."""
+    memory_limit = memory_limit or os.environ.get(MEMORY_LIMIT_ENV) or "1GB"
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit.strip(), re.I):
+        raise ValueError(f"{MEMORY_LIMIT_ENV}={memory_limit!r}: give a size such as 512MB or 2GB")
     con = duckdb.connect()
     tmp = tempfile.mkdtemp(prefix="curate-report-")
     try:

@@ -376,16 +376,39 @@ def text_steps(ctx: ReleaseContext) -> list[dict[str, Any]]:
 
 
 # --- timings ------------------------------------------------------------------------------------
+TIMINGS_SQL = """
+SELECT stage,
+       sum(seconds) FILTER (WHERE phase = 'fit') AS fit_seconds,
+       string_agg(DISTINCT status, '/') FILTER (WHERE phase = 'fit') AS fit_status,
+       sum(seconds) FILTER (WHERE phase = 'apply') AS apply_seconds,
+       count(*) FILTER (WHERE phase = 'apply' AND status = 'computed') AS shards_computed,
+       count(*) FILTER (WHERE phase = 'apply' AND status = 'skipped') AS shards_skipped,
+       count(*) FILTER (WHERE phase = 'apply' AND status = 'failed') AS shards_failed,
+       sum(rows) FILTER (WHERE phase = 'apply' AND status = 'computed') AS rows,
+       min(recorded_at) AS first_recorded
+FROM stage_runs WHERE run_id = ? GROUP BY stage"""
+
+
 def timings(ctx: ReleaseContext) -> list[dict[str, Any]]:
-    """Wall time per stage and phase (fit, apply) of the run that made the release, from the catalog."""
+    """Seconds per stage of the run that made the release, from the catalog's ``stage_runs``: the
+    global fit (its ``fit`` row: fitted, extended or a pinned model reused) and the apply, summed
+    over the run's per-shard ``apply`` rows (worker seconds: with parallel workers more than the
+    elapsed time), with the shards computed, skipped (annotations reused) and failed. Stages in
+    pipeline order; a stage of the run the release does not name comes last."""
     from warehouse.catalog import Catalog
     run_id = ctx.manifest.get("run_id")
     if not run_id or not storage.exists(ctx.lake.catalog_path):
         return []
     try:
-        cols, got = Catalog(ctx.lake.catalog_path).query(
-            "SELECT stage, phase, seconds, shards, rows FROM stage_timings WHERE run_id = ? ORDER BY started_at",
-            [run_id])
-    except Exception:  # noqa: BLE001 - an older catalog without the table, or one busy: the section is optional
+        cols, got = Catalog(ctx.lake.catalog_path).query(TIMINGS_SQL, [run_id])
+    except Exception:  # noqa: BLE001 - an older catalog without the phase column, or one busy: the section is optional
         return []
-    return [dict(zip(cols, r)) for r in got]
+    order = {s.name: i for i, s in enumerate(ctx.stages)}
+    rows = sorted((dict(zip(cols, r)) for r in got),
+                  key=lambda r: (order.get(r["stage"], len(order)), r.pop("first_recorded")))
+    for r in rows:
+        for k in ("fit_seconds", "apply_seconds"):
+            r[k] = None if r[k] is None else round(float(r[k]), 4)
+        for k in ("shards_computed", "shards_skipped", "shards_failed", "rows"):
+            r[k] = None if r[k] is None else int(r[k])
+    return rows
