@@ -53,7 +53,7 @@ def main() -> None:
     import vllm
 
     from engines.inference import InferenceConfig
-    from engines.inference.vllm_backend import VLLMBackend
+    from engines.inference.vllm_backend import VLLMBackend, vllm_sampling_kwargs
     from rewriting.generate import Generator
     from rewriting.methods.base import Parent
     from rewriting.params import RewriteParams
@@ -77,8 +77,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         jobs = generator(cache).methods[params.routes[0].route_name].jobs(parents, backend)
     convs = [j.messages for j in jobs]
-    raw_params = [vllm.SamplingParams(temperature=j.sampling.temperature, top_p=j.sampling.top_p,
-                                      max_tokens=j.sampling.max_tokens, seed=j.sampling.seed) for j in jobs]
+    # The same request our backend sends (constraint and penalty included, for ProX/REWIRE routes).
+    raw_params = [vllm.SamplingParams(**vllm_sampling_kwargs(j.sampling, vllm)) for j in jobs]
     backend.llm.chat(convs[:4], raw_params[:4], use_tqdm=False)  # warm-up (both sides benefit alike)
 
     def cold() -> None:

@@ -85,7 +85,10 @@ def route_identity(route: RouteConfig) -> dict:
     method = method_for(route)
     prompts = sorted({load_template(f.template).ref for f in method.families().values()})
     keep = route.model_dump(mode="json", exclude={"when", "sample_rate", "budget_tokens"})
-    return {"route": keep, "prompts": prompts}
+    if keep.get("frequency_penalty", 0) is None:  # unset: fingerprints as before the field existed
+        del keep["frequency_penalty"]
+    extra = method.identity()  # only when non-empty: other methods' fingerprints stay as they were
+    return {"route": keep, "prompts": prompts, **({"method": extra} if extra else {})}
 
 
 def fingerprint(generation_hash: str, route: RouteConfig, parent_rel: str, ids: list[str]) -> str:

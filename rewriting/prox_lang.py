@@ -267,3 +267,65 @@ def apply(program: Program, lines: list[str]) -> Applied:
 def number_lines(lines: list[str]) -> str:
     """The segment as the model sees it: ``[1] first line`` ... one numbered line per line."""
     return "\n".join(f"[{i}] {line.rstrip(chr(10))}" for i, line in enumerate(lines, 1))
+
+
+# --- the constraint: programs the model may write (constrained decoding) ---------------------
+# Bump when program_regex changes: it is part of the rewrite's fingerprint (rewriting/plan.py),
+# and the regex itself is part of every reply's cache key (SamplingParams.regex).
+GRAMMAR_VERSION = "g1"
+MAX_CONSTRAINED_EDITS = 4
+ORDERED_RANGES_MAX = 16
+# A string argument: any character but a quote, a backslash or a line break, or one of the
+# escapes the lexer reads. The constraint never lets the model write an unterminated string.
+_STRING_CHAR = r'(?:[^"\\\n]|\\[\\"nt])'
+
+
+def number_regex(n: int, lo: int = 1) -> str:
+    """A regex for the decimal numbers lo..n exactly (no leading zero), for 1 <= lo <= n."""
+    if not 1 <= lo <= n:
+        raise ValueError(f"no numbers from {lo} to {n}")
+    parts, p = [], 1
+    while p <= n:  # one part per digit count: p .. 10p - 1, clipped to lo .. n
+        if 10 * p - 1 >= lo:
+            parts.append(_range_regex(max(lo, p), min(n, 10 * p - 1)))
+        p *= 10
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _range_regex(lo: str | int, hi: str | int) -> str:
+    """Numbers from lo to hi with the same number of digits (lo <= hi), as a regex."""
+    a, b = str(lo), str(hi)
+    if len(a) == 1:
+        return f"[{a}-{b}]" if a != b else a
+    if a[0] == b[0]:
+        return a[0] + _range_regex(a[1:], b[1:])
+    k = len(a) - 1
+    parts = [a[0] + _range_regex(a[1:], "9" * k)]
+    if int(a[0]) + 1 <= int(b[0]) - 1:
+        parts.append(f"[{int(a[0]) + 1}-{int(b[0]) - 1}]" + "[0-9]" * k)
+    parts.append(b[0] + _range_regex("0" * k, b[1:]))
+    return "(?:" + "|".join(parts) + ")"
+
+
+def program_regex(n_lines: int, normalize: bool = False) -> str:
+    """The programs for a segment of ``n_lines`` lines that the constrained decoder allows:
+    ``keep()`` alone, ``drop()`` alone, or one to ``MAX_CONSTRAINED_EDITS`` edits, one per line
+    (the bound makes a looping small model stop: after the last edit only the end may follow).
+    An edit is ``remove_lines(a, b)`` with 1 <= a <= b <= n_lines (the order a <= b only up to
+    ``ORDERED_RANGES_MAX`` lines), or, with ``normalize``,
+    ``normalize("old", "new")`` with a non-empty ``old``. The spelling is the prompt's (one
+    space after each comma). Every string it matches parses (``parse``).
+
+    ``normalize`` is off by default: a 135M model given the choice quotes whole sentences (of
+    the prompt, or the segment) into the strings and runs out of tokens, and bounding the
+    strings' length in the automaton multiplies its states. Portable syntax (no lookaround, no
+    shorthand classes), so vLLM's structured-output backends read it as this module does."""
+    n = max(1, n_lines)
+    if n <= ORDERED_RANGES_MAX:  # a <= b: one branch per first line a, each followed by a..n
+        ranges = "|".join(f"{a}, {number_regex(n, a)}" for a in range(1, n + 1))
+    else:  # the automaton would grow with n squared: bounds only, ``apply`` checks the order
+        ranges = f"{number_regex(n)}, {number_regex(n)}"
+    edit = rf"remove_lines\((?:{ranges})\)"
+    if normalize:
+        edit = rf'(?:{edit}|normalize\("{_STRING_CHAR}+", "{_STRING_CHAR}*"\))'
+    return rf"(?:keep\(\)|drop\(\)|{edit}(?:\n{edit}){{0,{MAX_CONSTRAINED_EDITS - 1}}})\n?"

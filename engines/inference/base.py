@@ -6,13 +6,25 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 Messages = list[dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}]
 
 
 class SamplingParams(BaseModel):
-    """Decoding settings, the same for every backend (greedy when temperature is 0)."""
+    """Decoding settings, the same for every backend (greedy when temperature is 0).
+
+    ``regex``: constrained decoding, the whole reply must match this regular expression
+    (portable syntax: literals, classes, groups, alternation, repetition). vLLM and an
+    OpenAI-compatible vLLM server enforce it as structured outputs; the transformers backend
+    masks the logits (engines/inference/constrain.py). It changes the output, so it is part of
+    every result-cache key built from these params; left unset it is left out of the dump, so
+    keys of unconstrained requests are what they were before the field existed.
+
+    ``frequency_penalty`` (0: none), OpenAI's and vLLM's meaning: each token's score is lowered
+    by the penalty times the number of times it already occurs in the reply (not the prompt, so
+    the end-of-sequence token is never penalised); a small model decoding greedily otherwise
+    repeats a sentence until ``max_tokens``. Left out of the dump at 0, like ``regex``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     temperature: float = Field(default=0.0, ge=0)
@@ -20,6 +32,17 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(default=64, ge=1)
     seed: int = 0
     stop: tuple[str, ...] = ()
+    regex: str | None = Field(default=None, min_length=1)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+
+    @model_serializer(mode="wrap")
+    def _without_defaults_added_later(self, handler: Any) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("regex", "") is None:
+            del out["regex"]
+        if out.get("frequency_penalty") == 0.0:
+            del out["frequency_penalty"]
+        return out
 
 
 class InferenceConfig(BaseModel):

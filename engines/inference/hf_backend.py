@@ -33,12 +33,43 @@ class TransformersBackend(InferenceBackend):
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.model.eval()
         self._candidate_ids: dict[str, list[int]] = {}
+        self._constraint_cache: Any = None  # compiled regex constraints (constrain.py), made on first use
 
     def _encode_chats(self, conversations: list[Messages]) -> Any:
         texts = [self.tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         return self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
     def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
+        return self._generate(conversations, params, [params.regex] * len(conversations))
+
+    def chat_each(self, conversations: list[Messages], params: list[SamplingParams]) -> list[Generation]:
+        """Batches conversations whose params differ only in their constraint (a ProX program's
+        regex names the segment's line count) or, under greedy decoding, their seed: the
+        constraint is applied per row."""
+        if len(params) != len(conversations):
+            raise ValueError(f"{len(params)} sampling parameters for {len(conversations)} conversations")
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, p in enumerate(params):
+            key = p.model_copy(update={"regex": None, **({"seed": 0} if p.temperature == 0 else {})})
+            groups.setdefault(key, []).append(i)
+        out: list[Generation | None] = [None] * len(conversations)
+        for key, idx in groups.items():
+            gens = self._generate([conversations[i] for i in idx], key, [params[i].regex for i in idx])
+            for i, g in zip(idx, gens):
+                out[i] = g
+        return [g for g in out if g is not None]
+
+    def _constraints(self) -> Any:
+        if self._constraint_cache is None:
+            from engines.inference.constrain import ConstraintCache
+            eos = self.model.generation_config.eos_token_id
+            eos_ids = [*(eos if isinstance(eos, list) else [eos]), self.tok.eos_token_id]
+            self._constraint_cache = ConstraintCache(self.tok, [i for i in eos_ids if i is not None],
+                                                     int(self.model.get_output_embeddings().weight.shape[0]))
+        return self._constraint_cache
+
+    def _generate(self, conversations: list[Messages], params: SamplingParams,
+                  regexes: list[str | None]) -> list[Generation]:
         torch = self._torch
         out: list[Generation] = []
         for i in range(0, len(conversations), self.config.batch_size):
@@ -50,6 +81,19 @@ class TransformersBackend(InferenceBackend):
                 kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            rows = regexes[i:i + self.config.batch_size]
+            procs: list[Any] = []
+            if params.frequency_penalty != 0.0:
+                from engines.inference.constrain import FrequencyPenalty
+                procs.append(FrequencyPenalty(params.frequency_penalty, enc["input_ids"].shape[1]))
+            if any(r is not None for r in rows):  # last: a penalty may not revive a forbidden token
+                from engines.inference.constrain import RegexLogitsProcessor
+                cache = self._constraints()
+                procs.append(RegexLogitsProcessor([cache.get(r) if r is not None else None for r in rows],
+                                                  enc["input_ids"].shape[1]))
+            if procs:
+                from transformers import LogitsProcessorList
+                kwargs["logits_processor"] = LogitsProcessorList(procs)
             with torch.inference_mode():
                 gen = self.model.generate(**enc, **kwargs)  # type: ignore[misc]
             new = gen[:, enc["input_ids"].shape[1]:]

@@ -71,9 +71,7 @@ class OpenAIBackend(InferenceBackend):
         return self.chat_each(conversations, [params] * len(conversations))
 
     def chat_each(self, conversations: list[Messages], params: list[SamplingParams]) -> list[Generation]:
-        bodies = [{"model": self.config.model, "messages": c, "temperature": p.temperature, "top_p": p.top_p,
-                   "max_tokens": p.max_tokens, "seed": p.seed, **({"stop": list(p.stop)} if p.stop else {})}
-                  for c, p in zip(conversations, params)]
+        bodies = [chat_body(self.config.model, c, p) for c, p in zip(conversations, params)]
         out = []
         for r in self._run_all("/chat/completions", bodies):
             if isinstance(r, BaseException):
@@ -182,3 +180,19 @@ def parse_embeddings(reply: dict | BaseException, n: int) -> np.ndarray:
             except (KeyError, IndexError, TypeError):
                 dim = 0
         return np.full((n, dim), np.nan, dtype=np.float32)
+
+
+def chat_body(model: str, messages: Messages, p: SamplingParams) -> dict[str, Any]:
+    """One ``/chat/completions`` request. A ``regex`` constraint is sent as vLLM's structured
+    outputs field (``"structured_outputs": {"regex": ...}``, vLLM >= 0.12 servers); a server that
+    does not know the field rejects or ignores it, and the caller's parser stays the judge of
+    the reply (ProX programs are parsed either way)."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "temperature": p.temperature, "top_p": p.top_p,
+                            "max_tokens": p.max_tokens, "seed": p.seed}
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.frequency_penalty != 0.0:  # a vLLM server's extra sampling parameter
+        body["frequency_penalty"] = p.frequency_penalty
+    if p.regex is not None:
+        body["structured_outputs"] = {"regex": p.regex}
+    return body

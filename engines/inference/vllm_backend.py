@@ -42,8 +42,7 @@ class VLLMBackend(InferenceBackend):
         self.tok = self.llm.get_tokenizer()
 
     def _params(self, p: SamplingParams, **extra: Any) -> Any:
-        return self._vllm.SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                                         seed=p.seed, stop=list(p.stop) or None, **extra)
+        return self._vllm.SamplingParams(**vllm_sampling_kwargs(p, self._vllm), **extra)
 
     def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
         outs = self.llm.chat(conversations, self._params(params), use_tqdm=False)
@@ -120,6 +119,24 @@ class VLLMBackend(InferenceBackend):
 
     def close(self) -> None:
         del self.llm
+
+
+def vllm_sampling_kwargs(p: SamplingParams, vllm: Any) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keyword arguments for our params. A ``regex`` constraint becomes
+    vLLM's structured outputs (``structured_outputs=StructuredOutputsParams(regex=...)``, the
+    API since vLLM 0.12; the engine's grammar backend, xgrammar or guidance, enforces it); an
+    older vLLM without it gets ``guided_decoding=GuidedDecodingParams(regex=...)``."""
+    kw: dict[str, Any] = {"temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens,
+                          "seed": p.seed, "stop": list(p.stop) or None}
+    if p.frequency_penalty != 0.0:
+        kw["frequency_penalty"] = p.frequency_penalty
+    if p.regex is not None:
+        sp = vllm.sampling_params
+        if hasattr(sp, "StructuredOutputsParams"):
+            kw["structured_outputs"] = sp.StructuredOutputsParams(regex=p.regex)
+        else:  # vLLM < 0.12
+            kw["guided_decoding"] = sp.GuidedDecodingParams(regex=p.regex)
+    return kw
 
 
 def parse_vllm_embeddings(outputs: list[Any], n: int) -> np.ndarray:

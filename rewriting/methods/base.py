@@ -35,6 +35,8 @@ class RouteConfig(BaseModel):
       this many tokens (whitespace words, as the release counts them); None: no limit;
     - ``max_segments``: segments rewritten per parent (the rest of a long parent is left out);
     - ``segment_tokens`` / ``min_segment_tokens``: segment size limits (model tokens);
+    - ``frequency_penalty``: lowers a token's score by this much per time it already occurs in
+      the reply (a small model decoding greedily otherwise repeats itself into ``max_tokens``);
     - ``temperature``, ``top_p``, ``max_tokens``, ``seed``: sampling; each job's seed is derived
       from ``seed``, the parent id, the prompt and the segment, so sampling is reproducible on
       backends that honour per-request seeds (vLLM, OpenAI-compatible servers);
@@ -55,6 +57,7 @@ class RouteConfig(BaseModel):
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int = 0
 
     @field_validator("when")
@@ -85,6 +88,7 @@ class Family:
     check_copy: bool = True  # a reply that repeats the segment is no rewrite
     temperature: float = 0.0
     top_p: float = 1.0
+    frequency_penalty: float = 0.0
 
 
 @dataclass
@@ -163,7 +167,13 @@ class Method:
         return SamplingParams(temperature=fam.temperature if r.temperature is None else r.temperature,
                               top_p=fam.top_p if r.top_p is None else r.top_p,
                               max_tokens=r.max_tokens or fam.max_tokens,
+                              frequency_penalty=fam.frequency_penalty if r.frequency_penalty is None else r.frequency_penalty,
                               seed=job_seed(r.seed, parent.id, family, segment.index))
+
+    def identity(self) -> dict[str, str]:
+        """What else decides this route's output beyond its config and prompts (a constraint's
+        grammar version): part of the derived shards' fingerprint; empty for most methods."""
+        return {}
 
     def jobs(self, parents: list[Parent], backend: InferenceBackend) -> list[Job]:
         r, fams = self.route, self.families()

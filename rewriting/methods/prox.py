@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from engines.inference import Generation
+from engines.inference import Generation, SamplingParams
 from rewriting import prox_lang
 from rewriting.methods.base import Candidate, Family, Job, Method, Parent, RouteConfig
 from rewriting.postfilter import containment, reply_problem
@@ -39,8 +39,17 @@ ECHO_SHARE = 0.8
 
 
 class ProxRoute(RouteConfig):
+    """``constrained`` (default true): decode under the language's regex
+    (``prox_lang.program_regex``: keep(), drop(), or edits naming the segment's own lines), so a
+    small model cannot answer in prose or Python; false leaves the model free and the parser alone
+    judges (for servers without structured outputs). ``allow_normalize`` (default false) lets
+    the constrained model write ``normalize()`` calls too (see ``prox_lang.program_regex`` for
+    why a small model is better off without them)."""
+
     method: Literal["prox"] = "prox"
     drop_threshold: float = Field(default=0.9, gt=0, le=1)
+    constrained: bool = True
+    allow_normalize: bool = False
 
 
 class Prox(Method):
@@ -53,6 +62,17 @@ class Prox(Method):
 
     def render(self, family: str, template: Template, segment: Segment) -> list[dict[str, str]]:
         return template.messages(prox_lang.number_lines(segment.text.splitlines(keepends=True)))
+
+    def sampling(self, fam: Family, parent: Parent, family: str, segment: Segment) -> SamplingParams:
+        base = super().sampling(fam, parent, family, segment)
+        route: ProxRoute = self.route  # type: ignore[assignment]
+        if not route.constrained:
+            return base
+        n_lines = max(1, len(segment.text.splitlines()))
+        return base.model_copy(update={"regex": prox_lang.program_regex(n_lines, route.allow_normalize)})
+
+    def identity(self) -> dict[str, str]:
+        return {"grammar": prox_lang.GRAMMAR_VERSION} if self.route.constrained else {}  # type: ignore[attr-defined]
 
     def program_for(self, job: Job, g: Generation) -> tuple[prox_lang.Applied, str | None]:
         """The segment after its program, and why the program was not applied (None if it was)."""

@@ -22,13 +22,28 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from rewriting.methods.base import Family, Job, Method, RouteConfig
+from engines.inference import SamplingParams
+from rewriting.methods.base import Family, Job, Method, Parent, RouteConfig
+from rewriting.segments import Segment
 
 _MARKER = re.compile(r"^[\s#*_]*improved\s+text\s*[:：][\s*_]*", re.IGNORECASE | re.M)
 
 
+# The reply's shape, enforced by constrained decoding: a "Plan:" heading, one to four plan lines,
+# a blank line, the "Improved text:" heading, then free text. Bump GRAMMAR_VERSION on a change.
+REPLY_REGEX = r"Plan:\n(?:[^\n]+\n){1,4}\nImproved text:\n(?:[^\n]|\n)+"
+GRAMMAR_VERSION = "g1"
+
+
 class RewireRoute(RouteConfig):
+    """``constrained`` (default true): decode under ``REPLY_REGEX``, so the plan is short and
+    the rewrite always comes after its heading (a small model otherwise skips the plan, or
+    never writes the heading); the rewrite itself is free text. ``frequency_penalty``
+    (the family's default 0.5) keeps a greedily decoding small model from repeating one sentence until it
+    runs out of tokens (every such reply is dropped as ``truncated``)."""
+
     method: Literal["rewire"] = "rewire"
+    constrained: bool = True
 
 
 def after_marker(reply: str) -> str | None:
@@ -44,7 +59,16 @@ class Rewire(Method):
     Route = RewireRoute
 
     def families(self) -> dict[str, Family]:
-        return {"rewire": Family("rewire", segment_tokens=1024, max_tokens=1536, min_tokens=30, min_segment_tokens=16)}
+        return {"rewire": Family("rewire", segment_tokens=1024, max_tokens=1536, min_tokens=30, min_segment_tokens=16,
+                                 frequency_penalty=0.5)}
+
+    def sampling(self, fam: Family, parent: Parent, family: str, segment: Segment) -> SamplingParams:
+        route: RewireRoute = self.route  # type: ignore[assignment]
+        base = super().sampling(fam, parent, family, segment)
+        return base.model_copy(update={"regex": REPLY_REGEX}) if route.constrained else base
+
+    def identity(self) -> dict[str, str]:
+        return {"grammar": GRAMMAR_VERSION} if self.route.constrained else {}  # type: ignore[attr-defined]
 
     def parse(self, job: Job, reply: str) -> tuple[str | None, str | None]:
         body = after_marker(reply)

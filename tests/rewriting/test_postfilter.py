@@ -152,7 +152,8 @@ DOC = "Home | News | Sport\nThe Rhine rises in the Alps.\nIt flows north.\nClick
     ("drop()", "program_drop", None, False, "prox:drop"),
     ("remove_lines(1, 3)", "program_drop", None, False, "prox:drop"),  # leaves "Click here...": under 10%? no
     (Generation("remove_lines(1, ", "length", 10, 128), "truncated", None, True, None),
-    ("remove_lines(1, 2)\nnormalize(\"Click here to read more\", \"\")", "prompt_echo", None, True, None),
+    ("Write keep() alone when nothing needs to go, drop() alone when nothing is worth keeping.", "prompt_echo",
+     None, True, None),
 ])
 def test_prox_programs(reply, reason, text, keep, parent_reason, tmp_path):
     parent = Parent(0, "p", DOC, "handbook")
