@@ -87,8 +87,13 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # uvicorn finishes the requests in flight before it stops (a client that timed out leaves its
+        # request generating here): wait for them. A thread still inside torch when the interpreter
+        # exits aborts the process ("terminate called without an active exception", exit 134).
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=300)
+        if self.thread.is_alive():
+            raise RuntimeError("the test model server did not stop within 300 s")
 
 
 def is_finite(x: float) -> bool:

