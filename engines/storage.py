@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from typing import Iterator
@@ -176,6 +177,18 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
                 f.write(data)
         return
     fs.pipe_file(path, data)
+
+
+def move_file_atomic(local_path: str, url: str) -> None:
+    """Move a finished local file onto ``url`` in one step: a rename on local disk (temporary
+    sibling first), one upload on object stores (the object appears whole when it completes)."""
+    fs, path = fs_and_path(url)
+    if is_local(fs):
+        with atomic_path(url) as tmp:
+            shutil.move(local_path, tmp)  # a rename when both are on the same disk
+        return
+    fs.put_file(local_path, path)
+    os.unlink(local_path)
 
 
 def complete_parquet_rows(url: str) -> int | None:

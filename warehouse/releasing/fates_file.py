@@ -15,8 +15,6 @@ quarantined rows). Cost: ~40 bytes per document written once; memory: one chunk'
 """
 from __future__ import annotations
 
-import shutil
-
 import polars as pl
 import pyarrow as pa
 
@@ -78,12 +76,7 @@ class FatesSink:
         self.close()
         url = f"{folder}/{FATES_FILE}"
         try:
-            if storage.is_local_url(url):
-                with storage.atomic_path(url) as tmp:
-                    shutil.move(self.path, tmp)  # the scratch folder is on the lake's disk: a rename
-            else:
-                fs, p = storage.fs_and_path(url)
-                fs.put_file(self.path, p)  # an object appears whole when its upload completes
+            storage.move_file_atomic(self.path, url)  # the scratch folder is on a local lake's disk: a rename
         except OSError:
             return None
         return url
