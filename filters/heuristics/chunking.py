@@ -19,7 +19,7 @@ import pyarrow as pa
 from engines import native
 from engines.strings import string_buffers
 
-ABI = 2
+ABI = 3
 EXTENSION = "filters.heuristics._chunks"
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.stage import Stage, StageContext, register_stage
+from filters.heuristics import chunking
 from filters.heuristics.chunking import item_stats
 from filters.heuristics.common import (
     INLINE_SPACE,
@@ -353,6 +354,10 @@ class GopherRepetition(Stage):
         grams = _NGrams(ct)
         if grams.n == 0:
             return
+        mod = chunking.ext()
+        if mod is not None:
+            _ngram_rules_native(mod, p, grams, n_chars, reason, alive)
+            return
         local = np.full(alive.size, None, dtype=object)
         c1, top1, extra_chars = grams.word_type_stats()
         for k, frac in p.top_n_grams:
@@ -393,6 +398,32 @@ class GopherRepetition(Stage):
                     todo = todo[ratio > min(later)]
         hit = local != None  # noqa: E711
         reason[alive[hit]] = local[hit]
+
+
+def _ngram_rules_native(
+    mod: Any, p: GopherRepetitionParams, grams: _NGrams, n_chars: np.ndarray, reason: np.ndarray, alive: np.ndarray
+) -> None:
+    """The n-gram rules with the compiled kernel (``ngram_scan``): each rule's exact statistic for every
+    document still kept, one pass over its words per rule (no bounds, no Python scan)."""
+    local = np.full(alive.size, None, dtype=object)
+    h = np.ascontiguousarray(grams.h, dtype=np.uint64)
+    chars = np.ascontiguousarray(grams.wlen, dtype=np.int64)
+    rules = [(k, frac, 0, f"gopher_rep_top_{k}_gram") for k, frac in p.top_n_grams]
+    rules += [(k, frac, 1, f"gopher_rep_duplicated_{k}_n_grams") for k, frac in p.dup_n_grams]
+    t0 = time.perf_counter()
+    for k, frac, mode, name in rules:
+        todo = np.flatnonzero(local == None)  # noqa: E711
+        if todo.size == 0:
+            break
+        out = np.empty(todo.size, dtype=np.int64)
+        starts = np.ascontiguousarray(grams.doc_start[todo], dtype=np.int64)
+        ends = np.ascontiguousarray(grams.doc_start[todo + 1], dtype=np.int64)
+        mod.ngram_scan(h, chars, starts, ends, int(k), mode, out)
+        local[todo[out / n_chars[todo] > frac]] = name
+        SCAN_STATS["docs"] += todo.size if mode == 1 else 0
+    SCAN_STATS["seconds"] += time.perf_counter() - t0
+    hit = local != None  # noqa: E711
+    reason[alive[hit]] = local[hit]
 
 
 def _item_stats(docs: pl.DataFrame, paragraphs: bool) -> dict[str, np.ndarray]:

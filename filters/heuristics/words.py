@@ -74,7 +74,7 @@ _MEMO_ROWS = 1_000_000
 
 
 #: Counters of the Python fallback (benchmarks read them; results never depend on them).
-RULE_STATS: dict[str, float] = {"chunks": 0, "seconds": 0.0, "memo_hits": 0}
+RULE_STATS: dict[str, float] = {"chunks": 0, "seconds": 0.0, "memo_hits": 0, "compounds": 0}
 #: Stands for the space inside a space-containing exception while chunks are cut (see ``_join_spaced``).
 JOINER = "\x00"
 # what may stand right before / after such an exception for spaCy to see its words as tokens
@@ -422,12 +422,7 @@ class _RareMemo:
         else:
             hits = None
             missing = chunks
-        t0 = time.perf_counter()
-        tok = rule_tokenizer(lang)
-        todo = missing.to_list()
-        fresh = _exploded(todo, [tok.split(x) for x in todo])
-        RULE_STATS["chunks"] += len(todo)
-        RULE_STATS["seconds"] += time.perf_counter() - t0
+        fresh = self._split_fresh(lang, missing)
         if memo is None or memo.height + fresh.height > _MEMO_ROWS:
             self.frames[lang] = fresh
             self.keys[lang] = missing.to_frame("chunk")
@@ -435,6 +430,26 @@ class _RareMemo:
             self.frames[lang] = pl.concat([memo, fresh], rechunk=False)
             self.keys[lang] = pl.concat([self.keys[lang], missing.to_frame("chunk")], rechunk=False)
         return fresh if hits is None else pl.concat([hits, fresh])
+
+    @staticmethod
+    def _split_fresh(lang: str, chunks: pl.Series) -> pl.DataFrame:
+        """(chunk, _j, tok) of chunks not in the memo: compounds vectorised, the rest by the rules."""
+        from filters.heuristics.compounds import split_compounds  # (it imports this module)
+
+        group = chunks.to_frame("chunk").with_row_index("_i")
+        special_keys = _specials_frame(lang)["chunk"].unique().implode()
+        compound, rest = split_compounds(group, lang, special_keys, _units_tail())
+        RULE_STATS["compounds"] += group.height - rest.height
+        t0 = time.perf_counter()
+        tok = rule_tokenizer(lang)
+        todo = rest["chunk"].to_list()
+        by_rules = _exploded(todo, [tok.split(x) for x in todo])
+        RULE_STATS["chunks"] += len(todo)
+        RULE_STATS["seconds"] += time.perf_counter() - t0
+        if compound.height == 0:
+            return by_rules
+        compound = compound.join(group, on="_i").select("chunk", "_j", "tok")
+        return pl.concat([compound, by_rules])
 
 
 _RARE = _RareMemo()

@@ -10,11 +10,15 @@
  *
  * token_counts counts, per text, the runs of characters outside Unicode White_Space (without
  * U+001C..U+001F): the regex \S+ of Polars/Rust, the release's n_tokens.
+ *
+ * ngram_scan computes Gopher's two n-gram statistics per document on word hashes (the most
+ * frequent n-gram's characters, and the characters of n-grams repeating an earlier one, by
+ * datatrove's left-to-right scan), in place of the NumPy/Polars bounds and the Python scan.
  */
 #include "curate_native.h"
 #include <stdlib.h>
 
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 /* Bytes of the whitespace character at data[i] (0 when it is not whitespace). */
 static inline int ws_len(const uint8_t *d, int64_t i, int64_t end) {
@@ -363,6 +367,110 @@ done:
     return res;
 }
 
+/* --- n-grams of words (Gopher repetition) -------------------------------------------------- */
+
+/* Open-addressing set/map of 64-bit n-gram hashes: key, count, first position. */
+typedef struct { uint64_t key; int64_t count, first; } gram_t;
+
+static inline int64_t gram_slot(gram_t *t, uint64_t mask, uint64_t key, int64_t *used) {
+    uint64_t s = (key ^ (key >> 29)) * 0xBF58476D1CE4E5B9ULL;
+    s = (s ^ (s >> 32)) & mask;
+    for (;;) {
+        if (used[s] == 0) return -(int64_t)s - 1; /* empty: -(slot) - 1 */
+        if (t[s].key == key) return (int64_t)s;
+        s = (s + 1) & mask;
+    }
+}
+
+/* ngram_scan(h, chars, starts, ends, k, mode, out): for each document d, its words are
+   h[starts[d]:ends[d]] (64-bit word hashes) with chars[] their lengths in characters. An n-gram
+   of k words is identified by the polynomial hash sum(h[i + j] * K^(k-1-j)) (mod 2^64).
+   mode 0: out[d] = count x (characters + k - 1) of the most frequent k-gram, the earliest first
+   occurrence winning a tie (Counter.most_common); 0 without a k-gram.
+   mode 1: out[d] = characters (words joined without spaces) of the k-grams met again in
+   datatrove's scan: left to right, a k-gram already seen adds its characters and jumps k words,
+   any other is marked seen and the scan moves one word. */
+static PyObject *py_ngram_scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (cur_nargs(nargs, 7, "ngram_scan") < 0) return NULL;
+    cur_bufs B = {.n = 0};
+    PyObject *res = NULL;
+    const uint64_t *h; const int64_t *chars, *starts, *ends; int64_t *out, k, mode, n, m;
+    if (!(h = cur_arg(&B, args[0], 'u', 8, 0, "h", 0))) goto done;
+    n = cur_len(&B.v[0]);
+    if (!(chars = cur_arg(&B, args[1], 'i', 8, 0, "chars", n))) goto done;
+    if (!(starts = cur_arg(&B, args[2], 'i', 8, 0, "starts", 0))) goto done;
+    m = cur_len(&B.v[2]);
+    if (!(ends = cur_arg(&B, args[3], 'i', 8, 0, "ends", m))) goto done;
+    if (cur_int(args[4], &k, "k") < 0 || cur_int(args[5], &mode, "mode") < 0) goto done;
+    if (!(out = cur_arg(&B, args[6], 'i', 8, 1, "out", m))) goto done;
+    if (k < 1) { PyErr_SetString(PyExc_ValueError, "k must be >= 1"); goto done; }
+    int64_t longest = 0;
+    for (int64_t d = 0; d < m; d++) {
+        if (starts[d] < 0 || ends[d] < starts[d] || ends[d] > n) {
+            PyErr_SetString(PyExc_ValueError, "document word ranges must lie inside h"); goto done;
+        }
+        if (ends[d] - starts[d] > longest) longest = ends[d] - starts[d];
+    }
+    int64_t cap = 16;
+    while (cap < 2 * longest) cap <<= 1;
+    gram_t *table = malloc(sizeof(gram_t) * (size_t)cap);
+    int64_t *used = calloc((size_t)cap, sizeof(int64_t));
+    uint64_t *gh = malloc(sizeof(uint64_t) * (size_t)(longest + 1));
+    int64_t *gc = malloc(sizeof(int64_t) * (size_t)(longest + 1));
+    if (!table || !used || !gh || !gc) { free(table); free(used); free(gh); free(gc); PyErr_NoMemory(); goto done; }
+    const uint64_t K = 0x9E3779B97F4A7C15ULL;
+    uint64_t Kk1 = 1; /* K^(k-1) */
+    for (int64_t j = 1; j < k; j++) Kk1 *= K;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t d = 0; d < m; d++) {
+        const int64_t s = starts[d], w = ends[d] - s, g = w - k + 1;
+        out[d] = 0;
+        if (g <= 0) continue;
+        /* the k-grams' hashes and characters, rolling */
+        uint64_t H = 0; int64_t C = 0;
+        for (int64_t j = 0; j < k; j++) { H = H * K + h[s + j]; C += chars[s + j]; }
+        for (int64_t i = 0; i < g; i++) {
+            gh[i] = H; gc[i] = C;
+            if (i + 1 < g) {
+                H = (H - h[s + i] * Kk1) * K + h[s + i + k];
+                C += chars[s + i + k] - chars[s + i];
+            }
+        }
+        int64_t slots = 16;
+        while (slots < 2 * g) slots <<= 1;
+        const uint64_t mask = (uint64_t)slots - 1;
+        if (mode == 0) {
+            for (int64_t i = 0; i < g; i++) {
+                int64_t q = gram_slot(table, mask, gh[i], used);
+                if (q < 0) { q = -q - 1; used[q] = 1; table[q] = (gram_t){gh[i], 0, i}; }
+                table[q].count++;
+            }
+            int64_t best = 0, best_len = 0;
+            for (int64_t i = 0; i < g; i++) { /* first occurrences in order: the earliest wins a tie */
+                const int64_t q = gram_slot(table, mask, gh[i], used);
+                if (table[q].first == i && table[q].count > best) { best = table[q].count; best_len = gc[i] + k - 1; }
+            }
+            out[d] = best * best_len;
+        } else {
+            int64_t total = 0, i = 0;
+            while (i < g) {
+                int64_t q = gram_slot(table, mask, gh[i], used);
+                if (q >= 0) { total += gc[i]; i += k; }
+                else { q = -q - 1; used[q] = 1; table[q].key = gh[i]; i++; }
+            }
+            out[d] = total;
+        }
+        memset(used, 0, sizeof(int64_t) * (size_t)slots);
+    }
+    Py_END_ALLOW_THREADS
+    free(table); free(used); free(gh); free(gc);
+    res = Py_NewRef(Py_None);
+done:
+    cur_release(&B);
+    return res;
+}
+
 static PyMethodDef METHODS[] = {
     {"chunk_count", (PyCFunction)(void (*)(void))py_chunk_count, METH_FASTCALL,
      "chunk_count(data, offsets) -> (chunks, bytes): whitespace-separated chunks of the texts."},
@@ -373,6 +481,9 @@ static PyMethodDef METHODS[] = {
     {"dup_stats", (PyCFunction)(void (*)(void))py_dup_stats, METH_FASTCALL,
      "dup_stats(data, offsets, mode, n_items, dup_items, dup_chars): lines (0) or paragraphs (1) equal to an "
      "earlier one of the same text."},
+    {"ngram_scan", (PyCFunction)(void (*)(void))py_ngram_scan, METH_FASTCALL,
+     "ngram_scan(h, chars, starts, ends, k, mode, out): per document, the most frequent k-gram's characters x count "
+     "(mode 0) or the characters of repeated k-grams by datatrove's scan (mode 1)."},
     {NULL, NULL, 0, NULL},
 };
 
