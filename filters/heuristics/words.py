@@ -191,6 +191,99 @@ def _caseless_split(stored: str) -> str:
     return re.sub(r"\[([^\]\[]*\{\{[A-Z_]+\}\}[^\]\[]*)\]", split, stored)
 
 
+def alternatives(pattern: str) -> list[str]:
+    """The top-level alternatives of a regex (``a|b(c|d)|[|]`` -> ``a``, ``b(c|d)``, ``[|]``)."""
+    alts: list[str] = []
+    depth, in_class, start, i = 0, False, 0, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch in "()":
+            depth += 1 if ch == "(" else -1
+        elif ch == "|" and depth == 0:
+            alts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return [*alts, pattern[start:]]
+
+
+_REGEX_SPECIAL = set("()[]{}\\.^$|?*+")
+_ICONS = "ICONS"
+
+
+def _one_group(text: str) -> bool:
+    """Whether ``text`` is one parenthesised group (``(?<=[a(])``: yes; ``(a)(b)``: no)."""
+    if not text.startswith("("):
+        return False
+    depth, in_class, i = 0, False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch in "()":
+            depth += 1 if ch == "(" else -1
+            if depth == 0 and i != len(text) - 1:
+                return False
+        i += 1
+    return depth == 0
+
+
+def _edge(alt: str, first: bool) -> str | None:
+    """What the first (``first``) or last consumed element of an affix alternative must be: one literal
+    character, ``_ICONS`` (a character of the ICONS class), or None (anything: kept for every string)."""
+    if first:
+        if not alt.startswith("^"):
+            return None
+        body = alt[1:]
+        lit = body[:2] if body.startswith("\\") else body[:1]
+        rest = body[len(lit):]
+        if body.startswith("[{{ICONS}}]") and body == "[{{ICONS}}]":
+            return _ICONS
+        if body.startswith("\\.\\.+") and body == "\\.\\.+":
+            return "."
+        if rest and not ((rest.startswith("(?!") or rest.startswith("(?=")) and _one_group(rest)):
+            return None
+    else:
+        if not alt.endswith("$") or alt.endswith("\\$"):
+            return None
+        body = alt[:-1]
+        if body == "[{{ICONS}}]":
+            return _ICONS
+        if body == "\\.\\.+":
+            return "."
+        escaped = len(body) >= 2 and body[-2] == "\\" and (len(body) < 3 or body[-3] != "\\")
+        lit = body[-2:] if escaped else body[-1:]
+        rest = body[: len(body) - len(lit)]
+        if rest and not ((rest.startswith("(?<=") or rest.startswith("(?<!")) and _one_group(rest)):
+            return None
+    char = lit[-1:]
+    if len(char) != 1 or (not lit.startswith("\\") and char in _REGEX_SPECIAL) or (lit.startswith("\\") and char.isalnum()):
+        return None
+    return char
+
+
+def _affixes_for(pattern: str, first: bool, char: str, icons: frozenset[str]) -> str:
+    """The alternatives of an affix pattern that can match a string whose first (``first``) or last
+    character is ``char``, in their order (so the first match is the full pattern's)."""
+    kept = []
+    for alt in alternatives(pattern):
+        edge = _edge(alt, first)
+        if edge is None or edge == char or (edge == _ICONS and char in icons):
+            kept.append(alt)
+    return "|".join(kept) or "(?!)"
+
+
 class RuleTokenizer:
     """spaCy's tokenizer algorithm for one whitespace-free chunk, on spaCy's rule data for ``lang``.
 
@@ -228,6 +321,12 @@ class RuleTokenizer:
         self._merge_heads = {h: sorted(ls, reverse=True) for h, ls in heads.items()}
         self._merge_head_set = frozenset(self._merge_heads)
         self._infix_any = re.compile(_expand(entry["infix"])).search
+        # An affix pattern is ~100 alternatives, most of them one literal mark: per first (last)
+        # character, only the alternatives that can match there are tried (same answer, faster)
+        self._affix_src = (entry["prefix"], entry["suffix"])
+        self._icons = _icon_chars()
+        self._prefix_by: dict[str, Any] = {}
+        self._suffix_by: dict[str, Any] = {}
 
     def _token_match(self, s: str) -> bool:
         return self._token is not None and not self._token_gate.isdisjoint(s) and self._token(s) is not None
@@ -280,7 +379,11 @@ class RuleTokenizer:
         return self._merge_specials(out) if len(out) > 1 else out
 
     def _find_prefix(self, s: str) -> int:
-        m = self._prefix(s)
+        c = s[0]
+        match = self._prefix_by.get(c)
+        if match is None:
+            match = self._prefix_by[c] = re.compile(_expand(_affixes_for(self._affix_src[0], True, c, self._icons))).match
+        m = match(s)
         return m.end() - m.start() if m else 0
 
     def _find_suffix(self, s: str, pre: int) -> int:
@@ -291,10 +394,15 @@ class RuleTokenizer:
         may be longer and is measured directly; this keeps punctuation-heavy chunks linear per round.
         """
         n = len(s) - pre
+        c = s[-1]
+        search = self._suffix_by.get(c)
+        if search is None:
+            pattern = _affixes_for(self._affix_src[1], False, c, self._icons)
+            search = self._suffix_by[c] = re.compile(_expand(pattern)).search
         if n <= _SUFFIX_WINDOW + 4:
-            m = self._suffix(s[pre:] if pre else s)
+            m = search(s[pre:] if pre else s)
             return m.end() - m.start() if m else 0
-        m = self._suffix(s, len(s) - _SUFFIX_WINDOW)
+        m = search(s, len(s) - _SUFFIX_WINDOW)
         found = m.end() - m.start() if m else 0
         if s.endswith(".."):
             dots = min(n, len(s) - len(s.rstrip(".")))
@@ -353,6 +461,21 @@ class RuleTokenizer:
             i = b
         out.extend(toks[i:])
         return out
+
+
+@cache
+def _icon_chars() -> frozenset[str]:
+    from re import _parser  # type: ignore[attr-defined]
+
+    out: set[str] = set()
+    for op, av in _parser.parse(f"[{_rule_data()['classes']['ICONS']}]").data[0][1]:
+        if str(op) == "LITERAL":
+            out.add(chr(av))
+        elif str(op) == "RANGE":
+            out.update(chr(c) for c in range(av[0], av[1] + 1))
+        else:  # pragma: no cover - the rule data holds literals and ranges only
+            raise ValueError(f"unexpected ICONS item {op}")
+    return frozenset(out)
 
 
 @cache
