@@ -414,3 +414,69 @@ def test_fifty_megabyte_single_line_documents():
     }
     for kind in KINDS:
         assert reasons(kind, [prose, blob]) == expected[kind], kind
+
+
+# --------------------------------------------------------------------------------------------------
+# compound chunks and the per-character affix patterns, against the rules
+
+
+def _compound_splits(lang: str, chunks: list[str]) -> dict[str, list[str]]:
+    from filters.heuristics import compounds, words
+
+    frame = pl.DataFrame({"chunk": sorted(set(chunks))}).with_row_index("_i")
+    keys = words._specials_frame(lang)["chunk"].unique().implode()
+    got, rest = compounds.split_compounds(frame, lang, keys, words._units_tail())
+    assert got.height == 0 or got["_i"].n_unique() + rest.height == frame.height
+    toks = got.sort("_i", "_j").group_by("_i", maintain_order=True).agg("tok")
+    return {frame["chunk"][i]: t for i, t in toks.iter_rows()}
+
+
+def test_compounds_split_like_the_rules_on_made_up_chunks():
+    import random
+
+    from filters.heuristics.compounds import SEPARATORS
+
+    # letters inside and outside spaCy's ALPHA class, both cases, digits (ASCII and not), marks
+    pieces = ["a", "Ab", "É", "ß", "ж", "Ωμ", "日本", "0", "12", "٣", "x²", "e\u0301", "km", "s", "S", "US"]
+    ends = ["", "", ",", ".", ")", "'", "’", ":", "…", "_"]
+    rng = random.Random(5)
+    chunks = [p + s + q + e for p in pieces for s in SEPARATORS for q in pieces[:8] for e in ends[:4]]
+    chunks += ["".join(rng.choice(pieces) + rng.choice(SEPARATORS) for _ in range(rng.randint(1, 4)))
+               + rng.choice(pieces) + rng.choice(ends) for _ in range(4000)]
+    for lang in ("en", "fr", "es", "xx"):
+        got = _compound_splits(lang, chunks)
+        assert len(got) > 1000, lang
+        tok = rule_tokenizer(lang)
+        wrong = [(c, t, tok.split(c)) for c, t in got.items() if t != tok.split(c)]
+        assert not wrong, (lang, wrong[:5])
+
+
+def test_compounds_and_affix_patterns_agree_with_the_rules_on_real_chunks(corpora):
+    from filters.heuristics import words
+    from tests.helpers import real_texts
+
+    for lang, name in (("en", "wiki_en"), ("fr", "wiki_fr"), ("es", "wiki_es"), ("en", "python_docs"),
+                       ("en", "gutenberg"), ("xx", "wiki_fr")):
+        chunks = sorted({c for t in real_texts(corpora, name, 250) for c in t.split() if not c.isalnum()})
+        tok = rule_tokenizer(lang)
+        got = _compound_splits(lang, chunks)
+        assert got, name
+        wrong = [(c, t) for c, t in got.items() if t != tok.split(c)]
+        assert not wrong, (lang, name, wrong[:5])
+        # the rules with each affix pattern whole give the same words as with the per-character ones
+        whole = words.RuleTokenizer(lang)
+        whole._prefix_by = _Whole(whole._prefix)  # type: ignore[assignment]
+        whole._suffix_by = _Whole(whole._suffix)  # type: ignore[assignment]
+        assert [tok.split(c) for c in chunks[:3000]] == [whole.split(c) for c in chunks[:3000]], (lang, name)
+
+
+class _Whole(dict):
+    """A per-character pattern table that answers the full pattern for every character."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def get(self, key, default=None):
+        return self.fn
+
