@@ -118,15 +118,9 @@ class C4Quality(Stage):
         )
         line = pl.col("line")
         n_words = line.str.count_matches(NON_WS_RUN)
-        if p.max_word_length != -1:
-            # only a line longer than the limit can hold a word longer than it
-            too_long = (line.str.len_chars() > p.max_word_length) & (
-                line.str.extract_all(NON_WS_RUN).list.eval(pl.element().str.len_chars()).list.max() > p.max_word_length
-            )
-        else:
-            too_long = pl.lit(False)
         clean = line.str.replace_all(CITATION, "") if p.remove_citations else line
-        lines = lines.with_columns(too_long=too_long.fill_null(False), n_words=n_words, clean=clean)
+        lines = lines.with_columns(too_long=_too_long(lines.get_column("line"), p.max_word_length),
+                                   n_words=n_words, clean=clean)
         c = pl.col("clean")
         low = c.str.to_lowercase()
         skip_early = pl.col("too_long")
@@ -184,6 +178,18 @@ class C4Quality(Stage):
         )
 
 
+def _too_long(lines: pl.Series, limit: int) -> pl.Series:
+    """Whether each line holds a whitespace-separated word longer than ``limit`` (-1: never). Only a line
+    longer than the limit can, so only those (few) lines are cut into words."""
+    out = np.zeros(len(lines), dtype=bool)
+    if limit != -1:
+        idx = np.flatnonzero((lines.str.len_chars() > limit).fill_null(False).to_numpy())
+        if idx.size:
+            longest = lines.gather(idx).str.extract_all(NON_WS_RUN).list.eval(pl.element().str.len_chars()).list.max()
+            out[idx] = (longest > limit).fill_null(False).to_numpy()
+    return pl.Series("too_long", out)
+
+
 def _sentence_counts(kept: pl.DataFrame) -> np.ndarray:
     """Sentences of each line as spaCy's sentencizer counts them (``kept`` has ``clean`` and ``lang``).
 
@@ -197,16 +203,16 @@ def _sentence_counts(kept: pl.DataFrame) -> np.ndarray:
     sb = ct.space_before if ct.space_before is not None else np.zeros(ct.row.size, dtype=bool)
     f = np.where(sb, _WORD, first[ct.code])
     lst = np.where(last[ct.code] != _NONE, last[ct.code], np.where(sb, _WORD, _NONE))
-    occ = pl.DataFrame({"line": ct.row, "first": f, "last": lst, "inner": inner[ct.code]})
-    occ = occ.with_columns(
-        prev=pl.col("last").replace(_NONE, None).forward_fill().shift(1).over("line"),
-    )
-    per_line = occ.group_by("line").agg(
-        n=1 + pl.col("inner").sum() + ((pl.col("first") == _WORD) & (pl.col("prev") == _PERIOD)).sum()
-    )
-    out = np.ones(kept.height, dtype=np.int64)
-    out[per_line["line"].to_numpy()] = per_line["n"].to_numpy()
-    return out
+    # the last event before each chunk occurrence on its line (occurrences are in text order)
+    pos = np.arange(lst.size)
+    seen = np.maximum.accumulate(np.where(lst != _NONE, pos, -1))
+    before = np.concatenate([[-1], seen[:-1]])
+    same_line = before >= 0
+    same_line[same_line] = ct.row[before[same_line]] == ct.row[same_line]
+    prev = np.where(same_line, lst[np.maximum(before, 0)], _NONE)
+    starts = (f == _WORD) & (prev == _PERIOD)
+    n = np.bincount(ct.row, weights=inner[ct.code] + starts, minlength=kept.height)
+    return 1 + n.astype(np.int64)
 
 
 def _chunk_events(ct: ChunkTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
