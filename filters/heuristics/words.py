@@ -382,7 +382,7 @@ class RuleTokenizer:
         c = s[0]
         match = self._prefix_by.get(c)
         if match is None:
-            match = self._prefix_by[c] = re.compile(_expand(_affixes_for(self._affix_src[0], True, c, self._icons))).match
+            match = self._prefix_by[c] = _compiled(_affixes_for(self._affix_src[0], True, c, self._icons)).match
         m = match(s)
         return m.end() - m.start() if m else 0
 
@@ -397,8 +397,7 @@ class RuleTokenizer:
         c = s[-1]
         search = self._suffix_by.get(c)
         if search is None:
-            pattern = _affixes_for(self._affix_src[1], False, c, self._icons)
-            search = self._suffix_by[c] = re.compile(_expand(pattern)).search
+            search = self._suffix_by[c] = _compiled(_affixes_for(self._affix_src[1], False, c, self._icons)).search
         if n <= _SUFFIX_WINDOW + 4:
             m = search(s[pre:] if pre else s)
             return m.end() - m.start() if m else 0
@@ -464,6 +463,13 @@ class RuleTokenizer:
 
 
 @cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """``pattern`` with its ``{{CLASS}}`` names expanded, compiled once per process (most characters share
+    the same few affix subsets)."""
+    return re.compile(_expand(pattern))
+
+
+@cache
 def _icon_chars() -> frozenset[str]:
     from re import _parser  # type: ignore[attr-defined]
 
@@ -489,6 +495,7 @@ def warm_up(langs: tuple[str, ...] = (*LANGS, NEUTRAL)) -> None:
     for lang in langs:
         rule_tokenizer(lang)
         _specials_frame(lang)
+        _wrap_marks(lang)
 
 
 @cache
