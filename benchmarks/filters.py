@@ -120,7 +120,8 @@ def main() -> None:
     our_sec = {k: sum(r[1][k] for r in ours) for k in KINDS}
     stats = {k: sum(r[2][k] for r in ours) for k in ours[0][2]}
     print(f"\nours: {stats['rule_chunks']:.0f} distinct rare chunks split by the exact rules in Python "
-          f"({stats['rule_seconds']:.1f}s, memo hits {stats['rule_memo_hits']:.0f}); "
+          f"({stats['rule_seconds']:.1f}s, memo hits {stats['rule_memo_hits']:.0f}), "
+          f"{stats['rule_compounds']:.0f} compounds split vectorised; "
           f"{stats['scan_docs']:.0f} (document, n) exact duplicated-n-gram scans ({stats['scan_seconds']:.2f}s)")
     header = f"{'filter':<20}{'ours docs/s':>14}{'datatrove docs/s':>18}{'ratio':>9}"
     print("\n" + header + "\n" + "-" * len(header))

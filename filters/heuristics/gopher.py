@@ -283,12 +283,15 @@ class GopherRepetition(Stage):
                                                                 (``gopher_rep_duplicated_{n}_n_grams``)
     ===================  =====================================  ==========================================
 
-    How it is computed: line and paragraph duplicates are Polars group operations; n-grams are 64-bit
-    polynomial hashes of word hashes (NumPy), counted with Polars. datatrove's duplicated-n-gram count
-    is a left-to-right scan that skips n words after each repeat, so it is path-dependent. We first
-    bound it from above, vectorised (characters of words covered by any repeated n-gram); only
-    documents whose bound crosses the threshold get the exact scan, which is a Python loop over that
-    document's repeated positions (``benchmarks/filters.py`` reports how many documents needed it).
+    How it is computed: line and paragraph duplicates are one pass of the compiled kernel
+    (``csrc/chunks.c``); n-grams are 64-bit polynomial hashes of word hashes. With the kernel, each
+    n-gram rule is one pass over the words of the documents still kept (``ngram_scan``: a hash table per
+    document; the most frequent n-gram, and datatrove's left-to-right duplicated-n-gram scan, which skips
+    n words after each repeat and so is path-dependent). Without it (no C compiler at install), NumPy
+    and Polars count n-grams, the duplicated-n-gram count is first bounded from above, vectorised
+    (characters of words covered by any repeated n-gram), and only documents whose bound crosses the
+    threshold get the exact scan, a Python loop over their repeated positions. Both give the same
+    verdicts (``tests/heuristics/test_chunking.py``).
     An n-gram is identified by its words; datatrove identifies one by the words joined without spaces,
     which only differs when two different splits concatenate to the same string.
     """

@@ -15,12 +15,17 @@ How the work is done, for a batch of documents:
 3. Distinct chunks whose split is known from their shape are split by vectorised Polars expressions:
    letters and digits only (one word), the same followed by one closing punctuation mark (two words),
    and tokenizer exceptions (a table join). That covers 90-95 % of chunk occurrences in real text.
-4. The remaining distinct chunks go through ``RuleTokenizer`` (spaCy's affix/infix/exception algorithm
+4. Compounds, plain words joined by single marks ("well-known", "don't", "and/or", "12.1.3", with
+   one closing mark after them or not), are split by vectorised expressions too (``compounds.py``),
+   exactly as the rules split them, the first time a worker meets them.
+5. The remaining distinct chunks go through ``RuleTokenizer`` (spaCy's affix/infix/exception algorithm
    in Python ``re``, which has the look-behinds the patterns need), about 20 us each. This is the one
    Python loop: it runs per *distinct rare chunk*, not per document or word, and a per-process memo (a
    Polars table, ``_RareMemo``) keeps their words, so a worker splits each rare chunk once however many
-   batches and stages see it (``benchmarks/filters.py`` prints how many there were).
-5. Chunks longer than ``MAX_RULE_CHUNK`` characters (base64 blobs, 50 MB single "words") are split
+   batches and stages see it (``benchmarks/filters.py`` prints how many there were). Each affix
+   pattern is ~100 alternatives; per first (last) character of a chunk only those that can match
+   there are tried.
+6. Chunks longer than ``MAX_RULE_CHUNK`` characters (base64 blobs, 50 MB single "words") are split
    with a linear vectorised approximation instead: runs of letters/digits/marks are words and every
    other character is a word of its own. spaCy keeps such a chunk's inner hyphens and dots; the
    difference only matters for pathological documents.
