@@ -43,6 +43,7 @@ import json
 import re
 import time
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -196,10 +197,9 @@ def _caseless_split(stored: str) -> str:
     return re.sub(r"\[([^\]\[]*\{\{[A-Z_]+\}\}[^\]\[]*)\]", split, stored)
 
 
-def alternatives(pattern: str) -> list[str]:
-    """The top-level alternatives of a regex (``a|b(c|d)|[|]`` -> ``a``, ``b(c|d)``, ``[|]``)."""
-    alts: list[str] = []
-    depth, in_class, start, i = 0, False, 0, 0
+def _structure(pattern: str) -> Iterator[tuple[int, str, int]]:
+    """(index, character, group depth after it) of each regex character outside escapes and classes."""
+    depth, in_class, i = 0, False, 0
     while i < len(pattern):
         ch = pattern[i]
         if ch == "\\":
@@ -209,13 +209,16 @@ def alternatives(pattern: str) -> list[str]:
             in_class = ch != "]"
         elif ch == "[":
             in_class = True
-        elif ch in "()":
-            depth += 1 if ch == "(" else -1
-        elif ch == "|" and depth == 0:
-            alts.append(pattern[start:i])
-            start = i + 1
+        else:
+            depth += 1 if ch == "(" else -1 if ch == ")" else 0
+            yield i, ch, depth
         i += 1
-    return [*alts, pattern[start:]]
+
+
+def alternatives(pattern: str) -> list[str]:
+    """The top-level alternatives of a regex (``a|b(c|d)|[|]`` -> ``a``, ``b(c|d)``, ``[|]``)."""
+    cuts = [i for i, ch, depth in _structure(pattern) if ch == "|" and depth == 0]
+    return [pattern[a + 1 : b] for a, b in zip([-1, *cuts], [*cuts, len(pattern)], strict=True)]
 
 
 _REGEX_SPECIAL = set("()[]{}\\.^$|?*+")
@@ -224,24 +227,8 @@ _ICONS = "ICONS"
 
 def _one_group(text: str) -> bool:
     """Whether ``text`` is one parenthesised group (``(?<=[a(])``: yes; ``(a)(b)``: no)."""
-    if not text.startswith("("):
-        return False
-    depth, in_class, i = 0, False, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-        elif ch in "()":
-            depth += 1 if ch == "(" else -1
-            if depth == 0 and i != len(text) - 1:
-                return False
-        i += 1
-    return depth == 0
+    closed = [i for i, ch, depth in _structure(text) if ch == ")" and depth == 0]
+    return text.startswith("(") and closed == [len(text) - 1]
 
 
 def _edge(alt: str, first: bool) -> str | None:

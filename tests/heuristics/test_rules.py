@@ -17,6 +17,7 @@ from engines.stage import StageContext, known_kinds, stage_class
 from filters.heuristics.words import (
     RULES_FILE,
     STOP_WORDS,
+    alternatives,
     chunk_table,
     lang_key,
     rule_tokenizer,
@@ -151,34 +152,13 @@ def test_chunk_table_counts_and_space_tokens():
     assert ct.words()["word"].to_list() == ["a", "b", "c", "d", "x"]
 
 
-def _top_level_alternatives(pattern: str) -> list[str]:
-    alts: list[str] = []
-    depth, in_class, start, i = 0, False, 0, 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = ch != "]"
-        elif ch == "[":
-            in_class = True
-        elif ch in "()":
-            depth += 1 if ch == "(" else -1
-        elif ch == "|" and depth == 0:
-            alts.append(pattern[start:i])
-            start = i + 1
-        i += 1
-    return [*alts, pattern[start:]]
-
-
 def test_french_token_pattern_needs_a_hyphen_or_apostrophe():
     # words.RuleTokenizer only tries French's big token pattern on strings with one of these
     pattern = json.loads(RULES_FILE.read_text(encoding="utf-8"))["langs"]["fr"]["token"]
     assert pattern.startswith("(?iu)")
-    alternatives = _top_level_alternatives(pattern[len("(?iu)") :])
-    assert len(alternatives) > 200
-    assert all(any(ch in alt for ch in "-–—‐‑'’") for alt in alternatives)
+    alts = alternatives(pattern[len("(?iu)") :])
+    assert len(alts) > 200
+    assert all(any(ch in alt for ch in "-–—‐‑'’") for alt in alts)
 
 
 def test_french_token_pattern_split_by_case_answers_like_the_original():
