@@ -25,7 +25,7 @@ from engines.stage import GlobalStage, Stage, StageContext
 from filters.exact_dedup import ExactDedup
 from filters.line_dedup import LineDedup
 from filters.minhash.dedup import MinHashDedup
-from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN, MinHashSignatures
+from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignatures
 from flows.fitting import FitRun, fit_stage
 from readers.ingest import document_ids
 from schemas.config import ExecutorConfig
@@ -78,7 +78,7 @@ class Nights:
         for src, raw in shards:
             if self.feeder is not None and fed:
                 fkey = self.feeder.key("sig")
-                feeds = tuple((c, self.lake.annotation_path(fkey, raw), c) for c in (BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN))
+                feeds = tuple((c, self.lake.annotation_path(fkey, raw), c) for c in (BANDS_COLUMN, COUNT_COLUMN))
             path = self.lake.annotation_path(key, raw)
             out.append(ShardTask(src, raw, path.replace(self.lake.root, out_root) if out_root else path, feeds))
         return out
@@ -88,7 +88,7 @@ class Nights:
         shards = self.shards()
         if self.feeder is not None:
             self.ex.run_stage("sig", self.feeder, self._tasks(self.feeder.key("sig"), shards, fed=False))
-            self.stage.upstream = {c: f"{self.feeder.key('sig')}:{c}" for c in (BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN)}
+            self.stage.upstream = {c: f"{self.feeder.key('sig')}:{c}" for c in (BANDS_COLUMN, COUNT_COLUMN)}
         key = self.stage.key("st")
         tasks = self._tasks(key, shards)
         fkey, art = fit_stage(self.run, "st", self.stage, key, tasks, refit=refit)

@@ -29,7 +29,7 @@ import polars as pl  # noqa: E402
 from engines.executor import LocalExecutor, ShardTask  # noqa: E402
 from engines.stage import StageContext  # noqa: E402
 from filters.minhash.dedup import MinHashDedup  # noqa: E402
-from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN, MinHashSignatures  # noqa: E402
+from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignatures  # noqa: E402
 from schemas.config import ExecutorConfig  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def run(lake: Path, workers: int, threshold: float, verify: bool, keep: bool, ba
         if failed:
             raise RuntimeError(failed[0])
         timings["signatures_s"] = time.perf_counter() - t0
-        cols = (BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN)
+        cols = (BANDS_COLUMN, COUNT_COLUMN)
         inputs = {p: tuple((c, str(work / k1 / Path(p).name), c) for c in cols) for p in raw}
         ded.upstream = {c: k1 for c in cols}
         k2 = ded.key("minhash_dedup")

@@ -7,10 +7,8 @@ provenance columns, plus the text when ``verify`` is on):
    ``pos``) go to a spill partitioned by the key's top bits (small Parquet files per partition
    and flush; no writer stays open); document metadata goes to a spill file; with ``verify``
    each document's shingle set (its ``max_shingles`` smallest distinct 32-bit shingle values,
-   i.e. all of them for documents up to that size) is appended to a flat spill file. The sets
-   come from ``minhash_signatures``' ``minhash_shingles`` column (made in its pass over the
-   text), so the fit reads no text; a batch without that column (a direct caller) has them
-   derived from its ``text`` the same way. Memory: one batch plus a 4 MB buffer.
+   i.e. all of them for documents up to that size) is derived from the text and appended to a
+   flat spill file. Memory: one batch plus a 4 MB buffer.
 2. Per bucket partition: its files become one file sorted by (key, pos),
    ``buckets/part-XXXX.parquet`` (the band index kept in the artifact); rows whose key occurs
    more than once are paired: each bucket member with the bucket's first member and with up to
@@ -79,14 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.partitioned_fit import Sides
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
-from filters.minhash.signatures import (
-    BANDS_COLUMN,
-    COUNT_COLUMN,
-    SHINGLES_COLUMN,
-    MinHashParams,
-    SignatureComputer,
-    string_buffers,
-)
+from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer, string_buffers
 
 if TYPE_CHECKING:
     from filters.minhash.incremental import Previous
@@ -345,7 +336,7 @@ class MinHashDedup(GlobalStage):
     fit_policy = "incremental"  # with survivor: first (see __init__ and filters/minhash/incremental.py)
     # The flow feeds the band columns from minhash_signatures (and a score column when a scorer
     # writes one); the rest are document columns. The text is read by the fit only (verify).
-    needs = ("id", "source", "ingest_run", "src_file", "src_offset", "crawl_date", SHINGLES_COLUMN,
+    needs = ("id", "source", "ingest_run", "src_file", "src_offset", "crawl_date", "text",
              BANDS_COLUMN, COUNT_COLUMN, "score")
     Params = MinHashDedupParams
     runtime_params = ("threads",)
@@ -353,9 +344,9 @@ class MinHashDedup(GlobalStage):
     def __init__(self, params: BaseModel | dict[str, Any] | None = None, upstream: dict[str, str] | None = None):
         super().__init__(params, upstream)
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
-        cols = [c for c in type(self).needs if c not in (SHINGLES_COLUMN, "score")]
-        if p.verify:  # the shingle sets minhash_signatures stored (the fit reads no text)
-            cols.append(SHINGLES_COLUMN)
+        cols = [c for c in type(self).needs if c not in ("text", "score")]
+        if p.verify:
+            cols.append("text")
         if p.survivor == "quality":
             cols.append(p.score_column)
         self._fit_needs = tuple(dict.fromkeys(cols))
@@ -391,22 +382,25 @@ class MinHashDedup(GlobalStage):
         documents in a candidate pair) for the finish."""
         if batch.height == 0:
             return pl.DataFrame(schema={"part": pl.Int64, "key": pl.UInt64, "pos": pl.Int64}), None
-        scanned = self._scan_batch(batch, row, False)
+        scanned = self._scan_batch(batch, row, None)
         assert scanned.bucket_rows is not None
         return scanned.bucket_rows, scanned.moved(0)
 
     def fit_reread(self, batches: Iterator[pl.DataFrame], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The shingle sets of one shard's rows ``rows`` (ascending positions in the shard), as the
         scan makes them: (values, length of each set, whether each set is complete)."""
+        shingler = self._shingler()
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
         values, lengths, full, first = [np.zeros(0, np.uint32)], [np.zeros(0, np.int64)], [np.zeros(0, bool)], 0
         for batch in batches:
             mine = rows[(rows >= first) & (rows < first + batch.height)] - first
             first += batch.height
             if len(mine):
-                sv, sl, complete = self._shingle_sets(batch[mine], None)
-                values.append(sv)
-                lengths.append(sl)
-                full.append(complete)
+                _, n_distinct, sv, soff = shingler.compute(batch.get_column("text").gather(mine), p.max_shingles,
+                                                           band_keys=False)
+                values.append(np.ascontiguousarray(sv, dtype=np.uint32))
+                lengths.append(np.diff(soff))
+                full.append(n_distinct <= p.max_shingles)
         return np.concatenate(values), np.concatenate(lengths), np.concatenate(full)
 
     def fit_reduce(self, frames: list[tuple[int, pl.DataFrame]]) -> list[tuple[int, pl.DataFrame, Any]]:
@@ -564,10 +558,11 @@ class MinHashDedup(GlobalStage):
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
         scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
+        shingler = self._shingler() if p.verify else None
         with self._scan_files(scan, docs_path, prev) as add:
             for batch in batches:
                 if batch.height:
-                    scanned = self._scan_batch(batch, scan.first + scan.docs, p.verify)
+                    scanned = self._scan_batch(batch, scan.first + scan.docs, shingler)
                     assert scanned.bucket_rows is not None
                     bkeys = scanned.bucket_rows.get_column("key").to_numpy()
                     buckets.add(bkeys, pa.table({"key": bkeys, "pos": scanned.bucket_rows.get_column("pos").to_numpy()}))
@@ -575,29 +570,6 @@ class MinHashDedup(GlobalStage):
         scan.bucket_parts = buckets.close()
         pa.default_memory_pool().release_unused()
         return scan
-
-    def _shingle_sets(self, batch: pl.DataFrame, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(values, length of each set, whether each set is complete) of a batch's documents: their
-        ``max_shingles`` smallest distinct shingle values, from the stored ``minhash_shingles``
-        (``counts``: the ``n_shingles`` column, read when None), or derived from ``text`` where
-        that column is absent. A stored set is cut to ``max_shingles``; it is complete when it
-        holds all the document's distinct shingles (so a ``keep_shingles`` below ``max_shingles``
-        verifies as ``max_shingles: keep_shingles`` would)."""
-        p: MinHashDedupParams = self.params  # type: ignore[assignment]
-        if SHINGLES_COLUMN not in batch.columns:
-            _, n_distinct, sv, soff = self._shingler().compute(batch.get_column("text"), p.max_shingles, band_keys=False)
-            return np.ascontiguousarray(sv, dtype=np.uint32), np.diff(soff), n_distinct <= p.max_shingles
-        if counts is None:
-            counts = batch.get_column(COUNT_COLUMN).fill_null(0).to_numpy().astype(np.int64)
-        values, lengths = _list_parts(batch.get_column(SHINGLES_COLUMN), np.uint32)
-        if (lengths > p.max_shingles).any():
-            rank = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            values = values[rank < p.max_shingles]
-            lengths = np.minimum(lengths, p.max_shingles)
-        if ((lengths == 0) & (counts > 0)).any():
-            raise ValueError("minhash_dedup: verify needs the shingle sets minhash_signatures stores; set its "
-                             "keep_shingles above 0 (default 4096) or this stage's verify: false")
-        return np.ascontiguousarray(values, dtype=np.uint32), lengths, lengths == counts
 
     def _shingler(self) -> SignatureComputer:
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
@@ -625,13 +597,12 @@ class MinHashDedup(GlobalStage):
             if meta_writer is not None:
                 meta_writer.close()
 
-    def _scan_batch(self, batch: pl.DataFrame, first: int, verify: bool) -> _Batch:
+    def _scan_batch(self, batch: pl.DataFrame, first: int, shingler: SignatureComputer | None) -> _Batch:
         """One non-empty batch, its documents numbered from ``first``: band rows, metadata, shingle
-        sets (with ``verify``)."""
+        sets (with a ``shingler``)."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         n = batch.height
-        has = set(batch.columns) | ({SHINGLES_COLUMN} if "text" in batch.columns else set())
-        missing = [c for c in self.needs if c not in has]
+        missing = [c for c in self.needs if c not in batch.columns]
         if missing:
             raise ValueError(f"minhash_dedup: columns {missing} are missing; run minhash_signatures before it"
                              + (f", and a stage writing {p.score_column!r}" if p.score_column in missing else ""))
@@ -650,14 +621,15 @@ class MinHashDedup(GlobalStage):
             (pl.col(p.score_column).cast(pl.Float64) if p.survivor == "quality"
              else pl.lit(None, pl.Float64)).alias("score")).to_arrow()
         shingles = None
-        if verify:
-            # Bottom-k shingle sets for verification (all of a document's shingles up to
-            # max_shingles distinct ones); none for documents without a signature.
-            sv, sl, complete = self._shingle_sets(batch, counts)
+        if shingler is not None:
+            # Bottom-k shingle sets for verification, derived from the text (all of a document's
+            # shingles up to max_shingles distinct ones); none for documents without a signature.
+            _, n_distinct, sv, soff = shingler.compute(batch.get_column("text"), p.max_shingles, band_keys=False)
+            sl = np.diff(soff)
             if not good.all():
                 sv = sv[np.repeat(good, sl)]
                 sl = np.where(good, sl, 0)
-            shingles = (sv, sl, complete)
+            shingles = (np.ascontiguousarray(sv, dtype=np.uint32), sl, n_distinct <= p.max_shingles)
         bands = int(lengths[lengths > 0][0]) if (lengths > 0).any() else None
         return _Batch(bucket_rows, meta, shingles, int(n - good.sum()), bands)
 

@@ -9,15 +9,10 @@ distinct shingle hashes, and writes:
   ``rows`` signature values and the band index. Two documents share a key in some band iff they
   are LSH candidates. Null for a document without any word after normalisation.
 - ``n_shingles`` (int64): how many distinct shingles the document has (0 when empty).
-- ``minhash_shingles`` (list<uint32>): the document's ``keep_shingles`` smallest distinct 32-bit
-  shingle values, ascending (all of them for documents up to that size): what minhash_dedup's
-  exact-Jaccard verification needs, made in this same pass over the text so that its fit reads
-  no text. Null without a signature, or with ``keep_shingles: 0``.
 
-The band keys are stored (8 bytes x bands = 112 bytes per document by default), not the
-signature. The shingle sets cost 4 bytes per distinct shingle (about 0.7x the text's bytes on
-English prose, before compression; documents beyond ``keep_shingles`` distinct shingles keep a
-bottom-k sample); ``keep_shingles: 0`` stores none, for a dedup with ``verify: false``.
+Only the band keys are stored (8 bytes x bands = 112 bytes per document by default), not the
+signature: the dedup stage needs nothing else from this stage. Its exact-Jaccard verification
+re-derives shingle sets from the text during its fit (same definitions, see docs/dedup.md).
 
 Defaults: ``ngram=5``, ``num_perm=112``, ``bands=14 x rows=8`` (as datatrove). Set ``threshold``
 (and leave ``bands``/``rows`` unset) to get datasketch's optimal (bands, rows) for it instead.
@@ -46,7 +41,6 @@ from schemas.config import stable_hash
 
 BANDS_COLUMN = "minhash_bands"
 COUNT_COLUMN = "n_shingles"
-SHINGLES_COLUMN = "minhash_shingles"
 DEFAULT_BANDS, DEFAULT_ROWS = 14, 8
 
 
@@ -66,9 +60,6 @@ class MinHashParams(BaseModel):
     """Seed of the permutations."""
     fold_digits: bool = False
     """Read every digit as 0 (numbers differing only in digits match)."""
-    keep_shingles: int = Field(4096, ge=0, le=1 << 20)
-    """Distinct shingle values stored per document (``minhash_shingles``) for minhash_dedup's
-    verification (its ``max_shingles``, 4096, or more verifies exactly as from the text); 0: none."""
     # Threads per process for the kernel (it releases the GIL). 0: all cores when the stage runs
     # in the main process (executor.workers: 1, the memory-lean setting), 1 inside pool workers.
     # Does not change the output, so it is not part of the stage key.
@@ -182,7 +173,7 @@ class MinHashSignatures(Stage):
     runtime_params = ("threads",)
 
     def writes(self) -> dict[str, pa.DataType]:
-        return {BANDS_COLUMN: pa.list_(pa.uint64()), COUNT_COLUMN: pa.int64(), SHINGLES_COLUMN: pa.list_(pa.uint32())}
+        return {BANDS_COLUMN: pa.list_(pa.uint64()), COUNT_COLUMN: pa.int64()}
 
     def config_hash(self) -> str:
         # Keyed by the resolved geometry, so a threshold that gives the same bands/rows reuses
@@ -198,16 +189,11 @@ class MinHashSignatures(Stage):
     def transform(self, batch: pl.DataFrame) -> pl.DataFrame:
         if not hasattr(self, "_computer"):
             self.setup(self.context)
-        keep = self.params.keep_shingles  # type: ignore[attr-defined]
-        keys, counts, stored, stored_off = self._computer.compute(batch.get_column("text"), keep_k=keep)
+        keys, counts, _, _ = self._computer.compute(batch.get_column("text"))
         n, bands = keys.shape
         offsets = np.arange(0, n * bands + 1, bands, dtype=np.int32) if n else np.zeros(1, np.int32)
-        empty = pa.array(counts == 0) if keep else pa.array(np.ones(n, dtype=bool))
         band_arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(keys.reshape(-1), type=pa.uint64()),
                                             mask=pa.array(counts == 0))
-        sets = pa.ListArray.from_arrays(pa.array(stored_off.astype(np.int32)), pa.array(stored, type=pa.uint32()),
-                                        mask=empty)
-        out = pl.from_arrow(pa.table({BANDS_COLUMN: band_arr, COUNT_COLUMN: pa.array(counts, type=pa.int64()),
-                                      SHINGLES_COLUMN: sets}))
+        out = pl.from_arrow(pa.table({BANDS_COLUMN: band_arr, COUNT_COLUMN: pa.array(counts, type=pa.int64())}))
         assert isinstance(out, pl.DataFrame)
         return out

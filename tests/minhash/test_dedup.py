@@ -17,7 +17,7 @@ import pytest
 from engines.executor import LocalExecutor, ShardTask
 from engines.stage import StageContext
 from filters.minhash.dedup import MinHashDedup
-from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN, MinHashSignatures
+from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignatures
 from readers.ingest import document_ids
 from schemas.config import ExecutorConfig
 from schemas.documents import DOCUMENT
@@ -55,7 +55,7 @@ class Runner:
             t1 = [ShardTask(s, p, f"{self.root}/ann/{k1}/{Path(p).name}") for s, p in shards]
             self.sig_results = ex.run_stage("sig", self.sig, t1)
             assert all(r.status != "failed" for r in self.sig_results), self.sig_results
-            cols = [BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN]
+            cols = [BANDS_COLUMN, COUNT_COLUMN]
             self.dedup.upstream = {c: k1 for c in cols}
             # A fresh name per fit: workers cache set-up stages by stage.key(name), which does not
             # include the artifact, so an in-process executor would reuse an earlier fit's setup.
@@ -290,7 +290,7 @@ def test_flow_feeds_band_columns(tmp_path, monkeypatch):
                    {"name": "near_dup", "kind": "minhash_dedup", "params": {"survivor": "first"}}],
         "release": {"name": "t", "select": "near_dup.keep"}})
     stages = configure_stages(cfg)
-    assert {f[0]: f[1] for f in stages[1].feeds} == {BANDS_COLUMN: "sig", COUNT_COLUMN: "sig", SHINGLES_COLUMN: "sig"}
+    assert {f[0]: f[1] for f in stages[1].feeds} == {BANDS_COLUMN: "sig", COUNT_COLUMN: "sig"}
     json.dumps(stages[1].stage.params.model_dump())  # params are plain data
 
 
@@ -300,39 +300,3 @@ def test_missing_signature_columns_is_a_clear_error(tmp_path):
                           "crawl_date": [None]})
     with pytest.raises(ValueError, match="minhash_signatures"):
         stage.fit(iter([batch]), str(tmp_path))
-
-
-def _fit_clusters(batches: list[pl.DataFrame], folder: Path, **params) -> tuple[pl.DataFrame, dict]:
-    folder.mkdir(parents=True)
-    metrics = MinHashDedup({"survivor": "first", **params}).fit(iter(batches), str(folder))
-    return pl.read_parquet(folder / "assignment.parquet"), metrics
-
-
-def test_stored_shingle_sets_verify_as_the_text_does(tmp_path, corpora):
-    """The fit verifies with the sets minhash_signatures stored in its pass over the text: the
-    same clusters, pairs and similarities as sets derived again from the text; a smaller
-    ``keep_shingles`` verifies as ``max_shingles`` of that size; none stored is a clear error."""
-    docs, _ = family_corpus(corpora, np.random.default_rng(3))
-    raw = pl.read_parquet(write_shard(tmp_path / "raw.parquet", "wiki", docs))
-
-    def batches(sig_params: dict, drop: str) -> list[pl.DataFrame]:
-        sig = MinHashSignatures(sig_params)
-        whole = raw.hstack(pl.concat([sig.transform(raw.slice(s, 300)) for s in range(0, raw.height, 300)]))
-        return [whole.slice(s, 300).drop(drop) for s in range(0, whole.height, 300)]
-
-    stored, m_stored = _fit_clusters(batches({}, "text"), tmp_path / "stored")
-    derived, m_derived = _fit_clusters(batches({}, SHINGLES_COLUMN), tmp_path / "derived")
-    assert stored.height > 100 and stored.equals(derived)
-    for k in ("candidate_pairs", "accepted_pairs", "candidate_similarity_histogram", "duplicates"):
-        assert m_stored[k] == m_derived[k]
-    # keep_shingles 24 (below most documents' sizes): bottom-24 estimates, as max_shingles 24 from the text.
-    small, m_small = _fit_clusters(batches({"keep_shingles": 24}, "text"), tmp_path / "small")
-    small_derived, m_small_derived = _fit_clusters(batches({}, SHINGLES_COLUMN), tmp_path / "small-derived",
-                                                   max_shingles=24)
-    assert small.equals(small_derived)
-    assert m_small["candidate_similarity_histogram"] == m_small_derived["candidate_similarity_histogram"]
-    assert m_small["candidate_similarity_histogram"] != m_stored["candidate_similarity_histogram"]
-    with pytest.raises(ValueError, match="keep_shingles"):
-        _fit_clusters(batches({"keep_shingles": 0}, "text"), tmp_path / "none")
-    # Without verification nothing stored is needed.
-    _fit_clusters(batches({"keep_shingles": 0}, "text"), tmp_path / "unverified", verify=False)

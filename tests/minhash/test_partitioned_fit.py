@@ -12,7 +12,7 @@ import pytest
 from engines.executor import LocalExecutor, ShardTask, shard_batches
 from engines.partitioned_fit import PartitionedFit, fit_in_one_process
 from filters.minhash.dedup import MinHashDedup
-from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN, MinHashSignatures
+from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignatures
 from schemas.config import ExecutorConfig
 from tests.minhash.test_dedup import family_corpus, write_shard
 
@@ -36,7 +36,7 @@ def planted_minhash_lake(root: Path, corpora: Path) -> list[tuple[str, str, list
     with LocalExecutor(ExecutorConfig(workers=1, batch_rows=BATCH_ROWS), show_progress=False) as ex:
         results = ex.run_stage("sig", sig, [ShardTask(s, p, f"{root}/ann/{key}/{Path(p).name}") for s, p in shards])
     assert all(r.status == "computed" for r in results), [r.error for r in results]
-    return [(s, p, [(c, f"{root}/ann/{key}/{Path(p).name}", c) for c in (BANDS_COLUMN, COUNT_COLUMN, SHINGLES_COLUMN)])
+    return [(s, p, [(c, f"{root}/ann/{key}/{Path(p).name}", c) for c in (BANDS_COLUMN, COUNT_COLUMN)])
             for s, p in shards]
 
 
