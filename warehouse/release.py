@@ -29,6 +29,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -214,8 +215,8 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
     staging: list[str] = []
     small: dict[str, list[pl.DataFrame]] = {s: [] for s in sources}
     # Chunks are read one ahead and shards written one behind, in threads (releasing/overlap.py).
-    with Behind(writer.add) as write_behind:
-        for raw, source, df, missing in read_ahead(_chunks(lake, raw_shards, stages, reads)):
+    with Behind(writer.add) as write_behind, closing(read_ahead(_chunks(lake, raw_shards, stages, reads))) as chunks:
+        for raw, source, df, missing in chunks:
             for col in selection.columns | set(plan_columns) | set(rel.text):  # a stage that does not apply: nulls
                 if col not in df.columns:
                     df = df.with_columns(pl.lit(None, pl.String if col in rel.text else pl.Null).alias(col))
