@@ -260,7 +260,12 @@ def releases_diff(ctx: typer.Context,
     --docs N, the documents added and removed, by reason)."""
     from warehouse.releases_diff import diff_releases
     cat = _catalog(ctx.obj or "./lake")
-    for title, (cols, rows) in diff_releases(cat, old, new).items():
+    try:
+        tables = diff_releases(cat, old, new)
+    except ValueError as e:  # a wrong NAME/VERSION: one line that says where to look, no traceback
+        console.print(f"[red]{e}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
+    for title, (cols, rows) in tables.items():
         _print(cols, rows, title=title)
     if docs:
         from flows.commands.report import print_docs_diff

@@ -417,6 +417,10 @@ def test_releases_diff_lists_documents(demo_runs, report):
     assert res.exit_code == 0, res.output
     removed = report["data"]["diff"]["docs"]["removed"]["documents"]
     assert f"documents removed: {removed:,}" in res.output and "selection expression is false" in res.output
+    # A user's mistakes: a bare NAME, and a version that does not exist: one line each, no traceback.
+    for refs, says in (([n1, n2], "must be NAME/VERSION"), ([f"{n1}/{v1}", f"{n2}/000000"], "no release")):
+        bad = CliRunner().invoke(app, ["releases", "--lake", str(demo_runs["lake"]), "diff", *refs])
+        assert bad.exit_code == 2 and says in bad.output and "Traceback" not in bad.output, bad.output
 
 
 def test_export_token_counts_in_catalog(demo_runs, report):
