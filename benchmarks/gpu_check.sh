@@ -27,6 +27,8 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+# ../shared/corpora does not travel to the device: the bundled sample of the same files does.
+[ -f ../shared/corpora/wiki_en.parquet ] || export CURATE_CORPORA=${CURATE_CORPORA:-$PWD/tests/data/corpora}
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; }
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -62,7 +64,7 @@ if [ ! -f "$M/model.safetensors" ]; then
 import sys, torch, transformers
 cfg = transformers.AutoConfig.from_pretrained(sys.argv[1])
 torch.manual_seed(0)
-model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16)
+model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
 model.save_pretrained(sys.argv[1], safe_serialization=True)
 EOF
 fi
@@ -76,7 +78,7 @@ for pc in on off; do
 done
 
 log "Ray actor on the real GPU vs local executor (curate run twice)"
-timeout 270 $PY benchmarks/ray_vllm.py --docs 16 --cpus 8 --gpu-memory-utilization "$GPU_UTIL" \
+timeout 270 $PY benchmarks/ray_vllm.py --docs 6 --cpus 8 --gpu-memory-utilization "$GPU_UTIL" \
   > "$OUT/ray_vllm.txt" 2>&1
 log "  exit $?: $(grep -E 'identical|engines|prompts/s|ratio' "$OUT/ray_vllm.txt" | tr '\n' ' ' | cut -c1-600)"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/summary.txt" 2>&1
