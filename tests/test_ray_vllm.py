@@ -67,6 +67,13 @@ def test_a_rejected_request_costs_only_its_own_row(monkeypatch):
     assert backend.llm.calls == 4  # the batch, then each request alone
 
 
+def test_vllm_settings_travel_to_the_workers(monkeypatch):
+    from engines.ray_executor import worker_env
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert worker_env()["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert worker_env([])["VLLM_CPU_KVCACHE_SPACE"] == "3"  # forward_env names the cloud variables only
+
+
 def _pid(_: object) -> int:
     return os.getpid()
 
