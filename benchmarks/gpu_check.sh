@@ -33,7 +33,7 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; }
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH" || log "wheel install failed"
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH" PATH="/tmp/site/bin:$PATH" || log "wheel install failed"
 fi
 
 { nvidia-smi; $PY -V; grep -m1 'model name' /proc/cpuinfo; nproc; uptime; } > "$OUT/env.txt" 2>&1

@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -209,10 +210,21 @@ class GpuNode:
 
     def start(self, timeout: float = 240) -> GpuNode:
         r = self._ray
+        # `ray` beside this Python, else on PATH (wheels installed with --target put it under <target>/bin).
+        if not Path(sys.executable).with_name("ray").exists() and shutil.which("ray"):
+            r._ray = self._ray_on_path  # type: ignore[method-assign]
         r._ray("--head", f"--port={r.port}", f"--temp-dir={r.tmp}", "--include-dashboard=false",
                f"--num-cpus={self.cpus}", f"--num-gpus={self.gpus}", "--object-store-memory=200000000")
         r._wait_nodes(1, timeout)
         return self
+
+    def _ray_on_path(self, *args: str) -> subprocess.Popen:
+        r = self._ray
+        log = open(Path(r.tmp) / f"start-{len(r.procs)}.log", "wb")
+        p = subprocess.Popen([str(shutil.which("ray")), "start", "--block", "--disable-usage-stats", *args], env=r.env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        r.procs.append(p)
+        return p
 
     def stop(self) -> None:
         self._ray.stop()
