@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +17,17 @@ import pytest
 import yaml
 
 from engines import storage
+from engines.storage_cache import LakeSegments
 from flows.pipeline import run_pipeline
+from rewriting.generate import CACHE_FILE
 from tests.helpers import demo_config
 from warehouse.catalog import Catalog
 from warehouse.lake import Lake
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-# Left out: model-backed stages (their caches are tested in tests/test_storage.py) and what reads them.
+# Left out: model-backed stages (their caches are tested in tests/test_storage.py) and what reads them;
+# the rewrite stage runs (derived sources on S3), its generations shared through the lake's cache.
 # Kept: ingest of every format, per-shard filters, and the global stages whose artifacts are folders
 # written with local-file APIs (line and exact dedup, decontamination, MinHash, fastText training,
 # perplexity correlation).
@@ -38,6 +42,17 @@ def _shards(release_path: str) -> dict[str, str]:
             for p in sorted(fs.glob(f"{root}/shard-*.parquet"))}
 
 
+def _share_rewrites(local_lake: Path, s3_lake: str) -> None:
+    """Put the local run's generations on the S3 lake as one cache segment, as another machine's
+    worker would have written them: the S3 run then reads every rewrite from the lake's cache (the
+    import path of engines/storage_cache.py) instead of spending minutes of CPU generating the same
+    greedy replies again. Cache writes on a remote lake are covered in tests/test_storage.py."""
+    with sqlite3.connect(local_lake / "cache" / CACHE_FILE) as con:
+        rows = con.execute("SELECT key, value FROM results ORDER BY key").fetchall()
+    assert rows, "the local run generated no rewrites"
+    LakeSegments(f"{s3_lake}/cache/{CACHE_FILE}", pa.string()).write(rows)
+
+
 @pytest.fixture(scope="module")
 def runs(s3_server, demo_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("s3demo")
@@ -50,6 +65,8 @@ def runs(s3_server, demo_dir, tmp_path_factory):
         cfg["executor"]["workers"] = 2
         (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         out[name] = run_pipeline(str(root / f"{name}.yaml"))
+        if name == "local":
+            _share_rewrites(root / "lake", f"{bucket}/lake")
     out["root"], out["bucket"] = root, bucket
     yield out
     os.environ.pop("CURATE_SCRATCH", None)
@@ -64,6 +81,17 @@ def test_release_on_s3_is_byte_identical_to_local(runs):
     fs = fsspec.filesystem("s3")
     manifest = json.loads(fs.cat_file(f"{s3['path']}/manifest.json"))
     assert {s["sha256"] for s in manifest["shards"]} == set(shards.values())
+
+
+def test_s3_run_took_every_rewrite_from_the_lake_cache(runs):
+    """The derived documents on S3 came from the segment another "machine" (the local run) left on
+    the lake, and they are the same documents (the release shards above are byte-identical)."""
+    def summary(lake: str) -> list[tuple]:
+        return Catalog.of_lake(lake).query(
+            "SELECT route, generated, kept, from_cache FROM rewrite_summary ORDER BY route")[1]
+    local, s3 = summary(str(runs["root"] / "lake")), summary(f"{runs['bucket']}/lake")
+    assert local and all(r[1] > 0 and r[3] == 0 for r in local)
+    assert [r[:3] for r in s3] == [r[:3] for r in local] and all(r[3] == r[1] for r in s3)
 
 
 def test_lake_on_s3_holds_everything_and_no_temporary_objects(runs):
