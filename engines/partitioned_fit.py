@@ -20,7 +20,14 @@ executor with many workers (the Ray executor) then runs it as
 
 The contract: ``fit_finish`` over the reduce per partition of the map over every shard writes the
 same files and metrics as ``fit`` over the same shards (a stage's ``seconds`` timings aside), for
-any number of partitions (the stage writes nothing in partition order). Stages never know which
+any number of partitions (the stage writes nothing in partition order).
+
+A nightly update (``PartitionedIncrementalFit``) is the same three steps over the new shards only,
+then ``fit_finish_incremental`` on top of the earlier artifact; a stage whose reduce needs the
+earlier artifact too (MinHash: the earlier band index of its bucket partitions) offers
+``fit_reduce_incremental(previous, frames)``, where ``previous`` is the earlier artifact's folder
+as a lake URL or local path (read through the storage layer: a reduce task may run on any node).
+Its finish may reread earlier shards as well (``Sides.reread`` numbers the earlier shards first). Stages never know which
 executor runs them; an executor that does not split (the local one) calls ``fit``.
 ``fit_in_one_process`` runs the three steps in one process: the reference the tests hold the
 steps to, and the Ray executor's wiring of the same functions (engines/ray_fit.py).
@@ -39,11 +46,18 @@ class Sides:
     one shard fetched at a time), and ``reread``: a second pass over chosen shards, where the
     executor reads shards (``stage.fit_reread(batches, request)``, for a stage that needs more
     of a few documents than it wants to carry through the map step: MinHash's shingle sets of
-    the documents in a candidate pair). ``first``: each shard's lake position."""
+    the documents in a candidate pair). ``first``: each shard's lake position.
+
+    In a nightly update the mapped shards are the new ones; ``earlier`` gives the row counts of
+    the shards the earlier artifact covers (in lake order; called only when a finish asks, since
+    it may read every earlier shard's footer), and ``reread`` numbers those shards first: index
+    ``i`` is earlier shard ``i``, then mapped shard ``i - len(earlier)``. ``whole()`` is the view
+    over both."""
 
     def __init__(self, first: list[int], fetch: Callable[[int], list[Any]],
-                 reread: Callable[[dict[int, Any]], Iterator[tuple[int, Any]]]):
-        self.first, self._fetch, self._reread = first, fetch, reread
+                 reread: Callable[[dict[int, Any]], Iterator[tuple[int, Any]]],
+                 earlier: Callable[[], Sequence[int]] | None = None):
+        self.first, self._fetch, self._reread, self._earlier = first, fetch, reread, earlier
 
     def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
         for i, start in enumerate(self.first):
@@ -52,6 +66,20 @@ class Sides:
     def reread(self, requests: dict[int, Any]) -> Iterator[tuple[int, Any]]:
         """(shard index, ``fit_reread`` of that shard and its request) for each request, in shard order."""
         return self._reread(requests)
+
+    def earlier_rows(self) -> list[int]:
+        """Row counts of the earlier shards (none in a fit over every shard)."""
+        return list(self._earlier()) if self._earlier else []
+
+    def whole(self) -> Sides:
+        """The earlier shards then the mapped ones as one lake (for ``reread`` and ``first``: each
+        shard's position among all their rows); its side outputs are the mapped shards' alone."""
+        rows = self.earlier_rows()
+        if not rows:
+            return self
+        done = sum(rows)
+        return Sides([*starts(rows), *(done + f for f in self.first)],
+                     lambda i: [] if i < len(rows) else self._fetch(i - len(rows)), self._reread)
 
 
 @runtime_checkable
@@ -113,11 +141,17 @@ def starts(rows: Sequence[int]) -> list[int]:
     return [0, *itertools.accumulate(rows)][:len(rows)]
 
 
-def reduce_partition(stage: PartitionedFit, first_rows: Sequence[int], frames: Sequence[pl.DataFrame | None]) -> Any:
+def reduce_partition(stage: PartitionedFit, first_rows: Sequence[int], frames: Sequence[pl.DataFrame | None],
+                     previous: str | None = None) -> Any:
     """One partition's rows from every shard (in lake order; ``first_rows``: each shard's lake
-    position) -> its part, or ``None`` when no shard has rows in it."""
+    position) -> its part, or ``None`` when no shard has rows in it. ``previous``: the earlier
+    artifact of a nightly update (lake URL or local folder), for a stage that reduces against it."""
     rows = [(s, f) for s, f in zip(first_rows, frames) if f is not None and f.height]
-    return stage.fit_reduce(rows) if rows else None
+    if not rows:
+        return None
+    if previous is not None and hasattr(stage, "fit_reduce_incremental"):
+        return stage.fit_reduce_incremental(previous, rows)
+    return stage.fit_reduce(rows)
 
 
 def finish(stage: PartitionedFit, parts: Iterator[Any], sides: Sides, documents: int, artifact_dir: str,
@@ -129,19 +163,25 @@ def finish(stage: PartitionedFit, parts: Iterator[Any], sides: Sides, documents:
     return stage.fit_finish_incremental(previous_dir, parts, sides, documents, artifact_dir)
 
 
-def fit_in_one_process(stage: PartitionedFit, shards: Sequence[Callable[[], Iterable[pl.DataFrame]]],
-                       partitions: int, artifact_dir: str, previous_dir: str | None = None) -> dict[str, Any]:
+Batches = Callable[[], Iterable[pl.DataFrame]]
+
+
+def fit_in_one_process(stage: PartitionedFit, shards: Sequence[Batches], partitions: int, artifact_dir: str,
+                       previous_dir: str | None = None, earlier: Sequence[Batches] = ()) -> dict[str, Any]:
     """The three steps in this process, in order (``shards``: a callable per shard giving its
     batches): what an executor distributes, run where a test can compare it with ``fit`` (or
-    with ``fit_incremental`` on top of ``previous_dir``)."""
+    with ``fit_incremental`` on top of ``previous_dir``, ``earlier``: the shards it covers)."""
     mapped = [map_shard(stage, batches(), partitions) for batches in shards]
     first = starts([rows for _, _, rows in mapped])
-    parts = (reduce_partition(stage, first, [split_[p] for split_, _, _ in mapped]) for p in range(partitions))
+    parts = (reduce_partition(stage, first, [split_[p] for split_, _, _ in mapped], previous_dir)
+             for p in range(partitions))
+    every = [*earlier, *shards]
 
     def reread(requests: dict[int, Any]) -> Iterator[tuple[int, Any]]:
         for i, request in sorted(requests.items()):
-            yield i, stage.fit_reread(shards[i](), request)  # type: ignore[attr-defined]
+            yield i, stage.fit_reread(every[i](), request)  # type: ignore[attr-defined]
 
-    sides = Sides(first, lambda i: mapped[i][1], reread)
+    sides = Sides(first, lambda i: mapped[i][1], reread,
+                  lambda: [sum(b.height for b in batches()) for batches in earlier])
     return finish(stage, (p for p in parts if p is not None), sides, sum(rows for _, _, rows in mapped), artifact_dir,
                   previous_dir)

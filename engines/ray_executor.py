@@ -12,9 +12,10 @@ How stages are placed (stages never know; they declare ``resources()`` and ``sta
   cluster's free resources allow for one worker's reservation (a vLLM stage: one actor per GPU);
   each actor sets the stage up once, takes shards one at a time, and is torn down at the end;
 - a global stage's **fit** runs as a map task per shard and a reduce task per partition when the
-  stage offers it (``engines.partitioned_fit``: exact dedup, its nightly update, MinHash dedup; see
-  ``engines.ray_fit``), else as one Ray task on the driver's node with all its CPUs (the fit streams
-  the whole corpus once); either way its artifacts are the local executor's, under the same folder;
+  stage offers it (``engines.partitioned_fit``: exact and MinHash dedup and their nightly updates;
+  see ``engines.ray_fit``), else as one Ray task with all of a node's CPUs (the fit streams the
+  whole corpus once), which on an object-store lake uploads the artifact itself, so the driver may
+  be a Ray client off the cluster; either way its artifacts are the local executor's;
 - ``map`` (ingest) runs each item as a task.
 
 Both executors call the same ``run_shard``, so annotation files are byte-identical. Every output is
@@ -30,6 +31,7 @@ credentials with the job (``worker_env``), so the same pipeline file runs with `
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import logging
@@ -37,6 +39,7 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
+from engines import storage
 from engines.executor import (
     ShardResult,
     ShardTask,
@@ -51,12 +54,15 @@ from engines.extras import install_command
 from engines.faults import fault_point
 from engines.partitioned_fit import PartitionedFit, PartitionedIncrementalFit
 from engines.stage import GlobalStage, Resources, Stage, StageContext
+from engines.storage_dirs import fill_remotely, lake_url, local_dir, staged_dir
 from schemas.config import ExecutorConfig
 
 # Retries of a task whose worker process died (and restarts of a dead actor).
 RETRIES = 2
 # Object store of a private local Ray (bytes).
 OBJECT_STORE_BYTES = 500_000_000
+# Connections a Ray client (ray://) tries (see _init_with_retry).
+CLIENT_TRIES = 3
 # Seconds between progress lines in the run log.
 LOG_EVERY_S = 10.0
 # What the workers get of the driver's environment unless executor.forward_env says otherwise:
@@ -108,19 +114,65 @@ def _shard(stage: Stage, key: str, task: ShardTask, ctx: StageContext, batch_row
     return run_shard(stage, key, task, ctx, batch_rows)
 
 
-def _fit(stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str, ctx: StageContext,
+def _fit(stage: GlobalStage, tasks: list[ShardTask], target: str, ctx: StageContext,
          batch_rows: int) -> dict[str, Any]:
-    stage.bind(ctx)
-    batches = (batch for t in tasks for _, batch in shard_batches(stage, t, batch_rows))
-    return stage.fit(batches, artifact_dir)
+    with _fit_folder(target) as folder:
+        stage.bind(ctx)
+        batches = (batch for t in tasks for _, batch in shard_batches(stage, t, batch_rows))
+        return {"metrics": stage.fit(batches, folder), **_where(folder)}
 
 
-def _fit_incremental(stage: GlobalStage, previous_dir: str, tasks: list[ShardTask], earlier: list[str],
-                     artifact_dir: str, ctx: StageContext, batch_rows: int) -> dict[str, Any]:
+def _fit_incremental(stage: GlobalStage, previous: str, tasks: list[ShardTask], earlier: list[str],
+                     target: str, ctx: StageContext, batch_rows: int) -> dict[str, Any]:
     from engines.earlier_rows import ShardRows
-    stage.bind(ctx)
-    batches = (batch for t in tasks for _, batch in shard_batches(stage, t, batch_rows))
-    return stage.fit_incremental(previous_dir, batches, artifact_dir, ShardRows(earlier))  # type: ignore[attr-defined]
+    with _fit_folder(target) as folder:
+        stage.bind(ctx)
+        batches = (batch for t in tasks for _, batch in shard_batches(stage, t, batch_rows))
+        metrics = stage.fit_incremental(local_dir(previous), batches, folder, ShardRows(earlier))  # type: ignore[attr-defined]
+        return {"metrics": metrics, **_where(folder)}
+
+
+@contextlib.contextmanager
+def _fit_folder(target: str) -> Iterator[str]:
+    """Where a fit task writes its artifact: a lake URL (an object store) -> a folder this task
+    stages on its own node and uploads when the fit returns (``staged_dir``; the driver adds the
+    marker on top), so the driver may be anywhere, a Ray client included; a local path -> that
+    folder itself (the driver's staged folder, on the driver's node or a shared filesystem)."""
+    if storage.is_local_url(target):
+        yield target
+        return
+    with staged_dir(target) as folder:
+        yield folder
+
+
+def _where(folder: str) -> dict[str, Any]:
+    """What the driver logs of a fit task: its node and the files it wrote."""
+    import ray
+    return {"node": ray.get_runtime_context().get_node_id(),
+            "files": sum(len(files) for _, _, files in os.walk(folder))}
+
+
+def _is_client() -> bool:
+    """True when this process is a Ray client (``ray://``): not a process on a cluster node."""
+    from ray.util.client import ray as client
+    return bool(client.is_connected())
+
+
+def _init_with_retry(ray: Any, address: str, kwargs: dict[str, Any]) -> None:
+    """``ray.init(address)``; a Ray client connection is tried ``CLIENT_TRIES`` times: the head's
+    client server sometimes fails to start the server it forks for a new client ("Starting Ray
+    client server failed"; in Ray 2.60 a gRPC fork race, logged as ``Check failed:
+    next_worker->state == KICKED``), and the next connection gets a fresh one."""
+    for attempt in range(1, CLIENT_TRIES + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionAbortedError as e:
+            if not address.startswith("ray://") or attempt == CLIENT_TRIES:
+                raise
+            _log().warning("ray: connecting to %s failed (%s); trying again", address, str(e).strip()[-200:])
+            with contextlib.suppress(Exception):
+                ray.shutdown()
 
 
 class _MapActor:
@@ -181,7 +233,7 @@ class RayExecutor:
                      object_store_memory=OBJECT_STORE_BYTES, **kwargs)
             self._owns_ray = True
         else:
-            ray.init(address=self.config.address, **kwargs)
+            _init_with_retry(ray, self.config.address, kwargs)
         self._connected = True
         res = ray.cluster_resources()
         _log().info("ray: connected to %s (%s nodes, %s CPUs, %s GPUs); workers get %s", self.config.address or
@@ -220,8 +272,10 @@ class RayExecutor:
                                    f"{total.get('GPU', 0)}: add GPU nodes or use a CPU backend")
         return max(1, n)
 
-    def _node_cpus(self, node_id: str) -> int:
-        cpus = [n["Resources"].get("CPU", 0) for n in self.ray.nodes() if n.get("Alive") and n.get("NodeID") == node_id]
+    def _node_cpus(self, node_id: str | None) -> int:
+        """CPUs of that node (``None``: of the largest live node)."""
+        cpus = [n["Resources"].get("CPU", 0) for n in self.ray.nodes()
+                if n.get("Alive") and node_id in (None, n.get("NodeID"))]
         return max(1, int(max(cpus or [1])))
 
     # --- the contract ---------------------------------------------------------------------------
@@ -292,50 +346,61 @@ class RayExecutor:
             ctx: StageContext | None = None) -> dict[str, Any]:
         """A stage that offers its fit in partitions (``engines.partitioned_fit``: exact and MinHash dedup) runs as
         a map task per shard and a reduce task per partition (``engines.ray_fit``); any other fit is
-        one Ray task streaming every shard through ``stage.fit`` on the driver's node with all its
-        CPUs (the fit's threads). Either way the artifact is the local executor's, file for file."""
+        one Ray task streaming every shard through ``stage.fit`` with all of a node's CPUs (the fit's
+        threads; see ``_fit_task``). Either way the artifact is the local executor's, file for file."""
         if isinstance(stage, PartitionedFit) and len(tasks) > 1:
             return self._partitioned_fit(stage, tasks, artifact_dir, ctx)
-        return self._fit_task(_fit, stage, len(tasks), ctx, stage, tasks, artifact_dir)
+        return self._fit_task(_fit, stage, len(tasks), artifact_dir, ctx, stage, tasks)
 
     def fit_incremental(self, stage: GlobalStage, previous_dir: str, tasks: list[ShardTask],
                         earlier: list[ShardTask], artifact_dir: str) -> dict[str, Any]:
         """``stage.fit_incremental`` over the new shards: as map and reduce tasks over the new
         shards and a finish that merges them into ``previous_dir`` when the stage offers it
-        (``PartitionedIncrementalFit``: exact dedup), else as one Ray task (see ``fit``)."""
+        (``PartitionedIncrementalFit``: exact and MinHash dedup), else as one Ray task (see ``fit``).
+        ``previous_dir``: a local folder of the earlier state (the tasks read its lake copy)."""
         if isinstance(stage, PartitionedIncrementalFit) and len(tasks) > 1:
-            return self._partitioned_fit(stage, tasks, artifact_dir, None, previous_dir)
-        return self._fit_task(_fit_incremental, stage, len(tasks), None, stage, previous_dir, tasks,
-                              [t.raw_path for t in earlier], artifact_dir)
+            return self._partitioned_fit(stage, tasks, artifact_dir, None, previous_dir, earlier)
+        return self._fit_task(_fit_incremental, stage, len(tasks), artifact_dir, None, stage, lake_url(previous_dir),
+                              tasks, [t.raw_path for t in earlier])
 
     def _partitioned_fit(self, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str, ctx: StageContext | None,
-                         previous_dir: str | None = None) -> dict[str, Any]:
+                         previous_dir: str | None = None, earlier: list[ShardTask] | None = None) -> dict[str, Any]:
         from engines.ray_fit import partitioned_fit
         ray = self._connect()
         res = stage.resources()
         ctx = dataclasses.replace(ctx or StageContext(), threads=max(1, int(res.cpus)))
         metrics, line = partitioned_fit(ray, stage, tasks, artifact_dir, ctx, self.config.batch_rows,
-                                        self._slots(res), _options(res), RETRIES, previous_dir)
+                                        self._slots(res), _options(res), RETRIES, previous_dir, earlier or [])
         _log().info(line)
         return metrics
 
-    def _fit_task(self, fn: Callable[..., Any], stage: GlobalStage, shards: int, ctx: StageContext | None,
-                  *args: Any) -> dict[str, Any]:
+    def _fit_task(self, fn: Callable[..., Any], stage: GlobalStage, shards: int, artifact_dir: str,
+                  ctx: StageContext | None, *args: Any) -> dict[str, Any]:
+        """One Ray task running ``fn(*args, target, ctx, batch_rows)``. On an object-store lake the
+        task writes the artifact on whatever node it runs and uploads it itself (``target``: the
+        lake URL, ``storage_dirs.fill_remotely``), on the largest node; the driver may be a Ray
+        client on another machine. Else ``target`` is the driver's staged folder, so the task is
+        pinned to the driver's node (unless the driver is a Ray client: then the folder must be on
+        a filesystem every node shares), with all of that node's CPUs."""
         ray = self._connect()
-        # The fit writes into a folder the storage layer staged on the driver's machine
-        # (engines.storage_dirs.staged_dir: uploaded after the fit on a remote lake), so it runs on
-        # the driver's node, with all of that node's CPUs.
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        node = ray.get_runtime_context().get_node_id()
+        target = fill_remotely(artifact_dir)
+        opts: dict[str, Any] = {}
+        node = None
+        if target is None and not _is_client():
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+            node = ray.get_runtime_context().get_node_id()
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         cpus = max(self._node_cpus(node), int(stage.resources().cpus))
         ctx = dataclasses.replace(ctx or StageContext(), threads=cpus)
         res = dataclasses.replace(stage.resources(), cpus=cpus)
         t0 = time.perf_counter()
-        opts = {**_options(res), "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
-        ref = self._remote(fn).options(**opts).remote(*args, ctx, self.config.batch_rows)
-        metrics = ray.get(ref)
-        _log().info("fit of %s over %s shards: %.1f s on Ray", stage.kind, shards, time.perf_counter() - t0)
-        return metrics  # type: ignore[no-any-return]
+        ref = self._remote(fn).options(**_options(res), **opts).remote(*args, target or artifact_dir, ctx,
+                                                                        self.config.batch_rows)
+        out = ray.get(ref)
+        how = f"{out['files']} files uploaded to the lake by the task" if target else "written to the driver's folder"
+        _log().info("fit of %s over %s shards: %.1f s on Ray (node %s, %s)", stage.kind, shards,
+                    time.perf_counter() - t0, out["node"][:12], how)
+        return out["metrics"]  # type: ignore[no-any-return]
 
     # --- per-shard placement --------------------------------------------------------------------
     def _run_as_tasks(self, name: str, stage_ref: Any, key: str, todo: list[ShardTask], ctx: StageContext,

@@ -18,11 +18,13 @@ one-task fit does.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
+from engines import storage
 from engines.executor import ShardTask, shard_batches
 from engines.partitioned_fit import PartitionedFit, Sides, finish, map_shard, reduce_partition, starts
 from engines.stage import GlobalStage, StageContext
+from engines.storage_dirs import lake_url
 
 
 def _map_shard(stage: Any, task: ShardTask, ctx: StageContext, batch_rows: int, partitions: int) -> list[Any]:
@@ -33,10 +35,10 @@ def _map_shard(stage: Any, task: ShardTask, ctx: StageContext, batch_rows: int, 
     return [*parts, sides, rows]
 
 
-def _reduce(stage: Any, ctx: StageContext, shards: int, *args: Any) -> Any:
+def _reduce(stage: Any, ctx: StageContext, previous: str | None, shards: int, *args: Any) -> Any:
     """One partition: ``args`` is every shard's row count, then its rows of this partition (in shard order)."""
     stage.bind(ctx)
-    return reduce_partition(stage, starts(args[:shards]), args[shards:])
+    return reduce_partition(stage, starts(args[:shards]), args[shards:], previous)
 
 
 def _reread(stage: Any, task: ShardTask, ctx: StageContext, batch_rows: int, request: Any) -> Any:
@@ -47,10 +49,12 @@ def _reread(stage: Any, task: ShardTask, ctx: StageContext, batch_rows: int, req
 
 def partitioned_fit(ray: Any, stage: GlobalStage, tasks: list[ShardTask], artifact_dir: str, ctx: StageContext,
                     batch_rows: int, partitions: int, options: dict[str, Any], retries: int,
-                    previous_dir: str | None = None) -> tuple[dict[str, Any], str]:
+                    previous_dir: str | None = None, earlier: Sequence[ShardTask] = ()) -> tuple[dict[str, Any], str]:
     """Run ``stage``'s fit as map, reduce and finish (see the module docstring); returns its metrics
-    and a line for the run log. ``options``: each task's Ray reservation. With ``previous_dir`` the
-    finish extends that earlier artifact (``fit_finish_incremental``: ``tasks`` are the new shards)."""
+    and a line for the run log. ``options``: each task's Ray reservation. With ``previous_dir`` (a
+    local folder: the driver's copy) the finish extends that earlier artifact
+    (``fit_finish_incremental``: ``tasks`` are the new shards, ``earlier`` the ones it covers);
+    the reduce tasks read its lake copy (``storage_dirs.lake_url``), wherever they run."""
     assert isinstance(stage, PartitionedFit)
     t0 = time.perf_counter()
     stage_ref = ray.put(stage)
@@ -58,7 +62,9 @@ def partitioned_fit(ray: Any, stage: GlobalStage, tasks: list[ShardTask], artifa
     reducer = ray.remote(_reduce).options(max_retries=retries, **options)
     maps = [mapper.remote(stage_ref, t, ctx, batch_rows, partitions) for t in tasks]
     counts = [m[partitions + 1] for m in maps]
-    reduced = [reducer.remote(stage_ref, ctx, len(maps), *counts, *[m[p] for m in maps]) for p in range(partitions)]
+    previous = lake_url(previous_dir) if previous_dir else None
+    reduced = [reducer.remote(stage_ref, ctx, previous, len(maps), *counts, *[m[p] for m in maps])
+               for p in range(partitions)]
     rows = ray.get(counts)
     first = starts(rows)
 
@@ -68,15 +74,18 @@ def partitioned_fit(ray: Any, stage: GlobalStage, tasks: list[ShardTask], artifa
             if part is not None:
                 yield part
 
+    every = [*earlier, *tasks]  # Sides.reread numbers the earlier shards first
+
     def reread(requests: dict[int, Any]) -> Iterator[tuple[int, Any]]:
         rereader = ray.remote(_reread).options(max_retries=retries, **options)
-        refs = [(i, rereader.remote(stage_ref, tasks[i], ctx, batch_rows, request))
+        refs = [(i, rereader.remote(stage_ref, every[i], ctx, batch_rows, request))
                 for i, request in sorted(requests.items())]
         for i, ref in refs:
             yield i, ray.get(ref)
 
     stage.bind(ctx)
-    sides = Sides(first, lambda i: ray.get(maps[i][partitions]), reread)
+    sides = Sides(first, lambda i: ray.get(maps[i][partitions]), reread,
+                  lambda: [storage.parquet_rows(t.raw_path) for t in earlier])
     metrics = finish(stage, parts(), sides, sum(rows), artifact_dir, previous_dir)
     what = "incremental fit" if previous_dir else "fit"
     line = (f"{what} of {stage.kind} over {len(tasks)} shards: {len(tasks)} map tasks, {partitions} partitions, "

@@ -12,6 +12,12 @@ local folder. So a fit writes into a local folder and the storage layer publishe
   otherwise downloaded once per machine into the scratch folder, keyed by the URL and the
   listing (names, sizes, ETags), so a changed folder is downloaded again. Meant for folders that
   are immutable once their marker exists (artifacts are keyed by config and inputs).
+- For an executor that fills a staged folder on another machine (a Ray task on any node, the
+  driver maybe not a node at all): ``fill_remotely(local)`` gives the lake URL the folder becomes;
+  the task stages a folder of its own there (``staged_dir(url)``: uploaded, without a marker, when
+  it returns) and the driver's ``staged_dir`` then uploads only what it wrote itself (the marker)
+  on top. ``lake_url(local)`` names the lake folder a ``local_dir`` copy came from, so a task on
+  another machine can make its own copy.
 
 Cost on object stores: one LIST plus one GET per file on the first use on a machine; nothing after.
 """
@@ -67,21 +73,46 @@ def staged_dir(url: str, marker: str | None = None) -> Iterator[str]:
     scratch = scratch_root() / "staging"
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="dir-", dir=scratch)
+    _STAGED[tmp] = url
     try:
         yield tmp
-        publish_dir(tmp, url, marker)
+        # Filled by a task elsewhere (fill_remotely): that task cleared the folder and uploaded
+        # its files; only what was written here (the marker) goes on top.
+        publish_dir(tmp, url, marker, clear=tmp not in _FILLED)
     finally:
+        _STAGED.pop(tmp, None)
+        _FILLED.discard(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def publish_dir(local: str, url: str, marker: str | None = None) -> None:
+# Folders of staged_dir in this process on an object-store lake: local folder -> lake URL; and
+# those whose files a task on another machine uploads itself (fill_remotely).
+_STAGED: dict[str, str] = {}
+_FILLED: set[str] = set()
+
+
+def fill_remotely(local: str) -> str | None:
+    """The lake URL that ``local``, a folder ``staged_dir`` yielded in this process, becomes, for a
+    task on another machine that fills it there: the task runs ``staged_dir(url)`` (no marker)
+    around its writes, which clears a leftover of an earlier attempt and uploads its files when
+    it returns; this process's ``staged_dir`` then uploads only what was written into ``local``
+    (the marker, last) and does not clear the folder. ``None`` when ``local`` is not such a
+    folder (a local lake: ``local`` is itself on the lake's filesystem; or any other folder):
+    then the task must write into ``local`` itself."""
+    url = _STAGED.get(local)
+    if url is not None:
+        _FILLED.add(local)
+    return url
+
+
+def publish_dir(local: str, url: str, marker: str | None = None, clear: bool = True) -> None:
     """Upload every file under ``local`` to ``url`` (one atomic PUT each), ``marker`` last.
 
-    A leftover of an earlier attempt (files but no marker: an upload killed half-way) is
-    removed first, so the published folder holds exactly this attempt's files.
+    With ``clear``, a leftover of an earlier attempt (files but no marker: an upload killed
+    half-way) is removed first, so the published folder holds exactly this attempt's files.
     """
     fs, path = storage.fs_and_path(url)
-    if fs.exists(path):
+    if clear and fs.exists(path):
         fs.rm(path, recursive=True)
     files = sorted(p for p in Path(local).rglob("*") if p.is_file())
     files.sort(key=lambda p: p.name == marker)  # stable: the marker goes last
@@ -123,4 +154,10 @@ def local_dir(url: str) -> str:
                 shutil.rmtree(tmp, ignore_errors=True)
     _LOCAL[url] = str(dest)
     return str(dest)
+
+
+def lake_url(local: str) -> str:
+    """The lake folder whose copy ``local_dir`` made at ``local`` in this process, else ``local``
+    itself (a folder of a local lake is its own local folder)."""
+    return next((url for url, copy in _LOCAL.items() if copy == local), local)
 

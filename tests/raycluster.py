@@ -28,7 +28,9 @@ def free_port() -> int:
 
 
 class TwoNodeRay:
-    """Head with 1 CPU plus a second node with 1 CPU and the custom resource ``node2``."""
+    """Head with 1 CPU plus a second node with 1 CPU and the custom resource ``node2``. The head
+    serves Ray clients on a port of its own (``client_address``: ``ray://...``; Ray's default
+    port, 10001, may be another cluster's on a shared machine)."""
 
     def __init__(self, env: dict[str, str]):
         # Ray 2.59+ authenticates local clusters by token: one token for the cluster and its drivers.
@@ -39,6 +41,7 @@ class TwoNodeRay:
         self.tmp = tempfile.mkdtemp(prefix="cr", dir="/tmp")
         self.procs: list[subprocess.Popen] = []
         self.address = f"127.0.0.1:{self.port}"
+        self.client_address = f"ray://127.0.0.1:{free_port()}"
 
     def _ray(self, *args: str) -> subprocess.Popen:
         ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -50,7 +53,8 @@ class TwoNodeRay:
 
     def start(self, timeout: float = 240) -> TwoNodeRay:
         common = ("--num-cpus=1", "--num-gpus=0", "--object-store-memory=150000000")
-        self._ray("--head", f"--port={self.port}", f"--temp-dir={self.tmp}", "--include-dashboard=false", *common)
+        self._ray("--head", f"--port={self.port}", f"--temp-dir={self.tmp}", "--include-dashboard=false",
+                  f"--ray-client-server-port={self.client_address.rsplit(':', 1)[1]}", *common)
         self._wait_nodes(1, timeout)
         self._ray(f"--address={self.address}", "--resources={\"node2\": 1}", *common)
         self._wait_nodes(2, timeout)

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,7 +196,14 @@ def _finished(lake: str) -> dict[str, tuple[str, str]]:
             for k, v in fs.glob(f"{root}/{pattern}", detail=True).items()}
 
 
-def test_driver_killed_mid_stage_then_rerun_lake_on_s3(tmp_path, demo_dir, local_run, two_nodes, s3_server):
+def test_driver_killed_mid_stage_then_rerun_from_a_ray_client_lake_on_s3(tmp_path, demo_dir, local_run, two_nodes,
+                                                                         s3_server):
+    """The driver SIGKILLed mid-stage, then the same command again, this time from a Ray client
+    (``address: ray://...``: the driver's process is on no cluster node, as off a real cluster):
+    finished shards untouched, the local executor's release. Every fit ran in the re-run: the
+    single-task ones (fastText quality, decontamination, perplexity correlation) staged their
+    folder on the node that ran them and uploaded it themselves; the dedup fits ran as map and
+    reduce tasks with their finish in the driver."""
     ref_files, ref_counts, _ = local_run
     once = tmp_path / "once"
     once.mkdir()
@@ -205,12 +213,20 @@ def test_driver_killed_mid_stage_then_rerun_lake_on_s3(tmp_path, demo_dir, local
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-2000:] + crashed.stderr[-2000:]
     fs, root = fsspec.core.url_to_fs(lake)
     assert not fs.glob(f"{root}/releases/demo/*/manifest.json")
+    assert not fs.glob(f"{root}/artifacts/*/_fit.json"), "a fit finished before the crash: the re-run would not fit"
     done = _finished(lake)
     assert any("/annotations/" in k for k in done), "the driver died before any shard was annotated"
     time.sleep(1.1)  # S3's LastModified has one-second resolution: a rewrite would show
 
-    again = _curate_run(p, _env(tmp_path, two_nodes.auth))
+    client = pipeline_file(tmp_path / "client", demo_dir, {"kind": "ray", "address": two_nodes.client_address},
+                           lake=lake)
+    again = _curate_run(client, _env(tmp_path, two_nodes.auth, PREFECT_LOGGING_LEVEL="INFO"))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"ray: connected to {two_nodes.client_address} (2 nodes" in again.stdout, again.stdout[-3000:]
+    for kind in ("fasttext_quality", "decontaminate", "perplexity_correlation"):
+        assert re.search(rf"fit of {kind} over \d+ shards: .* on Ray \(node \w+, [1-9]\d* files uploaded to the "
+                         r"lake by the task\)", again.stdout), (kind, again.stdout[-3000:])
+    assert "fit of minhash_dedup over" in again.stdout and "map tasks" in again.stdout
     now = _finished(lake)
     for k, stamp in done.items():
         assert now.get(k) == stamp, f"{k} was recomputed"
@@ -235,21 +251,24 @@ from filters.minhash.dedup import MinHashDedup
 from schemas.config import ExecutorConfig
 logging.basicConfig(level=logging.INFO)
 kinds = {"exact_dedup": ExactDedup, "minhash_dedup": MinHashDedup}
+def shard_tasks(shards):
+    return [ShardTask(s, p, "", tuple(tuple(i) for i in fed)) for s, p, fed in shards]
 with RayExecutor(ExecutorConfig(kind="ray", address=sys.argv[1], batch_rows=64), show_progress=False) as ex:
-    for kind, params, out, shards, previous in json.loads(sys.argv[2]):
-        tasks = [ShardTask(s, p, "", tuple(tuple(i) for i in fed)) for s, p, fed in shards]
-        stage = kinds[kind](params)
-        print(json.dumps(ex.fit_incremental(stage, previous, tasks, [], out) if previous else ex.fit(stage, tasks, out)))
+    for kind, params, out, shards, previous, earlier in json.loads(sys.argv[2]):
+        tasks, stage = shard_tasks(shards), kinds[kind](params)
+        print(json.dumps(ex.fit_incremental(stage, previous, tasks, shard_tasks(earlier), out) if previous
+                         else ex.fit(stage, tasks, out)))
 """
 
 
 def test_dedup_fits_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_nodes):
     """On the cluster (engines.ray_fit): the exact-dedup fit (one map task per shard, one reduce
     task per hash partition), its nightly update (the same over the new shards, merged into the
-    earlier index) and the MinHash-dedup fit (one map task per shard, one reduce task per group of
-    band partitions, then verification and clustering in the driver) write the local executor's
-    artifacts, byte for byte, and its metrics. The driver is a process of its own (a process joins
-    one Ray cluster once)."""
+    earlier index), the MinHash-dedup fit (one map task per shard, one reduce task per group of
+    band partitions, then verification and clustering in the driver) and its nightly update (map
+    over the new shards, reduce merged into the earlier band index, earlier and new documents of
+    candidate pairs reread by tasks) write the local executor's artifacts, byte for byte, and its
+    metrics. The driver is a process of its own (a process joins one Ray cluster once)."""
     from engines.executor import LocalExecutor
     from filters.exact_dedup import ExactDedup
     from filters.minhash.dedup import MinHashDedup
@@ -260,34 +279,39 @@ def test_dedup_fits_as_map_and_reduce_tasks_on_two_nodes(tmp_path, corpora, two_
     _, order = planted_lake(tmp_path / "lake", corpora)
     night = planted_night(tmp_path / "lake", corpora)
     near = planted_minhash_lake(tmp_path / "near", corpora)
-    prev = tmp_path / "exact-previous"
-    fits = [("exact_dedup", {}, [(s, p, []) for s, p in order], None),
-            ("exact_dedup", {}, [("news", p, []) for p in night], str(prev)),
-            ("minhash_dedup", {"partitions": 5}, near, None)]
+    prev, near_prev = tmp_path / "exact-previous", tmp_path / "minhash-previous"
+    fits = [("exact_dedup", {}, [(s, p, []) for s, p in order], None, []),
+            ("exact_dedup", {}, [("news", p, []) for p in night], str(prev), []),
+            ("minhash_dedup", {"partitions": 5}, near, None, []),
+            ("minhash_dedup", {"partitions": 5}, near[2:], str(near_prev), near[:2])]
     kinds = {"exact_dedup": ExactDedup, "minhash_dedup": MinHashDedup}
     local = []
     with LocalExecutor(ExecutorConfig(workers=1, batch_rows=64), show_progress=False) as ex:
         prev.mkdir()
+        near_prev.mkdir()
         ex.fit(ExactDedup(), dedup_tasks(fits[0][2]), str(prev))
-        for i, (kind, params, shards, previous) in enumerate(fits):
+        ex.fit(MinHashDedup({"partitions": 5}), dedup_tasks(near[:2]), str(near_prev))
+        for i, (kind, params, shards, previous, earlier) in enumerate(fits):
             (tmp_path / f"local-{i}").mkdir()
             (tmp_path / f"ray-{i}").mkdir()
             stage, tasks = kinds[kind](params), dedup_tasks(shards)
-            local.append(ex.fit_incremental(stage, previous, tasks, [], str(tmp_path / f"local-{i}")) if previous
-                         else ex.fit(stage, tasks, str(tmp_path / f"local-{i}")))
-    spec = [(kind, params, str(tmp_path / f"ray-{i}"), shards, previous)
-            for i, (kind, params, shards, previous) in enumerate(fits)]
+            local.append(ex.fit_incremental(stage, previous, tasks, dedup_tasks(earlier), str(tmp_path / f"local-{i}"))
+                         if previous else ex.fit(stage, tasks, str(tmp_path / f"local-{i}")))
+    spec = [(kind, params, str(tmp_path / f"ray-{i}"), shards, previous, earlier)
+            for i, (kind, params, shards, previous, earlier) in enumerate(fits)]
     run = subprocess.run([sys.executable, "-c", _RAY_FIT, two_nodes.address, json.dumps(spec)],
                          cwd=REPO, env=_env(tmp_path, two_nodes.auth), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     for line in ("fit of exact_dedup over 4 shards: 4 map tasks, 2 partitions",
                  "incremental fit of exact_dedup over 2 shards: 2 map tasks, 2 partitions",
-                 "fit of minhash_dedup over 5 shards: 5 map tasks, 2 partitions"):
+                 "fit of minhash_dedup over 5 shards: 5 map tasks, 2 partitions",
+                 "incremental fit of minhash_dedup over 3 shards: 3 map tasks, 2 partitions"):
         assert line in run.stderr, run.stderr[-3000:]
-    got = [json.loads(line) for line in run.stdout.strip().splitlines()[-3:]]
+    got = [json.loads(line) for line in run.stdout.strip().splitlines()[-4:]]
     assert got[:2] == local[:2] and got[0]["duplicates"] == 4 and got[1]["new_duplicates"] == 6
     assert without_seconds(got[2]) == without_seconds(local[2]) and got[2]["duplicates"] >= 100
-    for i in range(3):
+    assert without_seconds(got[3]) == without_seconds(local[3]) and got[3]["new_documents"] > 0
+    for i in range(4):
         assert artifact_files(tmp_path / f"ray-{i}") == artifact_files(tmp_path / f"local-{i}"), fits[i][:2]
 
 

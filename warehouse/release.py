@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from warehouse.lake import Lake
 from warehouse.releasing import gates, publish
 from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_chunks
 from warehouse.releasing.fates_file import FATES_FILE, FatesSink, report_dir
+from warehouse.releasing.overlap import Behind, read_ahead
 from warehouse.releasing.text import TextStats, release_text
 from warehouse.releasing.tokens import count_tokens
 from warehouse.releasing.writer import RELEASE_SCHEMA, ShardWriter, write_in_order
@@ -189,6 +191,15 @@ def _manifest(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_id: 
     }
 
 
+def _chunks(lake: Lake, raw_shards: list[str], stages: list[StageInfo], reads: Reads
+            ) -> Iterator[tuple[str, str, pl.DataFrame, dict[str, str]]]:
+    """(raw shard, source, chunk, missing) of every raw shard in order (``fates.shard_chunks``)."""
+    for raw in raw_shards:
+        source = lake.source_of(raw)
+        for df, missing in shard_chunks(raw, source, stages, reads, lake.annotation_path):  # bounded: one chunk
+            yield raw, source, df, missing
+
+
 def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards: list[str], writer: ShardWriter,
            planner: PlanFn | None, plan_columns: tuple[str, ...], scratch: str, fates: FatesSink
            ) -> tuple[Accounting, TextStats, dict[str, Any], dict[str, dict[str, int]] | None]:
@@ -203,9 +214,9 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
     acc, text_stats = Accounting(sources), TextStats(list(rel.text))
     staging: list[str] = []
     small: dict[str, list[pl.DataFrame]] = {s: [] for s in sources}
-    for raw in raw_shards:
-        source = lake.source_of(raw)
-        for df, missing in shard_chunks(raw, source, stages, reads, lake.annotation_path):  # bounded: one chunk
+    # Chunks are read one ahead and shards written one behind, in threads (releasing/overlap.py).
+    with Behind(writer.add) as write_behind, closing(read_ahead(_chunks(lake, raw_shards, stages, reads))) as chunks:
+        for raw, source, df, missing in chunks:
             for col in selection.columns | set(plan_columns) | set(rel.text):  # a stage that does not apply: nulls
                 if col not in df.columns:
                     df = df.with_columns(pl.lit(None, pl.String if col in rel.text else pl.Null).alias(col))
@@ -219,7 +230,7 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
             acc.per_source[source]["tokens_kept"] += int(kept.get_column("n_tokens").sum() or 0)
             table = kept.select(RELEASE_SCHEMA.names).to_arrow().cast(RELEASE_SCHEMA)
             if planner is None:
-                writer.add(table)
+                write_behind.put(table)
                 continue
             path = f"{scratch}/{len(staging):06d}.parquet"
             storage.write_table_atomic(path, table)

@@ -33,6 +33,13 @@ from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignat
 from schemas.config import ExecutorConfig  # noqa: E402
 
 
+def _cpu() -> float:
+    """CPU seconds of this process, all threads (workers=1 runs every stage here)."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run(lake: Path, workers: int, threshold: float, verify: bool, keep: bool, batch_rows: int) -> dict:
     raw = sorted(str(p) for p in (lake / "raw").rglob("*.parquet"))
     work = lake / "work"
@@ -41,7 +48,7 @@ def run(lake: Path, workers: int, threshold: float, verify: bool, keep: bool, ba
     sig = MinHashSignatures({"ngram": 5, "num_perm": 112, "bands": 14, "rows": 8})
     ded = MinHashDedup({"threshold": threshold, "verify": verify, "survivor": "first"})
     k1 = sig.key("minhash_signatures")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     timings = {}
     with LocalExecutor(ExecutorConfig(workers=workers, batch_rows=batch_rows), show_progress=False) as ex:
         t1 = [ShardTask("bench", p, str(work / k1 / Path(p).name)) for p in raw]
@@ -49,14 +56,14 @@ def run(lake: Path, workers: int, threshold: float, verify: bool, keep: bool, ba
         failed = [r.error for r in res if r.status == "failed"]
         if failed:
             raise RuntimeError(failed[0])
-        timings["signatures_s"] = time.perf_counter() - t0
+        timings["signatures_s"], timings["signatures_cpu_s"] = time.perf_counter() - t0, _cpu() - c0
         cols = (BANDS_COLUMN, COUNT_COLUMN)
         inputs = {p: tuple((c, str(work / k1 / Path(p).name), c) for c in cols) for p in raw}
         ded.upstream = {c: k1 for c in cols}
         k2 = ded.key("minhash_dedup")
         t2 = [ShardTask("bench", p, str(work / k2 / Path(p).name), inputs[p]) for p in raw]
         art = work / f"{k2}-artifact"
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu()
         if not (art / "assignment.parquet").exists():
             shutil.rmtree(art, ignore_errors=True)
             art.mkdir(parents=True)
@@ -64,13 +71,13 @@ def run(lake: Path, workers: int, threshold: float, verify: bool, keep: bool, ba
             (art / "_fit.json").write_text(json.dumps(metrics, default=str))
         else:
             metrics = json.loads((art / "_fit.json").read_text())
-        timings["fit_s"] = time.perf_counter() - t
-        t = time.perf_counter()
+        timings["fit_s"], timings["fit_cpu_s"] = time.perf_counter() - t, _cpu() - c
+        t, c = time.perf_counter(), _cpu()
         res = ex.run_stage("minhash_dedup", ded, t2, StageContext(artifact_dir=str(art)))
         failed = [r.error for r in res if r.status == "failed"]
         if failed:
             raise RuntimeError(failed[0])
-        timings["apply_s"] = time.perf_counter() - t
+        timings["apply_s"], timings["apply_cpu_s"] = time.perf_counter() - t, _cpu() - c
     timings["total_s"] = time.perf_counter() - t0
     removed = (pl.scan_parquet([t.out_path for t in t2]).filter(~pl.col("keep")).select(pl.col("id").cast(pl.Int64))
                .collect().get_column("id").to_numpy())

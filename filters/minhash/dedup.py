@@ -185,7 +185,8 @@ class _PartitionedSpill:
         part = np.concatenate([p for p, _ in self.buf])
         table = pa.concat_tables([t for _, t in self.buf]).combine_chunks()
         self.buf, self.rows = [], 0
-        order = np.argsort(part, kind="stable")
+        # A stable sort of 16-bit values is a radix sort in NumPy: ~7x faster than on int64.
+        order = np.argsort(part.astype(np.uint16) if self.partitions <= 1 << 16 else part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
         for p in np.flatnonzero(np.diff(bounds)).tolist():
             folder = f"{self.folder}/part-{p:04d}"
@@ -416,34 +417,57 @@ class MinHashDedup(GlobalStage):
         return out
 
     def fit_finish(self, parts: Iterator[list[tuple[int, pl.DataFrame, Any]]], sides: Sides, documents: int,
-                   artifact_dir: str) -> dict[str, Any]:
+                   artifact_dir: str, prev: Previous | None = None) -> dict[str, Any]:
         """The artifact from the reduced bucket partitions and every shard's metadata (in lake
         order), with the shingle sets of the documents in a candidate pair made by a second pass
-        over their shards: the files and metrics of ``fit`` over the same shards."""
+        over their shards: the files and metrics of ``fit`` over the same shards (with ``prev``:
+        of ``fit_incremental`` on top of it, over the new shards that were mapped)."""
         from filters.minhash import kernels as k
-        _check_size(documents)
+        n_old = prev.documents if prev else 0
+        _check_size(n_old + documents)
         timings: dict[str, float] = {}
         spill = f"{artifact_dir}/_spill"
         os.makedirs(spill, exist_ok=True)
         t0 = time.perf_counter()
-        scan = _Scan(f"{spill}/shingles.u32", 0)
-        with self._scan_files(scan, f"{artifact_dir}/{DOCS_FILE}", None) as add:
+        scan = _Scan(f"{spill}/shingles.u32", n_old)
+        with self._scan_files(scan, f"{artifact_dir}/{DOCS_FILE}", prev) as add:
             for start, batches in sides:
                 for side in batches:
                     if side is not None:
-                        add(side.moved(start))
+                        add(side.moved(n_old + start))
         timings["scan_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         pairs = _CandidateSpill(f"{spill}/pairs", artifact_dir, self.params.partitions)  # type: ignore[attr-defined]
+        written = set()
         for part in parts:
             for bucket, rows, found in part:
                 pairs.write_bucket(bucket, rows)
+                written.add(bucket)
                 if found is not None:
                     pairs.add(*found)
+        for bucket, rows in prev.untouched_buckets(written) if prev else ():
+            pairs.write_bucket(bucket, rows)
         pair_files, cand = pairs.close()
-        shingles = self._reread_shingles(sides, pair_files, documents, spill) if self.params.verify else None  # type: ignore[attr-defined]
+        shingles = (self._reread_shingles(sides.whole(), pair_files, n_old + documents, spill)
+                    if self.params.verify else None)  # type: ignore[attr-defined]
         timings["candidates_s"] = time.perf_counter() - t1
-        return self._cluster(k, scan, pair_files, cand, artifact_dir, None, timings, shingles)
+        return self._cluster(k, scan, pair_files, cand, artifact_dir, prev, timings, shingles)
+
+    def fit_reduce_incremental(self, previous: str, frames: list[tuple[int, pl.DataFrame]]
+                               ) -> list[tuple[int, pl.DataFrame, Any]]:
+        """``fit_reduce`` of a nightly update: merged into the earlier band index (filters/minhash/incremental.py)."""
+        from filters.minhash.incremental import reduce_on_previous
+        return reduce_on_previous(self, previous, frames)
+
+    def fit_finish_incremental(self, previous_dir: str, parts: Iterator[list[tuple[int, pl.DataFrame, Any]]],
+                               sides: Sides, documents: int, artifact_dir: str) -> dict[str, Any]:
+        """``fit_finish`` on top of the earlier artifact: the files and metrics of ``fit_incremental``."""
+        from filters.minhash.incremental import Previous
+        prev = Previous(previous_dir, None)
+        if self.params.verify and sum(sides.earlier_rows()) != prev.documents:  # type: ignore[attr-defined]
+            raise ValueError(f"minhash_dedup: the earlier shards hold {sum(sides.earlier_rows())} rows, the "
+                             f"earlier fit counted {prev.documents}: refit (curate run --refit NAME)")
+        return self.fit_finish(parts, sides, documents, artifact_dir, prev)
 
     @staticmethod
     def _reread_shingles(sides: Sides, pair_files: dict[int, list[str]], documents: int, spill: str) -> ShingleSets:

@@ -20,6 +20,15 @@ lake order):
    position of each component, i.e. the survivor under ``first``;
 5. survivors and ``assignment.parquet`` are rebuilt over all clustered documents.
 
+**In band partitions** (engines/partitioned_fit.py; the Ray executor's nightly update): the same
+steps split as the full fit's are. A map per new shard scans it (band rows, metadata); a reduce
+per group of bucket partitions (``reduce_on_previous``) reads those partitions of the earlier band
+index through the storage layer, merges the new rows in and makes step 2's pairs; the finish
+(where the artifact is) copies the earlier metadata, writes the merged band index (and the
+earlier partitions no new row reached, unchanged), gets the shingle sets of the documents in a
+candidate pair, earlier and new alike, from a second pass over their shards, and runs steps
+3-5 with the same code: the files and metrics of the one-process update for any partition count.
+
 So every new document gets what a full fit over all shards in lake order gives it: dropped iff an
 earlier document of its cluster exists, naming the cluster's first document. Earlier documents
 keep the annotations they were given. The one case where a full fit would differ for them: a new
@@ -36,14 +45,16 @@ document: parent and roots) plus one partition at a time.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from engines import storage
 from engines.stage import EarlierRows
 from filters.minhash.signatures import MinHashParams, SignatureComputer
 
@@ -56,9 +67,7 @@ READ_BACK_ROWS = 4096  # earlier documents read back (and shingled) at a time
 class Previous:
     """The artifact of the earlier fit, and a way to read its documents back."""
 
-    def __init__(self, folder: str, earlier: EarlierRows):
-        import json
-
+    def __init__(self, folder: str, earlier: EarlierRows | None):
         from filters.minhash.dedup import STATE_FILE
         self.folder = folder
         self.earlier = earlier
@@ -86,6 +95,13 @@ class Previous:
             return {}
         return {int(name[5:9]): f"{folder}/{name}" for name in sorted(os.listdir(folder)) if name.startswith("part-")}
 
+    def untouched_buckets(self, written: set[int]) -> Iterator[tuple[int, pl.DataFrame]]:
+        """The earlier bucket partitions not in ``written`` (no new row reached them), as the
+        one-process update writes them again: read and sorted by (key, pos)."""
+        for part, path in self.bucket_parts().items():
+            if part not in written:
+                yield part, pl.read_parquet(path).sort("key", "pos")
+
     def _old_roots(self) -> pl.DataFrame:
         from filters.minhash.dedup import ROOTS_FILE
         return pl.read_parquet(f"{self.folder}/{ROOTS_FILE}")
@@ -102,6 +118,7 @@ class Previous:
         """One flat file with the shingle sets of the earlier documents in a candidate pair (read
         back and shingled again), then the new documents' sets from the scan."""
         from filters.minhash.dedup import ShingleSets
+        assert self.earlier is not None, "reading earlier documents back needs the earlier shards"
         p = stage.params
         wanted = [np.zeros(0, dtype=np.int64)]
         for files in pair_files.values():
@@ -147,3 +164,30 @@ class Previous:
             for ex in examples:
                 ex["now_under_position"] = int(roots[ex.pop("pos")])
         return {"earlier_survivors_bridged": int(len(bridged)), "earlier_survivors_bridged_examples": examples}
+
+
+def reduce_on_previous(stage: MinHashDedup, previous: str, frames: list[tuple[int, pl.DataFrame]]
+                       ) -> list[tuple[int, pl.DataFrame, Any]]:
+    """A nightly update's reduce (``fit_reduce_incremental``): some bucket partitions' new rows
+    (positions in the new shards) -> per bucket partition, in order: the earlier band index's
+    partition with the new rows merged in, sorted by (key, position in the lake), and the pairs
+    with a new member in its buckets that hold one (step 2 above). ``previous``: the earlier
+    artifact as a lake URL or a local folder; only these partitions' files are read."""
+    from filters.minhash import kernels as k
+    from filters.minhash.dedup import STATE_FILE, _bucket_pairs
+    fs, root = storage.fs_and_path(previous)
+    documents = int(json.loads(storage.read_bytes(f"{previous}/{STATE_FILE}"))["documents"])
+    rows = pl.concat([f.with_columns(pl.col("pos") + (start + documents)) for start, f in frames])
+    out = []
+    for (part,), new in sorted(rows.partition_by("part", as_dict=True).items()):
+        merged = [new.select("key", "pos")]
+        try:
+            with fs.open(f"{root}/buckets/part-{int(part):04d}.parquet", "rb") as fh:
+                merged.insert(0, pl.read_parquet(fh))
+        except FileNotFoundError:  # no earlier band row in this partition
+            pass
+        f = pl.concat(merged).sort("key", "pos")
+        fresh = f.join(f.filter(pl.col("pos") >= documents).select("key").unique(), on="key", how="semi",
+                       maintain_order="left")
+        out.append((int(part), f, _bucket_pairs(k, fresh, stage.params.window, documents)))  # type: ignore[attr-defined]
+    return out

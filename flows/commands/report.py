@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,9 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from engines import storage
-from warehouse.lake import Lake
-from warehouse.release import latest_version
-from warehouse.report.context import ReleaseContext, load_context, read_manifest, rejected_record, report_dir
+
+if TYPE_CHECKING:  # imported where used: `curate run` imports this module before Prefect's server starts
+    from warehouse.lake import Lake
+    from warehouse.report.context import ReleaseContext
 
 console = Console(highlight=False)
 LakeOpt = Annotated[str, typer.Option("--lake", "-l", help="Lake folder, or a pipeline YAML whose lake to use.")]
@@ -35,11 +36,14 @@ def _fail(msg: str, code: int = 1) -> typer.Exit:
 
 def _lake(lake: str) -> Lake:
     from flows.cli import _lake_root
+    from warehouse.lake import Lake
     return Lake(_lake_root(lake))
 
 
 def resolve_release(lake: Lake, ref: str | None) -> tuple[str, str]:
     """(name, version) of ``NAME/VERSION``, ``NAME`` (its LATEST) or None (the newest release of any name)."""
+    from warehouse.release import latest_version
+    from warehouse.report.context import read_manifest
     if ref:
         name, _, version = ref.partition("/")
         version = version or (latest_version(lake, name) or "")
@@ -78,6 +82,7 @@ def _stages_from_config(lake: Lake, manifest: dict[str, Any]) -> list[Any] | Non
 
 def release_context(lake: Lake, ref: str | None) -> ReleaseContext:
     """The release ``ref`` names; a ``NAME/VERSION`` its gates stopped is read from its ``_rejected`` record."""
+    from warehouse.report.context import load_context, read_manifest, rejected_record, report_dir
     name, version = resolve_release(lake, ref)
     rejected = not storage.exists(f"{lake.release_dir(name, version)}/manifest.json") and storage.exists(
         rejected_record(lake, name, version))
@@ -147,7 +152,9 @@ def _short(v: Any, limit: int = 160) -> str:
 
 def _fate_in(lake: Lake, raw: str, doc_id: str) -> list[tuple[str, str, int]]:
     """(release, fate, copies released) in the latest version of each release that read this shard."""
+    from warehouse.release import latest_version
     from warehouse.report import duck
+    from warehouse.report.context import read_manifest
     from warehouse.report.fates import decided_shard, fates_path
     out = []
     for pointer in storage.glob(f"{lake.root}/releases/*/LATEST"):

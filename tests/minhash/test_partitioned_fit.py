@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engines.executor import LocalExecutor, ShardTask, shard_batches
-from engines.partitioned_fit import PartitionedFit, fit_in_one_process
+from engines.partitioned_fit import PartitionedFit, PartitionedIncrementalFit, fit_in_one_process
 from filters.minhash.dedup import MinHashDedup
 from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignatures
 from schemas.config import ExecutorConfig
@@ -75,3 +75,48 @@ def test_fit_in_band_partitions_writes_the_same_artifact(tmp_path, corpora, para
         assert sorted(got) == sorted(expected), partitions
         for name, data in expected.items():
             assert got[name] == data, (partitions, name)
+
+
+@pytest.mark.parametrize("params,cut,end", [({"partitions": 5}, 3, 5), ({"verify": False}, 3, 5), ({}, 2, 3)])
+def test_nightly_update_in_band_partitions_writes_the_same_artifact(tmp_path, corpora, params, cut, end):
+    """The nightly update (``fit_incremental``) split as the full fit is: a map per new shard, a
+    reduce per group of bucket partitions merged into the earlier band index, the finish on top
+    of the earlier artifact (rereading earlier and new documents of candidate pairs) writes the
+    one-process update's files byte for byte, with its metrics, for 1, 2, 3 and 7 partitions. The
+    earlier fit covers shards [0, cut), the night brings [cut, end); planted families span both.
+    The last case's night is one document: most of the 64 bucket partitions get no new row."""
+    shards = planted_minhash_lake(tmp_path, corpora)
+    tasks = dedup_tasks(shards)
+    earlier, new = tasks[:cut], tasks[cut:end]
+    stage = MinHashDedup(params)
+    assert isinstance(stage, PartitionedIncrementalFit)
+    prev, ref = tmp_path / "prev", tmp_path / "ref"
+    prev.mkdir()
+    ref.mkdir()
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=BATCH_ROWS), show_progress=False) as ex:
+        ex.fit(stage, earlier, str(prev))
+        ref_metrics = ex.fit_incremental(stage, str(prev), new, earlier, str(ref))
+    assert ref_metrics["new_documents"] == sum(pq_rows(t.raw_path) for t in new)
+    if end == 5:
+        assert ref_metrics["accepted_pairs"] > 0 and ref_metrics["duplicates"] >= 100
+    expected = artifact_files(ref)
+    assert {"buckets/part-0000.parquet", "docs.parquet", "roots.parquet", "assignment.parquet"} <= set(expected)
+
+    def batches(t):
+        return lambda: (b for _, b in shard_batches(stage, t, BATCH_ROWS))
+
+    for partitions in (1, 2, 3, 7):
+        art = tmp_path / f"p{partitions}"
+        art.mkdir()
+        metrics = fit_in_one_process(stage, [batches(t) for t in new], partitions, str(art), str(prev),
+                                     [batches(t) for t in earlier])
+        assert without_seconds(metrics) == without_seconds(ref_metrics), partitions
+        got = artifact_files(art)
+        assert sorted(got) == sorted(expected), partitions
+        for name, data in expected.items():
+            assert got[name] == data, (partitions, name)
+
+
+def pq_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+    return pq.ParquetFile(path).metadata.num_rows
