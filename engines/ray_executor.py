@@ -75,14 +75,16 @@ FORWARD_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEF
 def worker_env(forward: list[str] | None = None) -> dict[str, str]:
     """The driver's environment variables its Ray workers get (the job's ``runtime_env``).
 
-    Always the ``CURATE_*`` switches (plugins, scratch folder, fault injection). Then each
+    Always the ``CURATE_*`` switches (plugins, scratch folder, fault injection) and the
+    ``VLLM_*`` engine settings (``VLLM_CPU_KVCACHE_SPACE``, thread binding: a vLLM model stage's
+    actor must see what the driver was given). Then each
     variable named by ``forward`` (``executor.forward_env``; names or fnmatch patterns), by
     default ``FORWARD_ENV``: where the lake's object store is and the credentials to reach it,
     so ``lake: s3://...`` reaches the workers exactly as the driver reaches it. Variables the
     driver does not have are not sent, so a worker keeps what its node gives it (an IAM role, a
     pod's Secret). ``forward_env: []`` sends none of them (credentials in ``runtime_env`` are
     visible to whoever can read the cluster's job list)."""
-    patterns = ["CURATE_*", *(FORWARD_ENV if forward is None else forward)]
+    patterns = ["CURATE_*", "VLLM_*", *(FORWARD_ENV if forward is None else forward)]
     return {k: v for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
 
 
@@ -173,20 +175,31 @@ def _init_with_retry(ray: Any, address: str, kwargs: dict[str, Any]) -> None:
                 ray.shutdown()
 
 
-class _ShardActor:
+class _MapActor:
+    """Runs ``fn(item)`` for ``map`` items that reserve a GPU. A GPU task's worker would exit
+    after each call (Ray's ``max_calls`` is 1 for GPU tasks), reloading the model per item; an
+    actor keeps its model between items and releases it in ``teardown`` before it is killed."""
+
+    def run(self, fn: Callable[..., Any], item: Any) -> Any:
+        return fn(item)
+
+    def teardown(self) -> None:
+        from engines.inference.base import close_open_backends
+        teardown_stages()
+        close_open_backends()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class _ShardActor(_MapActor):
     """Holds one set-up copy of a stateful stage (one model load) and processes shards with it."""
 
     def __init__(self, stage: Stage, key: str, ctx: StageContext, batch_rows: int):
         self.stage, self.key, self.ctx, self.batch_rows = stage, key, ctx, batch_rows
 
-    def run(self, task: ShardTask) -> ShardResult:
+    def run(self, task: ShardTask) -> ShardResult:  # type: ignore[override]
         return run_shard(self.stage, self.key, task, self.ctx, self.batch_rows)
-
-    def teardown(self) -> None:
-        teardown_stages()
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def _options(res: Resources) -> dict[str, Any]:
@@ -273,6 +286,9 @@ class RayExecutor:
         worker processes, so a model a task loads into a module-level cache serves later items."""
         ray = self._connect()
         res = resources or Resources()
+        if res.gpus:
+            yield from self._map_on_actors(fn, items, desc, res)
+            return
         remote = self._remote(_call).options(**_options(res))
         fn_ref = ray.put(fn)
         limit = 2 * self._slots(res)
@@ -285,6 +301,29 @@ class RayExecutor:
                 for ref in done:
                     yield ray.get(ref)
                     prog.advance(bar)
+
+    def _map_on_actors(self, fn: Callable[..., Any], items: list[Any], desc: str, res: Resources) -> Iterator[Any]:
+        """``map`` for GPU work: one actor per GPU slot (one model load each), items handed to
+        whichever actor is free; the actors release their models and end when the map ends."""
+        ray = self.ray
+        cls = ray.remote(_MapActor).options(max_restarts=RETRIES, max_task_retries=RETRIES, **_options(res))
+        actors = [cls.remote() for _ in range(min(len(items), self._slots(res)))]
+        fn_ref = ray.put(fn)
+        queue, idle = list(reversed(items)), list(actors)
+        pending: dict[Any, Any] = {}
+        try:
+            with self._bar(f"{desc} ({len(actors)} actors)", len(items)) as (prog, bar):
+                while queue or pending:
+                    while queue and idle:
+                        a = idle.pop()
+                        pending[a.run.remote(fn_ref, queue.pop())] = a
+                    done, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in done:
+                        idle.append(pending.pop(ref))
+                        yield ray.get(ref)
+                        prog.advance(bar)
+        finally:
+            self._retire(actors)
 
     def run_stage(self, name: str, stage: Stage, tasks: list[ShardTask],
                   ctx: StageContext | None = None) -> list[ShardResult]:

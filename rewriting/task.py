@@ -92,7 +92,7 @@ def worker_generator(stage: RewriteStage, cache_dir: str) -> Generator:
     """The worker's generator for this stage's params (model loaded once per process)."""
     key = stable_hash([stage.rparams.model_dump(mode="json"), cache_dir])
     gen = _GENERATORS.get(key)
-    if gen is None:
+    if gen is None or gen.backend is None or gen.backend.closed:  # closed: the worker released its models
         gen = Generator(stage.rparams)
         gen.setup(cache_dir)
         _GENERATORS[key] = gen

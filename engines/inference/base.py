@@ -1,6 +1,7 @@
 """The inference interface, its configuration, and the backend factory."""
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -118,6 +119,7 @@ class InferenceBackend(ABC):
     """What model-backed stages may ask of a model. Implementations batch internally."""
 
     config: InferenceConfig
+    closed = False  # set by close_open_backends
 
     @property
     def model_id(self) -> str:
@@ -199,8 +201,34 @@ class InferenceBackend(ABC):
         """Release the model (GPU memory, HTTP clients)."""
 
 
+# Every backend ``make_backend`` made in this process and not yet closed (close_open_backends).
+_OPEN: weakref.WeakSet[InferenceBackend] = weakref.WeakSet()
+
+
 def make_backend(config: InferenceConfig, **kwargs: Any) -> InferenceBackend:
     """The backend named by ``config.backend`` (imported lazily: each pulls heavy packages)."""
+    backend = _make_backend(config, **kwargs)
+    _OPEN.add(backend)
+    return backend
+
+
+def close_open_backends() -> int:
+    """Close every backend ``make_backend`` made in this process (models held in module-level
+    caches too, e.g. the rewrite generators): a worker about to end or to hand its GPU to the
+    next stage calls it. A closed backend has ``closed`` set; its owners make a new one if the
+    process goes on. Returns how many were closed."""
+    n = 0
+    for backend in list(_OPEN):
+        _OPEN.discard(backend)
+        try:
+            backend.close()
+        finally:
+            backend.closed = True
+            n += 1
+    return n
+
+
+def _make_backend(config: InferenceConfig, **kwargs: Any) -> InferenceBackend:
     if config.backend == "transformers":
         from engines.inference.hf_backend import TransformersBackend
         return TransformersBackend(config, **kwargs)

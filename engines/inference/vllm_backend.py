@@ -12,6 +12,7 @@ normalisation for sentence-transformers models, read from their modules.json).
 """
 from __future__ import annotations
 
+import gc
 import math
 from typing import Any
 
@@ -32,6 +33,7 @@ class VLLMBackend(InferenceBackend):
                               f"{install_command(['vllm'])}") from e
         self.config = config
         self._vllm = vllm
+        self._rejected = rejected_errors()
         kwargs: dict[str, Any] = {"model": resolve_model(config.model), "dtype": config.dtype,
                                   "gpu_memory_utilization": config.gpu_memory_utilization,
                                   "enable_prefix_caching": config.enable_prefix_caching, "seed": 0}
@@ -45,8 +47,7 @@ class VLLMBackend(InferenceBackend):
         return self._vllm.SamplingParams(**vllm_sampling_kwargs(p, self._vllm), **extra)
 
     def chat(self, conversations: list[Messages], params: SamplingParams) -> list[Generation]:
-        outs = self.llm.chat(conversations, self._params(params), use_tqdm=False)
-        return [self._generation(o) for o in outs]
+        return self.chat_each(conversations, [params] * len(conversations))
 
     @staticmethod
     def _generation(o: Any) -> Generation:
@@ -55,8 +56,21 @@ class VLLMBackend(InferenceBackend):
                           prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(c.token_ids))
 
     def chat_each(self, conversations: list[Messages], params: list[SamplingParams]) -> list[Generation]:
-        # One engine call; vLLM takes a SamplingParams per prompt (per-request seeds are reproducible).
-        outs = self.llm.chat(conversations, [self._params(p) for p in params], use_tqdm=False)
+        """One engine call; vLLM takes a SamplingParams per prompt (per-request seeds are
+        reproducible). A request the engine rejects (a prompt longer than ``max_model_len``, a
+        constraint its grammar backend cannot compile) makes vLLM raise for the whole call, before
+        anything is generated: the call is then repeated one request at a time, so only the
+        rejected requests come back as ``finish_reason="error"`` with vLLM's message (the stage
+        quarantines those rows with the reason) and the others are generated as usual."""
+        if not conversations:
+            return []
+        sampling = [self._params(p) for p in params]
+        try:
+            outs = self.llm.chat(conversations, sampling, use_tqdm=False)
+        except self._rejected as e:
+            if len(conversations) == 1:
+                return [rejected(e)]
+            return [self.chat_each([c], [p])[0] for c, p in zip(conversations, params)]
         return [self._generation(o) for o in outs]
 
     def next_token_logprobs(self, conversations: list[Messages], candidates: list[str]) -> list[dict[str, float]]:
@@ -118,7 +132,32 @@ class VLLMBackend(InferenceBackend):
         return text if len(ids) <= max_tokens else self.tok.decode(ids[:max_tokens])
 
     def close(self) -> None:
-        del self.llm
+        """Shut the engine down now (its engine-core and worker processes, the GPU memory they
+        hold) rather than whenever the garbage collector finds it: a Ray actor is killed right
+        after its teardown, and a later model stage may need the same GPU."""
+        llm = self.__dict__.pop("llm", None)
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        gc.collect()
+
+
+def rejected_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it will not take: ``vllm.exceptions.VLLMClientError``
+    (its validation errors, since about 0.30), ``ValueError``/``TypeError`` (older versions).
+    Anything else (the engine died, out of memory) stays an error of the whole call."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMClientError)
+
+
+def rejected(e: BaseException) -> Generation:
+    """The reply of a request the engine refused: no text, the reason in ``error``."""
+    return Generation(text="", finish_reason="error", error=f"vllm rejected the request: {type(e).__name__}: "
+                      f"{str(e)[:300]}")
 
 
 def vllm_sampling_kwargs(p: SamplingParams, vllm: Any) -> dict[str, Any]:

@@ -112,6 +112,12 @@ class Job:
     max_reply_tokens: int | None
 
 
+def reply_text(g: Generation) -> str:
+    """What ``rewrite_outputs.reply`` keeps of a reply: its text, or for a backend error the
+    backend's message in brackets (why the request failed: a rejected prompt, a timeout)."""
+    return f"[{g.error}]" if g.finish_reason == "error" and g.error else g.text
+
+
 @dataclass
 class Candidate:
     """A derived text (``text``) or the reason there is none (``reason``); one per job, or per
@@ -209,7 +215,7 @@ class Method:
             text = None
             if reason is None:
                 text, reason = self.parse(job, g.text)
-            out.append(Candidate(job.parent, [k], text if reason is None else None, reason, g.text, g.finish_reason,
+            out.append(Candidate(job.parent, [k], text if reason is None else None, reason, reply_text(g), g.finish_reason,
                                  g.prompt_tokens, g.completion_tokens))
         return out
 

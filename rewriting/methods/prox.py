@@ -30,7 +30,7 @@ from pydantic import Field
 
 from engines.inference import Generation, SamplingParams
 from rewriting import prox_lang
-from rewriting.methods.base import Candidate, Family, Job, Method, Parent, RouteConfig
+from rewriting.methods.base import Candidate, Family, Job, Method, Parent, RouteConfig, reply_text
 from rewriting.postfilter import containment, reply_problem
 from rewriting.segments import Segment
 from rewriting.templates import Template
@@ -123,7 +123,7 @@ class Prox(Method):
             else:
                 reason = None
             out.append(Candidate(p, ks, edited if reason is None else None, reason,
-                                 "\n".join(f"### segment {jobs[k].segment.index}\n{gens[k].text}" for k in ks),
+                                 "\n".join(f"### segment {jobs[k].segment.index}\n{reply_text(gens[k])}" for k in ks),
                                  "length" if any(g.finish_reason == "length" for g in gs) else "stop",
                                  sum(g.prompt_tokens for g in gs), sum(g.completion_tokens for g in gs), extra))
         return out
