@@ -71,6 +71,10 @@ def run_rewrite(ctx: RunContext, cs: ConfiguredStage, columns: dict[str, set[str
     results = [rewrite_shard(t) for t in plan.tasks if not t.routes]  # annotation only: no model needed
     results += list(ctx.executor.map(rewrite_shard, busy, desc=f"{cs.name} ({len(busy)} shards)",
                                      resources=stage.resources()))
+    # The local executor runs a lone shard (or every shard with workers: 1) in this process: let its
+    # model go now, so the next model stage can have the GPU (a later rewrite makes a new one).
+    from engines.inference.base import close_open_backends
+    close_open_backends()
     for path, marker in plan.tombstones:
         write_json_atomic(path, marker)
     markers = [m for r in results for m in r.markers] + [{**m, "_path": p} for p, m in plan.tombstones]

@@ -175,3 +175,10 @@ def test_rerun_generates_nothing_twice(first):
                         [again["run_id"]]).fetchone()[0]
     assert fresh == 0
     assert again["release"]["version"] == summary["release"]["version"]
+
+
+def test_the_model_is_let_go_after_the_stage(first):
+    """With workers: 1 the rewrite's model lives in the flow's own process; the stage closes it
+    before the next stage (on a GPU, the next model stage needs the memory)."""
+    from engines.inference import base
+    assert not [b for b in base._OPEN if not b.closed]
