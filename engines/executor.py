@@ -367,6 +367,10 @@ class LocalExecutor:
         Runs in this process with all its CPUs: a fit is one pass that a stage may parallelise
         inside (Polars does; MinHash signing uses ``context.threads``)."""
         stage.bind(dataclasses.replace(ctx or StageContext(), threads=max(1, os.cpu_count() or 1)))
+        from engines.reread_fit import TwoPassFit, fit_two_pass  # a second pass over chosen rows (MinHash)
+        if isinstance(stage, TwoPassFit):
+            return fit_two_pass(stage, [lambda t=t: (b for _, b in shard_batches(stage, t, self.config.batch_rows))
+                                        for t in tasks], artifact_dir)
         batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
         return stage.fit(batches, artifact_dir)
 

@@ -493,6 +493,34 @@ class MinHashDedup(GlobalStage):
         return ShingleSets(path, np.concatenate(offsets), np.concatenate(full) if full else np.zeros(0, bool),
                            documents, docs)
 
+    def fit_two_pass(self, batches: Iterator[pl.DataFrame], sides: Callable[[], Sides],
+                     artifact_dir: str) -> dict[str, Any]:
+        """``fit`` (same files and metrics) reading the text only of the documents in a candidate
+        pair (engines/reread_fit.py): the scan reads no text and makes no shingle sets; after the
+        candidate pairs, ``fit_reread`` makes the sets of those documents from a second pass. Costs
+        one more decode of the text column, saves shingling every document outside a pair (the
+        larger part of the fit's CPU on a corpus with few duplicates)."""
+        from filters.minhash import kernels as k
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        if not p.verify:
+            return self.fit(batches, artifact_dir)
+        self.needs = tuple(c for c in self._fit_needs if c != "text")  # type: ignore[misc]  # read as each shard starts
+        timings: dict[str, float] = {}
+        spill = f"{artifact_dir}/_spill"
+        os.makedirs(spill, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            scan = self._scan(batches, spill, f"{artifact_dir}/{DOCS_FILE}", None, shingles=False)
+        finally:
+            self.needs = self._fit_needs  # type: ignore[misc]
+        _check_size(scan.docs)
+        timings["scan_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        pair_files, cand = self._candidates(k, scan.bucket_parts, artifact_dir, spill, None)
+        shingles = self._reread_shingles(sides(), pair_files, scan.docs, spill)
+        timings["candidates_s"] = time.perf_counter() - t1
+        return self._cluster(k, scan, pair_files, cand, artifact_dir, None, timings, shingles)
+
     def _fit(self, batches: Iterator[pl.DataFrame], artifact_dir: str, prev: Previous | None) -> dict[str, Any]:
         from filters.minhash import kernels as k
         self.needs = self._fit_needs  # type: ignore[misc]  # (the executor reads batches lazily, after this)
@@ -575,15 +603,17 @@ class MinHashDedup(GlobalStage):
             "seconds": {k2: round(v, 3) for k2, v in timings.items()},
         }
 
-    def _scan(self, batches: Iterator[pl.DataFrame], spill: str, docs_path: str, prev: Previous | None) -> _Scan:
+    def _scan(self, batches: Iterator[pl.DataFrame], spill: str, docs_path: str, prev: Previous | None,
+              shingles: bool = True) -> _Scan:
         """One pass over the (new) batches: band keys to a partitioned spill, document metadata to
-        ``docs_path`` (after the earlier documents' when ``prev``), shingle sets (``verify``) to a
-        flat spill file. Documents are numbered from ``prev.documents`` (0 for a full fit)."""
+        ``docs_path`` (after the earlier documents' when ``prev``), shingle sets (``verify`` and
+        ``shingles``) to a flat spill file. Documents are numbered from ``prev.documents`` (0 for a
+        full fit)."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         buckets = _PartitionedSpill(f"{spill}/buckets", p.partitions)
         scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
-        shingler = self._shingler() if p.verify else None
-        with self._scan_files(scan, docs_path, prev) as add:
+        shingler = self._shingler() if (p.verify and shingles) else None
+        with self._scan_files(scan, docs_path, prev, shingler is not None) as add:
             for batch in batches:
                 if batch.height:
                     scanned = self._scan_batch(batch, scan.first + scan.docs, shingler)
@@ -601,12 +631,14 @@ class MinHashDedup(GlobalStage):
                                  self.context.threads)
 
     @contextlib.contextmanager
-    def _scan_files(self, scan: _Scan, docs_path: str, prev: Previous | None) -> Iterator[Callable[[_Batch], None]]:
+    def _scan_files(self, scan: _Scan, docs_path: str, prev: Previous | None,
+                    shingles: bool = True) -> Iterator[Callable[[_Batch], None]]:
         """The spill files of a scan (document metadata, after the earlier documents' when ``prev``;
-        shingle sets with ``verify``), open while the scanned batches are added in lake order."""
+        shingle sets with ``verify`` and ``shingles``), open while the scanned batches are added in
+        lake order."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         meta_writer: pq.ParquetWriter | None = prev.copy_docs(docs_path) if prev else None
-        shingle_file = open(scan.shingles_path, "wb") if p.verify else None
+        shingle_file = open(scan.shingles_path, "wb") if (p.verify and shingles) else None
 
         def add(batch: _Batch) -> None:
             nonlocal meta_writer

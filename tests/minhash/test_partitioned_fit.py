@@ -11,6 +11,7 @@ import pytest
 
 from engines.executor import LocalExecutor, ShardTask, shard_batches
 from engines.partitioned_fit import PartitionedFit, PartitionedIncrementalFit, fit_in_one_process
+from engines.stage import StageContext
 from filters.minhash.dedup import MinHashDedup
 from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashSignatures
 from schemas.config import ExecutorConfig
@@ -75,6 +76,42 @@ def test_fit_in_band_partitions_writes_the_same_artifact(tmp_path, corpora, para
         assert sorted(got) == sorted(expected), partitions
         for name, data in expected.items():
             assert got[name] == data, (partitions, name)
+
+
+@pytest.mark.parametrize("params", [{"partitions": 5}, {"max_shingles": 16, "survivor": "min_id"}])
+def test_two_pass_fit_writes_the_one_pass_artifact(tmp_path, corpora, params):
+    """The local executor's fit (engines/reread_fit.py: a scan without the text, then the shingle
+    sets of the documents in a candidate pair only) writes ``fit``'s files byte for byte, with its
+    metrics, against the one pass that shingles every document (bottom-k sets included)."""
+    shards = planted_minhash_lake(tmp_path, corpora)
+    tasks = dedup_tasks(shards)
+    stage = MinHashDedup(params)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    stage.bind(StageContext(threads=1))
+    ref = stage.fit((b for t in tasks for _, b in shard_batches(stage, t, BATCH_ROWS)), str(one))
+    assert ref["accepted_pairs"] > 0 and ref["without_signature"] == 3
+    seen: list[tuple[str, ...]] = []
+    real = MinHashDedup.fit_reread
+
+    def reread(self, batches, rows):
+        seen.append(tuple(self.needs))
+        return real(self, batches, rows)
+
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=BATCH_ROWS), show_progress=False) as ex:
+        MinHashDedup.fit_reread = reread  # type: ignore[method-assign]
+        try:
+            metrics = ex.fit(stage, tasks, str(two))
+        finally:
+            MinHashDedup.fit_reread = real  # type: ignore[method-assign]
+    assert seen and all("text" in needs for needs in seen)  # the second pass read the text
+    assert "text" in stage.needs
+    assert without_seconds(metrics) == without_seconds(ref)
+    expected, got = artifact_files(one), artifact_files(two)
+    assert sorted(got) == sorted(expected)
+    for name, data in expected.items():
+        assert got[name] == data, name
 
 
 @pytest.mark.parametrize("params,cut,end", [({"partitions": 5}, 3, 5), ({"verify": False}, 3, 5), ({}, 2, 3)])
