@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import multiprocessing as mp
 import multiprocessing.util as mp_util
 import os
@@ -246,6 +247,10 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
             yield rb.column("id"), batch
 
 
+def _shard_frames(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[pl.DataFrame]:
+    return (batch for _, batch in shard_batches(stage, task, batch_rows))
+
+
 def _fed_column(alias: str, parts: list[_ColumnStream | str], batch: pl.DataFrame, ids: pa.Array) -> pl.Series:
     """One fed column: a single source, or the coalesce of a derived-text chain (first non-null wins).
     Fed files are checked against the shard's ``ids`` (aligned by id, not only by position)."""
@@ -369,7 +374,7 @@ class LocalExecutor:
         stage.bind(dataclasses.replace(ctx or StageContext(), threads=max(1, os.cpu_count() or 1)))
         from engines.reread_fit import TwoPassFit, fit_two_pass  # a second pass over chosen rows (MinHash)
         if isinstance(stage, TwoPassFit):
-            return fit_two_pass(stage, [lambda t=t: (b for _, b in shard_batches(stage, t, self.config.batch_rows))
+            return fit_two_pass(stage, [functools.partial(_shard_frames, stage, t, self.config.batch_rows)
                                         for t in tasks], artifact_dir)
         batches = (batch for t in tasks for _, batch in shard_batches(stage, t, self.config.batch_rows))
         return stage.fit(batches, artifact_dir)
