@@ -164,12 +164,13 @@ def run_tool(tool: str, a: argparse.Namespace, peer_dir: Path, lake: Path, work:
     if tool == "curate-run":  # the user path: `curate run` on a pipeline file (benchmarks/dedup/user_path.py)
         cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmarks.dedup.user_path", "--input", str(peer_dir),
                "--work", str(work / "user-path"), "--out", str(out), "--threshold", str(a.threshold),
-               "--workers", str(a.curate_workers)]
+               "--workers", str(a.curate_workers), "--prefect-server", a.prefect_server]
         m = measure(cmd, work / f"{tool}.log", env)
         info = json.loads(out.with_suffix(".json").read_text())
         # the figure is the second `curate run` (ingest measured on its own, before it)
         m.update({"wall_s": info["run_s"], "ingest_s": info["ingest_s"], "breakdown": info["breakdown"],
-                  "cpu_s": info.get("run_cpu_s", m["cpu_s"])})
+                  "cpu_s": info.get("run_cpu_s", m["cpu_s"]), "prefect_server": info.get("prefect_server"),
+                  "server_cpu_s": info.get("server_cpu_s", 0.0)})
         return m, np.load(out)
     if tool in ("curate", "curate-lean"):
         cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "benchmarks.dedup.run_curate", "--lake", str(lake),
@@ -217,6 +218,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-truth", action="store_true", help="skip ground truth (scale runs)")
     ap.add_argument("--bench-python", default=str(REPO / ".venv-bench" / "bin" / "python"))
+    ap.add_argument("--prefect-server", choices=("temporary", "running"), default="temporary",
+                    help="curate-run: each run starts Prefect's temporary server (default), or one real "
+                         "`prefect server start` runs before the timed run and PREFECT_API_URL points at it "
+                         "(its CPU seconds during the run are printed as server_cpu_s)")
     a = ap.parse_args()
     # the figures depend on the CPU, its load and the kernel path (CURATE_SIMD is inherited by the runs)
     print(native.describe(), flush=True)
@@ -249,6 +254,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         if "breakdown" in m:
+            if m.get("prefect_server") == "running":
+                print(f"  curate-run reported to a running Prefect server (started before, not timed): the run "
+                      f"{m['cpu_s']:.1f} CPU s + the server {m['server_cpu_s']:.1f} CPU s during it", flush=True)
             print(f"  curate-run: ingest {m['ingest_s']:.1f} s (not counted); the run: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in m["breakdown"].items()), flush=True)
     results = a.out / f"results-{tag}-t{a.threshold:g}.json"

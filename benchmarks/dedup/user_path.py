@@ -19,7 +19,10 @@ a server early).
 
     .venv/bin/python -m benchmarks.dedup.user_path --input /tmp/dedup-bench/input-200k-s7 --work /tmp/up
 
-``benchmarks/dedup/run.py`` runs this as the tool ``curate-run`` beside the others.
+``benchmarks/dedup/run.py`` runs this as the tool ``curate-run`` beside the others. With
+``--prefect-server running`` the runs report to one real Prefect server started before them (a
+user who runs ``prefect server start`` and sets ``PREFECT_API_URL``): no server starts per run,
+and the server's own CPU seconds during the run are printed apart (``server_cpu_s``).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = "bench"
@@ -133,24 +137,42 @@ def startup_times(log: Path) -> dict[str, float]:
     return {}
 
 
-def run(inputs: Path, work: Path, workers: int, threshold: float, keep: bool = False) -> dict:
-    """Ingest, then the user path; returns timings, the breakdown and the removed corpus doc_idx."""
+def run(inputs: Path, work: Path, workers: int, threshold: float, keep: bool = False,
+        prefect_server: str = "temporary") -> dict:
+    """Ingest, then the user path; returns timings, the breakdown and the removed corpus doc_idx.
+    ``prefect_server``: ``temporary`` (no ``PREFECT_API_URL``: each ``curate run`` starts Prefect's
+    temporary server, a child process counted in the run's CPU seconds) or ``running`` (one real
+    ``prefect server start`` before the runs, outside the timed region; the runs report to it and
+    its CPU seconds during the run are given apart as ``server_cpu_s``)."""
     work.mkdir(parents=True, exist_ok=True)
+    if prefect_server == "running":
+        from benchmarks.dedup.prefect_server import running_server
+        with running_server(work, _env()) as server:
+            return _run(inputs, work, workers, threshold, keep, server)
+    return _run(inputs, work, workers, threshold, keep, None)
+
+
+def _run(inputs: Path, work: Path, workers: int, threshold: float, keep: bool, server: Any) -> dict:
     lake = work / "lake"
     if not keep:
         shutil.rmtree(lake, ignore_errors=True)
     env = _env()
+    if server is not None:
+        env["PREFECT_API_URL"] = server.url
     curate = [sys.executable, "-m", "flows.cli", "run"]
     (work / "ingest.yaml").write_text(pipeline_yaml(inputs, lake, False, workers, threshold))
     (work / "pipeline.yaml").write_text(pipeline_yaml(inputs, lake, True, workers, threshold))
     ingest_s = _timed([*curate, str(work / "ingest.yaml")], env, work / "ingest.log")
     cpu: list[float] = []
+    server_cpu0 = server.cpu_s() if server is not None else 0.0
     run_s = _timed([*curate, str(work / "pipeline.yaml")], env, work / "run.log", cpu)
+    server_cpu = server.cpu_s() - server_cpu0 if server is not None else 0.0
     parts = timeline(lake)
     parts.update(probes(work, env))
     parts["startup_before_flow_s"] = run_s - parts["flow_body_s"]
     parts.update(startup_times(work / "run.log"))
-    return {"ingest_s": ingest_s, "run_s": run_s, "run_cpu_s": cpu[0], "breakdown": parts,
+    return {"ingest_s": ingest_s, "run_s": run_s, "run_cpu_s": cpu[0], "server_cpu_s": server_cpu,
+            "prefect_server": "running" if server is not None else "temporary", "breakdown": parts,
             "removed": removed_doc_idx(inputs, lake)}
 
 
@@ -182,8 +204,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the removed doc_idx here (.npy)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--prefect-server", choices=("temporary", "running"), default="temporary",
+                    help="temporary: each run starts Prefect's temporary server (the default figure); running: "
+                         "one `prefect server start` before the runs, PREFECT_API_URL pointing at it")
     a = ap.parse_args()
-    r = run(a.input, a.work, a.workers, a.threshold)
+    r = run(a.input, a.work, a.workers, a.threshold, prefect_server=a.prefect_server)
     if a.out:
         import numpy as np
         np.save(a.out, r.pop("removed"))
