@@ -248,6 +248,8 @@ def shard_batches(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[tu
 
 
 def _shard_frames(stage: Stage, task: ShardTask, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """One shard's batches with the columns ``stage.needs`` names when called (fed ones included)."""
+    task = dataclasses.replace(task, inputs=tuple(i for i in task.inputs if i[0] in stage.needs))
     return (batch for _, batch in shard_batches(stage, task, batch_rows))
 
 

@@ -517,7 +517,11 @@ class MinHashDedup(GlobalStage):
         timings["scan_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         pair_files, cand = self._candidates(k, scan.bucket_parts, artifact_dir, spill, None)
-        shingles = self._reread_shingles(sides(), pair_files, scan.docs, spill)
+        self.needs = ("id", "text")  # type: ignore[misc]  # the second pass reads the text alone
+        try:
+            shingles = self._reread_shingles(sides(), pair_files, scan.docs, spill)
+        finally:
+            self.needs = self._fit_needs  # type: ignore[misc]
         timings["candidates_s"] = time.perf_counter() - t1
         return self._cluster(k, scan, pair_files, cand, artifact_dir, None, timings, shingles)
 
