@@ -79,7 +79,7 @@ def test_fit_in_band_partitions_writes_the_same_artifact(tmp_path, corpora, para
 
 
 @pytest.mark.parametrize("params", [{"partitions": 5}, {"max_shingles": 16, "survivor": "min_id"}])
-def test_two_pass_fit_writes_the_one_pass_artifact(tmp_path, corpora, params):
+def test_two_pass_fit_writes_the_one_pass_artifact(tmp_path, corpora, params, monkeypatch):
     """The local executor's fit (engines/reread_fit.py: a scan without the text, then the shingle
     sets of the documents in a candidate pair only) writes ``fit``'s files byte for byte, with its
     metrics, against the one pass that shingles every document (bottom-k sets included)."""
@@ -99,19 +99,47 @@ def test_two_pass_fit_writes_the_one_pass_artifact(tmp_path, corpora, params):
         seen.append(tuple(self.needs))
         return real(self, batches, rows)
 
+    monkeypatch.setattr(MinHashDedup, "fit_reread", reread)
     with LocalExecutor(ExecutorConfig(workers=1, batch_rows=BATCH_ROWS), show_progress=False) as ex:
-        MinHashDedup.fit_reread = reread  # type: ignore[method-assign]
-        try:
-            metrics = ex.fit(stage, tasks, str(two))
-        finally:
-            MinHashDedup.fit_reread = real  # type: ignore[method-assign]
-    assert seen and all("text" in needs for needs in seen)  # the second pass read the text
+        metrics = ex.fit(stage, tasks, str(two))
+    assert seen and all(needs == ("id", "text") for needs in seen)  # the second pass read the text alone
     assert "text" in stage.needs
     assert without_seconds(metrics) == without_seconds(ref)
     expected, got = artifact_files(one), artifact_files(two)
     assert sorted(got) == sorted(expected)
     for name, data in expected.items():
         assert got[name] == data, name
+
+
+def test_two_pass_fit_reads_fed_derived_text(tmp_path, corpora):
+    """With the text fed from an earlier stage's derived column (null where unchanged, falling
+    back to the shard's text), the two-pass fit verifies on that text, as the one pass does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    shards = planted_minhash_lake(tmp_path, corpora)
+    tasks = []
+    for t in dedup_tasks(shards):
+        raw = pq.read_table(t.raw_path, columns=["id", "text"])
+        texts = raw.column("text").to_pylist()
+        clean = [None if i % 3 else f"{x} plus a line that a cleaning stage appended" for i, x in enumerate(texts)]
+        path = tmp_path / "clean" / Path(t.raw_path).name
+        path.parent.mkdir(exist_ok=True)
+        pq.write_table(pa.table({"id": raw.column("id"), "clean": pa.array(clean, pa.string())}), path)
+        tasks.append(ShardTask(t.source, t.raw_path, "", t.inputs + (("text", str(path), "clean"), ("text", "", "text"))))
+    stage = MinHashDedup({})
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    stage.bind(StageContext(threads=1))
+    ref = stage.fit((b for t in tasks for _, b in shard_batches(stage, t, BATCH_ROWS)), str(one))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    base = stage.fit((b for t in dedup_tasks(shards) for _, b in shard_batches(stage, t, BATCH_ROWS)), str(plain))
+    assert ref["candidate_similarity_histogram"] != base["candidate_similarity_histogram"]  # the fed text counted
+    with LocalExecutor(ExecutorConfig(workers=1, batch_rows=BATCH_ROWS), show_progress=False) as ex:
+        metrics = ex.fit(stage, tasks, str(two))
+    assert without_seconds(metrics) == without_seconds(ref)
+    assert artifact_files(one) == artifact_files(two)
 
 
 @pytest.mark.parametrize("params,cut,end", [({"partitions": 5}, 3, 5), ({"verify": False}, 3, 5), ({}, 2, 3)])
