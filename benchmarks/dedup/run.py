@@ -257,8 +257,13 @@ def main() -> None:
             if m.get("prefect_server") == "running":
                 print(f"  curate-run reported to a running Prefect server (started before, not timed): the run "
                       f"{m['cpu_s']:.1f} CPU s + the server {m['server_cpu_s']:.1f} CPU s during it", flush=True)
+            wall = {k: v for k, v in m["breakdown"].items() if not k.endswith("_cpu_s")}
+            cpu = {k[:-6]: v for k, v in m["breakdown"].items() if k.endswith("_cpu_s")}
             print(f"  curate-run: ingest {m['ingest_s']:.1f} s (not counted); the run: "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in m["breakdown"].items()), flush=True)
+                  + ", ".join(f"{k} {v:.1f}" for k, v in wall.items()), flush=True)
+            if cpu:
+                print("  curate-run CPU s per phase (its process tree, sampled): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()), flush=True)
     results = a.out / f"results-{tag}-t{a.threshold:g}.json"
     results.write_text(json.dumps(rows, indent=1))
     print_table(rows)
