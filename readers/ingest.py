@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from engines import storage
 from engines.faults import delay_point
+from readers import kernels
 from readers.base import OFFSET_COLUMN, Quarantined
 from schemas.config import ColumnMap, SourceConfig
 from schemas.documents import DOCUMENT, QUARANTINE
@@ -212,7 +213,7 @@ class Normaliser:
 
         native_id, url = mapped(cols.id), mapped(cols.url)
         key = pc.coalesce(*[a for a in (native_id, url, text) if a is not None])
-        ids = _hash_ids(src.name, key.cast(pa.large_binary()).to_pylist())
+        ids = kernels.hash_ids(src.name.encode() + b"\x1f", key)
         domain = _domains(url) if url is not None else None
         crawl = None
         if cols.crawl_date and cols.crawl_date in table.column_names:
@@ -241,7 +242,7 @@ class Normaliser:
             return a.cast(typ)
 
         out = pa.Table.from_arrays([
-            pa.array(ids, pa.string()), text,
+            ids, text,
             _filled(src.name, n), arr(url, pa.string()), arr(domain, pa.string()),
             arr(lang, pa.string()), arr(crawl, pa.timestamp("us", tz="UTC")), arr(lic, pa.string()),
             arr(meta, pa.large_string()), _filled(task.ingest_run, n),

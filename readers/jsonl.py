@@ -13,14 +13,11 @@ import pyarrow.json as pj
 import zstandard
 from fsspec.utils import infer_compression
 
-from engines import native
+from readers import kernels
 from readers.base import MAX_RAW_BYTES, Quarantined, ReadItem, decode_utf8, open_binary
 from readers.tables import finish
 from schemas.config import SourceConfig
 
-# The compiled line scanner (readers/csrc/lines.c) and the ABI this module expects of it.
-LINES_EXTENSION = "readers._lines"
-LINES_ABI = 1
 # Decompressed bytes parsed per pyarrow call: large enough for its threads to pay off.
 BLOCK_BYTES = 16 << 20
 # Compressed bytes fed to the decompressor per step, and decompressed bytes it may return per step.
@@ -130,16 +127,6 @@ def _table_from_records(records: list[dict], text_column: str) -> pa.Table:
     for record in records:
         names.update(dict.fromkeys(record))
     return pa.table({name: _column([r.get(name) for r in records], name == text_column) for name in names})
-
-
-def _scan(block: bytes | memoryview) -> tuple[int, int, int, bool] | None:
-    """(newlines, lines, longest line, every line starts with "{") of a block from the compiled
-    line scanner (readers/csrc/lines.c: one memchr pass), or None without it."""
-    mod = native.load(LINES_EXTENSION, LINES_ABI)
-    if mod is None:
-        return None
-    newlines, lines, longest, simple = mod.line_scan(block)
-    return newlines, lines, longest, bool(simple)
 
 
 def _newlines(block: bytes | memoryview) -> np.ndarray:
@@ -321,7 +308,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
         # The block is a view of the data (no copy); only the incomplete last line is copied out.
         block, rest = (data, b"") if cut == len(data) else (memoryview(data)[:cut], data[cut:])
         pending, size, cut = ([rest], len(rest), 0) if rest else ([], 0, 0)
-        scan = _scan(block)
+        scan = kernels.line_scan(block)
         if scan is not None and scan[3]:
             yield from _parse_simple(block, line, scan[1], scan[2], path, source)
             line += scan[0]
