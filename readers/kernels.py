@@ -28,7 +28,7 @@ def ext() -> Any:
     return native.load(EXTENSION, ABI)
 
 
-def line_scan(block: bytes | memoryview) -> tuple[int, int, int, bool] | None:
+def line_scan(block: bytes | bytearray | memoryview) -> tuple[int, int, int, bool] | None:
     """(newlines, lines, longest line in bytes, every line starts with "{") of a block, or None
     without the extension. A last line without a newline counts when it is not empty."""
     mod = ext()
