@@ -176,11 +176,15 @@ def main() -> None:
 
     logger.remove()
     from engines.native import cpu_info
-    from readers import kernels
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']} (SIMD flags: {' '.join(cpu['simd_flags']) or '-'}); ingest kernels: "
-          f"{'line scan (memchr)' if kernels.ext() is not None else 'none (NumPy line index)'}, ids by "
-          f"{kernels.hash_path()}; load average {os.getloadavg()[0]:.1f}")
+    try:
+        from readers import kernels
+        paths = (f"{'line scan (memchr)' if kernels.ext() is not None else 'none (NumPy line index)'}, ids by "
+                 f"{kernels.hash_path()}")
+    except ImportError:  # the code before session 6 (run against a base checkout)
+        paths = "none (code without readers/kernels.py)"
+    print(f"CPU: {cpu['model']} (SIMD flags: {' '.join(cpu['simd_flags']) or '-'}); ingest kernels: {paths}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     tmp = Path(tempfile.mkdtemp(prefix="curate-bench-ingest-"))
     try:
         jsonl, parquet = build_inputs(tmp, args.mb, args.files)
