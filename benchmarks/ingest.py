@@ -177,12 +177,13 @@ def main() -> None:
     logger.remove()
     from engines.native import cpu_info
     cpu = cpu_info()
-    try:
-        from readers import kernels
+    import readers.jsonl
+    kernels = getattr(readers.jsonl, "kernels", None)  # absent in the code before session 6 (a base checkout)
+    if kernels is None:
+        paths = "none (code without readers/kernels.py)"
+    else:
         paths = (f"{'line scan (memchr)' if kernels.ext() is not None else 'none (NumPy line index)'}, ids by "
                  f"{kernels.hash_path()}")
-    except ImportError:  # the code before session 6 (run against a base checkout)
-        paths = "none (code without readers/kernels.py)"
     print(f"CPU: {cpu['model']} (SIMD flags: {' '.join(cpu['simd_flags']) or '-'}); ingest kernels: {paths}; "
           f"load average {os.getloadavg()[0]:.1f}")
     tmp = Path(tempfile.mkdtemp(prefix="curate-bench-ingest-"))

@@ -6,7 +6,7 @@
  *   newlines: number of 0x0A bytes in the block;
  *   lines:    number of lines (a last line without a newline counts when it is not empty);
  *   longest:  bytes of the longest line, newline excluded;
- *   simple:   1 when every line (the unterminated last one included) starts with '{', so none is
+ *   simple:   1 when there are lines and every one (the unterminated last one included) starts with '{', so none is
  *             blank and none starts with a byte order mark: line i is row i, and the reader can
  *             skip its per-line bookkeeping. 0 otherwise (the caller takes its general path).
  *
@@ -48,6 +48,7 @@ static PyObject *py_line_scan(PyObject *self, PyObject *block) {
         start = end + 1;
     }
     Py_END_ALLOW_THREADS
+    if (lines == 0) simple = 0;  /* nothing to parse: the general path returns at once */
     PyBuffer_Release(&v);
     return Py_BuildValue("(LLLi)", (long long)newlines, (long long)lines, (long long)longest, simple);
 }
