@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.fingerprints import content_sha256
 from engines.stage import GlobalStage, StageContext, register_stage
+from filters.whitespace import collapse_whitespace
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -84,7 +85,7 @@ class DecontamParams(BaseModel):
 def normalised_words(text: pl.Expr) -> pl.Expr:
     """The list of words of a text after lower-casing and deleting punctuation."""
     return (text.fill_null("").str.to_lowercase().str.replace_all(r"\p{P}+", "")
-            .str.replace_all(r"\s+", " ").str.strip_chars(" ").str.split(" "))
+            .pipe(collapse_whitespace).str.strip_chars(" ").str.split(" "))
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

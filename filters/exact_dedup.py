@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engines.partitioned_fit import Sides
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
+from filters.whitespace import collapse_whitespace
 
 INDEX_FILE = "index.parquet"
 INDEX_SCHEMA = {"h": pl.Int64, "id": pl.String, "source": pl.String, "src_file": pl.String, "src_offset": pl.Int64,
@@ -54,7 +55,7 @@ class ExactDedupParams(BaseModel):
 def _normalised(text: pl.Expr, normalise: bool) -> pl.Expr:
     if not normalise:
         return text
-    return text.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    return collapse_whitespace(text.str.to_lowercase()).str.strip_chars()
 
 
 def _hashes(texts: pl.Series) -> pl.Series:

@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.derived_text import store_once
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
+from filters.whitespace import collapse_whitespace
 
 INDEX_FILE = "line_index.parquet"  # every distinct (site, line): count, first document, text once boilerplate
 STATE_FILE = "state.json"  # documents counted so far
@@ -83,7 +84,7 @@ def _group() -> pl.Expr:
 
 def _lines(batch: pl.DataFrame, lowercase: bool) -> pl.DataFrame:
     """One row per line: ``doc`` (row in batch), ``id``, ``group``, ``line`` (verbatim), ``norm``."""
-    norm = pl.col("line").str.strip_chars().str.replace_all(r"\s+", " ")
+    norm = collapse_whitespace(pl.col("line").str.strip_chars())
     if lowercase:
         norm = norm.str.to_lowercase()
     return (batch.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("doc"), "id", _group().alias("group"),

@@ -38,6 +38,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from engines.stage import GlobalStage, StageContext, register_stage
+from filters.whitespace import collapse_whitespace
 from scorers.model_store import Store, agreement, load_fasttext, model_bytes, save_fasttext
 
 LABELS = ("__label__pos", "__label__neg")
@@ -73,8 +74,8 @@ class DistillParams(QualityParams):
 
 def normalise(texts: pl.Series, max_chars: int) -> list[str]:
     """fastText reads one line of space-separated tokens: lower-case, collapse whitespace, cut."""
-    return (texts.fill_null("").str.slice(0, max_chars).str.to_lowercase()
-            .str.replace_all(r"\s+", " ").str.strip_chars().to_list())
+    lowered = texts.fill_null("").str.slice(0, max_chars).str.to_lowercase()
+    return collapse_whitespace(lowered).str.strip_chars().to_list()
 
 
 def _unit_hash(ids: pl.Series, salt: str) -> np.ndarray:
