@@ -11,8 +11,9 @@ Column mapping (``sources[].columns``): ``text`` (required), ``id``, ``url``, ``
 ``license``, ``lang``; all other fields go to ``meta`` as one JSON object. Document ids: see
 schemas/documents.py (sha256 of source + native id, else URL, else text; 32 hex chars).
 
-Cost: one pass over the input; hashing ids and encoding ``meta`` are vectorised or per-row C
-calls; writing zstd Parquet dominates on fast readers.
+Cost: one pass over the input; ids are hashed over the key column's Arrow buffers in one C call
+(SHA-NI; hashlib per row where the CPU lacks it: readers/kernels.py), ``meta`` is encoded by Polars;
+writing zstd Parquet dominates (docs/ingest.md has the profile).
 """
 from __future__ import annotations
 

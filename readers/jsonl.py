@@ -289,8 +289,11 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
     are kept as JSON text.
 
     Cost: decompression plus pyarrow's multithreaded parser over 16 MiB blocks; a block with a bad
-    line is re-parsed line by line with orjson (several times slower, that block only). Memory is
-    about two blocks, or one line when a line is longer than a block.
+    line is re-parsed line by line with orjson (several times slower, that block only). A block whose
+    every line starts with "{" needs no per-line index: the compiled line scan (readers/kernels.py,
+    one memchr pass) counts its lines; other blocks, or no extension, take the NumPy line index. An
+    uncompressed file is read straight into each block's buffer. Memory is about two blocks, or one
+    line when a line is longer than a block.
     """
     line_limit = LINE_LIMIT_FACTOR * source.max_doc_bytes + (1 << 20)
     line = 0  # number of the first line in `pending`
