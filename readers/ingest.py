@@ -252,6 +252,11 @@ class Normaliser:
         return out, bad
 
 
+class ShardWriteError(RuntimeError):
+    """Writing a raw shard failed (storage, not the input): the file's ingest stops and publishes
+    nothing, its done-marker is not written, so the next run ingests the file again."""
+
+
 class _ShardSink:
     """Rolls raw shards over at ``shard_bytes`` of text (at a reader batch's end); each shard is
     written atomically (a temporary name renamed when complete) in row groups of
@@ -275,7 +280,11 @@ class _ShardSink:
         self.shard_rows += table.num_rows
         self.shard_text_bytes += int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
         if self.buffered_rows >= ROW_GROUP_ROWS:
-            self._write(final=False)
+            try:
+                self._write(final=False)
+            except Exception as e:
+                self._abandon()
+                raise ShardWriteError(f"writing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         if self.shard_text_bytes >= self.task.shard_bytes:
             self.flush()
 
@@ -297,6 +306,12 @@ class _ShardSink:
         rest = table.slice(n)
         self.buffer, self.buffered_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
+    def _abandon(self) -> None:
+        """Drop the open shard after a failed write: its temporary file goes, nothing is published."""
+        if self._commit is not None:
+            self._commit.__exit__(*sys.exc_info())
+        self._commit, self._writer = None, None
+
     def flush(self) -> None:
         """Finish the open shard (if it has rows): its last row group, then the rename."""
         if not self.shard_rows:
@@ -307,12 +322,16 @@ class _ShardSink:
             assert self._writer is not None and self._commit is not None
             self._writer.close()
             commit, self._commit, self._writer = self._commit, None, None
+        except Exception as e:
+            self._abandon()
+            raise ShardWriteError(f"writing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         except BaseException:
-            if self._commit is not None:  # the temporary file goes; nothing half-written is published
-                self._commit.__exit__(*sys.exc_info())
-            self._commit, self._writer = None, None
+            self._abandon()
             raise
-        commit.close()
+        try:
+            commit.close()
+        except Exception as e:
+            raise ShardWriteError(f"publishing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         self.parts.append({"path": self._path(), "rows": self.shard_rows, "text_bytes": self.shard_text_bytes})
         self.shard_rows = self.shard_text_bytes = 0
 
@@ -350,6 +369,8 @@ def ingest_file(task: IngestFileTask) -> IngestFileResult:
             quarantined.extend(bad)
             sink.add(docs)
         sink.flush()
+    except ShardWriteError:  # storage, not the input: fail the file (no marker), the next run redoes it
+        raise
     except Exception as e:  # noqa: BLE001 - a reader bug must not lose the night; record it
         quarantined.append(Quarantined(task.file, None, 1, f"reader failed: {type(e).__name__}: {e}"))
         reader_rows_quarantined += 1
