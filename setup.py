@@ -5,6 +5,7 @@ Three CPython extensions, built by ``pip install .`` / ``pip install -e .`` / a 
 - ``filters.minhash._minhash`` from ``filters/minhash/csrc/minhash.c``
 - ``scorers.ppl_corr._pplcorr`` from ``scorers/ppl_corr/csrc/pplcorr.c``
 - ``filters.heuristics._chunks`` from ``filters/heuristics/csrc/chunks.c``
+- ``readers._ingest`` from ``readers/csrc/ingest.c`` (JSON Lines line scan; document ids with SHA-NI)
 
 Both are compiled for the baseline ISA of the target (never ``-march=native``): the AVX2 and
 AVX-512 versions of their hot loops are compiled into the same binary with target pragmas and
@@ -44,6 +45,7 @@ extensions = [
     Extension("filters.minhash._minhash", ["filters/minhash/csrc/minhash.c"], **common),
     Extension("scorers.ppl_corr._pplcorr", ["scorers/ppl_corr/csrc/pplcorr.c"], **common),
     Extension("filters.heuristics._chunks", ["filters/heuristics/csrc/chunks.c"], **common),
+    Extension("readers._ingest", ["readers/csrc/ingest.c"], **common),
 ]
 
 setup(ext_modules=[] if os.environ.get("CURATE_NO_EXTENSIONS") == "1" else extensions,

@@ -6,8 +6,9 @@ then times, on the same files in the same run:
 
 - raw read: pyarrow (``pyarrow.json.read_json`` / ``pyarrow.parquet.read_table``) and polars
   (``read_ndjson`` / ``read_parquet``); the faster of the two is the baseline;
-- floor: read + write the same rows as zstd Parquet with the lake's writer settings, two files at
-  a time in threads (pyarrow releases the GIL): no ingest can beat this, since text is written once;
+- floor: read + write the same rows as zstd Parquet with the lake's writer settings and row-group
+  size (``floor()``), --workers files at a time in threads (pyarrow releases the GIL): no ingest
+  can beat this, since text is read and written once;
 - peer: datatrove's ``JsonlReader`` / ``ParquetReader`` into its ``ParquetWriter`` with the same
   compression (zstd; datatrove's other writer defaults), one task per file on --workers processes
   (``LocalPipelineExecutor``): what a datatrove user runs to turn the same files into Parquet;
@@ -42,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 from engines import storage  # noqa: E402
 from engines.executor import LocalExecutor  # noqa: E402
-from readers.ingest import IngestFileTask, ingest_file  # noqa: E402
+from readers.ingest import ROW_GROUP_ROWS, IngestFileTask, ingest_file  # noqa: E402
 from schemas.config import ExecutorConfig, SourceConfig  # noqa: E402
 
 CORPORA = Path(os.environ.get("CURATE_CORPORA", Path(__file__).resolve().parents[2] / "shared" / "corpora"))
@@ -80,13 +81,20 @@ def build_inputs(out: Path, mb: int, files: int) -> tuple[list[Path], list[Path]
 
 
 def floor(paths: list[Path], read, out: Path, workers: int) -> None:
+    """Read each file and write its rows as the lake writes text: the lake's writer (zstd level 1,
+    statistics, page checksums), the text column a large string (so, as in the lake, not
+    dictionary-encoded) and row groups of ROW_GROUP_ROWS rows. Until session 6 the floor wrote
+    one row group per file and tried a dictionary on the text (the write took 0.43 CPU s for 120 MB
+    of JSONL then, 0.44 now)."""
     out.mkdir(exist_ok=True)
 
     def one(i_p):
         i, p = i_p
         t = read(p)
+        k = t.schema.get_field_index("text")
+        t = t.set_column(k, "text", t.column(k).cast(pa.large_string()))
         w = storage.parquet_writer(str(out / f"{i}.parquet"), t.schema)
-        w.write_table(t)
+        w.write_table(t, row_group_size=ROW_GROUP_ROWS)
         w.close()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, enumerate(paths)))
@@ -115,10 +123,14 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _warm(fmt: str) -> None:
+def _warm(fmt: str) -> int:
     from readers.formats import get_reader
     get_reader(fmt)
+    # pyarrow imports pandas (where installed) on a process's first pa.array() call: 0.6 CPU s, paid
+    # once per worker process (any stage pays it too), so it belongs to the pool's start, not to a file.
+    pa.array([0])
     time.sleep(0.2)  # keep this worker busy so the other one gets a warm-up call too
+    return os.getpid()
 
 
 def ours(paths: list[Path], fmt: str, workers: int, lake: Path) -> float:
@@ -130,7 +142,11 @@ def ours(paths: list[Path], fmt: str, workers: int, lake: Path) -> float:
              for i, p in enumerate(paths)]
     with LocalExecutor(ExecutorConfig(workers=workers), show_progress=False) as ex:
         if workers > 1:  # start the pool and import the reader outside the timing: once per run, not per file
-            list(ex.map(_warm, [fmt] * workers))
+            # Until every worker has run a warm-up call: a worker still starting (spawn, imports: about
+            # 1.4 CPU s) would otherwise be timed, and one started worker can take every warm-up call.
+            warmed: set[int] = set()
+            while len(warmed) < workers:
+                warmed.update(ex.map(_warm, [fmt] * workers))
         t0 = time.perf_counter()
         results = list(ex.map(ingest_file, tasks))
         dt = time.perf_counter() - t0
@@ -167,6 +183,17 @@ def main() -> None:
     from loguru import logger  # datatrove's logger: its per-step INFO lines would bury the table
 
     logger.remove()
+    from engines.native import cpu_info
+    cpu = cpu_info()
+    import readers.jsonl
+    kernels = getattr(readers.jsonl, "kernels", None)  # absent in the code before session 6 (a base checkout)
+    if kernels is None:
+        paths = "none (code without readers/kernels.py)"
+    else:
+        paths = (f"{'line scan (memchr)' if kernels.ext() is not None else 'none (NumPy line index)'}, ids by "
+                 f"{kernels.hash_path()}")
+    print(f"CPU: {cpu['model']} (SIMD flags: {' '.join(cpu['simd_flags']) or '-'}); ingest kernels: {paths}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     tmp = Path(tempfile.mkdtemp(prefix="curate-bench-ingest-"))
     try:
         jsonl, parquet = build_inputs(tmp, args.mb, args.files)

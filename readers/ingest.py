@@ -11,8 +11,9 @@ Column mapping (``sources[].columns``): ``text`` (required), ``id``, ``url``, ``
 ``license``, ``lang``; all other fields go to ``meta`` as one JSON object. Document ids: see
 schemas/documents.py (sha256 of source + native id, else URL, else text; 32 hex chars).
 
-Cost: one pass over the input; hashing ids and encoding ``meta`` are vectorised or per-row C
-calls; writing zstd Parquet dominates on fast readers.
+Cost: one pass over the input; ids are hashed over the key column's Arrow buffers in one C call
+(SHA-NI; hashlib per row where the CPU lacks it: readers/kernels.py), ``meta`` is encoded by Polars;
+writing zstd Parquet dominates (docs/ingest.md has the profile).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 
 from engines import storage
 from engines.faults import delay_point
+from readers import kernels
 from readers.base import OFFSET_COLUMN, Quarantined
 from schemas.config import ColumnMap, SourceConfig
 from schemas.documents import DOCUMENT, QUARANTINE
@@ -212,7 +214,7 @@ class Normaliser:
 
         native_id, url = mapped(cols.id), mapped(cols.url)
         key = pc.coalesce(*[a for a in (native_id, url, text) if a is not None])
-        ids = _hash_ids(src.name, key.cast(pa.large_binary()).to_pylist())
+        ids = kernels.hash_ids(src.name.encode() + b"\x1f", key)
         domain = _domains(url) if url is not None else None
         crawl = None
         if cols.crawl_date and cols.crawl_date in table.column_names:
@@ -241,13 +243,18 @@ class Normaliser:
             return a.cast(typ)
 
         out = pa.Table.from_arrays([
-            pa.array(ids, pa.string()), text,
+            ids, text,
             _filled(src.name, n), arr(url, pa.string()), arr(domain, pa.string()),
             arr(lang, pa.string()), arr(crawl, pa.timestamp("us", tz="UTC")), arr(lic, pa.string()),
             arr(meta, pa.large_string()), _filled(task.ingest_run, n),
             _filled(task.file, n), arr(table.column(OFFSET_COLUMN), pa.int64()),
         ], schema=DOCUMENT)
         return out, bad
+
+
+class ShardWriteError(RuntimeError):
+    """Writing a raw shard failed (storage, not the input): the file's ingest stops and publishes
+    nothing, its done-marker is not written, so the next run ingests the file again."""
 
 
 class _ShardSink:
@@ -273,7 +280,11 @@ class _ShardSink:
         self.shard_rows += table.num_rows
         self.shard_text_bytes += int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
         if self.buffered_rows >= ROW_GROUP_ROWS:
-            self._write(final=False)
+            try:
+                self._write(final=False)
+            except Exception as e:
+                self._abandon()
+                raise ShardWriteError(f"writing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         if self.shard_text_bytes >= self.task.shard_bytes:
             self.flush()
 
@@ -295,6 +306,12 @@ class _ShardSink:
         rest = table.slice(n)
         self.buffer, self.buffered_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
+    def _abandon(self) -> None:
+        """Drop the open shard after a failed write: its temporary file goes, nothing is published."""
+        if self._commit is not None:
+            self._commit.__exit__(*sys.exc_info())
+        self._commit, self._writer = None, None
+
     def flush(self) -> None:
         """Finish the open shard (if it has rows): its last row group, then the rename."""
         if not self.shard_rows:
@@ -305,12 +322,16 @@ class _ShardSink:
             assert self._writer is not None and self._commit is not None
             self._writer.close()
             commit, self._commit, self._writer = self._commit, None, None
+        except Exception as e:
+            self._abandon()
+            raise ShardWriteError(f"writing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         except BaseException:
-            if self._commit is not None:  # the temporary file goes; nothing half-written is published
-                self._commit.__exit__(*sys.exc_info())
-            self._commit, self._writer = None, None
+            self._abandon()
             raise
-        commit.close()
+        try:
+            commit.close()
+        except Exception as e:
+            raise ShardWriteError(f"publishing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         self.parts.append({"path": self._path(), "rows": self.shard_rows, "text_bytes": self.shard_text_bytes})
         self.shard_rows = self.shard_text_bytes = 0
 
@@ -348,6 +369,8 @@ def ingest_file(task: IngestFileTask) -> IngestFileResult:
             quarantined.extend(bad)
             sink.add(docs)
         sink.flush()
+    except ShardWriteError:  # storage, not the input: fail the file (no marker), the next run redoes it
+        raise
     except Exception as e:  # noqa: BLE001 - a reader bug must not lose the night; record it
         quarantined.append(Quarantined(task.file, None, 1, f"reader failed: {type(e).__name__}: {e}"))
         reader_rows_quarantined += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import orjson
@@ -13,15 +13,20 @@ import pyarrow.json as pj
 import zstandard
 from fsspec.utils import infer_compression
 
+from readers import kernels
 from readers.base import MAX_RAW_BYTES, Quarantined, ReadItem, decode_utf8, open_binary
 from readers.tables import finish
 from schemas.config import SourceConfig
 
+# A block of JSON Lines: the bytes read (bytes or a block buffer) or a view of their complete lines.
+Block: TypeAlias = "bytes | bytearray | memoryview"
 # Decompressed bytes parsed per pyarrow call: large enough for its threads to pay off.
 BLOCK_BYTES = 16 << 20
 # Compressed bytes fed to the decompressor per step, and decompressed bytes it may return per step.
 _READ_BYTES = 256 << 10
 _STEP_BYTES = 1 << 20
+# How far past a block an uncompressed file is read to finish the block's last line.
+_TAIL_BYTES = 1 << 20
 # A line may be this many times max_doc_bytes before it is skipped unread: JSON escapes
 # (\uXXXX for one UTF-8 byte) can make a document's line up to six times its text.
 LINE_LIMIT_FACTOR = 6
@@ -57,7 +62,7 @@ def _members(raw: Any, new: Callable[[], Any], bounded: bool, name: str) -> Iter
         raise StreamError(f"the {name} stream ends before its end-of-stream marker (the file is truncated)")
 
 
-def decompressed_chunks(path: str) -> Iterator[bytes]:
+def decompressed_chunks(path: str) -> Iterator[bytes | bytearray]:
     """The decompressed bytes of a file, by compression inferred from its name, in chunks of about
     1 MiB (an uncompressed file: BLOCK_BYTES). Raises StreamError once the good data is exhausted if
     the file is truncated or corrupt."""
@@ -67,6 +72,8 @@ def decompressed_chunks(path: str) -> Iterator[bytes]:
             yield from _members(raw, lambda: zlib.decompressobj(wbits=31), True, "gzip")
         elif kind == "zstd":
             yield from _members(raw, lambda: zstandard.ZstdDecompressor().decompressobj(), False, "zstd")
+        elif kind is None and hasattr(raw, "readinto") and hasattr(raw, "readline"):
+            yield from _plain_blocks(raw)
         else:
             read = getattr(raw, "read1", raw.read)  # read1 never drops data already decoded
             # An uncompressed file is read a block at a time: one copy from the page cache per block.
@@ -79,6 +86,28 @@ def decompressed_chunks(path: str) -> Iterator[bytes]:
                 if not chunk:
                     return
                 yield chunk
+
+
+def _plain_blocks(raw: Any) -> Iterator[bytearray]:
+    """An uncompressed file in blocks of about BLOCK_BYTES that end at a line's end where the line
+    is shorter than _TAIL_BYTES: the block is read into its buffer and completed to the end of its
+    last line, so the reader parses it without joining the rest of one block to the next (a copy of
+    every block). Longer lines are left to the reader's general handling of partial lines."""
+    while True:
+        buf = bytearray(BLOCK_BYTES + _TAIL_BYTES)
+        with memoryview(buf) as view:
+            try:
+                n = raw.readinto(view[:BLOCK_BYTES])
+                if n and buf[n - 1] != 0x0A:
+                    tail = raw.readline(_TAIL_BYTES)
+                    view[n:n + len(tail)] = tail
+                    n += len(tail)
+            except (EOFError, OSError, ValueError) as e:
+                raise StreamError(f"cannot read ({e})") from None
+        if not n:
+            return
+        del buf[n:]  # shrinks in place
+        yield buf
 
 
 def _kind(value: Any) -> str:
@@ -128,12 +157,12 @@ def _table_from_records(records: list[dict], text_column: str) -> pa.Table:
     return pa.table({name: _column([r.get(name) for r in records], name == text_column) for name in names})
 
 
-def _newlines(block: bytes | memoryview) -> np.ndarray:
+def _newlines(block: Block) -> np.ndarray:
     """Positions of the newline bytes of a block (one vectorised pass)."""
     return np.flatnonzero(np.frombuffer(block, np.uint8) == 0x0A)
 
 
-def _line_bounds(block: bytes | memoryview, newlines: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _line_bounds(block: Block, newlines: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Start, end (exclusive, without the newline) and index of each non-blank line of a block
     (``newlines``: the block's newline positions, if already known)."""
     data = np.frombuffer(block, np.uint8)
@@ -149,7 +178,7 @@ def _line_bounds(block: bytes | memoryview, newlines: np.ndarray | None = None) 
     return starts[keep], ends[keep], np.flatnonzero(keep)
 
 
-def _line_starts_with_bom(block: bytes | memoryview, newlines: np.ndarray) -> bool:
+def _line_starts_with_bom(block: Block, newlines: np.ndarray) -> bool:
     """Whether a line of the block starts with a UTF-8 byte order mark (checked at line starts only)."""
     data = np.frombuffer(block, np.uint8)
     starts = np.concatenate(([0], newlines + 1))
@@ -160,7 +189,7 @@ def _line_starts_with_bom(block: bytes | memoryview, newlines: np.ndarray) -> bo
     return bool(np.any((data[at + 1] == 0xBB) & (data[at + 2] == 0xBF)))
 
 
-def _is_utf8(block: bytes | memoryview) -> bool:
+def _is_utf8(block: Block) -> bool:
     # The block viewed as one Arrow string without a copy: Arrow's validation is SIMD-fast.
     offsets = pa.py_buffer(np.array([0, len(block)], np.int64))
     try:
@@ -170,7 +199,7 @@ def _is_utf8(block: bytes | memoryview) -> bool:
         return False
 
 
-def _parse_fast(block: bytes | memoryview, rows: int, longest: int, text_column: str) -> pa.Table | None:
+def _parse_fast(block: Block, rows: int, longest: int, text_column: str) -> pa.Table | None:
     """The whole block with pyarrow's multithreaded JSON reader, or None if it fails or its rows do
     not match the block's lines one to one (e.g. two objects on one line)."""
     grow = 1
@@ -201,7 +230,20 @@ def strip_line_boms(block: bytes) -> bytes:
     return block.replace(b"\n" + _BOM, b"\n")
 
 
-def _parse_block(block: bytes | memoryview, first_line: int, path: str, source: SourceConfig,
+def _parse_simple(block: Block, first_line: int, lines: int, longest: int, path: str,
+                  source: SourceConfig) -> Iterator[ReadItem]:
+    """A block whose every line starts with "{" (no blank lines, no byte order marks): line i is
+    row i, so the per-line bookkeeping of ``_parse_block`` is skipped when pyarrow parses it one
+    row per line; otherwise the block takes the general path. Same rows and offsets either way."""
+    table = _parse_fast(block, lines, longest, source.columns.text)
+    if table is None:
+        yield from _parse_block(block, first_line, path, source)
+        return
+    offsets = np.arange(first_line, first_line + lines, dtype=np.int64)
+    yield from finish(table, offsets, source.columns.text, source, path, utf8_valid=True)
+
+
+def _parse_block(block: Block, first_line: int, path: str, source: SourceConfig,
                  newlines: np.ndarray | None = None) -> Iterator[ReadItem]:
     text_column = source.columns.text
     if newlines is None:
@@ -247,14 +289,17 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
     are kept as JSON text.
 
     Cost: decompression plus pyarrow's multithreaded parser over 16 MiB blocks; a block with a bad
-    line is re-parsed line by line with orjson (several times slower, that block only). Memory is
-    about two blocks, or one line when a line is longer than a block.
+    line is re-parsed line by line with orjson (several times slower, that block only). A block whose
+    every line starts with "{" needs no per-line index: the compiled line scan (readers/kernels.py,
+    one memchr pass) counts its lines; other blocks, or no extension, take the NumPy line index. An
+    uncompressed file is read straight into each block's buffer. Memory is about two blocks, or one
+    line when a line is longer than a block.
     """
     line_limit = LINE_LIMIT_FACTOR * source.max_doc_bytes + (1 << 20)
     line = 0  # number of the first line in `pending`
     # Bytes read but not parsed yet, as a list of chunks (joined once per block: appending to one
     # growing buffer copies it again and again) and their total size.
-    pending: list[bytes] = []
+    pending: list[bytes | bytearray] = []
     size = 0
     cut = 0  # end of the last complete line in `pending`
     skipped: bytes | None = None  # head of an over-long line while the rest of it is discarded
@@ -294,9 +339,14 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
         # The block is a view of the data (no copy); only the incomplete last line is copied out.
         block, rest = (data, b"") if cut == len(data) else (memoryview(data)[:cut], data[cut:])
         pending, size, cut = ([rest], len(rest), 0) if rest else ([], 0, 0)
-        newlines = _newlines(block)
-        yield from _parse_block(block, line, path, source, newlines)
-        line += len(newlines)
+        scan = kernels.line_scan(block)
+        if scan is not None and scan[3]:
+            yield from _parse_simple(block, line, scan[1], scan[2], path, source)
+            line += scan[0]
+        else:
+            newlines = _newlines(block)
+            yield from _parse_block(block, line, path, source, newlines)
+            line += len(newlines)
         if at_end:
             break
     if failure is not None:
@@ -304,7 +354,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
                                          "is lost: fetch or compress the file again", b"".join(pending) or None)
 
 
-def _head(chunks: list[bytes], n: int) -> bytes:
+def _head(chunks: list[bytes | bytearray], n: int) -> bytes:
     """The first n bytes of the concatenated chunks, without joining all of them."""
     out, size = [], 0
     for c in chunks:

@@ -1,0 +1,235 @@
+/* Kernels of the ingest stage (wrapped by readers/kernels.py).
+ *
+ * 1. Line scanning for the JSON Lines reader (readers/jsonl.py): one memchr pass over a block.
+ *
+ * line_scan(block) -> (newlines, lines, longest, simple)
+ *   newlines: number of 0x0A bytes in the block;
+ *   lines:    number of lines (a last line without a newline counts when it is not empty);
+ *   longest:  bytes of the longest line, newline excluded;
+ *   simple:   1 when there are lines and every one (the unterminated last one included) starts with '{', so none is
+ *             blank and none starts with a byte order mark: line i is row i, and the reader can
+ *             skip its per-line bookkeeping. 0 otherwise (the caller takes its general path).
+ *
+ * memchr is the C library's vectorised byte search (AVX2/AVX-512 in glibc, NEON on aarch64), so
+ * this needs no SIMD versions of its own. The GIL is released during the scan.
+ *
+ * 2. Document ids (readers/ingest.py): the first 32 hex digits of sha256(prefix + key) for every
+ *    key of a string column, with the x86 SHA extensions (SHA-NI: Goldmont, Ice Lake and later
+ *    Intel, every AMD Zen). has_sha() says whether this CPU has them; without them the caller
+ *    hashes with hashlib (OpenSSL), which is as fast per byte but pays Python's per-row cost.
+ */
+#include "curate_native.h"
+
+#define ABI_VERSION 1
+
+static PyObject *py_line_scan(PyObject *self, PyObject *block) {
+    (void)self;
+    Py_buffer v;
+    if (PyObject_GetBuffer(block, &v, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "line_scan takes a contiguous bytes-like block");
+        return NULL;
+    }
+    const uint8_t *data = (const uint8_t *)v.buf;
+    const Py_ssize_t len = v.len;
+    int64_t newlines = 0, lines = 0, longest = 0;
+    int simple = 1;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t start = 0;
+    while (start < len) {
+        const uint8_t *nl = memchr(data + start, '\n', (size_t)(len - start));
+        const Py_ssize_t end = nl ? (Py_ssize_t)(nl - data) : len;
+        const int64_t n = (int64_t)(end - start);
+        if (n > longest) longest = n;
+        if (n == 0 || data[start] != '{') simple = 0;
+        lines += n > 0 || nl != NULL;  /* blank lines are lines too; only an empty tail is not */
+        if (!nl) break;
+        newlines++;
+        start = end + 1;
+    }
+    Py_END_ALLOW_THREADS
+    if (lines == 0) simple = 0;  /* nothing to parse: the general path returns at once */
+    PyBuffer_Release(&v);
+    return Py_BuildValue("(LLLi)", (long long)newlines, (long long)lines, (long long)longest, simple);
+}
+
+/* --- SHA-256 with the SHA extensions ------------------------------------------------------ */
+
+#if CUR_X86
+#include <cpuid.h>
+
+static const uint32_t SHA_K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+static const uint32_t SHA_H0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
+static int cpu_has_sha(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int ssse3 = (c >> 9) & 1, sse41 = (c >> 19) & 1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return ssse3 && sse41 && ((b >> 29) & 1);
+}
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("sha,sse4.1,ssse3"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("sha,sse4.1,ssse3")
+#endif
+
+/* The running hash in the layout the SHA instructions use: (a, b, e, f) and (c, d, g, h). */
+typedef struct { __m128i abef, cdgh; uint8_t buf[64]; int fill; uint64_t total; } sha_ctx;
+
+static void sha_blocks(sha_ctx *c, const uint8_t *p, size_t blocks) {
+    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i s0 = c->abef, s1 = c->cdgh;
+    for (; blocks; blocks--, p += 64) {
+        const __m128i save0 = s0, save1 = s1;
+        __m128i w[4];
+        for (int g = 0; g < 16; g++) {  /* 16 groups of 4 rounds */
+            __m128i m;
+            if (g < 4) {
+                m = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * g)), swap);
+            } else {  /* W[t..t+3] from W[t-16..t-1] (w[g % 4] holds W[t-16..t-13]) */
+                const __m128i a = w[g & 3], b = w[(g + 1) & 3], d7 = w[(g + 2) & 3], d3 = w[(g + 3) & 3];
+                m = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(a, b), _mm_alignr_epi8(d3, d7, 4)), d3);
+            }
+            w[g & 3] = m;
+            __m128i k = _mm_add_epi32(m, _mm_loadu_si128((const __m128i *)(SHA_K + 4 * g)));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, k);
+            s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(k, 0x0E));
+        }
+        s0 = _mm_add_epi32(s0, save0);
+        s1 = _mm_add_epi32(s1, save1);
+    }
+    c->abef = s0;
+    c->cdgh = s1;
+}
+
+static void sha_init(sha_ctx *c) {
+    const __m128i dcba = _mm_loadu_si128((const __m128i *)SHA_H0);
+    const __m128i hgfe = _mm_loadu_si128((const __m128i *)(SHA_H0 + 4));
+    const __m128i cdab = _mm_shuffle_epi32(dcba, 0xB1), efgh = _mm_shuffle_epi32(hgfe, 0x1B);
+    c->abef = _mm_alignr_epi8(cdab, efgh, 8);
+    c->cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);
+    c->fill = 0;
+    c->total = 0;
+}
+
+static void sha_update(sha_ctx *c, const uint8_t *p, size_t n) {
+    c->total += n;
+    if (c->fill) {
+        size_t take = 64 - (size_t)c->fill < n ? 64 - (size_t)c->fill : n;
+        memcpy(c->buf + c->fill, p, take);
+        c->fill += (int)take; p += take; n -= take;
+        if (c->fill < 64) return;
+        sha_blocks(c, c->buf, 1);
+        c->fill = 0;
+    }
+    if (n >= 64) { sha_blocks(c, p, n / 64); p += n & ~(size_t)63; n &= 63; }
+    if (n) { memcpy(c->buf, p, n); c->fill = (int)n; }
+}
+
+/* The first 16 bytes of the digest as 32 lower-case hex digits. */
+static void sha_hex32(sha_ctx *c, uint8_t *out) {
+    static const char HEX[] = "0123456789abcdef";
+    const uint64_t bits = c->total * 8;
+    uint8_t pad[72] = {0x80};
+    const size_t padlen = (c->fill < 56 ? 56 : 120) - (size_t)c->fill;
+    for (int i = 0; i < 8; i++) pad[padlen + i] = (uint8_t)(bits >> (56 - 8 * i));
+    sha_update(c, pad, padlen + 8);
+    /* back to (a, b, c, d), (e, f, g, h) */
+    const __m128i feba = _mm_shuffle_epi32(c->abef, 0x1B), dchg = _mm_shuffle_epi32(c->cdgh, 0xB1);
+    uint32_t h[8];
+    _mm_storeu_si128((__m128i *)h, _mm_blend_epi16(feba, dchg, 0xF0));
+    _mm_storeu_si128((__m128i *)(h + 4), _mm_alignr_epi8(dchg, feba, 8));
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            const uint8_t byte = (uint8_t)(h[i] >> (24 - 8 * j));
+            out[8 * i + 2 * j] = (uint8_t)HEX[byte >> 4];
+            out[8 * i + 2 * j + 1] = (uint8_t)HEX[byte & 15];
+        }
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#else
+static int cpu_has_sha(void) { return 0; }
+#endif
+
+static PyObject *py_has_sha(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    return PyBool_FromLong(cpu_has_sha());
+}
+
+/* sha256_hex32(prefix, data, offsets, out): out[32 i : 32 i + 32] = the first 32 hex digits of
+   sha256(prefix + data[offsets[i]:offsets[i + 1]]). RuntimeError on a CPU without SHA-NI. */
+static PyObject *py_sha256_hex32(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (cur_nargs(nargs, 4, "sha256_hex32") < 0) return NULL;
+    if (!cpu_has_sha()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU has no SHA extensions (check has_sha() first)");
+        return NULL;
+    }
+    cur_bufs B = {.n = 0};
+    PyObject *res = NULL;
+    const uint8_t *prefix, *data; const int64_t *off; uint8_t *out;
+    if (!(prefix = cur_arg(&B, args[0], 'b', 1, 0, "prefix", 0))) goto done;
+    const int64_t plen = cur_len(&B.v[0]);
+    if (!(data = cur_arg(&B, args[1], 'b', 1, 0, "data", 0))) goto done;
+    const int64_t len = cur_len(&B.v[1]);
+    if (!(off = cur_arg(&B, args[2], 'i', 8, 0, "offsets", 1))) goto done;
+    const int64_t n = cur_len(&B.v[2]) - 1;
+    if (!(out = cur_arg(&B, args[3], 'b', 1, 1, "out", 32 * n))) goto done;
+    for (int64_t i = 0; i < n; i++)
+        if (off[i] < 0 || off[i] > off[i + 1] || off[i + 1] > len) {
+            PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within data");
+            goto done;
+        }
+#if CUR_X86
+    Py_BEGIN_ALLOW_THREADS
+    sha_ctx base, c;
+    sha_init(&base);
+    sha_update(&base, prefix, (size_t)plen);
+    for (int64_t i = 0; i < n; i++) {
+        c = base;
+        sha_update(&c, data + off[i], (size_t)(off[i + 1] - off[i]));
+        sha_hex32(&c, out + 32 * i);
+    }
+    Py_END_ALLOW_THREADS
+#endif
+    res = Py_NewRef(Py_None);
+done:
+    cur_release(&B);
+    return res;
+}
+
+static PyMethodDef METHODS[] = {
+    {"has_sha", (PyCFunction)py_has_sha, METH_NOARGS, "has_sha() -> whether this CPU has the SHA extensions."},
+    {"sha256_hex32", (PyCFunction)(void (*)(void))py_sha256_hex32, METH_FASTCALL,
+     "sha256_hex32(prefix, data, offsets, out): the first 32 hex digits of sha256(prefix + each string)."},
+    {"line_scan", (PyCFunction)py_line_scan, METH_O,
+     "line_scan(block) -> (newlines, lines, longest, simple): one pass over a JSON Lines block."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_ingest", "Kernels of the ingest stage: JSON Lines line scan, document ids.", -1,
+                                    METHODS, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__ingest(void) {
+    PyObject *m = PyModule_Create(&MODULE);
+    if (m && PyModule_AddIntConstant(m, "ABI", ABI_VERSION) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}

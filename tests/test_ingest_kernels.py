@@ -1,0 +1,186 @@
+"""The ingest stage's compiled kernels (readers/csrc/ingest.c) against what they replace: the line
+scan against the reader's NumPy line index, document ids against hashlib, and the JSON Lines fast
+path (blocks whose every line starts with "{") against the general path, on real text and on bad
+input (invalid UTF-8, bad lines, blank lines, byte order marks, giant documents and lines)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import readers.jsonl as jsonl
+from readers import kernels
+from readers.base import OFFSET_COLUMN, Quarantined
+from readers.ingest import IngestFileTask, document_ids, ingest_file
+from schemas.config import SourceConfig
+from tests.ingest_golden import table_digest
+
+pytestmark = pytest.mark.skipif(kernels.ext() is None, reason="the readers._ingest extension is not built")
+
+
+@pytest.fixture(scope="module")
+def rows(corpora: Path) -> list[dict]:
+    """Real documents of three languages, with their URLs."""
+    out = []
+    for name in ("wiki_en", "wiki_fr", "wiki_es"):
+        out += pq.read_table(corpora / f"{name}.parquet", columns=["text", "url", "title"]).slice(0, 150).to_pylist()
+    return out
+
+
+def numpy_scan(block: bytes) -> tuple[int, int, int, bool]:
+    """What the reader's general path computes for a block: newlines, non-blank lines, longest one,
+    and whether every line (non-blank, BOM-free) starts with "{"."""
+    newlines = jsonl._newlines(block)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(block)]))
+    lines = len(newlines) + (1 if len(block) and not block.endswith(b"\n") else 0)
+    longest = int((ends - starts).max()) if len(block) else 0
+    simple = bool(lines) and all(block[s:e][:1] == b"{" for s, e in zip(starts[:lines], ends[:lines], strict=True))
+    return len(newlines), lines, longest, simple
+
+
+@pytest.mark.parametrize("block", [
+    b"", b"\n", b"\n\n", b"{}", b"{}\n", b'{"a":1}\n{"b":2}', b'{"a":1}\n\n{"b":2}\n', b' {"a":1}\n',
+    b'\xef\xbb\xbf{"a":1}\n', b'{"a":1}\n\xef\xbb\xbf{"b":2}\n', b'{"a":1}\n  \n', b'{"a":1}\r\n{"b":22222}\r\n',
+    b'[1]\n{"a":1}\n', b'{"a":1}\n{', b"x" * 70_000 + b"\n{}\n",
+])
+def test_line_scan_matches_the_numpy_line_index(block):
+    assert kernels.line_scan(block) == numpy_scan(block)
+    assert kernels.line_scan(memoryview(block)) == numpy_scan(block)
+    assert kernels.line_scan(bytearray(block)) == numpy_scan(block)
+
+
+def test_line_scan_on_real_jsonl(rows):
+    block = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+    assert kernels.line_scan(block) == numpy_scan(block) == (len(rows), len(rows), numpy_scan(block)[2], True)
+    with pytest.raises(TypeError):
+        kernels.ext().line_scan("not bytes")
+
+
+def _keys(rows: list[dict]) -> list[str]:
+    # URLs, texts (some long), non-ASCII, the empty key, and keys around SHA-256's 55/56/64-byte padding edges
+    return ([r["url"] for r in rows] + [r["text"] for r in rows] + ["", "é", "日本語のキー"]
+            + ["k" * n for n in range(40, 140)] + ["x" * 1_000_000])
+
+
+@pytest.mark.parametrize("source", ["wiki_en", "", "s" * 58, "src-ü"])
+def test_hash_ids_equal_hashlib(rows, source):
+    keys = _keys(rows)
+    want = document_ids(source, keys)  # hashlib, one key at a time
+    assert [hashlib.sha256(f"{source}\x1f{k}".encode()).hexdigest()[:32] for k in keys[:5]] == want[:5]
+    got = kernels.hash_ids(source.encode() + b"\x1f", pa.chunked_array([pa.array(keys[:100]), pa.array(keys[100:])]))
+    assert got.type == pa.string() and got.to_pylist() == want
+    sliced = pa.array(keys, pa.large_string()).slice(7, 50)  # an offset into the buffers
+    assert kernels.hash_ids(source.encode() + b"\x1f", sliced).to_pylist() == want[7:57]
+    assert kernels.hash_ids(b"x", pa.array([], pa.string())).to_pylist() == []
+
+
+def test_hash_ids_without_sha_ni_are_the_same(rows, monkeypatch):
+    keys = _keys(rows)[:300]
+    fast = kernels.hash_ids(b"wiki\x1f", pa.array(keys))
+    monkeypatch.setenv("CURATE_NATIVE", "0")
+    assert kernels.hash_path() == "hashlib"
+    assert kernels.hash_ids(b"wiki\x1f", pa.array(keys)).equals(fast)
+
+
+def _read(path: Path, **options) -> tuple[list[dict], list[tuple]]:
+    source = SourceConfig(name="t", format="jsonl", paths=[str(path)], **options)
+    tables, bad = [], []
+    for item in jsonl.read_jsonl(str(path), source):
+        if isinstance(item, Quarantined):
+            bad.append((item.offset, item.rows, item.error, item.raw))
+        else:
+            tables.append(item)
+    return [r for t in tables for r in t.to_pylist()], bad
+
+
+def _both_paths(path: Path, monkeypatch, **options) -> tuple[list[dict], list[tuple]]:
+    """Read with the kernels and with CURATE_NATIVE=0; assert the same rows, offsets and quarantine."""
+    fast = _read(path, **options)
+    with monkeypatch.context() as m:
+        m.setenv("CURATE_NATIVE", "0")
+        assert kernels.line_scan(b"{}\n") is None
+        slow = _read(path, **options)
+    assert fast == slow
+    return fast
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_fast_path_reads_what_the_general_path_reads(tmp_path, rows, suffix, monkeypatch):
+    lines = [orjson.dumps(r) for r in rows]
+    good = tmp_path / f"good.jsonl{suffix}"
+    data = b"\n".join(lines) + b"\n"
+    good.write_bytes(gzip.compress(data) if suffix else data)
+    got, bad = _both_paths(good, monkeypatch)
+    assert [r["url"] for r in got] == [r["url"] for r in rows] and [r[OFFSET_COLUMN] for r in got] == list(range(len(rows)))
+    assert bad == []
+    # bad input: invalid UTF-8 in a line that still starts with "{", a line that is not JSON, two
+    # objects on one line, a blank line, a byte order mark, a giant document, no final newline
+    spoiled = list(lines)
+    spoiled[3] = spoiled[3].replace(b'"text":"', b'"text":"\xff\xfe', 1)
+    spoiled[10] = b'{"text": "unterminated'
+    spoiled[20] = spoiled[20] + b" " + spoiled[21]
+    spoiled[30] = b""
+    spoiled[40] = b"\xef\xbb\xbf" + spoiled[40]
+    spoiled[50] = orjson.dumps({"text": "y" * 5000, "url": "u"})
+    path = tmp_path / f"bad.jsonl{suffix}"
+    data = b"\n".join(spoiled)
+    path.write_bytes(gzip.compress(data) if suffix else data)
+    got, bad = _both_paths(path, monkeypatch, max_doc_bytes=4000)
+    offsets = [r[OFFSET_COLUMN] for r in got]
+    assert 10 not in offsets and 30 not in offsets and 50 not in offsets and 40 in offsets
+    assert "\ufffd" in got[offsets.index(3)]["text"]
+    assert {b[0] for b in bad} >= {10, 50}
+    assert len(got) + sum(b[1] for b in bad) >= len(rows) - 1  # nothing lost (line 30 is blank, not a row)
+
+
+def test_plain_blocks_end_at_line_ends_and_lose_nothing(tmp_path, rows, monkeypatch):
+    """An uncompressed file is read in blocks completed to their last line's end; lines longer than
+    the completion limit fall back to the reader's partial-line handling. Small blocks force both."""
+    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(jsonl, "_TAIL_BYTES", 1024)
+    lines = [orjson.dumps(r) for r in rows] + [orjson.dumps({"text": "z" * 20_000})]
+    data = b"\n".join(lines)  # no final newline
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        blocks = list(jsonl._plain_blocks(f))
+    assert b"".join(blocks) == data
+    assert sum(b.endswith(b"\n") for b in blocks) >= len(blocks) // 2
+    got, bad = _both_paths(path, monkeypatch)
+    assert bad == [] and [r["text"] for r in got] == [r["text"] for r in rows] + ["z" * 20_000]
+
+
+def test_ingest_with_and_without_kernels_writes_the_same_lake(tmp_path, rows, monkeypatch):
+    lines = [orjson.dumps({"body": r["text"], "link": r["url"], "title": r["title"]}) for r in rows]
+    lines[5] = b"not json"
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    source = SourceConfig(name="s", format="jsonl", paths=[str(path)], columns={"text": "body", "url": "link"})
+
+    def lake(where: str) -> list[str]:
+        task = IngestFileTask(source, str(path), 0, str(tmp_path / where / "raw"), str(tmp_path / where / "q"),
+                              "ing", "run", 1 << 27)
+        res = ingest_file(task)
+        assert res.rows_quarantined == 1 and res.rows_written == len(rows) - 1
+        return [table_digest(pq.read_table(p["path"]), tmp_path) for p in res.parts]
+
+    fast = lake("fast")
+    monkeypatch.setenv("CURATE_NATIVE", "0")
+    assert fast and lake("slow") == fast
+
+
+def test_golden_inputs_digest_the_same_without_the_kernels(tmp_path, monkeypatch):
+    """tests/test_ingest_identity.py checks the golden digests with the kernels (where built); this
+    checks them on the fallback paths (NumPy line index, hashlib ids)."""
+    import json
+
+    from tests.ingest_golden import GOLDEN, digests
+    monkeypatch.setenv("CURATE_NATIVE", "0")
+    assert digests(tmp_path) == json.loads(GOLDEN.read_text())
