@@ -17,6 +17,7 @@ writing zstd Parquet dominates (docs/ingest.md has the profile).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -24,6 +25,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -100,19 +102,7 @@ def effective_columns(source: SourceConfig) -> ColumnMap:
 
 def document_ids(source: str, keys: list[str]) -> list[str]:
     """Stable ids: first 32 hex chars of sha256(source + 0x1F + key)."""
-    return _hash_ids(source, [k.encode("utf-8", "replace") for k in keys])
-
-
-def _hash_ids(source: str, keys: list[bytes]) -> list[str]:
-    # One sha256 per key: C calls in a tight loop (~0.5 us per short key); the prefix state is
-    # hashed once and copied, which saves re-hashing it for every key.
-    base = hashlib.sha256(source.encode() + b"\x1f")
-    out = []
-    for k in keys:
-        h = base.copy()
-        h.update(k)
-        out.append(h.hexdigest()[:32])
-    return out
+    return kernels.hashlib_ids(source.encode() + b"\x1f", [k.encode("utf-8", "replace") for k in keys])
 
 
 def _as_string(col: pl.Series) -> pl.Series:
@@ -280,11 +270,8 @@ class _ShardSink:
         self.shard_rows += table.num_rows
         self.shard_text_bytes += int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
         if self.buffered_rows >= ROW_GROUP_ROWS:
-            try:
+            with self._storage_step("writing"):
                 self._write(final=False)
-            except Exception as e:
-                self._abandon()
-                raise ShardWriteError(f"writing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         if self.shard_text_bytes >= self.task.shard_bytes:
             self.flush()
 
@@ -306,32 +293,31 @@ class _ShardSink:
         rest = table.slice(n)
         self.buffer, self.buffered_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
-    def _abandon(self) -> None:
-        """Drop the open shard after a failed write: its temporary file goes, nothing is published."""
-        if self._commit is not None:
-            self._commit.__exit__(*sys.exc_info())
-        self._commit, self._writer = None, None
+    @contextlib.contextmanager
+    def _storage_step(self, verb: str) -> Iterator[None]:
+        """A write of the open shard: on failure its temporary file goes (nothing is published) and
+        the error becomes a ``ShardWriteError`` naming the shard (an interrupt stays itself)."""
+        try:
+            yield
+        except BaseException as e:
+            if self._commit is not None:
+                self._commit.__exit__(*sys.exc_info())
+            self._commit, self._writer = None, None
+            if isinstance(e, Exception):
+                raise ShardWriteError(f"{verb} raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
+            raise
 
     def flush(self) -> None:
         """Finish the open shard (if it has rows): its last row group, then the rename."""
         if not self.shard_rows:
             return
-        commit = None
-        try:
+        with self._storage_step("writing"):
             self._write(final=True)
             assert self._writer is not None and self._commit is not None
             self._writer.close()
             commit, self._commit, self._writer = self._commit, None, None
-        except Exception as e:
-            self._abandon()
-            raise ShardWriteError(f"writing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
-        except BaseException:
-            self._abandon()
-            raise
-        try:
+        with self._storage_step("publishing"):
             commit.close()
-        except Exception as e:
-            raise ShardWriteError(f"publishing raw shard {self._path()} failed: {type(e).__name__}: {e}") from e
         self.parts.append({"path": self._path(), "rows": self.shard_rows, "text_bytes": self.shard_text_bytes})
         self.shard_rows = self.shard_text_bytes = 0
 
