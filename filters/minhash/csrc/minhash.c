@@ -150,13 +150,15 @@ static int final_sigma(const uint8_t *data, int64_t start, int64_t end, int64_t 
 
 /* The lower case of the code point cp of `size` bytes at data[i] (a document [start, end)):
    writes 1-3 code points to low and returns how many, or 0 when it is its own lower case or the
-   bytes are not a well-formed multi-byte sequence (a stray byte stays a code point of its own). */
+   bytes are not well-formed UTF-8 (Arrow strings always are; bytes that are not stay as they are,
+   as without lower-casing). */
 static int lowered(const uint8_t *data, int64_t start, int64_t end, int64_t i, int64_t size, int64_t cp,
                    uint32_t low[3]) {
     if (size < 2 || cp >= LOWER_LIMIT) return 0;
     const int32_t d = LOWER_DELTA[LOWER_PAGE[cp >> LOWER_PAGE_BITS]][cp & ((1 << LOWER_PAGE_BITS) - 1)];
     if (d == 0) return 0;
     for (int64_t k = 1; k < size; k++) if ((data[i + k] & 0xC0) != 0x80) return 0;
+    if (cp < (size == 2 ? 0x80 : size == 3 ? 0x800 : 0x10000)) return 0; /* overlong: not UTF-8 */
     if (cp == 0x3A3) { low[0] = final_sigma(data, start, end, i) ? 0x3C2 : 0x3C3; return 1; }
     if (d != LOWER_IS_MULTI) { low[0] = (uint32_t)(cp + d); return 1; }
     for (size_t m = 0; m < sizeof LOWER_MULTI / sizeof LOWER_MULTI[0]; m++) {
