@@ -42,7 +42,8 @@ common = dict(include_dirs=["engines/csrc"], extra_compile_args=flags, optional=
               depends=["engines/csrc/curate_native.h"])
 
 extensions = [
-    Extension("filters.minhash._minhash", ["filters/minhash/csrc/minhash.c"], **common),
+    Extension("filters.minhash._minhash", ["filters/minhash/csrc/minhash.c"],
+              **{**common, "depends": [*common["depends"], "filters/minhash/csrc/lower_table.h"]}),
     Extension("scorers.ppl_corr._pplcorr", ["scorers/ppl_corr/csrc/pplcorr.c"], **common),
     Extension("filters.heuristics._chunks", ["filters/heuristics/csrc/chunks.c"], **common),
     Extension("readers._ingest", ["readers/csrc/ingest.c"], **common),

@@ -117,12 +117,12 @@ class Previous:
                      spill: str) -> ShingleSets:
         """One flat file with the shingle sets of the earlier documents in a candidate pair (read
         back and shingled again), then the new documents' sets from the scan."""
-        from filters.minhash.dedup import ShingleSets
+        from filters.minhash.dedup import ShingleSets, read_pairs
         assert self.earlier is not None, "reading earlier documents back needs the earlier shards"
         p = stage.params
         wanted = [np.zeros(0, dtype=np.int64)]
         for files in pair_files.values():
-            code = pl.read_parquet(files, columns=["pair"]).get_column("pair").to_numpy().view(np.uint64)
+            code = read_pairs(files)
             lo = (code >> np.uint64(32)).astype(np.int64)
             wanted.append(np.unique(lo[lo < self.documents]))
         earlier = np.unique(np.concatenate(wanted))

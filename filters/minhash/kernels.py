@@ -18,7 +18,8 @@ a later version of any library (tests/minhash checks the C against a plain-Pytho
 
 Definitions (see docs/dedup.md):
 
-- **Words.** The text is lower-cased (Unicode, by Polars before it reaches the kernel), then
+- **Words.** The text is lower-cased (Unicode, as Polars' ``str.to_lowercase``: in the compiled
+  word hasher with ``lower=True``, from the tables of ``filters.minhash.lower_table``), then
   cut into words at every character that is not a letter, mark or digit: ASCII punctuation,
   symbols, spaces and controls, plus the fixed non-ASCII punctuation/symbol/space ranges of
   ``_SEPARATOR_RANGES``. With ``fold_digits`` every ASCII digit becomes ``0``.
@@ -121,7 +122,7 @@ def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5,
 
 # --- the compiled library and its fallback ---------------------------------------------------
 
-ABI = 2  # must match ABI_VERSION in csrc/minhash.c: an older build is treated as missing
+ABI = 3  # must match ABI_VERSION in csrc/minhash.c: an older build is treated as missing
 EXTENSION = "filters.minhash._minhash"
 _warned = False
 
@@ -159,10 +160,32 @@ def _word_bound(offsets: np.ndarray) -> np.ndarray:
     return (offsets[1:] - offsets[:-1]) // 2 + 1
 
 
-def signatures_kernel(data, offsets, ngram, fold_digits, a, b, bands, rows, keep_k, sep_lo, sep_hi):
+def lowers_in_kernel() -> bool:
+    """Whether ``lower=True`` runs in the compiled kernel (else the kernels below lower-case with
+    Polars first: same bytes, one more copy of the text)."""
+    return native.load(EXTENSION, ABI) is not None
+
+
+def polars_lowered(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The texts of (data, offsets) lower-cased by Polars' ``str.to_lowercase``: the definition
+    that ``lower=True`` follows (and what the NumPy fallback runs)."""
+    import polars as pl
+    import pyarrow as pa
+
+    from engines.strings import string_buffers
+    offsets = _c(offsets, np.int64)
+    arr = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(_c(data, np.uint8)))
+    series = pl.from_arrow(arr)
+    assert isinstance(series, pl.Series)
+    return string_buffers(series.str.to_lowercase())
+
+
+def signatures_kernel(data, offsets, ngram, fold_digits, a, b, bands, rows, keep_k, sep_lo, sep_hi, lower=False):
     """MinHash + LSH bands of every document of an Arrow string column.
 
-    ``data``/``offsets``: the UTF-8 buffer and the n+1 offsets of the (lower-cased) texts.
+    ``data``/``offsets``: the UTF-8 buffer and the n+1 offsets of the texts, lower-cased already,
+    or lower-cased here with ``lower=True`` (as Polars' ``str.to_lowercase``: in the word hasher
+    of the compiled kernel, without a copy of the text; by Polars before the NumPy fallback).
     Returns ``(band_keys[n, bands], n_shingles[n], stored, stored_offsets[n + 1])`` where
     ``stored`` holds each document's bottom-``keep_k`` shingle hashes (uint32, ascending);
     a document without any word gets ``n_shingles = 0`` and band keys of ``NO_VALUE``.
@@ -171,6 +194,8 @@ def signatures_kernel(data, offsets, ngram, fold_digits, a, b, bands, rows, keep
     a, b = _c(a, np.uint64), _c(b, np.uint64)
     mod = ext()
     if mod is None:
+        if lower:
+            data, offsets = polars_lowered(data, offsets)
         return nk.signatures(data, offsets, ngram, fold_digits, a, b, bands, rows, keep_k, sep_lo, sep_hi)
     n = len(offsets) - 1
     band_keys = np.empty((n, bands), dtype=np.uint64)
@@ -178,37 +203,43 @@ def signatures_kernel(data, offsets, ngram, fold_digits, a, b, bands, rows, keep
     stored = np.empty(int(np.minimum(_word_bound(offsets), keep_k).sum()) + 1, dtype=np.uint32)
     stored_off = np.empty(n + 1, dtype=np.int64)
     mod.signatures(data, offsets, int(ngram), int(fold_digits), a, b, int(bands), int(rows), int(keep_k),
-                   _c(sep_lo, np.int64), _c(sep_hi, np.int64), band_keys, counts, stored, stored_off)
+                   _c(sep_lo, np.int64), _c(sep_hi, np.int64), band_keys, counts, stored, stored_off, int(lower))
     return band_keys, counts, stored[:stored_off[n]], stored_off
 
 
-def signature_matrix_kernel(data, offsets, ngram, fold_digits, a, b, sep_lo, sep_hi):
+def signature_matrix_kernel(data, offsets, ngram, fold_digits, a, b, sep_lo, sep_hi, lower=False):
     """The full MinHash signatures (n x num_perm, uint64) and distinct shingle counts; used by
-    tests and benchmarks to compare Jaccard estimates (the stage itself stores band keys only)."""
+    tests and benchmarks to compare Jaccard estimates (the stage itself stores band keys only).
+    ``lower``: as in ``signatures_kernel``."""
     data, offsets = _c(data, np.uint8), _c(offsets, np.int64)
     a, b = _c(a, np.uint64), _c(b, np.uint64)
     mod = ext()
     if mod is None:
+        if lower:
+            data, offsets = polars_lowered(data, offsets)
         return nk.signature_matrix(data, offsets, ngram, fold_digits, a, b, sep_lo, sep_hi)
     n = len(offsets) - 1
     sig = np.empty((n, len(a)), dtype=np.uint64)
     counts = np.empty(n, dtype=np.int64)
     mod.signature_matrix(data, offsets, int(ngram), int(fold_digits), a, b, _c(sep_lo, np.int64),
-                         _c(sep_hi, np.int64), sig, counts)
+                         _c(sep_hi, np.int64), sig, counts, int(lower))
     return sig, counts
 
 
-def shingle_hashes_kernel(data, offsets, ngram, fold_digits, sep_lo, sep_hi):
-    """Every document's shingle hashes in text order (flat array + n+1 offsets)."""
+def shingle_hashes_kernel(data, offsets, ngram, fold_digits, sep_lo, sep_hi, lower=False):
+    """Every document's shingle hashes in text order (flat array + n+1 offsets); ``lower``: as in
+    ``signatures_kernel``."""
     data, offsets = _c(data, np.uint8), _c(offsets, np.int64)
     mod = ext()
     if mod is None:
+        if lower:
+            data, offsets = polars_lowered(data, offsets)
         return nk.shingle_hashes(data, offsets, ngram, fold_digits, sep_lo, sep_hi)
     n = len(offsets) - 1
     out = np.empty(int(_word_bound(offsets).sum()) + 1, dtype=np.uint64)
     out_off = np.empty(n + 1, dtype=np.int64)
     mod.shingle_hashes(data, offsets, int(ngram), int(fold_digits), _c(sep_lo, np.int64), _c(sep_hi, np.int64),
-                       out, out_off)
+                       out, out_off, int(lower))
     return out[:out_off[n]], out_off
 
 

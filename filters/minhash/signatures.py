@@ -91,8 +91,10 @@ class MinHashParams(BaseModel):
 
 
 def normalised_text(text: pl.Expr) -> pl.Expr:
-    """The part of normalisation done by Polars: Unicode lower-casing. Word breaks, whitespace
-    and digit folding are applied by the kernel on the bytes."""
+    """Unicode lower-casing, the first step of normalisation (word breaks, whitespace and digit
+    folding are applied by the kernel on the bytes). The compiled kernel does the same lower-casing
+    itself (``lower=True``; filters/minhash/lower_table.py); this expression is its definition and
+    the NumPy fallback's path."""
     return text.str.to_lowercase()
 
 
@@ -114,7 +116,16 @@ class SignatureComputer:
         return {**self.__dict__, "_pool": None}
 
     def lowered(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """The texts lower-cased by Polars (``normalised_text``), as kernel buffers: the reference
+        for what the kernels do with ``lower=True``."""
         return string_buffers(texts.to_frame("t").select(normalised_text(pl.col("t"))).to_series())
+
+    def buffers(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(data, offsets, lower) for the kernels: the raw text when the compiled kernel lower-cases
+        it as it hashes (no Polars pass, no copy of the lower-cased text), else Polars' lower case."""
+        if self.k.lowers_in_kernel():
+            return (*string_buffers(texts), True)
+        return (*self.lowered(texts), False)
 
     def threads(self) -> int:
         return self.params.threads or self.default_threads or max(1, os.cpu_count() or 1)
@@ -124,14 +135,14 @@ class SignatureComputer:
         """(band_keys[n, bands], n_shingles[n], stored values, stored offsets[n+1]): the LSH keys,
         the distinct shingle counts, and each document's ``keep_k`` smallest distinct 32-bit
         shingle values (ascending). ``band_keys=False`` skips the MinHash (shingle sets only)."""
-        data, offsets = self.lowered(texts)
+        data, offsets, lower = self.buffers(texts)
         p = self.params
         a, b = (self.a, self.b) if band_keys else (self.a[:0], self.b[:0])
         bands, rows = (self.bands, self.rows) if band_keys else (0, 0)
 
         def run(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             return self.k.signatures_kernel(data, offsets[lo:hi + 1], p.ngram, p.fold_digits, a, b,
-                                            bands, rows, keep_k, self.k.SEP_LO, self.k.SEP_HI)
+                                            bands, rows, keep_k, self.k.SEP_LO, self.k.SEP_HI, lower)
 
         n = len(offsets) - 1
         threads = min(self.threads(), max(1, n // 256))
@@ -152,15 +163,15 @@ class SignatureComputer:
 
     def signatures(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         """Full signatures (n x num_perm) and distinct shingle counts (for tests/benchmarks)."""
-        data, offsets = self.lowered(texts)
+        data, offsets, lower = self.buffers(texts)
         return self.k.signature_matrix_kernel(data, offsets, self.params.ngram, self.params.fold_digits,
-                                              self.a, self.b, self.k.SEP_LO, self.k.SEP_HI)
+                                              self.a, self.b, self.k.SEP_LO, self.k.SEP_HI, lower)
 
     def shingle_hashes(self, texts: pl.Series) -> list[np.ndarray]:
         """Each document's 64-bit shingle hashes in text order (for tests/benchmarks)."""
-        data, offsets = self.lowered(texts)
+        data, offsets, lower = self.buffers(texts)
         flat, off = self.k.shingle_hashes_kernel(data, offsets, self.params.ngram, self.params.fold_digits,
-                                                 self.k.SEP_LO, self.k.SEP_HI)
+                                                 self.k.SEP_LO, self.k.SEP_HI, lower)
         return [flat[off[i]:off[i + 1]] for i in range(len(off) - 1)]
 
 

@@ -17,12 +17,14 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 #define FNV_OFFSET 0xCBF29CE484222325ULL
 #define FNV_PRIME 0x100000001B3ULL
 #define K_POLY 0x9E3779B97F4A7C15ULL
 #define NO_VALUE 0xFFFFFFFFFFFFFFFFULL
+#define FLAG_FOLD 1  /* fold_digits */
+#define FLAG_LOWER 2 /* lower-case the text as Polars' str.to_lowercase */
 
 static inline uint64_t fmix64(uint64_t k) {
     k ^= k >> 33; k *= 0xFF51AFD7ED558CCDULL;
@@ -105,6 +107,95 @@ static int64_t count_words(const uint8_t *data, int64_t start, int64_t end, cons
     return n + in_word;
 }
 
+/* --- lower-casing (Polars' str.to_lowercase, see filters/minhash/lower_table.py) ----------------- */
+
+#include "lower_table.h"
+
+/* The class of cp in the final-sigma rule: SIGMA_IGNORABLE, SIGMA_CASED or 0. */
+static int sigma_class(int64_t cp) {
+    int64_t l = 0, h = (int64_t)(sizeof SIGMA_CLASS / sizeof SIGMA_CLASS[0]);
+    while (l < h) { /* first range whose last code point is >= cp */
+        const int64_t m = (l + h) >> 1;
+        if ((int64_t)SIGMA_CLASS[m][1] < cp) l = m + 1; else h = m;
+    }
+    return l < (int64_t)(sizeof SIGMA_CLASS / sizeof SIGMA_CLASS[0]) && (int64_t)SIGMA_CLASS[l][0] <= cp
+           ? (int)SIGMA_CLASS[l][2] : 0;
+}
+
+/* Whether the capital sigma at data[i] of the document [start, end) ends a word (Unicode's
+   Final_Sigma, as Rust's str::to_lowercase): a cased letter before it, skipping case-ignorable
+   characters, and none after it. */
+static int final_sigma(const uint8_t *data, int64_t start, int64_t end, int64_t i) {
+    int before = 0;
+    for (int64_t j = i; j > start;) {
+        int64_t k = j - 1, cp;
+        while (k > start && (data[k] & 0xC0) == 0x80 && j - k < 4) k--;
+        decode(data, k, j, &cp);
+        j = k;
+        const int c = sigma_class(cp);
+        if (c == SIGMA_IGNORABLE) continue;
+        before = c == SIGMA_CASED;
+        break;
+    }
+    if (!before) return 0;
+    for (int64_t j = i + 2; j < end;) {
+        int64_t cp;
+        j += decode(data, j, end, &cp);
+        const int c = sigma_class(cp);
+        if (c == SIGMA_IGNORABLE) continue;
+        return c != SIGMA_CASED;
+    }
+    return 1;
+}
+
+/* The lower case of the code point cp of `size` bytes at data[i] (a document [start, end)):
+   writes 1-3 code points to low and returns how many, or 0 when it is its own lower case or the
+   bytes are not well-formed UTF-8 (Arrow strings always are; bytes that are not stay as they are,
+   as without lower-casing). */
+static int lowered(const uint8_t *data, int64_t start, int64_t end, int64_t i, int64_t size, int64_t cp,
+                   uint32_t low[3]) {
+    if (size < 2 || cp >= LOWER_LIMIT) return 0;
+    const int32_t d = LOWER_DELTA[LOWER_PAGE[cp >> LOWER_PAGE_BITS]][cp & ((1 << LOWER_PAGE_BITS) - 1)];
+    if (d == 0) return 0;
+    for (int64_t k = 1; k < size; k++) if ((data[i + k] & 0xC0) != 0x80) return 0;
+    if (cp < (size == 2 ? 0x80 : size == 3 ? 0x800 : 0x10000)) return 0; /* overlong: not UTF-8 */
+    if (cp == 0x3A3) { low[0] = final_sigma(data, start, end, i) ? 0x3C2 : 0x3C3; return 1; }
+    if (d != LOWER_IS_MULTI) { low[0] = (uint32_t)(cp + d); return 1; }
+    for (size_t m = 0; m < sizeof LOWER_MULTI / sizeof LOWER_MULTI[0]; m++) {
+        if (LOWER_MULTI[m][0] != (uint32_t)cp) continue;
+        int n = 0;
+        while (n < 3 && LOWER_MULTI[m][n + 1]) { low[n] = LOWER_MULTI[m][n + 1]; n++; }
+        return n;
+    }
+    return 0;
+}
+
+/* Feeds one code point of lower-cased text to a stream of the word hasher (see WORD_STEP). */
+#define FEED_CP(cp, n, h, in_word, out)                                                         \
+    do {                                                                                        \
+        const uint32_t c2_ = (cp);                                                              \
+        const uint64_t b2_ = c2_ < 0x80 ? tab[c2_] : 0;                                         \
+        if (c2_ < 0x80 ? b2_ == 0 : is_sep_cp(c2_, seps)) {                                     \
+            out[n] = h;                                                                         \
+            n += in_word;                                                                       \
+            h = FNV_OFFSET;                                                                     \
+            in_word = 0;                                                                        \
+        } else if (c2_ < 0x80) {                                                                \
+            h = (h ^ b2_) * FNV_PRIME;                                                          \
+            in_word = 1;                                                                        \
+        } else {                                                                                \
+            uint8_t u_[4];                                                                      \
+            int nu_;                                                                            \
+            if (c2_ < 0x800) { u_[0] = (uint8_t)(0xC0 | c2_ >> 6); u_[1] = (uint8_t)(0x80 | (c2_ & 0x3F)); nu_ = 2; } \
+            else if (c2_ < 0x10000) { u_[0] = (uint8_t)(0xE0 | c2_ >> 12); u_[1] = (uint8_t)(0x80 | (c2_ >> 6 & 0x3F)); \
+                                      u_[2] = (uint8_t)(0x80 | (c2_ & 0x3F)); nu_ = 3; }                          \
+            else { u_[0] = (uint8_t)(0xF0 | c2_ >> 18); u_[1] = (uint8_t)(0x80 | (c2_ >> 12 & 0x3F));             \
+                   u_[2] = (uint8_t)(0x80 | (c2_ >> 6 & 0x3F)); u_[3] = (uint8_t)(0x80 | (c2_ & 0x3F)); nu_ = 4; } \
+            for (int j2_ = 0; j2_ < nu_; j2_++) h = (h ^ u_[j2_]) * FNV_PRIME;                  \
+            in_word = 1;                                                                        \
+        }                                                                                       \
+    } while (0)
+
 /* The word hasher handles one or two streams of bytes. A stream's state is (i, n, h, in_word): the
    position, the words finished, the running FNV-1a state and whether a word is open; finished
    words' raw states go to out[] (the finaliser is applied afterwards). The ASCII step has no
@@ -125,7 +216,11 @@ static int64_t count_words(const uint8_t *data, int64_t start, int64_t end, cons
         } else {                                                                                \
             int64_t cp_;                                                                        \
             const int64_t size_ = decode(data, i, end, &cp_);                                   \
-            if (is_sep_cp(cp_, seps)) {                                                         \
+            uint32_t low_[3];                                                                   \
+            const int nl_ = lower ? lowered(data, doc_start, doc_end, i, size_, cp_, low_) : 0; \
+            if (nl_) {                                                                          \
+                for (int k_ = 0; k_ < nl_; k_++) FEED_CP(low_[k_], n, h, in_word, out);         \
+            } else if (is_sep_cp(cp_, seps)) {                                                  \
                 out[n] = h;                                                                     \
                 n += in_word;                                                                   \
                 h = FNV_OFFSET;                                                                 \
@@ -142,9 +237,11 @@ static int64_t count_words(const uint8_t *data, int64_t start, int64_t end, cons
    many. Returns the word count. Long documents are cut in two at an ASCII separator near the
    middle and both halves hashed in one loop: FNV-1a is a serial chain per word, and two
    independent chains keep the multiplier busy. */
-static int64_t word_hashes(const uint8_t *data, int64_t start, int64_t end, int fold, const seps_t *seps,
+static int64_t word_hashes(const uint8_t *data, int64_t start, int64_t end, int flags, const seps_t *seps,
                            uint64_t *restrict out, uint64_t *restrict tmp) {
-    const uint8_t *tab = ASCII_BYTE[fold ? 1 : 0];
+    const uint8_t *tab = ASCII_BYTE[flags & FLAG_FOLD ? 1 : 0];
+    const int lower = (flags & FLAG_LOWER) != 0;
+    const int64_t doc_start = start, doc_end = end;
     int64_t mid = end;
     if (end - start >= 256) { /* an ASCII separator after the middle (never inside a UTF-8 sequence) */
         for (int64_t j = start + (end - start) / 2, lim = j + 64 < end ? j + 64 : end; j < lim; j++)
@@ -571,6 +668,15 @@ static int get_seps(cur_bufs *B, PyObject *lo, PyObject *hi, seps_t *s) {
     return 0;
 }
 
+/* Adds the word hasher's FLAG_LOWER to *fold (which becomes FLAG_FOLD or 0) when the Python
+   argument `lower` is true. */
+static int flags_arg(PyObject *lower, int64_t *fold) {
+    int64_t on;
+    if (cur_int(lower, &on, "lower") < 0) return -1;
+    *fold = (*fold ? FLAG_FOLD : 0) | (on ? FLAG_LOWER : 0);
+    return 0;
+}
+
 static PyObject *raise_rc(int64_t rc) {
     if (rc == -1) return PyErr_NoMemory();
     if (rc == -2) PyErr_SetString(PyExc_ValueError, "output buffer too small");
@@ -580,10 +686,10 @@ static PyObject *raise_rc(int64_t rc) {
 }
 
 /* signatures(data, offsets, ngram, fold, a, b, bands, rows, keep_k, sep_lo, sep_hi,
-              band_keys_out, counts_out, stored_out, stored_off_out) -> None */
+              band_keys_out, counts_out, stored_out, stored_off_out, lower) -> None */
 static PyObject *py_signatures(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (cur_nargs(nargs, 15, "signatures") < 0) return NULL;
+    if (cur_nargs(nargs, 16, "signatures") < 0) return NULL;
     cur_bufs B = {.n = 0};
     sig_args g;
     PyObject *res = NULL;
@@ -602,6 +708,7 @@ static PyObject *py_signatures(PyObject *self, PyObject *const *args, Py_ssize_t
         goto done;
     }
     if (get_seps(&B, args[9], args[10], &g.seps) < 0) goto done;
+    if (flags_arg(args[15], &g.fold) < 0) goto done;
     if (!(g.band_keys = cur_arg(&B, args[11], 'u', 8, 1, "band_keys", g.n * g.bands))) goto done;
     if (!(g.counts = cur_arg(&B, args[12], 'i', 8, 1, "counts", g.n))) goto done;
     if (!(g.stored = cur_arg(&B, args[13], 'u', 4, 1, "stored", 0))) goto done;
@@ -635,10 +742,10 @@ static int64_t run_matrix(const uint8_t *data, const int64_t *offsets, int64_t n
     return 0;
 }
 
-/* signature_matrix(data, offsets, ngram, fold, a, b, sep_lo, sep_hi, sig_out, counts_out) -> None */
+/* signature_matrix(data, offsets, ngram, fold, a, b, sep_lo, sep_hi, sig_out, counts_out, lower) -> None */
 static PyObject *py_signature_matrix(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (cur_nargs(nargs, 10, "signature_matrix") < 0) return NULL;
+    if (cur_nargs(nargs, 11, "signature_matrix") < 0) return NULL;
     cur_bufs B = {.n = 0};
     PyObject *res = NULL;
     const uint8_t *data; const int64_t *offsets; const uint64_t *a, *b; uint64_t *sig; int64_t *counts;
@@ -654,6 +761,7 @@ static PyObject *py_signature_matrix(PyObject *self, PyObject *const *args, Py_s
     num_perm = cur_len(&B.v[B.n - 1]);
     if (!(b = cur_arg(&B, args[5], 'u', 8, 0, "b", num_perm))) goto done;
     if (get_seps(&B, args[6], args[7], &seps) < 0) goto done;
+    if (flags_arg(args[10], &fold) < 0) goto done;
     if (!(sig = cur_arg(&B, args[8], 'u', 8, 1, "sig", n * num_perm))) goto done;
     if (!(counts = cur_arg(&B, args[9], 'i', 8, 1, "counts", n))) goto done;
     if (check_offsets(offsets, n, data_len) < 0) goto done;
@@ -668,11 +776,11 @@ done:
     return res;
 }
 
-/* shingle_hashes(data, offsets, ngram, fold, sep_lo, sep_hi, out, out_off) -> None; out holds
+/* shingle_hashes(data, offsets, ngram, fold, sep_lo, sep_hi, out, out_off, lower) -> None; out holds
    sum_d (bytes_d / 2 + 1) values (a bound on the words of each document). */
 static PyObject *py_shingle_hashes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (cur_nargs(nargs, 8, "shingle_hashes") < 0) return NULL;
+    if (cur_nargs(nargs, 9, "shingle_hashes") < 0) return NULL;
     cur_bufs B = {.n = 0};
     PyObject *res = NULL;
     const uint8_t *data; const int64_t *offsets; uint64_t *out; int64_t *out_off;
@@ -685,6 +793,7 @@ static PyObject *py_shingle_hashes(PyObject *self, PyObject *const *args, Py_ssi
     if (cur_int(args[2], &ngram, "ngram") < 0 || cur_int(args[3], &fold, "fold") < 0) goto done;
     if (ngram < 1) { PyErr_SetString(PyExc_ValueError, "ngram must be >= 1"); goto done; }
     if (get_seps(&B, args[4], args[5], &seps) < 0) goto done;
+    if (flags_arg(args[8], &fold) < 0) goto done;
     if (!(out = cur_arg(&B, args[6], 'u', 8, 1, "out", 0))) goto done;
     cap = cur_len(&B.v[B.n - 1]);
     if (!(out_off = cur_arg(&B, args[7], 'i', 8, 1, "out_off", n + 1))) goto done;
@@ -946,11 +1055,11 @@ done:
 static PyMethodDef METHODS[] = {
     {"signatures", (PyCFunction)(void (*)(void))py_signatures, METH_FASTCALL,
      "signatures(data, offsets, ngram, fold, a, b, bands, rows, keep_k, sep_lo, sep_hi, band_keys, counts, "
-     "stored, stored_off): band keys, distinct shingle counts and bottom-k stored shingles (outputs in place)."},
+     "stored, stored_off, lower): band keys, distinct shingle counts and bottom-k stored shingles (outputs in place)."},
     {"signature_matrix", (PyCFunction)(void (*)(void))py_signature_matrix, METH_FASTCALL,
-     "signature_matrix(data, offsets, ngram, fold, a, b, sep_lo, sep_hi, sig, counts): full signatures."},
+     "signature_matrix(data, offsets, ngram, fold, a, b, sep_lo, sep_hi, sig, counts, lower): full signatures."},
     {"shingle_hashes", (PyCFunction)(void (*)(void))py_shingle_hashes, METH_FASTCALL,
-     "shingle_hashes(data, offsets, ngram, fold, sep_lo, sep_hi, out, out_off): shingle hashes in text order."},
+     "shingle_hashes(data, offsets, ngram, fold, sep_lo, sep_hi, out, out_off, lower): shingle hashes in text order."},
     {"bucket_pairs", (PyCFunction)(void (*)(void))py_bucket_pairs, METH_FASTCALL,
      "bucket_pairs(keys, pos, window, lo, hi) -> int: candidate pairs of (key, pos)-sorted rows."},
     {"jaccard", (PyCFunction)(void (*)(void))py_jaccard, METH_FASTCALL,
