@@ -53,3 +53,29 @@ def test_fallback_without_the_kernel_is_the_regex(monkeypatch):
     s = pl.Series("text", ["a b", "\u3000x\x1cy ", None, ""])
     monkeypatch.setattr(tokens, "ext", lambda: None)
     assert tokens.count_tokens(s).to_list() == [2, 1, None, 0]
+
+
+@pytest.mark.parametrize("kind", ["string", "large_string", "chunked_sliced"])
+def test_arrow_counts_equal_the_regex(corpora, kind):
+    """``count_tokens_arrow`` (what the release uses: the kernel on the Arrow table's own buffers)
+    gives the regex's counts on real text with nulls, in every string layout the release can hold."""
+    import pyarrow as pa
+
+    texts = pq.read_table(corpora / "wiki_fr.parquet", columns=["text"]).column("text").combine_chunks()
+    texts = pa.concat_arrays([texts.cast(pa.string()), pa.array(["", None, "a\u3000b\x1c"], pa.string())])
+    arr: pa.Array | pa.ChunkedArray = texts
+    if kind == "large_string":
+        arr = texts.cast(pa.large_string())
+    elif kind == "chunked_sliced":  # chunks that start mid-buffer (non-zero offsets)
+        arr = pa.chunked_array([texts.slice(1, 7), texts.slice(8)])
+    got = pl.Series("n_tokens", tokens.count_tokens_arrow(arr), dtype=pl.Int64)
+    want = _regex(pl.Series("text", texts.slice(1) if kind == "chunked_sliced" else texts, dtype=pl.String))
+    assert_series_equal(got, want)
+    assert got[-2] is None and got[-1] == 2
+
+
+def test_arrow_fallback_without_the_kernel_is_the_regex(monkeypatch):
+    import pyarrow as pa
+
+    monkeypatch.setattr(tokens, "ext", lambda: None)
+    assert tokens.count_tokens_arrow(pa.array(["a b", "\u3000x\x1cy ", None, ""])).to_pylist() == [2, 1, None, 0]

@@ -35,18 +35,20 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.compute as pc
 
 from engines import storage
 from engines.faults import fault_point
 from schemas.config import PipelineConfig, stable_hash
 from schemas.derived import source_names
+from schemas.documents import DOCUMENT
 from warehouse.lake import Lake
 from warehouse.releasing import gates, publish
 from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_chunks
 from warehouse.releasing.fates_file import FATES_FILE, FatesSink, report_dir
 from warehouse.releasing.overlap import Behind, read_ahead
 from warehouse.releasing.text import TextStats, release_text
-from warehouse.releasing.tokens import count_tokens
+from warehouse.releasing.tokens import count_tokens_arrow
 from warehouse.releasing.writer import RELEASE_SCHEMA, ShardWriter, write_in_order
 from warehouse.selection import parse_selection
 
@@ -226,12 +228,15 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
             kept = df.filter(pl.col("_fate") == "kept")
             text_stats.add(source, kept, {s.name: s.applies_to(source) for s in stages})
             kept = kept.with_columns(text.alias("text"))
-            kept = kept.with_columns(count_tokens(kept.get_column("text")))
-            acc.per_source[source]["tokens_kept"] += int(kept.get_column("n_tokens").sum() or 0)
-            table = kept.select(RELEASE_SCHEMA.names).to_arrow().cast(RELEASE_SCHEMA)
+            # Tokens are counted on the Arrow table the shard gets (in place: no other copy of the text).
+            table = kept.select(DOCUMENT.names).to_arrow().cast(DOCUMENT)
+            n_tokens = count_tokens_arrow(table.column("text"))
+            table = table.append_column(RELEASE_SCHEMA.field("n_tokens"), n_tokens)
+            acc.per_source[source]["tokens_kept"] += int(pc.sum(n_tokens).as_py() or 0)
             if planner is None:
                 write_behind.put(table)
                 continue
+            kept = kept.with_columns(pl.Series("n_tokens", n_tokens, dtype=pl.Int64))
             path = f"{scratch}/{len(staging):06d}.parquet"
             storage.write_table_atomic(path, table)
             small[source].append(kept.select(

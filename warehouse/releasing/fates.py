@@ -169,8 +169,13 @@ def _damaged(path: str, e: BaseException) -> DamagedFile:
 
 
 def _open(stack: ExitStack, path: str) -> pq.ParquetFile:
-    fs, p = storage.fs_and_path(path)
+    """The Parquet file, closed with ``stack``. A local path is read by Arrow's own file reads, which
+    release the GIL (through fsspec's Python file object every read takes the GIL from the release's
+    deciding thread); any other URL through its fsspec filesystem."""
     try:
+        if "://" not in path:
+            return stack.enter_context(pq.ParquetFile(path))
+        fs, p = storage.fs_and_path(path)
         return pq.ParquetFile(stack.enter_context(fs.open(p, "rb")))
     except (pa.ArrowException, OSError) as e:
         raise _damaged(path, e) from None

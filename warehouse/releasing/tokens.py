@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from engines.strings import string_buffers
 from filters.heuristics.chunking import ext
@@ -31,3 +32,26 @@ def count_tokens(texts: pl.Series) -> pl.Series:
     counts = pl.Series("n_tokens", out, dtype=pl.Int64)
     return counts if not texts.has_nulls() else pl.select(
         pl.when(texts.is_null()).then(None).otherwise(counts).alias("n_tokens")).to_series()
+
+
+def count_tokens_arrow(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``count_tokens`` of an Arrow string column (string or large_string), as an int64 array:
+    the kernel reads each chunk's bytes and offsets in place, so the text is not copied (the
+    release counts the text of the table it writes). Null where the text is null."""
+    mod = ext()
+    if mod is None:
+        return count_tokens(pl.Series("text", texts)).to_arrow()
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    parts = []
+    for arr in chunks:
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            arr = arr.cast(pa.large_string())  # e.g. string_view: copied into offsets + bytes
+        width = 8 if pa.types.is_large_string(arr.type) else 4
+        bufs = arr.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(arr) + 1,
+                                offset=arr.offset * width).astype(np.int64, copy=False)
+        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and bufs[2].size else np.zeros(1, np.uint8)
+        out = np.empty(len(arr), dtype=np.int64)
+        mod.token_counts(data, offsets, out)
+        parts.append(pa.array(out, mask=arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None))
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.int64())

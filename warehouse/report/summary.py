@@ -14,13 +14,14 @@ from warehouse.catalog import Catalog
 def source_accounting(cat: Catalog, name: str, version: str, top: int = 3) -> list[dict[str, Any]]:
     """Per source: rows in, quarantined, kept, released, tokens released and the ``top`` drop
     reasons (``stage: reason``, rows), largest first; one row per source of the release."""
-    cols, got = cat.query(
-        "SELECT source, rows_in, rows_dropped, rows_quarantined, rows_kept, rows_released, tokens_released "
-        "FROM release_sources WHERE name = ? AND version = ? ORDER BY source", [name, version])
+    with cat.held(read_only=True):  # both queries on one connection
+        cols, got = cat.query(
+            "SELECT source, rows_in, rows_dropped, rows_quarantined, rows_kept, rows_released, tokens_released "
+            "FROM release_sources WHERE name = ? AND version = ? ORDER BY source", [name, version])
+        _, drops = cat.query(
+            "SELECT source, stage, reason, rows FROM drop_reasons WHERE name = ? AND version = ? "
+            "AND reason NOT LIKE 'quarantined%' ORDER BY rows DESC, stage, reason", [name, version])
     out = [dict(zip(cols, r)) for r in got]
-    _, drops = cat.query(
-        "SELECT source, stage, reason, rows FROM drop_reasons WHERE name = ? AND version = ? "
-        "AND reason NOT LIKE 'quarantined%' ORDER BY rows DESC, stage, reason", [name, version])
     for row in out:
         mine = [(_why(st, re), n) for s, st, re, n in drops if s == row["source"]]
         row["top_drops"] = mine[:top]
