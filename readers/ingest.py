@@ -142,16 +142,33 @@ def _string_array(column: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedAr
     return _as_string(series).to_arrow().cast(pa.large_string())
 
 
-def _domains(url: pa.Array) -> pa.Array:
-    """The lower-cased host of each URL (``_HOST``); URLs without "@" take the faster pattern."""
-    series = pl.from_arrow(url)
-    assert isinstance(series, pl.Series)
+def _domains_regex(series: pl.Series) -> pl.Series:
+    """The lower-cased host of each URL by the ``_HOST`` regex (Polars); URLs without "@" take the
+    faster pattern."""
     host = series.str.extract(_HOST_NO_USER, 1)
     with_at = series.str.contains("@", literal=True).fill_null(False)
     if with_at.any():
         rows = with_at.arg_true()
         host = host.scatter(rows, series.gather(rows).str.extract(_HOST, 1))
-    return host.str.to_lowercase().to_arrow()
+    return host.str.to_lowercase()
+
+
+def _domains(url: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The lower-cased host of each URL (``_HOST``): the compiled scan (readers/kernels.py) where
+    built, with hosts holding non-ASCII bytes (Unicode lower-casing) by the regex; else the regex."""
+    fast = kernels.url_hosts(url)
+    if fast is None:
+        series = pl.from_arrow(url)
+        assert isinstance(series, pl.Series)
+        return _domains_regex(series).to_arrow()
+    hosts, rest = fast
+    if not len(rest):
+        return hosts
+    series = pl.from_arrow(hosts)
+    assert isinstance(series, pl.Series)
+    urls = pl.from_arrow(url)
+    assert isinstance(urls, pl.Series)
+    return series.scatter(rest, _domains_regex(urls.gather(rest))).to_arrow()
 
 
 def _filled(value: str | None, n: int) -> pa.Array:

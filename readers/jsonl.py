@@ -199,11 +199,12 @@ def _is_utf8(block: Block) -> bool:
         return False
 
 
-def _parse_fast(block: Block, rows: int, longest: int, text_column: str) -> pa.Table | None:
+def _parse_fast(block: Block, rows: int, longest: int, text_column: str, utf8: bool = False) -> pa.Table | None:
     """The whole block with pyarrow's multithreaded JSON reader, or None if it fails or its rows do
-    not match the block's lines one to one (e.g. two objects on one line)."""
+    not match the block's lines one to one (e.g. two objects on one line). ``utf8``: the block is
+    known to be valid UTF-8 (the line scan checked it), so it is not validated again."""
     grow = 1
-    if not _is_utf8(block):
+    if not utf8 and not _is_utf8(block):
         # pyarrow would accept invalid UTF-8 inside strings; repair it (newlines are never touched).
         block, grow = decode_utf8(bytes(block)).encode(), 3
     options = pj.ReadOptions(block_size=min(max(1 << 20, grow * longest + 2), (1 << 31) - 1))
@@ -231,11 +232,12 @@ def strip_line_boms(block: bytes) -> bytes:
 
 
 def _parse_simple(block: Block, first_line: int, lines: int, longest: int, path: str,
-                  source: SourceConfig) -> Iterator[ReadItem]:
+                  source: SourceConfig, utf8: bool = False) -> Iterator[ReadItem]:
     """A block whose every line starts with "{" (no blank lines, no byte order marks): line i is
     row i, so the per-line bookkeeping of ``_parse_block`` is skipped when pyarrow parses it one
-    row per line; otherwise the block takes the general path. Same rows and offsets either way."""
-    table = _parse_fast(block, lines, longest, source.columns.text)
+    row per line; otherwise the block takes the general path. Same rows and offsets either way.
+    ``utf8``: the line scan found the block valid UTF-8."""
+    table = _parse_fast(block, lines, longest, source.columns.text, utf8)
     if table is None:
         yield from _parse_block(block, first_line, path, source)
         return
@@ -291,7 +293,8 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
     Cost: decompression plus pyarrow's multithreaded parser over 16 MiB blocks; a block with a bad
     line is re-parsed line by line with orjson (several times slower, that block only). A block whose
     every line starts with "{" needs no per-line index: the compiled line scan (readers/kernels.py,
-    one memchr pass) counts its lines; other blocks, or no extension, take the NumPy line index. An
+    one memchr pass that also checks UTF-8) counts its lines; other blocks, or no extension, take
+    the NumPy line index and Arrow's UTF-8 validation. An
     uncompressed file is read straight into each block's buffer. Memory is about two blocks, or one
     line when a line is longer than a block.
     """
@@ -341,7 +344,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
         pending, size, cut = ([rest], len(rest), 0) if rest else ([], 0, 0)
         scan = kernels.line_scan(block)
         if scan is not None and scan[3]:
-            yield from _parse_simple(block, line, scan[1], scan[2], path, source)
+            yield from _parse_simple(block, line, scan[1], scan[2], path, source, scan[4])
             line += scan[0]
         else:
             newlines = _newlines(block)

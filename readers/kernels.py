@@ -1,8 +1,13 @@
 """The ingest stage's compiled kernels (``readers/csrc/ingest.c``, built at install time) and what
 runs without them.
 
-- ``line_scan``: newlines, lines, the longest line and whether every line starts with ``{`` of a
-  JSON Lines block, in one memchr pass (the reader's NumPy newline index otherwise).
+- ``line_scan``: newlines, lines, the longest line, whether every line starts with ``{`` and
+  whether the block is valid UTF-8, of a JSON Lines block, in one memchr pass that checks each
+  line's UTF-8 while it is in cache (the reader's NumPy newline index and Arrow's UTF-8
+  validation otherwise).
+- ``url_hosts``: the lower-cased host of each URL for the lake's ``domain`` column, one pass over
+  the URL column's Arrow buffers (the Polars regex otherwise; hosts with non-ASCII bytes always
+  take it, for Unicode lower-casing).
 - ``hash_ids``: the first 32 hex digits of sha256(prefix + key) for a column of keys, with the
   CPU's SHA extensions (SHA-NI; Intel Goldmont / Ice Lake and later, every AMD Zen). Elsewhere, or
   without the extension, hashlib (OpenSSL) per key: the same digests, about 0.5 us more per row.
@@ -20,7 +25,7 @@ import pyarrow as pa
 from engines import native
 
 EXTENSION = "readers._ingest"
-ABI = 1
+ABI = 2
 
 
 def ext() -> Any:
@@ -28,14 +33,55 @@ def ext() -> Any:
     return native.load(EXTENSION, ABI)
 
 
-def line_scan(block: bytes | bytearray | memoryview) -> tuple[int, int, int, bool] | None:
-    """(newlines, lines, longest line in bytes, every line starts with "{") of a block, or None
-    without the extension. A last line without a newline counts when it is not empty."""
+def line_scan(block: bytes | bytearray | memoryview) -> tuple[int, int, int, bool, bool] | None:
+    """(newlines, lines, longest line in bytes, every line starts with "{", the block is valid
+    UTF-8) of a block, or None without the extension. A last line without a newline counts when it
+    is not empty. Cost: about 0.1 ms per MiB (memchr, and 16 ASCII bytes per step of the UTF-8 check)."""
     mod = ext()
     if mod is None:
         return None
-    newlines, lines, longest, simple = mod.line_scan(block)
-    return newlines, lines, longest, bool(simple)
+    newlines, lines, longest, simple, utf8 = mod.line_scan(block)
+    return newlines, lines, longest, bool(simple), bool(utf8)
+
+
+def _large(column: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array:
+    """One chunk of ``typ`` (large_string or large_binary: 64-bit offsets) without a copy of the data."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.cast(typ)
+
+
+def _views(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (int64, n + 1) and data (uint8) buffers of a large string/binary array, as NumPy
+    views (data never empty, so it always has an address)."""
+    n = len(column)
+    bufs = column.buffers()
+    offsets = np.frombuffer(bufs[1], np.int64, count=n + 1, offset=column.offset * 8)
+    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None and n else np.zeros(1, np.uint8)
+    return offsets, data
+
+
+def url_hosts(urls: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] | None:
+    """The lower-cased host of each URL (``^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)``,
+    null where it does not match or the URL is null) as a large_string array, and the indices of the
+    rows whose host holds non-ASCII bytes: those are null here and left to the caller (Unicode
+    lower-casing). None without the extension. Cost: one pass over the URL bytes."""
+    mod = ext()
+    if mod is None:
+        return None
+    urls = _large(urls, pa.large_string())
+    n = len(urls)
+    offsets, data = _views(urls)
+    valid = (np.ones(n, np.uint8) if urls.null_count == 0
+             else urls.is_valid().to_numpy(zero_copy_only=False).view(np.uint8))
+    out = np.empty(max(1, int(offsets[-1] - offsets[0])) if n else 1, np.uint8)
+    out_offsets = np.empty(n + 1, np.int64)
+    state = np.empty(n, np.uint8)
+    general = mod.url_hosts(data, offsets, valid, out, out_offsets, state)
+    mask = state == 1
+    hosts = pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(out_offsets), pa.py_buffer(out[:max(1, int(out_offsets[-1]))]),
+        pa.py_buffer(np.packbits(mask, bitorder="little")), n - int(np.count_nonzero(mask)))
+    return hosts, (np.flatnonzero(state == 2) if general else np.empty(0, np.int64))
 
 
 def _sha_ni() -> Any:
@@ -64,15 +110,12 @@ def hashlib_ids(prefix: bytes, keys: Iterable[bytes]) -> list[str]:
 def hash_ids(prefix: bytes, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     """The first 32 hex digits of sha256(prefix + key) for each key of a string or binary column
     without nulls, as a string array."""
-    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    keys = keys.cast(pa.large_binary())
+    keys = _large(keys, pa.large_binary())
     n = len(keys)
     mod = _sha_ni()
     if mod is None:
         return pa.array(hashlib_ids(prefix, keys.to_pylist()), pa.string())
-    bufs = keys.buffers()
-    offsets = np.frombuffer(bufs[1], np.int64, count=n + 1, offset=keys.offset * 8)
-    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None and n else np.zeros(1, np.uint8)
+    offsets, data = _views(keys)
     hexes = np.empty(32 * n, np.uint8)
     mod.sha256_hex32(np.frombuffer(prefix, np.uint8), data, offsets, hexes)
     return pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, 32 * n + 1, 32, dtype=np.int32)),

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
 import orjson
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -33,16 +35,26 @@ def rows(corpora: Path) -> list[dict]:
     return out
 
 
-def numpy_scan(block: bytes) -> tuple[int, int, int, bool]:
+def _valid_utf8(block: bytes) -> bool:
+    try:
+        block.decode("utf-8")  # Python's strict decoder: no overlongs, surrogates or code points over U+10FFFF
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def numpy_scan(block: bytes) -> tuple[int, int, int, bool, bool]:
     """What the reader's general path computes for a block: newlines, non-blank lines, longest one,
-    and whether every line (non-blank, BOM-free) starts with "{"."""
+    whether every line (non-blank, BOM-free) starts with "{", and (Python's decoder, Arrow's
+    validation) whether the block is valid UTF-8."""
     newlines = jsonl._newlines(block)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.concatenate((newlines, [len(block)]))
     lines = len(newlines) + (1 if len(block) and not block.endswith(b"\n") else 0)
     longest = int((ends - starts).max()) if len(block) else 0
     simple = bool(lines) and all(block[s:e][:1] == b"{" for s, e in zip(starts[:lines], ends[:lines], strict=True))
-    return len(newlines), lines, longest, simple
+    assert _valid_utf8(block) == jsonl._is_utf8(block)
+    return len(newlines), lines, longest, simple, _valid_utf8(block)
 
 
 @pytest.mark.parametrize("block", [
@@ -58,9 +70,69 @@ def test_line_scan_matches_the_numpy_line_index(block):
 
 def test_line_scan_on_real_jsonl(rows):
     block = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-    assert kernels.line_scan(block) == numpy_scan(block) == (len(rows), len(rows), numpy_scan(block)[2], True)
+    assert kernels.line_scan(block) == numpy_scan(block) == (len(rows), len(rows), numpy_scan(block)[2], True, True)
     with pytest.raises(TypeError):
         kernels.ext().line_scan("not bytes")
+
+
+# Invalid UTF-8 of every kind (a stray continuation byte, overlong forms, UTF-16 surrogates, code
+# points above U+10FFFF, bytes never used, sequences cut short by the line's or the block's end)
+# and valid edge cases (the first and last code point of each length).
+UTF8_CASES = [b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xed\xa0\x80",
+              b"\xed\xbf\xbf", b"\xf0\x80\x80\x80", b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80",
+              b"\xff", b"\xfe", b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98", b"\xc3\n\xa9", b"\xe2\x82\n\xac",
+              b"\xc2\x80", b"\xdf\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xef\xbf\xbf",
+              b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf", "é日😀".encode()]
+
+
+@pytest.mark.parametrize("case", UTF8_CASES)
+def test_line_scan_checks_utf8_as_python_and_arrow_do(rows, case):
+    text = orjson.dumps(rows[0])  # real text around the bytes, at every alignment of the 16-byte step
+    for cut in (0, 1, 7, 15, 16, 17, 40, len(text) - 2):
+        block = text[:cut] + case + text[cut:] + b"\n" + text + b"\n"
+        assert kernels.line_scan(block) == numpy_scan(block)
+        assert kernels.line_scan(block[:-1] + case) == numpy_scan(block[:-1] + case)  # at the block's end
+
+
+def _urls(rows: list[dict]) -> list[str | None]:
+    """Real URLs, and URLs that exercise each part of the host pattern."""
+    return [r["url"] for r in rows] + [
+        "http://user@/path", "HTTP://Ex.COM:80/x", "ftp://a@b@c/", "https://xn--bcher-kva.example/", "mailto:x@y", "",
+        None, "//no.scheme/", "http://[::1]:80/", "a://", "http://host?x", "http://h#f", "http://u:p@h.com:1/x",
+        "9http://x.com", "http://", "http:///x", "h-t.t+p://ok.com", "http://ok.com:", "http://ÄÖ.de/x",
+        "https://h.com/p?mail=a@b.org", "http://@h.com", "http://ÉCOLE.fr", "https://u@ß.de/", "HTTPS://WWW.Wiki.ORG",
+        "http://a@", "http://a@:80", "http://a:b@c:d@e/", "x+y.z-w://Host.Name/p", "http://h\nx/", "http:/x.com",
+        "http:\\x.com", " http://x.com", "http://x.com\u00e9", "http://日本.jp/", "http://ex.com?@evil.com",
+        "http://ex.com#@evil.com", "http://ex.com/@evil.com"]
+
+
+def test_url_hosts_match_the_regex(rows):
+    from readers.ingest import _HOST, _domains_regex
+    urls = _urls(rows)
+    array = pa.array(urls, pa.string())
+    hosts, rest = kernels.url_hosts(array)
+    want = _domains_regex(pl.Series(urls, dtype=pl.String)).to_list()
+    got = hosts.to_pylist()
+    assert {i for i, u in enumerate(urls) if u is not None and any(ord(c) > 127 for c in (want[i] or ""))} <= set(rest)
+    for i in rest:
+        got[i] = want[i]
+    assert got == want
+    pattern = re.compile(_HOST)  # Python's engine agrees with Polars' on the ASCII rows
+    assert [None if u is None or not (m := pattern.match(u)) else m.group(1).lower() for u in urls] == want
+    # chunked and sliced columns read their buffers at the right offsets
+    sliced = pa.chunked_array([array.slice(3, 40), array.slice(50)])
+    hosts, rest = kernels.url_hosts(sliced)
+    assert [h for i, h in enumerate(hosts.to_pylist()) if i not in set(rest)] == \
+        [h for i, h in enumerate(want[3:43] + want[50:]) if i not in set(rest)]
+
+
+def test_domains_with_and_without_the_kernel(rows, monkeypatch):
+    from readers.ingest import _domains
+    array = pa.array(_urls(rows), pa.string())
+    fast = _domains(array).to_pylist()
+    monkeypatch.setenv("CURATE_NATIVE", "0")
+    assert kernels.url_hosts(array) is None
+    assert _domains(array).to_pylist() == fast
 
 
 def _keys(rows: list[dict]) -> list[str]:

@@ -2,25 +2,73 @@
  *
  * 1. Line scanning for the JSON Lines reader (readers/jsonl.py): one memchr pass over a block.
  *
- * line_scan(block) -> (newlines, lines, longest, simple)
+ * line_scan(block) -> (newlines, lines, longest, simple, utf8)
  *   newlines: number of 0x0A bytes in the block;
  *   lines:    number of lines (a last line without a newline counts when it is not empty);
  *   longest:  bytes of the longest line, newline excluded;
  *   simple:   1 when there are lines and every one (the unterminated last one included) starts with '{', so none is
  *             blank and none starts with a byte order mark: line i is row i, and the reader can
- *             skip its per-line bookkeeping. 0 otherwise (the caller takes its general path).
+ *             skip its per-line bookkeeping. 0 otherwise (the caller takes its general path);
+ *   utf8:     1 when the whole block is valid UTF-8 (RFC 3629: no overlong forms, no surrogates,
+ *             nothing above U+10FFFF; what Python's and Arrow's validators accept), checked line by
+ *             line while the line is in cache (a newline is ASCII, so no valid sequence spans one).
  *
- * memchr is the C library's vectorised byte search (AVX2/AVX-512 in glibc, NEON on aarch64), so
- * this needs no SIMD versions of its own. The GIL is released during the scan.
+ * memchr is the C library's vectorised byte search (AVX2/AVX-512 in glibc, NEON on aarch64); the
+ * UTF-8 check skips ASCII 16 bytes at a time with 64-bit word tests, which any CPU runs, so this
+ * needs no SIMD versions of its own. The GIL is released during the scan.
  *
- * 2. Document ids (readers/ingest.py): the first 32 hex digits of sha256(prefix + key) for every
+ * 2. URL hosts for the lake's ``domain`` column (readers/ingest.py):
+ *
+ * url_hosts(data, offsets, valid, out, out_offsets, state) -> rows needing the general path
+ *   For each URL data[offsets[i]:offsets[i + 1]] (valid[i] = 0: null), the host as the pattern
+ *   ^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+) captures it (leftmost-first, as Polars'
+ *   and Python's regex engines match it), ASCII letters lower-cased, appended to out with
+ *   out_offsets[i + 1] its end. state[i]: 0 no match or null, 1 host written, 2 the host holds a
+ *   non-ASCII byte (Unicode lower-casing: the caller computes those rows; nothing is written).
+ *
+ * 3. Document ids (readers/ingest.py): the first 32 hex digits of sha256(prefix + key) for every
  *    key of a string column, with the x86 SHA extensions (SHA-NI: Goldmont, Ice Lake and later
  *    Intel, every AMD Zen). has_sha() says whether this CPU has them; without them the caller
  *    hashes with hashlib (OpenSSL), which is as fast per byte but pays Python's per-row cost.
  */
 #include "curate_native.h"
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
+
+/* Whether s[0:n] is valid UTF-8 (RFC 3629). ASCII runs are skipped 16 bytes at a time. */
+static int utf8_valid(const uint8_t *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        if (s[i] < 0x80) {  /* an ASCII run: whole 16-byte steps, then byte by byte to its end */
+            for (uint64_t a, b; i + 16 <= n; i += 16) {
+                memcpy(&a, s + i, 8);
+                memcpy(&b, s + i + 8, 8);
+                if ((a | b) & 0x8080808080808080ULL) break;
+            }
+            while (i < n && s[i] < 0x80) i++;
+            continue;
+        }
+        const uint8_t c = s[i];
+        if (c < 0xC2 || c > 0xF4) return 0;  /* a continuation byte, an overlong lead (C0, C1), or > U+10FFFF */
+        if (c < 0xE0) {
+            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return 0;
+            i += 2;
+        } else if (c < 0xF0) {
+            if (i + 2 >= n) return 0;
+            const uint8_t c1 = s[i + 1];
+            if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80) return 0;
+            if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F)) return 0;  /* overlong; surrogate */
+            i += 3;
+        } else {
+            if (i + 3 >= n) return 0;
+            const uint8_t c1 = s[i + 1];
+            if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 || (s[i + 3] & 0xC0) != 0x80) return 0;
+            if ((c == 0xF0 && c1 < 0x90) || (c == 0xF4 && c1 > 0x8F)) return 0;  /* overlong; > U+10FFFF */
+            i += 4;
+        }
+    }
+    return 1;
+}
 
 static PyObject *py_line_scan(PyObject *self, PyObject *block) {
     (void)self;
@@ -33,7 +81,7 @@ static PyObject *py_line_scan(PyObject *self, PyObject *block) {
     const uint8_t *data = (const uint8_t *)v.buf;
     const Py_ssize_t len = v.len;
     int64_t newlines = 0, lines = 0, longest = 0;
-    int simple = 1;
+    int simple = 1, utf8 = 1;
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t start = 0;
     while (start < len) {
@@ -42,6 +90,7 @@ static PyObject *py_line_scan(PyObject *self, PyObject *block) {
         const int64_t n = (int64_t)(end - start);
         if (n > longest) longest = n;
         if (n == 0 || data[start] != '{') simple = 0;
+        if (utf8 && !utf8_valid(data + start, (size_t)n)) utf8 = 0;
         lines += n > 0 || nl != NULL;  /* blank lines are lines too; only an empty tail is not */
         if (!nl) break;
         newlines++;
@@ -50,7 +99,89 @@ static PyObject *py_line_scan(PyObject *self, PyObject *block) {
     Py_END_ALLOW_THREADS
     if (lines == 0) simple = 0;  /* nothing to parse: the general path returns at once */
     PyBuffer_Release(&v);
-    return Py_BuildValue("(LLLi)", (long long)newlines, (long long)lines, (long long)longest, simple);
+    return Py_BuildValue("(LLLii)", (long long)newlines, (long long)lines, (long long)longest, simple, utf8);
+}
+
+/* --- URL hosts ------------------------------------------------------------------------------ */
+
+static inline int is_alpha(uint8_t c) { return (uint8_t)((c | 0x20) - 'a') < 26; }
+static inline int is_scheme(uint8_t c) {
+    return is_alpha(c) || (uint8_t)(c - '0') < 10 || c == '+' || c == '.' || c == '-';
+}
+static inline int ends_user(uint8_t c) { return c == '@' || c == '/' || c == '?' || c == '#'; }
+static inline int ends_host(uint8_t c) { return c == '/' || c == ':' || c == '?' || c == '#'; }
+
+/* The host of u[0:n] as [*h, *h + *hn), or 0 when the pattern does not match. */
+static int url_host(const uint8_t *u, int64_t n, int64_t *h, int64_t *hn) {
+    if (n < 1 || !is_alpha(u[0])) return 0;
+    int64_t i = 1;
+    while (i < n && is_scheme(u[i])) i++;
+    if (n - i < 3 || u[i] != ':' || u[i + 1] != '/' || u[i + 2] != '/') return 0;
+    const int64_t p = i + 3;
+    int64_t q = p;
+    while (q < n && !ends_user(u[q])) q++;
+    if (q < n && u[q] == '@') {  /* user info, taken when a non-empty host follows it */
+        int64_t e = q + 1;
+        while (e < n && !ends_host(u[e])) e++;
+        if (e > q + 1) { *h = q + 1; *hn = e - q - 1; return 1; }
+    }
+    int64_t e = p;  /* no user info: the host runs to the first of / : ? # ("@" included) */
+    while (e < n && !ends_host(u[e])) e++;
+    if (e == p) return 0;
+    *h = p;
+    *hn = e - p;
+    return 1;
+}
+
+static PyObject *py_url_hosts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (cur_nargs(nargs, 6, "url_hosts") < 0) return NULL;
+    cur_bufs B = {.n = 0};
+    PyObject *res = NULL;
+    const uint8_t *data, *valid; const int64_t *off; uint8_t *out, *state; int64_t *out_off;
+    if (!(data = cur_arg(&B, args[0], 'b', 1, 0, "data", 0))) goto done;
+    const int64_t len = cur_len(&B.v[0]);
+    if (!(off = cur_arg(&B, args[1], 'i', 8, 0, "offsets", 1))) goto done;
+    const int64_t n = cur_len(&B.v[1]) - 1;
+    if (!(valid = cur_arg(&B, args[2], 'b', 1, 0, "valid", n))) goto done;
+    if (!(out = cur_arg(&B, args[3], 'b', 1, 1, "out", 0))) goto done;
+    const int64_t cap = cur_len(&B.v[3]);
+    if (!(out_off = cur_arg(&B, args[4], 'i', 8, 1, "out_offsets", n + 1))) goto done;
+    if (!(state = cur_arg(&B, args[5], 'b', 1, 1, "state", n))) goto done;
+    for (int64_t i = 0; i < n; i++)
+        if (off[i] < 0 || off[i] > off[i + 1] || off[i + 1] > len) {
+            PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within data");
+            goto done;
+        }
+    if (n > 0 && off[n] - off[0] > cap) {  /* a host is never longer than its URL */
+        PyErr_SetString(PyExc_ValueError, "out is smaller than the URLs");
+        goto done;
+    }
+    int64_t general = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t w = 0;
+    out_off[0] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t h, hn;
+        uint8_t st = 0;
+        if (valid[i] && url_host(data + off[i], off[i + 1] - off[i], &h, &hn)) {
+            const uint8_t *src = data + off[i] + h;
+            uint8_t high = 0;
+            for (int64_t k = 0; k < hn; k++) {
+                const uint8_t c = src[k];
+                high |= c;
+                out[w + k] = (uint8_t)((uint8_t)(c - 'A') < 26 ? c | 0x20 : c);
+            }
+            if (high & 0x80) { st = 2; general++; } else { st = 1; w += hn; }
+        }
+        state[i] = st;
+        out_off[i + 1] = w;
+    }
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromLongLong((long long)general);
+done:
+    cur_release(&B);
+    return res;
 }
 
 /* --- SHA-256 with the SHA extensions ------------------------------------------------------ */
@@ -221,11 +352,13 @@ static PyMethodDef METHODS[] = {
     {"sha256_hex32", (PyCFunction)(void (*)(void))py_sha256_hex32, METH_FASTCALL,
      "sha256_hex32(prefix, data, offsets, out): the first 32 hex digits of sha256(prefix + each string)."},
     {"line_scan", (PyCFunction)py_line_scan, METH_O,
-     "line_scan(block) -> (newlines, lines, longest, simple): one pass over a JSON Lines block."},
+     "line_scan(block) -> (newlines, lines, longest, simple, utf8): one pass over a JSON Lines block."},
+    {"url_hosts", (PyCFunction)(void (*)(void))py_url_hosts, METH_FASTCALL,
+     "url_hosts(data, offsets, valid, out, out_offsets, state) -> rows left to the caller: the lower-cased host of each URL."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_ingest", "Kernels of the ingest stage: JSON Lines line scan, document ids.", -1,
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_ingest", "Kernels of the ingest stage: JSON Lines line scan and UTF-8 check, URL hosts, document ids.", -1,
                                     METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__ingest(void) {
