@@ -62,9 +62,9 @@ def _members(raw: Any, new: Callable[[], Any], bounded: bool, name: str) -> Iter
         raise StreamError(f"the {name} stream ends before its end-of-stream marker (the file is truncated)")
 
 
-def decompressed_chunks(path: str) -> Iterator[bytes | bytearray]:
+def decompressed_chunks(path: str) -> Iterator[bytes | memoryview]:
     """The decompressed bytes of a file, by compression inferred from its name, in chunks of about
-    1 MiB (an uncompressed file: BLOCK_BYTES). Raises StreamError once the good data is exhausted if
+    1 MiB (an uncompressed local file: blocks of BLOCK_BYTES, as memoryviews). Raises StreamError once the good data is exhausted if
     the file is truncated or corrupt."""
     kind = infer_compression(path)
     with open_binary(path, compression=None if kind in ("gzip", "zstd") else "infer") as raw:
@@ -88,26 +88,44 @@ def decompressed_chunks(path: str) -> Iterator[bytes | bytearray]:
                 yield chunk
 
 
-def _plain_blocks(raw: Any) -> Iterator[bytearray]:
+def _plain_blocks(raw: Any) -> Iterator[memoryview]:
     """An uncompressed file in blocks of about BLOCK_BYTES that end at a line's end where the line
     is shorter than _TAIL_BYTES: the block is read into its buffer and completed to the end of its
     last line, so the reader parses it without joining the rest of one block to the next (a copy of
-    every block). Longer lines are left to the reader's general handling of partial lines."""
+    every block). Longer lines are left to the reader's general handling of partial lines.
+
+    The buffer is uninitialised memory (NumPy), not a ``bytearray``, which zero-fills its 17 MiB
+    before the read overwrites them (0.03 CPU s per 121 MB); a block is a byte view of its bytes."""
     while True:
-        buf = bytearray(BLOCK_BYTES + _TAIL_BYTES)
-        with memoryview(buf) as view:
-            try:
-                n = raw.readinto(view[:BLOCK_BYTES])
-                if n and buf[n - 1] != 0x0A:
-                    tail = raw.readline(_TAIL_BYTES)
-                    view[n:n + len(tail)] = tail
-                    n += len(tail)
-            except (EOFError, OSError, ValueError) as e:
-                raise StreamError(f"cannot read ({e})") from None
+        view = memoryview(np.empty(BLOCK_BYTES + _TAIL_BYTES, np.uint8)).cast("B")
+        try:
+            n = raw.readinto(view[:BLOCK_BYTES])
+            if n and view[n - 1] != 0x0A:
+                tail = raw.readline(_TAIL_BYTES)
+                view[n:n + len(tail)] = tail
+                n += len(tail)
+        except (EOFError, OSError, ValueError) as e:
+            raise StreamError(f"cannot read ({e})") from None
         if not n:
             return
-        del buf[n:]  # shrinks in place
-        yield buf
+        yield view[:n]
+
+
+def _find_newline(chunk: Block, last: bool = False) -> int:
+    """``chunk.find(b"\\n")`` (``last``: ``rfind``) for bytes, a bytearray or a byte view; a view
+    is searched in windows growing from 4 KiB, from the end for ``last``, so a block that ends at a
+    line's end costs one small copy."""
+    if not isinstance(chunk, memoryview):
+        return chunk.rfind(b"\n") if last else chunk.find(b"\n")
+    size, step, done = len(chunk), 1 << 12, 0
+    while done < size:
+        start, end = (max(0, size - done - step), size - done) if last else (done, min(size, done + step))
+        window = bytes(chunk[start:end])
+        i = window.rfind(b"\n") if last else window.find(b"\n")
+        if i >= 0:
+            return start + i
+        done, step = done + (end - start), step * 4
+    return -1
 
 
 def _kind(value: Any) -> str:
@@ -302,7 +320,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
     line = 0  # number of the first line in `pending`
     # Bytes read but not parsed yet, as a list of chunks (joined once per block: appending to one
     # growing buffer copies it again and again) and their total size.
-    pending: list[bytes | bytearray] = []
+    pending: list[bytes | memoryview] = []
     size = 0
     cut = 0  # end of the last complete line in `pending`
     skipped: bytes | None = None  # head of an over-long line while the rest of it is discarded
@@ -315,7 +333,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
             failure, chunk = e, b""
         at_end = not chunk
         if skipped is not None:
-            newline = chunk.find(b"\n")
+            newline = _find_newline(chunk)
             if newline < 0 and not at_end:
                 continue
             yield Quarantined(path, line, 1, f"line is longer than {line_limit:,} bytes, more than a document under "
@@ -323,7 +341,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
                                              "(is the file one JSON array rather than JSON Lines? if not, raise "
                                              "sources[].max_doc_bytes)", skipped)
             line, skipped, chunk = line + 1, None, chunk[newline + 1:] if newline >= 0 else b""
-        newline = chunk.rfind(b"\n")
+        newline = _find_newline(chunk, last=True)
         if newline >= 0:
             cut = size + newline + 1
         if chunk:
@@ -340,7 +358,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
             cut = size  # at a clean end the last line needs no newline
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         # The block is a view of the data (no copy); only the incomplete last line is copied out.
-        block, rest = (data, b"") if cut == len(data) else (memoryview(data)[:cut], data[cut:])
+        block, rest = (data, b"") if cut == len(data) else (memoryview(data)[:cut], bytes(data[cut:]))
         pending, size, cut = ([rest], len(rest), 0) if rest else ([], 0, 0)
         scan = kernels.line_scan(block)
         if scan is not None and scan[3]:
@@ -357,7 +375,7 @@ def read_jsonl(path: str, source: SourceConfig) -> Iterator[ReadItem]:
                                          "is lost: fetch or compress the file again", b"".join(pending) or None)
 
 
-def _head(chunks: list[bytes | bytearray], n: int) -> bytes:
+def _head(chunks: list[bytes | memoryview], n: int) -> bytes:
     """The first n bytes of the concatenated chunks, without joining all of them."""
     out, size = [], 0
     for c in chunks:

@@ -224,7 +224,7 @@ def test_plain_blocks_end_at_line_ends_and_lose_nothing(tmp_path, rows, monkeypa
     with open(path, "rb") as f:
         blocks = list(jsonl._plain_blocks(f))
     assert b"".join(blocks) == data
-    assert sum(b.endswith(b"\n") for b in blocks) >= len(blocks) // 2
+    assert sum(b[-1:] == b"\n" for b in blocks) >= len(blocks) // 2
     got, bad = _both_paths(path, monkeypatch)
     assert bad == [] and [r["text"] for r in got] == [r["text"] for r in rows] + ["z" * 20_000]
 
@@ -256,3 +256,15 @@ def test_golden_inputs_digest_the_same_without_the_kernels(tmp_path, monkeypatch
     from tests.ingest_golden import GOLDEN, digests
     monkeypatch.setenv("CURATE_NATIVE", "0")
     assert digests(tmp_path) == json.loads(GOLDEN.read_text())
+
+
+def test_find_newline_in_a_view_is_bytes_find(rows):
+    """The reader searches byte views (uncompressed blocks) in growing windows; it must find what
+    bytes.find / rfind find, wherever the newline is (window edges included) or when there is none."""
+    text = orjson.dumps(rows[0])[:30_000].replace(b"\n", b" ")
+    for where in (None, 0, 1, 4095, 4096, 4097, 20_479, 20_480, len(text) - 1):
+        data = text if where is None else text[:where] + b"\n" + text[where + 1:]
+        for chunk in (data, memoryview(data), memoryview(bytearray(data))[3:]):
+            raw = bytes(chunk)
+            assert jsonl._find_newline(chunk) == raw.find(b"\n")
+            assert jsonl._find_newline(chunk, last=True) == raw.rfind(b"\n")
