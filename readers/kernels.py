@@ -8,6 +8,9 @@ runs without them.
 - ``url_hosts``: the lower-cased host of each URL for the lake's ``domain`` column, one pass over
   the URL column's Arrow buffers (the Polars regex otherwise; hosts with non-ASCII bytes always
   take it, for Unicode lower-casing).
+- ``json_objects``: the lake's ``meta`` JSON (one object per row) when every field is a string
+  column: string literals escaped in C and joined by Arrow (Polars' ``struct.json_encode``
+  otherwise, and always for other field types).
 - ``hash_ids``: the first 32 hex digits of sha256(prefix + key) for a column of keys, with the
   CPU's SHA extensions (SHA-NI; Intel Goldmont / Ice Lake and later, every AMD Zen). Elsewhere, or
   without the extension, hashlib (OpenSSL) per key: the same digests, about 0.5 us more per row.
@@ -17,10 +20,12 @@ Both give exactly what their fallbacks give (tests/test_ingest_kernels.py).
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engines import native
 
@@ -82,6 +87,42 @@ def url_hosts(urls: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] |
         n, pa.py_buffer(out_offsets), pa.py_buffer(out[:max(1, int(out_offsets[-1]))]),
         pa.py_buffer(np.packbits(mask, bitorder="little")), n - int(np.count_nonzero(mask)))
     return hosts, (np.flatnonzero(state == 2) if general else np.empty(0, np.int64))
+
+
+_STRING_TYPES = (pa.string(), pa.large_string())
+
+
+def json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array | None:
+    """Each string as a JSON string literal (escaped as Polars' and serde_json's encoders escape:
+    quote, backslash, \\b \\f \\n \\r \\t, other control bytes as \\u00xx; a null as ``null``),
+    as a large_string array; None without the extension. Cost: two passes over the bytes."""
+    mod = ext()
+    if mod is None:
+        return None
+    values = _large(values, pa.large_string())
+    n = len(values)
+    offsets, data = _views(values)
+    valid = (np.ones(n, np.uint8) if values.null_count == 0
+             else values.is_valid().to_numpy(zero_copy_only=False).view(np.uint8))
+    out_offsets = np.empty(n + 1, np.int64)
+    size = mod.json_strings(data, offsets, valid, None, out_offsets)
+    out = np.empty(max(1, size), np.uint8)
+    mod.json_strings(data, offsets, valid, out, out_offsets)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(out_offsets), pa.py_buffer(out))
+
+
+def json_objects(table: pa.Table) -> pa.Array | None:
+    """One JSON object per row of ``table`` (its columns as keys, in order), exactly as Polars'
+    ``pl.struct(columns).struct.json_encode()`` writes it, as a large_string array; None without
+    the extension or when a column is not a string column (the caller uses Polars then)."""
+    if ext() is None or not table.num_columns or any(f.type not in _STRING_TYPES for f in table.schema):
+        return None
+    parts: list[Any] = []
+    for i, name in enumerate(table.column_names):
+        key = ("{" if i == 0 else ",") + json.dumps(name, ensure_ascii=False) + ":"
+        parts += [pa.scalar(key, pa.large_string()), json_strings(table.column(i))]
+    parts.append(pa.scalar("}", pa.large_string()))
+    return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string()))
 
 
 def _sha_ni() -> Any:

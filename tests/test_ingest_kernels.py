@@ -268,3 +268,23 @@ def test_find_newline_in_a_view_is_bytes_find(rows):
             raw = bytes(chunk)
             assert jsonl._find_newline(chunk) == raw.find(b"\n")
             assert jsonl._find_newline(chunk, last=True) == raw.rfind(b"\n")
+
+
+# Strings that exercise every escape: quote, backslash, each control byte, DEL, non-ASCII, U+2028.
+ESCAPES = ['a"b\\c', "tab\there", "nl\nx\r\n", "".join(map(chr, range(32))), "\x7f/é日😀\u2028\u2029", "", None]
+
+
+def test_json_objects_are_what_polars_writes(rows, monkeypatch):
+    titles = [r["title"] for r in rows] + ESCAPES
+    texts = [r["text"][:500] for r in rows] + list(reversed(ESCAPES))
+    table = pa.table({"title": pa.array(titles, pa.string()), 'we"ird\nkey é': pa.array(texts, pa.large_string())})
+    want = pl.from_arrow(table).select(pl.struct(table.column_names).struct.json_encode()).to_series().to_list()
+    got = kernels.json_objects(table)
+    assert got.type == pa.large_string() and got.to_pylist() == want
+    assert [orjson.loads(v) for v in want[-len(ESCAPES):]] == [  # and it is JSON that means the strings
+        {"title": a, 'we"ird\nkey é': b} for a, b in zip(ESCAPES, reversed(ESCAPES), strict=True)]
+    sliced = pa.Table.from_batches(table.slice(5, 300).to_batches())  # offsets into the buffers
+    assert kernels.json_objects(sliced).to_pylist() == want[5:305]
+    assert kernels.json_objects(pa.table({"n": [1, 2]})) is None  # not a string column: Polars writes it
+    monkeypatch.setenv("CURATE_NATIVE", "0")
+    assert kernels.json_objects(table) is None

@@ -26,7 +26,15 @@
  *   out_offsets[i + 1] its end. state[i]: 0 no match or null, 1 host written, 2 the host holds a
  *   non-ASCII byte (Unicode lower-casing: the caller computes those rows; nothing is written).
  *
- * 3. Document ids (readers/ingest.py): the first 32 hex digits of sha256(prefix + key) for every
+ * 3. JSON string literals for the lake's ``meta`` column (readers/ingest.py):
+ *
+ * json_strings(data, offsets, valid, out, out_offsets) -> bytes needed
+ *   Each string as a JSON string literal, escaped as serde_json and Polars' json_encode escape it
+ *   (and Python's json.dumps with ensure_ascii=False): '"' and '\\' with a backslash, \b \f \n \r \t,
+ *   other bytes below 0x20 as \u00xx (lower-case hex), everything else as it is; a null as
+ *   ``null``. With out=None only out_offsets is filled (the sizes), so the caller can allocate.
+ *
+ * 4. Document ids (readers/ingest.py): the first 32 hex digits of sha256(prefix + key) for every
  *    key of a string column, with the x86 SHA extensions (SHA-NI: Goldmont, Ice Lake and later
  *    Intel, every AMD Zen). has_sha() says whether this CPU has them; without them the caller
  *    hashes with hashlib (OpenSSL), which is as fast per byte but pays Python's per-row cost.
@@ -179,6 +187,89 @@ static PyObject *py_url_hosts(PyObject *self, PyObject *const *args, Py_ssize_t 
     }
     Py_END_ALLOW_THREADS
     res = PyLong_FromLongLong((long long)general);
+done:
+    cur_release(&B);
+    return res;
+}
+
+/* --- JSON string literals ----------------------------------------------------------------- */
+
+/* Escaped size of each byte: 1 as it is, 2 for a short escape, 6 for \u00xx. */
+static uint8_t JSON_SIZE[256];
+static char JSON_SHORT[256];
+
+static void json_tables(void) {
+    for (int c = 0; c < 256; c++) { JSON_SIZE[c] = c < 0x20 ? 6 : 1; JSON_SHORT[c] = 0; }
+    const char *from = "\"\\\b\f\n\r\t", *to = "\"\\bfnrt";
+    for (int i = 0; from[i]; i++) { JSON_SIZE[(uint8_t)from[i]] = 2; JSON_SHORT[(uint8_t)from[i]] = to[i]; }
+}
+
+static PyObject *py_json_strings(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (cur_nargs(nargs, 5, "json_strings") < 0) return NULL;
+    cur_bufs B = {.n = 0};
+    PyObject *res = NULL;
+    const uint8_t *data, *valid; const int64_t *off; uint8_t *out = NULL; int64_t *out_off;
+    if (!(data = cur_arg(&B, args[0], 'b', 1, 0, "data", 0))) goto done;
+    const int64_t len = cur_len(&B.v[0]);
+    if (!(off = cur_arg(&B, args[1], 'i', 8, 0, "offsets", 1))) goto done;
+    const int64_t n = cur_len(&B.v[1]) - 1;
+    if (!(valid = cur_arg(&B, args[2], 'b', 1, 0, "valid", n))) goto done;
+    int64_t cap = 0;
+    if (args[3] != Py_None) {
+        if (!(out = cur_arg(&B, args[3], 'b', 1, 1, "out", 0))) goto done;
+        cap = cur_len(&B.v[B.n - 1]);
+    }
+    if (!(out_off = cur_arg(&B, args[4], 'i', 8, 1, "out_offsets", n + 1))) goto done;
+    for (int64_t i = 0; i < n; i++)
+        if (off[i] < 0 || off[i] > off[i + 1] || off[i + 1] > len) {
+            PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and within data");
+            goto done;
+        }
+    int64_t w = 0;
+    out_off[0] = 0;
+    if (!out) {
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t i = 0; i < n; i++) {
+            int64_t size = 4;  /* null */
+            if (valid[i]) {
+                size = 2;
+                for (int64_t k = off[i]; k < off[i + 1]; k++) size += JSON_SIZE[data[k]];
+            }
+            w += size;
+            out_off[i + 1] = w;
+        }
+        Py_END_ALLOW_THREADS
+        res = PyLong_FromLongLong((long long)w);
+        goto done;
+    }
+    /* out_offsets holds the sizes from the first call; check them against out before writing */
+    for (int64_t i = 0; i < n; i++)
+        if (out_off[i] > out_off[i + 1]) { PyErr_SetString(PyExc_ValueError, "out_offsets must come from the sizing call"); goto done; }
+    if (out_off[n] > cap) { PyErr_SetString(PyExc_ValueError, "out is smaller than out_offsets says"); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    static const char HEX[] = "0123456789abcdef";
+    for (int64_t i = 0; i < n; i++) {
+        uint8_t *o = out + out_off[i], *end = out + out_off[i + 1];
+        if (!valid[i]) {
+            if (end - o == 4) memcpy(o, "null", 4);
+            continue;
+        }
+        if (end - o < 2) continue;
+        *o++ = '"';
+        for (int64_t k = off[i]; k < off[i + 1] && o < end - 1; k++) {
+            const uint8_t c = data[k];
+            const uint8_t size = JSON_SIZE[c];
+            if (size == 1) { *o++ = c; continue; }
+            if (o + size > end - 1) break;
+            *o++ = '\\';
+            if (size == 2) { *o++ = (uint8_t)JSON_SHORT[c]; continue; }
+            *o++ = 'u'; *o++ = '0'; *o++ = '0'; *o++ = (uint8_t)HEX[c >> 4]; *o++ = (uint8_t)HEX[c & 15];
+        }
+        *o = '"';
+    }
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromLongLong((long long)out_off[n]);
 done:
     cur_release(&B);
     return res;
@@ -353,15 +444,18 @@ static PyMethodDef METHODS[] = {
      "sha256_hex32(prefix, data, offsets, out): the first 32 hex digits of sha256(prefix + each string)."},
     {"line_scan", (PyCFunction)py_line_scan, METH_O,
      "line_scan(block) -> (newlines, lines, longest, simple, utf8): one pass over a JSON Lines block."},
+    {"json_strings", (PyCFunction)(void (*)(void))py_json_strings, METH_FASTCALL,
+     "json_strings(data, offsets, valid, out, out_offsets) -> bytes: each string as a JSON string literal (out=None: sizes only)."},
     {"url_hosts", (PyCFunction)(void (*)(void))py_url_hosts, METH_FASTCALL,
      "url_hosts(data, offsets, valid, out, out_offsets, state) -> rows left to the caller: the lower-cased host of each URL."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_ingest", "Kernels of the ingest stage: JSON Lines line scan and UTF-8 check, URL hosts, document ids.", -1,
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_ingest", "Kernels of the ingest stage: JSON Lines line scan and UTF-8 check, URL hosts, JSON strings, document ids.", -1,
                                     METHODS, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__ingest(void) {
+    json_tables();
     PyObject *m = PyModule_Create(&MODULE);
     if (m && PyModule_AddIntConstant(m, "ABI", ABI_VERSION) < 0) { Py_DECREF(m); return NULL; }
     return m;
