@@ -5,6 +5,9 @@ runs without them.
   whether the block is valid UTF-8, of a JSON Lines block, in one memchr pass that checks each
   line's UTF-8 while it is in cache (the reader's NumPy newline index and Arrow's UTF-8
   validation otherwise).
+- ``strings_valid``: whether a string column's values are valid UTF-8, by the same check over its
+  data buffer (AVX2 where the CPU has it) and a test that every value starts a character (Arrow's
+  validation otherwise).
 - ``url_hosts``: the lower-cased host of each URL for the lake's ``domain`` column, one pass over
   the URL column's Arrow buffers (the Polars regex otherwise; hosts with non-ASCII bytes always
   take it, for Unicode lower-casing).
@@ -47,6 +50,27 @@ def line_scan(block: bytes | bytearray | memoryview) -> tuple[int, int, int, boo
         return None
     newlines, lines, longest, simple, utf8 = mod.line_scan(block)
     return newlines, lines, longest, bool(simple), bool(utf8)
+
+
+def strings_valid(chunk: pa.Array) -> bool | None:
+    """True when every value of a string/binary array is valid UTF-8, False when some value may
+    not be (nulls' bytes are checked too, so the caller checks again value by value), None without
+    the extension. Valid as a whole, and every non-empty value starting a character, means every
+    value ends one too, so each value is valid on its own. Cost: one pass over the data buffer."""
+    mod = ext()
+    if mod is None:
+        return None
+    if not len(chunk):
+        return True
+    chunk = chunk.cast(pa.large_binary())  # 64-bit offsets; the data buffer is not copied
+    offsets, data = _views(chunk)
+    lengths = np.diff(offsets)
+    if (lengths < 0).any() or offsets[0] < 0 or offsets[-1] > len(data):
+        return False
+    starts = offsets[:-1][lengths > 0]
+    if ((data[starts] & 0xC0) == 0x80).any():  # a value starting with a continuation byte
+        return False
+    return bool(mod.utf8_valid(data[offsets[0]:offsets[-1]]))
 
 
 def _large(column: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array:

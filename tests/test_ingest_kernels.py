@@ -43,6 +43,28 @@ def _valid_utf8(block: bytes) -> bool:
         return False
 
 
+def _arrow_utf8(block: bytes) -> bool:
+    """Arrow's UTF-8 validation of the block as one string (the reader's check without the kernels)."""
+    offsets = pa.py_buffer(np.array([0, len(block)], np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(block)]).validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
+
+
+@pytest.fixture(params=["scalar", "avx2"])
+def simd(request):
+    """Each path of the UTF-8 check this CPU has (the kernels compute the same on every path)."""
+    mod = kernels.ext()
+    if request.param not in mod.paths():
+        pytest.skip(f"this CPU has no {request.param} path")
+    old = mod.path()
+    mod.set_path(request.param)
+    yield request.param
+    mod.set_path(old)
+
+
 def numpy_scan(block: bytes) -> tuple[int, int, int, bool, bool]:
     """What the reader's general path computes for a block: newlines, non-blank lines, longest one,
     whether every line (non-blank, BOM-free) starts with "{", and (Python's decoder, Arrow's
@@ -53,7 +75,7 @@ def numpy_scan(block: bytes) -> tuple[int, int, int, bool, bool]:
     lines = len(newlines) + (1 if len(block) and not block.endswith(b"\n") else 0)
     longest = int((ends - starts).max()) if len(block) else 0
     simple = bool(lines) and all(block[s:e][:1] == b"{" for s, e in zip(starts[:lines], ends[:lines], strict=True))
-    assert _valid_utf8(block) == jsonl._is_utf8(block)
+    assert _valid_utf8(block) == _arrow_utf8(block)
     return len(newlines), lines, longest, simple, _valid_utf8(block)
 
 
@@ -86,12 +108,53 @@ UTF8_CASES = [b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe
 
 
 @pytest.mark.parametrize("case", UTF8_CASES)
-def test_line_scan_checks_utf8_as_python_and_arrow_do(rows, case):
-    text = orjson.dumps(rows[0])  # real text around the bytes, at every alignment of the 16-byte step
-    for cut in (0, 1, 7, 15, 16, 17, 40, len(text) - 2):
+def test_line_scan_checks_utf8_as_python_and_arrow_do(rows, case, simd):
+    text = orjson.dumps(rows[0])  # real text around the bytes, at every alignment of the 16/32-byte steps
+    for cut in (0, 1, 7, 15, 16, 17, 29, 30, 31, 32, 33, 40, 63, 64, 65, len(text) - 2):
         block = text[:cut] + case + text[cut:] + b"\n" + text + b"\n"
         assert kernels.line_scan(block) == numpy_scan(block)
         assert kernels.line_scan(block[:-1] + case) == numpy_scan(block[:-1] + case)  # at the block's end
+        assert kernels.ext().utf8_valid(block) == _valid_utf8(block)
+    for pad in range(70):  # the case alone, after an ASCII run of every length (the AVX2 tail handling)
+        assert kernels.ext().utf8_valid(b"q" * pad + case) == _valid_utf8(b"q" * pad + case)
+
+
+def test_utf8_check_on_damaged_real_text(rows, simd):
+    """Real text in three languages with one byte changed, at random places, against Python."""
+    text = b"\n".join(orjson.dumps(r) for r in rows)[:300_000]
+    rng = np.random.default_rng(14)
+    for _ in range(300):
+        damaged = bytearray(text[:int(rng.integers(1000, len(text)))])
+        damaged[int(rng.integers(len(damaged)))] = int(rng.integers(256))
+        assert kernels.ext().utf8_valid(damaged) == _valid_utf8(bytes(damaged)) == kernels.line_scan(damaged)[4]
+
+
+def _unchecked(values: list[bytes | None]) -> pa.Array:
+    """A string array over these bytes without Arrow's validation (as a reader can produce one)."""
+    data = b"".join(v for v in values if v is not None)
+    offsets = np.cumsum([0] + [0 if v is None else len(v) for v in values]).astype(np.int32)
+    valid = np.packbits([v is not None for v in values], bitorder="little")
+    return pa.Array.from_buffers(pa.string(), len(values), [pa.py_buffer(valid), pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=sum(v is None for v in values))
+
+
+def test_strings_valid_agrees_with_arrow(rows, simd):
+    good = [r["title"].encode() for r in rows]
+    cases = {
+        "real": good, "empty values": [b"", b"a", b""] + good[:5],
+        "a character split across two values": good[:3] + ["é".encode()[:1], "é".encode()[1:]] + good[3:6],
+        "invalid byte": good[:4] + [b"ab\xffcd"] + good[4:8], "nulls": [None] + good[:4] + [None],
+        "cut at the end": good[:4] + ["日".encode()[:2]],
+    }
+    for name, values in cases.items():
+        array = _unchecked(values)
+        for chunk in (array, array.slice(1), array.slice(2, 3)):
+            try:
+                chunk.validate(full=True)
+                arrow = True
+            except pa.ArrowInvalid:
+                arrow = False
+            assert kernels.strings_valid(chunk) == arrow, name  # valid, or the caller validates with Arrow
 
 
 def _urls(rows: list[dict]) -> list[str | None]:

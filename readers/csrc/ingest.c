@@ -13,9 +13,15 @@
  *             nothing above U+10FFFF; what Python's and Arrow's validators accept), checked line by
  *             line while the line is in cache (a newline is ASCII, so no valid sequence spans one).
  *
- * memchr is the C library's vectorised byte search (AVX2/AVX-512 in glibc, NEON on aarch64); the
- * UTF-8 check skips ASCII 16 bytes at a time with 64-bit word tests, which any CPU runs, so this
- * needs no SIMD versions of its own. The GIL is released during the scan.
+ * memchr is the C library's vectorised byte search (AVX2/AVX-512 in glibc, NEON on aarch64). The
+ * UTF-8 check has two paths (paths()/set_path(), chosen at import like the other kernels): AVX2,
+ * the lookup-table method of Keiser and Lemire ("Validating UTF-8 in less than one instruction
+ * per byte", 2021) over the whole block, 32 bytes a step; and scalar (any CPU, and the "avx512"
+ * path uses AVX2 here), a byte-wise check that skips ASCII 16 bytes at a time, line by line while
+ * the line is in cache. Both accept exactly the same blocks. The GIL is released during the scan.
+ *
+ * utf8_valid(data) -> whether a bytes-like object is valid UTF-8 (the same check), for string
+ *   columns whose data buffer is checked as a whole (readers/kernels.py: strings_valid).
  *
  * 2. URL hosts for the lake's ``domain`` column (readers/ingest.py):
  *
@@ -39,6 +45,7 @@
  *    Intel, every AMD Zen). has_sha() says whether this CPU has them; without them the caller
  *    hashes with hashlib (OpenSSL), which is as fast per byte but pays Python's per-row cost.
  */
+#define CUR_DISPATCH 1
 #include "curate_native.h"
 
 #define ABI_VERSION 2
@@ -78,6 +85,135 @@ static int utf8_valid(const uint8_t *s, size_t n) {
     return 1;
 }
 
+/* --- UTF-8 with AVX2 (Keiser & Lemire's lookup method) ---------------------------------------- */
+
+#if CUR_X86
+CUR_TARGET_AVX2_BEGIN
+/* The byte n positions before each byte of cur (prev: the 32 bytes before cur). */
+#define PREV(cur, prev, n) _mm256_alignr_epi8((cur), _mm256_permute2x128_si256((prev), (cur), 0x21), 16 - (n))
+
+static inline __m256i lookup16(__m256i idx, const int8_t t[16]) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
+    return _mm256_shuffle_epi8(table, idx);
+}
+
+/* Error bits for each byte given the byte before it (prev1): every two-byte pattern that cannot
+   occur in UTF-8, except where a third or fourth byte of a sequence is expected (checked apart). */
+#define TOO_SHORT (1 << 0)   /* 11______ 0_______ or 11______ 11______ */
+#define TOO_LONG (1 << 1)    /* 0_______ 10______ */
+#define OVERLONG_3 (1 << 2)  /* 11100000 100_____ */
+#define TOO_LARGE (1 << 3)   /* 11110100 1001____, 11110100 101_____, 11110101+ 1001____ / 101_____ */
+#define SURROGATE (1 << 4)   /* 11101101 101_____ */
+#define OVERLONG_2 (1 << 5)  /* 1100000_ 10______ */
+#define TOO_LARGE_1000 (1 << 6) /* 11110101+ 1000____ */
+#define OVERLONG_4 (1 << 6)  /* 11110000 1000____ */
+#define TWO_CONTS (1 << 7)   /* 10______ 10______ */
+#define CARRY (TOO_SHORT | TOO_LONG | TWO_CONTS)
+
+static const int8_t BYTE_1_HIGH[16] = {
+    TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG, TOO_LONG,
+    (int8_t)TWO_CONTS, (int8_t)TWO_CONTS, (int8_t)TWO_CONTS, (int8_t)TWO_CONTS,
+    TOO_SHORT | OVERLONG_2, TOO_SHORT, TOO_SHORT | OVERLONG_3 | SURROGATE,
+    TOO_SHORT | TOO_LARGE | TOO_LARGE_1000 | OVERLONG_4};
+static const int8_t BYTE_1_LOW[16] = {
+    (int8_t)(CARRY | OVERLONG_3 | OVERLONG_2 | OVERLONG_4), (int8_t)(CARRY | OVERLONG_2), (int8_t)CARRY, (int8_t)CARRY,
+    (int8_t)(CARRY | TOO_LARGE), (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000), (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000),
+    (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000), (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000),
+    (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000), (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000),
+    (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000), (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000),
+    (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000 | SURROGATE), (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000),
+    (int8_t)(CARRY | TOO_LARGE | TOO_LARGE_1000)};
+static const int8_t BYTE_2_HIGH[16] = {
+    TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT,
+    (int8_t)(TOO_LONG | OVERLONG_2 | TWO_CONTS | OVERLONG_3 | TOO_LARGE_1000 | OVERLONG_4),
+    (int8_t)(TOO_LONG | OVERLONG_2 | TWO_CONTS | OVERLONG_3 | TOO_LARGE),
+    (int8_t)(TOO_LONG | OVERLONG_2 | TWO_CONTS | SURROGATE | TOO_LARGE),
+    (int8_t)(TOO_LONG | OVERLONG_2 | TWO_CONTS | SURROGATE | TOO_LARGE),
+    TOO_SHORT, TOO_SHORT, TOO_SHORT, TOO_SHORT};
+
+static inline __m256i utf8_block_errors(__m256i in, __m256i prev_in) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i prev1 = PREV(in, prev_in, 1);
+    const __m256i b1h = lookup16(_mm256_and_si256(_mm256_srli_epi16(prev1, 4), low4), BYTE_1_HIGH);
+    const __m256i b1l = lookup16(_mm256_and_si256(prev1, low4), BYTE_1_LOW);
+    const __m256i b2h = lookup16(_mm256_and_si256(_mm256_srli_epi16(in, 4), low4), BYTE_2_HIGH);
+    const __m256i special = _mm256_and_si256(_mm256_and_si256(b1h, b1l), b2h);
+    /* a third or fourth byte of a sequence must be a continuation: exactly where TWO_CONTS says */
+    const __m256i prev2 = PREV(in, prev_in, 2), prev3 = PREV(in, prev_in, 3);
+    const __m256i third = _mm256_subs_epu8(prev2, _mm256_set1_epi8((char)(0xE0 - 0x80)));
+    const __m256i fourth = _mm256_subs_epu8(prev3, _mm256_set1_epi8((char)(0xF0 - 0x80)));
+    const __m256i must23 = _mm256_and_si256(_mm256_or_si256(third, fourth), _mm256_set1_epi8((char)0x80));
+    return _mm256_xor_si256(must23, special);
+}
+
+/* Bytes of the last three that start a sequence the block does not finish. */
+static inline __m256i utf8_incomplete(__m256i in) {
+    const __m256i max = _mm256_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                         -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                         (char)(0xF0 - 1), (char)(0xE0 - 1), (char)(0xC0 - 1));
+    return _mm256_subs_epu8(in, max);
+}
+
+static int utf8_valid_avx2(const uint8_t *s, size_t n) {
+    __m256i error = _mm256_setzero_si256(), prev_in = _mm256_setzero_si256(), prev_incomplete = _mm256_setzero_si256();
+    size_t i = 0;
+    uint8_t last[32];
+    for (;;) {
+        __m256i in;
+        if (i + 32 <= n) {
+            in = _mm256_loadu_si256((const __m256i *)(s + i));
+        } else if (i < n) {  /* the tail, padded with ASCII */
+            memset(last, 0x20, sizeof last);
+            memcpy(last, s + i, n - i);
+            in = _mm256_loadu_si256((const __m256i *)last);
+        } else {
+            break;
+        }
+        if (_mm256_movemask_epi8(in) == 0) {
+            error = _mm256_or_si256(error, prev_incomplete);  /* ASCII cannot finish a sequence */
+            prev_incomplete = _mm256_setzero_si256();
+        } else {
+            error = _mm256_or_si256(error, utf8_block_errors(in, prev_in));
+            prev_incomplete = utf8_incomplete(in);
+            prev_in = in;
+        }
+        i += 32;
+        if ((i & 4095) == 0 && !_mm256_testz_si256(error, error)) return 0;
+    }
+    error = _mm256_or_si256(error, prev_incomplete);
+    return _mm256_testz_si256(error, error);
+}
+CUR_TARGET_END
+#endif
+
+static int use_avx2 = 0;
+
+static void cur_select(int path) { use_avx2 = CUR_X86 && path >= CUR_PATH_AVX2; }
+static int cur_current(void) { return use_avx2 ? CUR_PATH_AVX2 : CUR_PATH_GENERIC; }
+
+static int utf8_check(const uint8_t *s, size_t n) {
+#if CUR_X86
+    if (use_avx2) return utf8_valid_avx2(s, n);
+#endif
+    return utf8_valid(s, n);
+}
+
+static PyObject *py_utf8_valid(PyObject *self, PyObject *data) {
+    (void)self;
+    Py_buffer v;
+    if (PyObject_GetBuffer(data, &v, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "utf8_valid takes a contiguous bytes-like object");
+        return NULL;
+    }
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = utf8_check((const uint8_t *)v.buf, (size_t)v.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(ok);
+}
+
 static PyObject *py_line_scan(PyObject *self, PyObject *block) {
     (void)self;
     Py_buffer v;
@@ -91,6 +227,8 @@ static PyObject *py_line_scan(PyObject *self, PyObject *block) {
     int64_t newlines = 0, lines = 0, longest = 0;
     int simple = 1, utf8 = 1;
     Py_BEGIN_ALLOW_THREADS
+    /* per line (in cache) for the scalar check; the AVX2 check reads the block once after the scan */
+    const int per_line = !use_avx2;
     Py_ssize_t start = 0;
     while (start < len) {
         const uint8_t *nl = memchr(data + start, '\n', (size_t)(len - start));
@@ -98,12 +236,13 @@ static PyObject *py_line_scan(PyObject *self, PyObject *block) {
         const int64_t n = (int64_t)(end - start);
         if (n > longest) longest = n;
         if (n == 0 || data[start] != '{') simple = 0;
-        if (utf8 && !utf8_valid(data + start, (size_t)n)) utf8 = 0;
+        if (per_line && utf8 && !utf8_valid(data + start, (size_t)n)) utf8 = 0;
         lines += n > 0 || nl != NULL;  /* blank lines are lines too; only an empty tail is not */
         if (!nl) break;
         newlines++;
         start = end + 1;
     }
+    if (!per_line) utf8 = utf8_check(data, (size_t)len);  /* a newline is ASCII: the block is valid iff every line is */
     Py_END_ALLOW_THREADS
     if (lines == 0) simple = 0;  /* nothing to parse: the general path returns at once */
     PyBuffer_Release(&v);
@@ -439,6 +578,8 @@ done:
 }
 
 static PyMethodDef METHODS[] = {
+    CUR_PATH_METHODS
+    {"utf8_valid", (PyCFunction)py_utf8_valid, METH_O, "utf8_valid(data) -> whether the bytes are valid UTF-8."},
     {"has_sha", (PyCFunction)py_has_sha, METH_NOARGS, "has_sha() -> whether this CPU has the SHA extensions."},
     {"sha256_hex32", (PyCFunction)(void (*)(void))py_sha256_hex32, METH_FASTCALL,
      "sha256_hex32(prefix, data, offsets, out): the first 32 hex digits of sha256(prefix + each string)."},
@@ -456,6 +597,7 @@ static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_ingest", "Kernels o
 
 PyMODINIT_FUNC PyInit__ingest(void) {
     json_tables();
+    cur_select(cur_best_path());
     PyObject *m = PyModule_Create(&MODULE);
     if (m && PyModule_AddIntConstant(m, "ABI", ABI_VERSION) < 0) { Py_DECREF(m); return NULL; }
     return m;
