@@ -351,3 +351,18 @@ def test_json_objects_are_what_polars_writes(rows, monkeypatch):
     assert kernels.json_objects(pa.table({"n": [1, 2]})) is None  # not a string column: Polars writes it
     monkeypatch.setenv("CURATE_NATIVE", "0")
     assert kernels.json_objects(table) is None
+
+
+def test_golden_inputs_digest_the_same_on_the_scalar_utf8_path(tmp_path):
+    """tests/test_ingest_identity.py runs the golden inputs on the CPU's widest path (AVX2 here);
+    the scalar UTF-8 check must write the same lake."""
+    import json
+
+    from tests.ingest_golden import GOLDEN, digests
+    mod = kernels.ext()
+    old = mod.path()
+    mod.set_path("scalar")
+    try:
+        assert digests(tmp_path) == json.loads(GOLDEN.read_text())
+    finally:
+        mod.set_path(old)
