@@ -5,7 +5,8 @@ Three CPython extensions, built by ``pip install .`` / ``pip install -e .`` / a 
 - ``filters.minhash._minhash`` from ``filters/minhash/csrc/minhash.c``
 - ``scorers.ppl_corr._pplcorr`` from ``scorers/ppl_corr/csrc/pplcorr.c``
 - ``filters.heuristics._chunks`` from ``filters/heuristics/csrc/chunks.c``
-- ``readers._ingest`` from ``readers/csrc/ingest.c`` (JSON Lines line scan; document ids with SHA-NI)
+- ``readers._ingest`` from ``readers/csrc/ingest.c`` (JSON Lines line scan with a UTF-8 check,
+  scalar and AVX2; URL hosts; JSON string literals for ``meta``; document ids with SHA-NI)
 
 Both are compiled for the baseline ISA of the target (never ``-march=native``): the AVX2 and
 AVX-512 versions of their hot loops are compiled into the same binary with target pragmas and

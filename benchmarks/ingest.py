@@ -189,9 +189,13 @@ def main() -> None:
     kernels = getattr(readers.jsonl, "kernels", None)  # absent in the code before session 6 (a base checkout)
     if kernels is None:
         paths = "none (code without readers/kernels.py)"
+    elif kernels.ext() is None:
+        paths = f"none (NumPy line index, Arrow UTF-8, Polars hosts and meta), ids by {kernels.hash_path()}"
     else:
-        paths = (f"{'line scan (memchr)' if kernels.ext() is not None else 'none (NumPy line index)'}, ids by "
-                 f"{kernels.hash_path()}")
+        mod = kernels.ext()
+        utf8 = f", UTF-8 check ({mod.path()})" if hasattr(mod, "utf8_valid") else ""  # session 7 on
+        more = ", URL hosts and string meta JSON in C" if hasattr(mod, "json_strings") else ""
+        paths = f"line scan (memchr){utf8}{more}, ids by {kernels.hash_path()}"
     print(f"CPU: {cpu['model']} (SIMD flags: {' '.join(cpu['simd_flags']) or '-'}); ingest kernels: {paths}; "
           f"load average {os.getloadavg()[0]:.1f}")
     tmp = Path(tempfile.mkdtemp(prefix="curate-bench-ingest-"))
@@ -240,6 +244,7 @@ def main() -> None:
             print(f"{fmt}: curate ingest runs at {d:.2f}x datatrove (target >= 3), {f:.2f}x the read+write floor "
                   f"(target >= 0.8) and {r:.2f}x the raw read speed (wall clock); on CPU seconds in one process "
                   f"{cd:.2f}x datatrove and {cf:.2f}x the floor")
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -12,8 +12,9 @@ Column mapping (``sources[].columns``): ``text`` (required), ``id``, ``url``, ``
 schemas/documents.py (sha256 of source + native id, else URL, else text; 32 hex chars).
 
 Cost: one pass over the input; ids are hashed over the key column's Arrow buffers in one C call
-(SHA-NI; hashlib per row where the CPU lacks it: readers/kernels.py), ``meta`` is encoded by Polars;
-writing zstd Parquet dominates (docs/ingest.md has the profile).
+(SHA-NI; hashlib per row where the CPU lacks it: readers/kernels.py), URL hosts are found and
+all-string ``meta`` is encoded by C kernels (Polars otherwise); writing zstd Parquet dominates
+(docs/ingest.md has the profile).
 """
 from __future__ import annotations
 
@@ -142,16 +143,33 @@ def _string_array(column: pa.ChunkedArray | pa.Array) -> pa.Array | pa.ChunkedAr
     return _as_string(series).to_arrow().cast(pa.large_string())
 
 
-def _domains(url: pa.Array) -> pa.Array:
-    """The lower-cased host of each URL (``_HOST``); URLs without "@" take the faster pattern."""
-    series = pl.from_arrow(url)
-    assert isinstance(series, pl.Series)
+def _domains_regex(series: pl.Series) -> pl.Series:
+    """The lower-cased host of each URL by the ``_HOST`` regex (Polars); URLs without "@" take the
+    faster pattern."""
     host = series.str.extract(_HOST_NO_USER, 1)
     with_at = series.str.contains("@", literal=True).fill_null(False)
     if with_at.any():
         rows = with_at.arg_true()
         host = host.scatter(rows, series.gather(rows).str.extract(_HOST, 1))
-    return host.str.to_lowercase().to_arrow()
+    return host.str.to_lowercase()
+
+
+def _domains(url: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The lower-cased host of each URL (``_HOST``): the compiled scan (readers/kernels.py) where
+    built, with hosts holding non-ASCII bytes (Unicode lower-casing) by the regex; else the regex."""
+    fast = kernels.url_hosts(url)
+    if fast is None:
+        series = pl.from_arrow(url)
+        assert isinstance(series, pl.Series)
+        return _domains_regex(series).to_arrow()
+    hosts, rest = fast
+    if not len(rest):
+        return hosts
+    series = pl.from_arrow(hosts)
+    assert isinstance(series, pl.Series)
+    urls = pl.from_arrow(url)
+    assert isinstance(urls, pl.Series)
+    return series.scatter(rest, _domains_regex(urls.gather(rest))).to_arrow()
 
 
 def _filled(value: str | None, n: int) -> pa.Array:
@@ -164,8 +182,10 @@ class Normaliser:
     """Turns a reader's native table into DOCUMENT rows, quarantining rows that cannot be used.
 
     Arrow-first: the text and the other string columns stay Arrow arrays (the text is never copied
-    or converted to Polars); Polars is used where its semantics define the output: the domain
-    regex, date parsing, casts of non-string fields, and the ``meta`` JSON."""
+    or converted to Polars); Polars is used where its semantics define the output: date parsing,
+    casts of non-string fields, the ``meta`` JSON of non-string fields, and the domain and the
+    all-string ``meta`` JSON where the compiled kernels are missing (readers/kernels.py computes
+    them exactly as Polars does otherwise)."""
 
     def __init__(self, task: IngestFileTask):
         self.task = task
@@ -221,9 +241,11 @@ class Normaliser:
         rest = [c for c in table.column_names if c not in used]
         meta = None
         if rest:
-            frame = pl.from_arrow(table.select(rest))
-            assert isinstance(frame, pl.DataFrame)
-            meta = frame.select(pl.struct(rest).struct.json_encode()).to_series().to_arrow()
+            meta = kernels.json_objects(table.select(rest))  # all-string fields: escaped in C
+            if meta is None:
+                frame = pl.from_arrow(table.select(rest))
+                assert isinstance(frame, pl.DataFrame)
+                meta = frame.select(pl.struct(rest).struct.json_encode()).to_series().to_arrow()
 
         def arr(a: pa.Array | pa.ChunkedArray | None, typ: pa.DataType) -> pa.Array:
             if a is None:

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from readers import kernels
 from readers.base import (
     BATCH_BYTES,
     BATCH_ROWS,
@@ -23,11 +24,14 @@ _BINARIES = (pa.binary(), pa.large_binary())
 
 
 def _repair_chunk(chunk: pa.Array, out_type: pa.DataType) -> pa.Array:
-    """A string/binary chunk as valid UTF-8; only a chunk that fails validation pays the Python loop."""
+    """A string/binary chunk as valid UTF-8; only a chunk that fails validation pays the Python loop.
+    A string chunk is checked by the compiled UTF-8 check where built (readers/kernels.py), and by
+    Arrow's full validation where that says no or is missing."""
     try:
         if chunk.type in _BINARIES:
             return chunk.cast(out_type)  # the cast validates UTF-8
-        chunk.validate(full=True)
+        if not kernels.strings_valid(chunk):
+            chunk.validate(full=True)
         return chunk
     except (pa.ArrowInvalid, ValueError):
         values = chunk.cast(pa.large_binary()).to_pylist()  # a byte view never fails on bad UTF-8

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
 import orjson
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -33,16 +35,48 @@ def rows(corpora: Path) -> list[dict]:
     return out
 
 
-def numpy_scan(block: bytes) -> tuple[int, int, int, bool]:
+def _valid_utf8(block: bytes) -> bool:
+    try:
+        block.decode("utf-8")  # Python's strict decoder: no overlongs, surrogates or code points over U+10FFFF
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _arrow_utf8(block: bytes) -> bool:
+    """Arrow's UTF-8 validation of the block as one string (the reader's check without the kernels)."""
+    offsets = pa.py_buffer(np.array([0, len(block)], np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(block)]).validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        return False
+
+
+@pytest.fixture(params=["scalar", "avx2"])
+def simd(request):
+    """Each path of the UTF-8 check this CPU has (the kernels compute the same on every path)."""
+    mod = kernels.ext()
+    if request.param not in mod.paths():
+        pytest.skip(f"this CPU has no {request.param} path")
+    old = mod.path()
+    mod.set_path(request.param)
+    yield request.param
+    mod.set_path(old)
+
+
+def numpy_scan(block: bytes) -> tuple[int, int, int, bool, bool]:
     """What the reader's general path computes for a block: newlines, non-blank lines, longest one,
-    and whether every line (non-blank, BOM-free) starts with "{"."""
+    whether every line (non-blank, BOM-free) starts with "{", and (Python's decoder, Arrow's
+    validation) whether the block is valid UTF-8."""
     newlines = jsonl._newlines(block)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.concatenate((newlines, [len(block)]))
     lines = len(newlines) + (1 if len(block) and not block.endswith(b"\n") else 0)
     longest = int((ends - starts).max()) if len(block) else 0
     simple = bool(lines) and all(block[s:e][:1] == b"{" for s, e in zip(starts[:lines], ends[:lines], strict=True))
-    return len(newlines), lines, longest, simple
+    assert _valid_utf8(block) == _arrow_utf8(block)
+    return len(newlines), lines, longest, simple, _valid_utf8(block)
 
 
 @pytest.mark.parametrize("block", [
@@ -58,9 +92,110 @@ def test_line_scan_matches_the_numpy_line_index(block):
 
 def test_line_scan_on_real_jsonl(rows):
     block = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-    assert kernels.line_scan(block) == numpy_scan(block) == (len(rows), len(rows), numpy_scan(block)[2], True)
+    assert kernels.line_scan(block) == numpy_scan(block) == (len(rows), len(rows), numpy_scan(block)[2], True, True)
     with pytest.raises(TypeError):
         kernels.ext().line_scan("not bytes")
+
+
+# Invalid UTF-8 of every kind (a stray continuation byte, overlong forms, UTF-16 surrogates, code
+# points above U+10FFFF, bytes never used, sequences cut short by the line's or the block's end)
+# and valid edge cases (the first and last code point of each length).
+UTF8_CASES = [b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xe0\x9f\xbf", b"\xed\xa0\x80",
+              b"\xed\xbf\xbf", b"\xf0\x80\x80\x80", b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80",
+              b"\xff", b"\xfe", b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98", b"\xc3\n\xa9", b"\xe2\x82\n\xac",
+              b"\xc2\x80", b"\xdf\xbf", b"\xe0\xa0\x80", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xef\xbf\xbf",
+              b"\xf0\x90\x80\x80", b"\xf4\x8f\xbf\xbf", "é日😀".encode()]
+
+
+@pytest.mark.parametrize("case", UTF8_CASES)
+def test_line_scan_checks_utf8_as_python_and_arrow_do(rows, case, simd):
+    text = orjson.dumps(rows[0])  # real text around the bytes, at every alignment of the 16/32-byte steps
+    for cut in (0, 1, 7, 15, 16, 17, 29, 30, 31, 32, 33, 40, 63, 64, 65, len(text) - 2):
+        block = text[:cut] + case + text[cut:] + b"\n" + text + b"\n"
+        assert kernels.line_scan(block) == numpy_scan(block)
+        assert kernels.line_scan(block[:-1] + case) == numpy_scan(block[:-1] + case)  # at the block's end
+        assert kernels.ext().utf8_valid(block) == _valid_utf8(block)
+    for pad in range(70):  # the case alone, after an ASCII run of every length (the AVX2 tail handling)
+        assert kernels.ext().utf8_valid(b"q" * pad + case) == _valid_utf8(b"q" * pad + case)
+
+
+def test_utf8_check_on_damaged_real_text(rows, simd):
+    """Real text in three languages with one byte changed, at random places, against Python."""
+    text = b"\n".join(orjson.dumps(r) for r in rows)[:300_000]
+    rng = np.random.default_rng(14)
+    for _ in range(300):
+        damaged = bytearray(text[:int(rng.integers(1000, len(text)))])
+        damaged[int(rng.integers(len(damaged)))] = int(rng.integers(256))
+        assert kernels.ext().utf8_valid(damaged) == _valid_utf8(bytes(damaged)) == kernels.line_scan(damaged)[4]
+
+
+def _unchecked(values: list[bytes | None]) -> pa.Array:
+    """A string array over these bytes without Arrow's validation (as a reader can produce one)."""
+    data = b"".join(v for v in values if v is not None)
+    offsets = np.cumsum([0] + [0 if v is None else len(v) for v in values]).astype(np.int32)
+    valid = np.packbits([v is not None for v in values], bitorder="little")
+    return pa.Array.from_buffers(pa.string(), len(values), [pa.py_buffer(valid), pa.py_buffer(offsets), pa.py_buffer(data)],
+                                 null_count=sum(v is None for v in values))
+
+
+def test_strings_valid_agrees_with_arrow(rows, simd):
+    good = [r["title"].encode() for r in rows]
+    cases = {
+        "real": good, "empty values": [b"", b"a", b""] + good[:5],
+        "a character split across two values": good[:3] + ["é".encode()[:1], "é".encode()[1:]] + good[3:6],
+        "invalid byte": good[:4] + [b"ab\xffcd"] + good[4:8], "nulls": [None] + good[:4] + [None],
+        "cut at the end": good[:4] + ["日".encode()[:2]],
+    }
+    for name, values in cases.items():
+        array = _unchecked(values)
+        for chunk in (array, array.slice(1), array.slice(2, 3)):
+            try:
+                chunk.validate(full=True)
+                arrow = True
+            except pa.ArrowInvalid:
+                arrow = False
+            assert kernels.strings_valid(chunk) == arrow, name  # valid, or the caller validates with Arrow
+
+
+def _urls(rows: list[dict]) -> list[str | None]:
+    """Real URLs, and URLs that exercise each part of the host pattern."""
+    return [r["url"] for r in rows] + [
+        "http://user@/path", "HTTP://Ex.COM:80/x", "ftp://a@b@c/", "https://xn--bcher-kva.example/", "mailto:x@y", "",
+        None, "//no.scheme/", "http://[::1]:80/", "a://", "http://host?x", "http://h#f", "http://u:p@h.com:1/x",
+        "9http://x.com", "http://", "http:///x", "h-t.t+p://ok.com", "http://ok.com:", "http://ÄÖ.de/x",
+        "https://h.com/p?mail=a@b.org", "http://@h.com", "http://ÉCOLE.fr", "https://u@ß.de/", "HTTPS://WWW.Wiki.ORG",
+        "http://a@", "http://a@:80", "http://a:b@c:d@e/", "x+y.z-w://Host.Name/p", "http://h\nx/", "http:/x.com",
+        "http:\\x.com", " http://x.com", "http://x.com\u00e9", "http://日本.jp/", "http://ex.com?@evil.com",
+        "http://ex.com#@evil.com", "http://ex.com/@evil.com"]
+
+
+def test_url_hosts_match_the_regex(rows):
+    from readers.ingest import _HOST, _domains_regex
+    urls = _urls(rows)
+    array = pa.array(urls, pa.string())
+    hosts, rest = kernels.url_hosts(array)
+    want = _domains_regex(pl.Series(urls, dtype=pl.String)).to_list()
+    got = hosts.to_pylist()
+    assert {i for i, u in enumerate(urls) if u is not None and any(ord(c) > 127 for c in (want[i] or ""))} <= set(rest)
+    for i in rest:
+        got[i] = want[i]
+    assert got == want
+    pattern = re.compile(_HOST)  # Python's engine agrees with Polars' on the ASCII rows
+    assert [None if u is None or not (m := pattern.match(u)) else m.group(1).lower() for u in urls] == want
+    # chunked and sliced columns read their buffers at the right offsets
+    sliced = pa.chunked_array([array.slice(3, 40), array.slice(50)])
+    hosts, rest = kernels.url_hosts(sliced)
+    assert [h for i, h in enumerate(hosts.to_pylist()) if i not in set(rest)] == \
+        [h for i, h in enumerate(want[3:43] + want[50:]) if i not in set(rest)]
+
+
+def test_domains_with_and_without_the_kernel(rows, monkeypatch):
+    from readers.ingest import _domains
+    array = pa.array(_urls(rows), pa.string())
+    fast = _domains(array).to_pylist()
+    monkeypatch.setenv("CURATE_NATIVE", "0")
+    assert kernels.url_hosts(array) is None
+    assert _domains(array).to_pylist() == fast
 
 
 def _keys(rows: list[dict]) -> list[str]:
@@ -152,7 +287,7 @@ def test_plain_blocks_end_at_line_ends_and_lose_nothing(tmp_path, rows, monkeypa
     with open(path, "rb") as f:
         blocks = list(jsonl._plain_blocks(f))
     assert b"".join(blocks) == data
-    assert sum(b.endswith(b"\n") for b in blocks) >= len(blocks) // 2
+    assert sum(b[-1:] == b"\n" for b in blocks) >= len(blocks) // 2
     got, bad = _both_paths(path, monkeypatch)
     assert bad == [] and [r["text"] for r in got] == [r["text"] for r in rows] + ["z" * 20_000]
 
@@ -184,3 +319,50 @@ def test_golden_inputs_digest_the_same_without_the_kernels(tmp_path, monkeypatch
     from tests.ingest_golden import GOLDEN, digests
     monkeypatch.setenv("CURATE_NATIVE", "0")
     assert digests(tmp_path) == json.loads(GOLDEN.read_text())
+
+
+def test_find_newline_in_a_view_is_bytes_find(rows):
+    """The reader searches byte views (uncompressed blocks) in growing windows; it must find what
+    bytes.find / rfind find, wherever the newline is (window edges included) or when there is none."""
+    text = orjson.dumps(rows[0])[:30_000].replace(b"\n", b" ")
+    for where in (None, 0, 1, 4095, 4096, 4097, 20_479, 20_480, len(text) - 1):
+        data = text if where is None else text[:where] + b"\n" + text[where + 1:]
+        for chunk in (data, memoryview(data), memoryview(bytearray(data))[3:]):
+            raw = bytes(chunk)
+            assert jsonl._find_newline(chunk) == raw.find(b"\n")
+            assert jsonl._find_newline(chunk, last=True) == raw.rfind(b"\n")
+
+
+# Strings that exercise every escape: quote, backslash, each control byte, DEL, non-ASCII, U+2028.
+ESCAPES = ['a"b\\c', "tab\there", "nl\nx\r\n", "".join(map(chr, range(32))), "\x7f/é日😀\u2028\u2029", "", None]
+
+
+def test_json_objects_are_what_polars_writes(rows, monkeypatch):
+    titles = [r["title"] for r in rows] + ESCAPES
+    texts = [r["text"][:500] for r in rows] + list(reversed(ESCAPES))
+    table = pa.table({"title": pa.array(titles, pa.string()), 'we"ird\nkey é': pa.array(texts, pa.large_string())})
+    want = pl.from_arrow(table).select(pl.struct(table.column_names).struct.json_encode()).to_series().to_list()
+    got = kernels.json_objects(table)
+    assert got.type == pa.large_string() and got.to_pylist() == want
+    assert [orjson.loads(v) for v in want[-len(ESCAPES):]] == [  # and it is JSON that means the strings
+        {"title": a, 'we"ird\nkey é': b} for a, b in zip(ESCAPES, reversed(ESCAPES), strict=True)]
+    sliced = pa.Table.from_batches(table.slice(5, 300).to_batches())  # offsets into the buffers
+    assert kernels.json_objects(sliced).to_pylist() == want[5:305]
+    assert kernels.json_objects(pa.table({"n": [1, 2]})) is None  # not a string column: Polars writes it
+    monkeypatch.setenv("CURATE_NATIVE", "0")
+    assert kernels.json_objects(table) is None
+
+
+def test_golden_inputs_digest_the_same_on_the_scalar_utf8_path(tmp_path):
+    """tests/test_ingest_identity.py runs the golden inputs on the CPU's widest path (AVX2 here);
+    the scalar UTF-8 check must write the same lake."""
+    import json
+
+    from tests.ingest_golden import GOLDEN, digests
+    mod = kernels.ext()
+    old = mod.path()
+    mod.set_path("scalar")
+    try:
+        assert digests(tmp_path) == json.loads(GOLDEN.read_text())
+    finally:
+        mod.set_path(old)
