@@ -211,7 +211,12 @@ def _is_utf8(block: Block) -> bool:
     mod = kernels.ext()
     if mod is not None:  # the compiled check (AVX2 where the CPU has it)
         return bool(mod.utf8_valid(block))
-    # The block viewed as one Arrow string without a copy.
+    return arrow_utf8(block)
+
+
+def arrow_utf8(block: Block) -> bool:
+    """Arrow's UTF-8 validation of ``block`` viewed as one string, without a copy (the check
+    where the compiled kernels are missing, and the tests' reference for them)."""
     offsets = pa.py_buffer(np.array([0, len(block)], np.int64))
     try:
         pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(block)]).validate(full=True)

@@ -89,6 +89,13 @@ def _views(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, data
 
 
+def _valid_bytes(values: pa.Array) -> np.ndarray:
+    """One byte per row, 1 where ``values`` is not null (what the kernels read as the null mask)."""
+    if values.null_count == 0:
+        return np.ones(len(values), np.uint8)
+    return values.is_valid().to_numpy(zero_copy_only=False).view(np.uint8)
+
+
 def url_hosts(urls: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] | None:
     """The lower-cased host of each URL (``^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/:?#]+)``,
     null where it does not match or the URL is null) as a large_string array, and the indices of the
@@ -100,8 +107,7 @@ def url_hosts(urls: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] |
     urls = _large(urls, pa.large_string())
     n = len(urls)
     offsets, data = _views(urls)
-    valid = (np.ones(n, np.uint8) if urls.null_count == 0
-             else urls.is_valid().to_numpy(zero_copy_only=False).view(np.uint8))
+    valid = _valid_bytes(urls)
     out = np.empty(max(1, int(offsets[-1] - offsets[0])) if n else 1, np.uint8)
     out_offsets = np.empty(n + 1, np.int64)
     state = np.empty(n, np.uint8)
@@ -126,8 +132,7 @@ def json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array | None:
     values = _large(values, pa.large_string())
     n = len(values)
     offsets, data = _views(values)
-    valid = (np.ones(n, np.uint8) if values.null_count == 0
-             else values.is_valid().to_numpy(zero_copy_only=False).view(np.uint8))
+    valid = _valid_bytes(values)
     out_offsets = np.empty(n + 1, np.int64)
     size = mod.json_strings(data, offsets, valid, None, out_offsets)
     out = np.empty(max(1, size), np.uint8)

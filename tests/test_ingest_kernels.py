@@ -43,16 +43,6 @@ def _valid_utf8(block: bytes) -> bool:
         return False
 
 
-def _arrow_utf8(block: bytes) -> bool:
-    """Arrow's UTF-8 validation of the block as one string (the reader's check without the kernels)."""
-    offsets = pa.py_buffer(np.array([0, len(block)], np.int64))
-    try:
-        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(block)]).validate(full=True)
-        return True
-    except pa.ArrowInvalid:
-        return False
-
-
 @pytest.fixture(params=["scalar", "avx2"])
 def simd(request):
     """Each path of the UTF-8 check this CPU has (the kernels compute the same on every path)."""
@@ -75,7 +65,7 @@ def numpy_scan(block: bytes) -> tuple[int, int, int, bool, bool]:
     lines = len(newlines) + (1 if len(block) and not block.endswith(b"\n") else 0)
     longest = int((ends - starts).max()) if len(block) else 0
     simple = bool(lines) and all(block[s:e][:1] == b"{" for s, e in zip(starts[:lines], ends[:lines], strict=True))
-    assert _valid_utf8(block) == _arrow_utf8(block)
+    assert _valid_utf8(block) == jsonl.arrow_utf8(block)
     return len(newlines), lines, longest, simple, _valid_utf8(block)
 
 

@@ -163,25 +163,23 @@ def part_of(keys: np.ndarray, partitions: int) -> np.ndarray:
     return (((keys >> np.uint64(32)) * np.uint64(partitions)) >> np.uint64(32)).astype(np.int64)
 
 
-class _PartitionedSpill:
-    """Rows spread over ``partitions`` folders by a 64-bit routing key per row, buffered up to
-    ``flush_rows`` rows and then written as one small Parquet file per partition and flush
-    (``part-XXXX/NNNNN.parquet``). No writer stays open between flushes: an open Parquet writer
-    holds about a megabyte of page and compressor buffers, so 64 of them cost more memory than
-    the whole fit otherwise needs. Rows keep their arrival order inside a partition."""
+class _SpillBuffer:
+    """What both spills share: rows routed to ``partitions`` by a 64-bit key per row (``part_of``),
+    buffered until ``flush_rows`` rows, then handed to the subclass's ``_write`` sorted by
+    partition (stable, so rows keep their arrival order inside a partition)."""
 
     def __init__(self, folder: str, partitions: int, flush_rows: int = FLUSH_ROWS):
         os.makedirs(folder, exist_ok=True)
         self.folder, self.partitions, self.flush_rows = folder, partitions, flush_rows
-        self.buf: list[tuple[np.ndarray, pa.Table]] = []
-        self.rows = self.flushes = 0
+        self.buf: list[tuple[np.ndarray, Any]] = []
+        self.rows = 0
         self.files: dict[int, list[str]] = {}
 
-    def add(self, route: np.ndarray, table: pa.Table) -> None:
-        """Buffer ``table``; row i goes to the partition of ``route[i]`` (``part_of``)."""
-        if table.num_rows:
-            self.buf.append((part_of(route, self.partitions), table))
-            self.rows += table.num_rows
+    def add(self, route: np.ndarray, rows: Any) -> None:
+        """Buffer ``rows`` (one per entry of ``route``); row i goes to the partition of ``route[i]``."""
+        if len(route):
+            self.buf.append((part_of(route, self.partitions), rows))
+            self.rows += len(route)
             if self.rows >= self.flush_rows:
                 self.flush()
 
@@ -189,12 +187,35 @@ class _PartitionedSpill:
         if not self.buf:
             return
         part = np.concatenate([p for p, _ in self.buf])
-        table = pa.concat_tables([t for _, t in self.buf]).combine_chunks()
-        self.buf, self.rows = [], 0
         # A stable sort of 16-bit values is a radix sort in NumPy: ~7x faster than on int64.
         order = np.argsort(part.astype(np.uint16) if self.partitions <= 1 << 16 else part, kind="stable")
         bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
-        for p in np.flatnonzero(np.diff(bounds)).tolist():
+        payloads = [rows for _, rows in self.buf]
+        self.buf, self.rows = [], 0
+        self._write(payloads, order, bounds, np.flatnonzero(np.diff(bounds)).tolist())
+
+    def _write(self, payloads: list[Any], order: np.ndarray, bounds: np.ndarray, parts: list[int]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> dict[int, list[str]]:
+        """Flush what is buffered; the files of each non-empty partition, in partition order."""
+        self.flush()
+        return dict(sorted(self.files.items()))
+
+
+class _PartitionedSpill(_SpillBuffer):
+    """Arrow tables spilled as one small Parquet file per partition and flush
+    (``part-XXXX/NNNNN.parquet``). No writer stays open between flushes: an open Parquet writer
+    holds about a megabyte of page and compressor buffers, so 64 of them cost more memory than
+    the whole fit otherwise needs."""
+
+    def __init__(self, folder: str, partitions: int, flush_rows: int = FLUSH_ROWS):
+        super().__init__(folder, partitions, flush_rows)
+        self.flushes = 0
+
+    def _write(self, payloads: list[Any], order: np.ndarray, bounds: np.ndarray, parts: list[int]) -> None:
+        table = pa.concat_tables(payloads).combine_chunks()
+        for p in parts:
             folder = f"{self.folder}/part-{p:04d}"
             os.makedirs(folder, exist_ok=True)
             path = f"{folder}/{self.flushes:05d}.parquet"
@@ -209,59 +230,32 @@ class _PartitionedSpill:
     def _dict_columns(schema: pa.Schema) -> list[str]:
         return [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
 
-    def close(self) -> dict[int, list[str]]:
-        """Flush what is buffered; the files of each non-empty partition, in partition order."""
-        self.flush()
-        return dict(sorted(self.files.items()))
-
 
 # Rows of the numeric spills: band rows (bucket partitions) and candidate pairs.
 BAND_ROW = np.dtype([("key", "<u8"), ("pos", "<i8")])
 PAIR_ROW = np.dtype([("pair", "<i8")])
 
 
-class _RawSpill:
-    """``_PartitionedSpill`` for fixed-width rows (``BAND_ROW``, ``PAIR_ROW``): each flush appends
-    every partition's rows, as raw bytes, to that partition's one file (``part-XXXX.bin``), opened
-    only to append. A spill file is scratch (read back by ``read_rows`` in the same fit and
-    deleted), so it needs no format: writing ~700 small Parquet files per 200,000 documents and
-    reading them back cost ~1 CPU s of a fit. Rows keep their arrival order inside a partition."""
+class _RawSpill(_SpillBuffer):
+    """Fixed-width rows (``BAND_ROW``, ``PAIR_ROW``, given to ``add`` as one array per field): each
+    flush appends every partition's rows, as raw bytes, to that partition's one file
+    (``part-XXXX.bin``), opened only to append. A spill file is scratch (read back by ``read_rows``
+    in the same fit and deleted), so it needs no format: writing ~700 small Parquet files per
+    200,000 documents and reading them back cost ~1 CPU s of a fit."""
 
     def __init__(self, folder: str, partitions: int, dtype: np.dtype, flush_rows: int = FLUSH_ROWS):
-        os.makedirs(folder, exist_ok=True)
-        self.folder, self.partitions, self.dtype, self.flush_rows = folder, partitions, dtype, flush_rows
-        self.buf: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-        self.rows = 0
-        self.files: dict[int, list[str]] = {}
+        super().__init__(folder, partitions, flush_rows)
+        self.dtype = dtype
 
-    def add(self, route: np.ndarray, columns: dict[str, np.ndarray]) -> None:
-        """Buffer rows given as one array per field; row i goes to the partition of ``route[i]``."""
-        if len(route):
-            self.buf.append((part_of(route, self.partitions), columns))
-            self.rows += len(route)
-            if self.rows >= self.flush_rows:
-                self.flush()
-
-    def flush(self) -> None:
-        if not self.buf:
-            return
-        part = np.concatenate([p for p, _ in self.buf])
-        order = np.argsort(part.astype(np.uint16) if self.partitions <= 1 << 16 else part, kind="stable")
-        rows = np.empty(len(part), dtype=self.dtype)
+    def _write(self, payloads: list[Any], order: np.ndarray, bounds: np.ndarray, parts: list[int]) -> None:
+        rows = np.empty(len(order), dtype=self.dtype)
         for name in self.dtype.names or ():
-            rows[name] = np.concatenate([c[name] for _, c in self.buf])[order]
-        self.buf, self.rows = [], 0
-        bounds = np.searchsorted(part[order], np.arange(self.partitions + 1))
-        for p in np.flatnonzero(np.diff(bounds)).tolist():
+            rows[name] = np.concatenate([c[name] for c in payloads])[order]
+        for p in parts:
             path = f"{self.folder}/part-{p:04d}.bin"
             with open(path, "ab") as fh:
                 rows[bounds[p]:bounds[p + 1]].tofile(fh)
             self.files.setdefault(p, [path])
-
-    def close(self) -> dict[int, list[str]]:
-        """Flush what is buffered; the file of each non-empty partition, in partition order."""
-        self.flush()
-        return dict(sorted(self.files.items()))
 
 
 def read_rows(files: list[str], dtype: np.dtype) -> pl.DataFrame:
