@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 from prefect import flow, get_run_logger, task
@@ -144,11 +144,13 @@ def fit_global(ctx: RunContext, cs: ConfiguredStage, key: str, tasks: list[Shard
     return key, art
 
 
-def plan_ingest(ctx: RunContext, source: SourceConfig) -> list[IngestFileTask]:
+def plan_ingest(ctx: RunContext, source: SourceConfig,
+                warn: Callable[[str], object] | None = None) -> list[IngestFileTask]:
     """The input files of a source that no live ingest has (by fingerprint: file and reader
-    config), superseding earlier ingests of the same files (flows.ingest_plan)."""
+    config), superseding earlier ingests of the same files (flows.ingest_plan). Warnings go to
+    ``warn`` (default: the run's logger)."""
     return plan_source_ingest(ctx.cfg, ctx.lake, source, ctx.run_id, ctx.code_version,
-                              reingest=source.name in ctx.reingest, warn=get_run_logger().warning)
+                              reingest=source.name in ctx.reingest, warn=warn or get_run_logger().warning)
 
 
 def nothing_to_ingest(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
@@ -160,8 +162,7 @@ def ingest(ctx: RunContext, source: SourceConfig) -> dict[str, Any]:
     """The ingest task of a source with new input files; a source with none is answered here,
     without a Prefect task run (its API calls and logs cost ~0.1-0.3 CPU s for nothing)."""
     said: list[str] = []  # warnings (an optional source matching nothing): the task says them when it runs
-    if not plan_source_ingest(ctx.cfg, ctx.lake, source, ctx.run_id, ctx.code_version,
-                              reingest=source.name in ctx.reingest, warn=said.append):
+    if not plan_ingest(ctx, source, warn=said.append):
         for line in said:
             get_run_logger().warning(line)
         return nothing_to_ingest(ctx, source)

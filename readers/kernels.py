@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engines import native
+from engines.strings import arrow_buffers
 
 EXTENSION = "readers._ingest"
 ABI = 2
@@ -63,7 +64,7 @@ def strings_valid(chunk: pa.Array) -> bool | None:
     if not len(chunk):
         return True
     chunk = chunk.cast(pa.large_binary())  # 64-bit offsets; the data buffer is not copied
-    offsets, data = _views(chunk)
+    data, offsets = arrow_buffers(chunk)
     lengths = np.diff(offsets)
     if (lengths < 0).any() or offsets[0] < 0 or offsets[-1] > len(data):
         return False
@@ -77,16 +78,6 @@ def _large(column: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array:
     """One chunk of ``typ`` (large_string or large_binary: 64-bit offsets) without a copy of the data."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return column.cast(typ)
-
-
-def _views(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The offsets (int64, n + 1) and data (uint8) buffers of a large string/binary array, as NumPy
-    views (data never empty, so it always has an address)."""
-    n = len(column)
-    bufs = column.buffers()
-    offsets = np.frombuffer(bufs[1], np.int64, count=n + 1, offset=column.offset * 8)
-    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None and n else np.zeros(1, np.uint8)
-    return offsets, data
 
 
 def _valid_bytes(values: pa.Array) -> np.ndarray:
@@ -106,7 +97,7 @@ def url_hosts(urls: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray] |
         return None
     urls = _large(urls, pa.large_string())
     n = len(urls)
-    offsets, data = _views(urls)
+    data, offsets = arrow_buffers(urls)
     valid = _valid_bytes(urls)
     out = np.empty(max(1, int(offsets[-1] - offsets[0])) if n else 1, np.uint8)
     out_offsets = np.empty(n + 1, np.int64)
@@ -131,7 +122,7 @@ def json_strings(values: pa.Array | pa.ChunkedArray) -> pa.Array | None:
         return None
     values = _large(values, pa.large_string())
     n = len(values)
-    offsets, data = _views(values)
+    data, offsets = arrow_buffers(values)
     valid = _valid_bytes(values)
     out_offsets = np.empty(n + 1, np.int64)
     size = mod.json_strings(data, offsets, valid, None, out_offsets)
@@ -185,7 +176,7 @@ def hash_ids(prefix: bytes, keys: pa.Array | pa.ChunkedArray) -> pa.Array:
     mod = _sha_ni()
     if mod is None:
         return pa.array(hashlib_ids(prefix, keys.to_pylist()), pa.string())
-    offsets, data = _views(keys)
+    data, offsets = arrow_buffers(keys)
     hexes = np.empty(32 * n, np.uint8)
     mod.sha256_hex32(np.frombuffer(prefix, np.uint8), data, offsets, hexes)
     return pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, 32 * n + 1, 32, dtype=np.int32)),

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from engines.strings import string_buffers
+from engines.strings import arrow_buffers, string_buffers
 from filters.heuristics.chunking import ext
 
 TOKEN_REGEX = r"\S+"
@@ -44,13 +44,7 @@ def count_tokens_arrow(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
     chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
     parts = []
     for arr in chunks:
-        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-            arr = arr.cast(pa.large_string())  # e.g. string_view: copied into offsets + bytes
-        width = 8 if pa.types.is_large_string(arr.type) else 4
-        bufs = arr.buffers()
-        offsets = np.frombuffer(bufs[1], dtype=np.int64 if width == 8 else np.int32, count=len(arr) + 1,
-                                offset=arr.offset * width).astype(np.int64, copy=False)
-        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and bufs[2].size else np.zeros(1, np.uint8)
+        data, offsets = arrow_buffers(arr)
         out = np.empty(len(arr), dtype=np.int64)
         mod.token_counts(data, offsets, out)
         parts.append(pa.array(out, mask=arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else None))
