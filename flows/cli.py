@@ -9,6 +9,10 @@ from typing import Annotated, Any
 
 # No network is assumed: keep Prefect's server from trying to send telemetry.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+if __name__ == "__main__":  # `python -m flows.cli run`: launch Prefect's server before the imports below
+    from flows.launch import start_early
+
+    start_early(sys.argv[1:])
 # Before Polars and PyArrow load: their allocators read these once (see engines/allocators.py).
 from engines.allocators import apply_defaults  # noqa: E402
 
@@ -357,4 +361,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from flows.launch import run_cli
+
+    run_cli(main)

@@ -174,11 +174,20 @@ class TemporaryServer:
             proc.wait()
 
 
+# The server this process started (one per process: a second call returns it).
+_STARTED: TemporaryServer | None = None
+
+
 def early_server() -> TemporaryServer | None:
     """Start Prefect's temporary server now and point ``PREFECT_API_URL`` at it, when Prefect
-    would start one for the run anyway and is not imported yet; else None (Prefect decides)."""
+    would start one for the run anyway and is not imported yet; else None (Prefect decides).
+    Called again (the ``curate`` entry point starts it before the CLI's imports, `curate run`
+    asks for it later), it returns the server already started."""
+    global _STARTED
+    if _STARTED is not None:
+        return _STARTED
     if "prefect" in sys.modules or not prefect_would_start_one():
         return None
-    server = TemporaryServer()
-    os.environ["PREFECT_API_URL"] = server.api_url
-    return server
+    _STARTED = TemporaryServer()
+    os.environ["PREFECT_API_URL"] = _STARTED.api_url
+    return _STARTED

@@ -1,5 +1,6 @@
-"""`curate run` starts Prefect's temporary server on its first line (flows/prefect_server.py):
-only where Prefect would start one anyway, a real server the flow reports to, gone at exit."""
+"""`curate run` starts Prefect's temporary server on its first line (flows/prefect_server.py,
+launched by the entry point before the CLI's imports: flows/launch.py): only where Prefect would
+start one anyway, a real server the flow reports to, gone at exit, also when the run fails."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import duckdb
 import pytest
 import yaml
 
+from flows.launch import is_run_command
 from flows.prefect_server import prefect_would_start_one
 from tests.conftest import REPO
 from tests.helpers import cli_env
@@ -78,6 +80,7 @@ def test_curate_run_reports_to_the_server_it_started_early(tmp_path, corpora):
     [line] = [ln for ln in out.stderr.splitlines() if ln.startswith("startup-times ")]
     times = json.loads(line.removeprefix("startup-times "))
     assert times["prefect_server"] == 1.0  # started early, not by Prefect
+    assert times["prefect_launched"] < times["cli"]  # before the CLI's own imports (flows/launch.py)
     assert times["cli"] <= times["validated"] <= times["imported"] <= times["prefect_ready"] <= times["end"]
     assert _closed(int(times["prefect_port"]))  # stopped at exit
     assert "Starting temporary server" not in out.stdout + out.stderr  # Prefect did not start its own
@@ -91,3 +94,25 @@ def test_curate_run_reports_to_the_server_it_started_early(tmp_path, corpora):
     with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
         state = db.execute("SELECT state_type FROM flow_run WHERE id = ?", [flow_run]).fetchone()
     assert state == ("COMPLETED",)
+
+
+def test_only_curate_run_launches_the_server():
+    assert is_run_command(["run", "p.yaml"]) and is_run_command(["run", "p.yaml", "--workers", "2"])
+    assert not is_run_command(["run", "--help"]) and not is_run_command(["run", "p.yaml", "-h"])
+    assert not is_run_command(["validate", "p.yaml"]) and not is_run_command([]) and not is_run_command(["stats"])
+
+
+@pytest.mark.slow
+def test_a_failed_run_stops_the_server_and_keeps_its_exit_code_and_message(tmp_path, corpora):
+    """A pipeline that fails validation: the server launched on the first line is stopped, the
+    command exits with validation's code 2 and its message (the fast exit flushes the output)."""
+    pipeline = _pipeline(tmp_path, corpora)
+    pipeline.write_text(pipeline.read_text().replace("length_filter", "no_such_stage"))
+    env = dict(cli_env(tmp_path), CURATE_STARTUP_TIMES="1")
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(pipeline)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "no_such_stage" in out.stdout + out.stderr
+    [line] = [ln for ln in out.stderr.splitlines() if ln.startswith("startup-times ")]
+    times = json.loads(line.removeprefix("startup-times "))
+    assert times["prefect_server"] == 1.0 and _closed(int(times["prefect_port"]))
