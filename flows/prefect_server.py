@@ -10,7 +10,8 @@ before the flow's first line: measured at 10-17 s of a `curate run` on a loaded 
 
 :func:`early_server` launches the same server (the same command and settings Prefect uses for its
 temporary server: UI off, the ephemeral set of services) as the first thing `curate run` does
-and points ``PREFECT_API_URL`` at it before Prefect is imported, so the server boots on another
+(the ``curate`` entry point, flows/launch.py, calls it before the CLI's own imports) and points
+``PREFECT_API_URL`` at it before Prefect is imported, so the server boots on another
 core while curate imports and validates, and the client never imports the server's modules. The
 flow is the same Prefect flow talking to a real Prefect server over HTTP; the server is stopped
 when the command ends.

@@ -11,7 +11,8 @@ input (Parquet files with ``id`` and ``text``):
 
 Where the second run's time goes comes from the catalog's timestamps (run start, each stage's
 last shard, the fit artifact, the release, run end), the command's own start-up timestamps
-(``at_validated_s``, ``at_imported_s``, ``at_prefect_ready_s``, ``at_flow_start_s``, ``at_end_s``:
+(``at_prefect_launched_s``, ``at_cli_s``, ``at_validated_s``, ``at_imported_s``, ``at_warmed_s``,
+``at_prefect_ready_s``, ``at_flow_start_s``, ``at_end_s``:
 seconds since the process started; ``prefect_wait_s``: how long it still waited for Prefect's
 server), plus two small probes run the same way: the interpreter with the CLI's imports, and
 Prefect's own temporary server path (a flow that does nothing, in a process that did not start

@@ -16,7 +16,6 @@ of ~40 bytes per document.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,13 +131,10 @@ def read_texts(rows: list[tuple[str, int]], chars: int | None = None) -> dict[tu
     by_file: dict[str, list[int]] = {}
     for raw, row in rows:
         by_file.setdefault(raw, []).append(row)
-    # Two files at a time: decoding a row group's text column is most of a report's time, and
-    # Arrow's local reads release the GIL (memory: two row groups' text instead of one).
-    with ThreadPoolExecutor(max_workers=min(2, len(by_file) or 1)) as pool:
-        for raw, got_rows in zip(by_file, pool.map(lambda kv: read_rows(kv[0], kv[1], ["text"]), by_file.items())):
-            for r, got in got_rows.items():
-                t = got.get("text") or ""
-                out[(raw, r)] = t[:chars] if chars else t
+    for raw, wanted in by_file.items():
+        for r, got in read_rows(raw, wanted, ["text"]).items():
+            t = got.get("text") or ""
+            out[(raw, r)] = t[:chars] if chars else t
     return out
 
 

@@ -7,9 +7,7 @@ published. (storage.atomic_path's temporary name carries no protocol, so it is n
 """
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from typing import IO, Any
 
 import pyarrow as pa
@@ -62,22 +60,13 @@ def write_parquet(url: str, schema: pa.Schema, tables: Iterable[pa.Table]) -> No
             w.close()
 
 
-def _open_parquet(url: str, stack: ExitStack) -> pq.ParquetFile:
-    """A local path through Arrow's own file reads (they release the GIL, so reads on threads run
-    side by side; fsspec's Python file object takes it for every read), any other URL through its
-    fsspec filesystem."""
-    if not _remote(url):
-        return stack.enter_context(pq.ParquetFile(url.removeprefix("file://")))
-    fs, path = storage.fs_and_path(url)
-    return pq.ParquetFile(stack.enter_context(fs.open(path, "rb")))
-
-
 def read_rows(url: str, rows: list[int], columns: list[str] | None = None) -> dict[int, dict[str, Any]]:
     """Rows ``rows`` (0-based, any order) of one Parquet file, reading only the row groups that hold
     them (and only ``columns``): memory is a row group, not the file. Returns row -> record; rows
     past the end are absent."""
-    with ExitStack() as stack:
-        pf = _open_parquet(url, stack)
+    fs, path = storage.fs_and_path(url)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
         starts, start = [], 0
         for g in range(pf.metadata.num_row_groups):
             starts.append(start)
@@ -86,7 +75,7 @@ def read_rows(url: str, rows: list[int], columns: list[str] | None = None) -> di
         by_group: dict[int, list[int]] = {}
         for r in rows:
             if 0 <= r < start:
-                g = bisect.bisect_right(starts, r) - 1
+                g = next(i for i in range(len(starts) - 1) if starts[i] <= r < starts[i + 1])
                 by_group.setdefault(g, []).append(r)
         found: dict[int, dict[str, Any]] = {}
         for g, wanted in by_group.items():
