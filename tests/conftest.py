@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-# Prefect reads its settings at import: give the whole test session a private, quiet home.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="curate-prefect-"))
+# Prefect reads its settings at import: give the whole test session a private, quiet home. Under
+# pytest-xdist the controller sets it first and its workers inherit it: each worker gets a home of its
+# own instead (its own database and temporary server, as a serial session has).
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("PREFECT_HOME") == os.environ.get("CURATE_TEST_PREFECT_HOME"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"curate-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
+elif "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = os.environ["CURATE_TEST_PREFECT_HOME"] = tempfile.mkdtemp(prefix="curate-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -23,6 +28,31 @@ SHARED = Path(os.environ.get("CURATE_CORPORA") or REPO.parent / "shared" / "corp
 SAMPLE = REPO / "tests" / "data" / "corpora"
 CORPORA = SHARED if (SHARED / "wiki_en.parquet").exists() else SAMPLE
 FULL = CORPORA.resolve() != SAMPLE.resolve()
+
+
+# Modules whose tests start Ray (a private instance or a two-node cluster): one xdist group, so they run
+# one after another in one worker, as in a serial session.
+RAY_MODULES = {"test_ray_executor.py", "test_ray_map.py", "test_ray_vllm.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (pyproject's addopts) each test file is one group, so its module
+    and session fixtures are built once, in one worker, as with ``--dist loadfile``; the Ray modules
+    share one group. Groups are ordered Ray first (the longest: a quarter of the serial run), then
+    the other groups with slow tests, then the quick ones, so that no long group starts last and
+    runs alone (``--no-loadscope-reorder`` keeps this order); the tests of a group keep theirs."""
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is None:
+            group = "ray" if item.path.name in RAY_MODULES else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+        else:
+            group = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        groups.setdefault(group, []).append(item)
+    rank = {g: (g != "ray", not any(i.get_closest_marker("slow") for i in its)) for g, its in groups.items()}
+    items[:] = [i for g in sorted(groups, key=rank.__getitem__) for i in groups[g]]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
