@@ -30,29 +30,45 @@ CORPORA = SHARED if (SHARED / "wiki_en.parquet").exists() else SAMPLE
 FULL = CORPORA.resolve() != SAMPLE.resolve()
 
 
-# Modules whose tests start Ray (a private instance or a two-node cluster): one xdist group, so they run
-# one after another in one worker, as in a serial session.
+# Modules whose tests start Ray (a private instance or a two-node cluster): one scheduling unit, so they
+# run one after another in one worker, as in a serial session.
 RAY_MODULES = {"test_ray_executor.py", "test_ray_map.py", "test_ray_vllm.py"}
+
+
+def _unit(nodeid: str) -> str:
+    """The pytest-xdist scheduling unit of a test: its file, or "ray" for the Ray modules."""
+    path = nodeid.split("::", 1)[0]
+    return "ray" if path.rsplit("/", 1)[-1] in RAY_MODULES else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under ``--dist loadfile`` (pyproject's addopts) each test file is one unit, so its module and
+    session fixtures are built once, in one worker; the Ray modules share one unit. (Not
+    ``--dist loadgroup`` with marks: pytest 9.2 keeps node ids in ``Node._id``, and pytest-xdist
+    3.8 still appends the group to ``_nodeid``, so every test became a unit of its own.)"""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrRay(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return FileOrRay(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (pyproject's addopts) each test file is one group, so its module
-    and session fixtures are built once, in one worker, as with ``--dist loadfile``; the Ray modules
-    share one group. Groups are ordered Ray first (the longest: a quarter of the serial run), then
-    the other groups with slow tests, then the quick ones, so that no long group starts last and
-    runs alone (``--no-loadscope-reorder`` keeps this order); the tests of a group keep theirs."""
-    groups: dict[str, list[pytest.Item]] = {}
+    """Units (see ``_unit``) in this order: Ray first (the longest: a quarter of the serial run),
+    then the other units with slow tests, then the quick ones, so that no long unit starts last
+    and runs alone (``--no-loadscope-reorder`` keeps this order instead of sorting by test count).
+    The tests of a unit keep their order."""
+    units: dict[str, list[pytest.Item]] = {}
     for item in items:
-        mark = item.get_closest_marker("xdist_group")
-        if mark is None:
-            group = "ray" if item.path.name in RAY_MODULES else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
-        else:
-            group = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-        groups.setdefault(group, []).append(item)
-    rank = {g: (g != "ray", not any(i.get_closest_marker("slow") for i in its)) for g, its in groups.items()}
-    items[:] = [i for g in sorted(groups, key=rank.__getitem__) for i in groups[g]]
+        units.setdefault(_unit(item.nodeid), []).append(item)
+    rank = {u: (u != "ray", not any(i.get_closest_marker("slow") for i in its)) for u, its in units.items()}
+    items[:] = [i for u in sorted(units, key=rank.__getitem__) for i in units[u]]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
