@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-# Prefect reads its settings at import: give the whole test session a private, quiet home.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="curate-prefect-"))
+# Prefect reads its settings at import: give the whole test session a private, quiet home. Under
+# pytest-xdist the controller sets it first and its workers inherit it: each worker gets a home of its
+# own instead (its own database and temporary server, as a serial session has).
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("PREFECT_HOME") == os.environ.get("CURATE_TEST_PREFECT_HOME"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"curate-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
+elif "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = os.environ["CURATE_TEST_PREFECT_HOME"] = tempfile.mkdtemp(prefix="curate-prefect-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -23,6 +28,47 @@ SHARED = Path(os.environ.get("CURATE_CORPORA") or REPO.parent / "shared" / "corp
 SAMPLE = REPO / "tests" / "data" / "corpora"
 CORPORA = SHARED if (SHARED / "wiki_en.parquet").exists() else SAMPLE
 FULL = CORPORA.resolve() != SAMPLE.resolve()
+
+
+# Modules whose tests start Ray (a private instance or a two-node cluster): one scheduling unit, so they
+# run one after another in one worker, as in a serial session.
+RAY_MODULES = {"test_ray_executor.py", "test_ray_map.py", "test_ray_vllm.py"}
+
+
+def _unit(nodeid: str) -> str:
+    """The pytest-xdist scheduling unit of a test: its file, or "ray" for the Ray modules."""
+    path = nodeid.split("::", 1)[0]
+    return "ray" if path.rsplit("/", 1)[-1] in RAY_MODULES else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under ``--dist loadfile`` (pyproject's addopts) each test file is one unit, so its module and
+    session fixtures are built once, in one worker; the Ray modules share one unit. (Not
+    ``--dist loadgroup`` with marks: pytest 9.2 keeps node ids in ``Node._id``, and pytest-xdist
+    3.8 still appends the group to ``_nodeid``, so every test became a unit of its own.)"""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrRay(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return FileOrRay(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Units (see ``_unit``) in this order: Ray first (the longest: a quarter of the serial run),
+    then the other units with slow tests, then the quick ones, so that no long unit starts last
+    and runs alone (``--no-loadscope-reorder`` keeps this order instead of sorting by test count).
+    The tests of a unit keep their order."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(_unit(item.nodeid), []).append(item)
+    rank = {u: (u != "ray", not any(i.get_closest_marker("slow") for i in its)) for u, its in units.items()}
+    items[:] = [i for u in sorted(units, key=rank.__getitem__) for i in units[u]]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
