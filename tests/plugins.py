@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -54,6 +55,10 @@ class Trap(Stage):
 class WhereParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seconds_per_batch: float = 0.0
+    # A folder both nodes see (they share this machine): each node marks it, and a batch waits (up to
+    # meet_seconds) until two nodes have, so neither can finish every shard before the other starts.
+    meet_dir: str | None = None
+    meet_seconds: float = 120.0
 
 
 @register_stage
@@ -73,8 +78,22 @@ class Where(Stage):
         node = ""
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             node = sys.modules["ray"].get_runtime_context().get_node_id()
+        if self.params.meet_dir and node:
+            self._meet(Path(self.params.meet_dir), node)
         return pl.DataFrame({"node": [node] * batch.height, "threads": [self.context.threads] * batch.height},
                             schema={"node": pl.String, "threads": pl.Int64})
+
+
+    def _meet(self, folder: Path, node: str) -> None:
+        """Why: a warm worker on one node can take every queued shard (Ray reuses a leased worker)
+        while the other node's worker is still starting on a loaded machine. Waiting here holds the
+        first node's only CPU, so Ray must lease the next shard on the other node. If the executor
+        never places work there, the wait times out and the test's node check fails."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / node).touch()
+        deadline = time.monotonic() + self.params.meet_seconds
+        while len(list(folder.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 class TeardownParams(BaseModel):

@@ -50,12 +50,15 @@ COUNTS = {
 
 
 def pipeline_file(root: Path, demo_dir: Path, executor: dict, where_seconds: float = 0.0,
-                  lake: str | None = None) -> Path:
+                  lake: str | None = None, meet_dir: Path | None = None) -> Path:
     cfg = demo_config(demo_dir, lake or root / "lake", drop_kinds=MODEL_KINDS)
     cfg["release"]["select"] = cfg["release"]["select"].replace(" and sem.keep", "")
     cfg["executor"] = {"batch_rows": 1024, "shard_bytes": 2_000_000, **executor}
     # A probe of where each shard ran (not in the selection: the release does not depend on it).
-    cfg["stages"].append({"name": "where", "kind": "test_where", "params": {"seconds_per_batch": where_seconds}})
+    where: dict = {"seconds_per_batch": where_seconds}
+    if meet_dir is not None:
+        where["meet_dir"] = str(meet_dir)
+    cfg["stages"].append({"name": "where", "kind": "test_where", "params": where})
     root.mkdir(parents=True, exist_ok=True)
     (root / "p.yaml").write_text(yaml.safe_dump(cfg))
     return root / "p.yaml"
@@ -145,7 +148,8 @@ def test_two_nodes_lake_on_s3_with_a_worker_killed_mid_shard(tmp_path, demo_dir,
     once = tmp_path / "once"
     once.mkdir()
     lake = f"{s3_server.bucket()}/lake"
-    p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, where_seconds=0.3, lake=lake)
+    p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, where_seconds=0.3, lake=lake,
+                      meet_dir=tmp_path / "meet")
     # The first Ray worker to reach the middle of a shard SIGKILLs itself; Ray retries the shard.
     run = _curate_run(p, _env(tmp_path, two_nodes.auth, CURATE_FAULT="shard:mid_write",
                               CURATE_FAULT_ONCE_DIR=str(once), PREFECT_LOGGING_LEVEL="INFO"))
