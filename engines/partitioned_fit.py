@@ -34,10 +34,41 @@ steps to, and the Ray executor's wiring of the same functions (engines/ray_fit.p
 """
 from __future__ import annotations
 
+import collections
 import itertools
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
 
 import polars as pl
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_order(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
+    """``fn(item)`` for each item, yielded in the order of ``items``, with up to ``threads`` calls
+    running at once in a thread pool (worth it where ``fn`` spends its time without the GIL:
+    Parquet decode, Polars, NumPy sorts, the compiled kernels). Bounded: a call starts only when
+    fewer than ``threads`` results are pending, so at most ``threads`` items are in flight, one
+    more than in a serial loop at two threads. ``threads <= 1``: plain calls in this thread.
+    An exception in ``fn`` is raised here when its item's turn comes; calls not yet started are
+    cancelled when the consumer stops early."""
+    if threads <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    pending: collections.deque[Future[R]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fit") as pool:
+        try:
+            for item in items:
+                if len(pending) >= threads:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(fn, item))
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 class Sides:

@@ -81,7 +81,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.partitioned_fit import Sides
+from engines.partitioned_fit import Sides, in_order
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
 from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer, string_buffers
 
@@ -369,9 +369,13 @@ class _CandidateSpill:
 
     def write_bucket(self, part: int, rows: pl.DataFrame) -> None:
         """One bucket partition's rows, sorted by (key, pos)."""
+        self.bucket_file(part, rows)
+        self.stats["partitions"] += 1
+
+    def bucket_file(self, part: int, rows: pl.DataFrame) -> None:
+        """``write_bucket`` without the count: safe to call from several threads (one file each)."""
         rows.rechunk().write_parquet(f"{self.buckets}/part-{part:04d}.parquet", compression="zstd",
                                      compression_level=1)
-        self.stats["partitions"] += 1
 
     def add(self, code: np.ndarray, largest: int) -> None:
         """One bucket partition's unique pair codes and its largest bucket."""
@@ -624,16 +628,26 @@ class MinHashDedup(GlobalStage):
         candidates = accepted = 0
         sims_hist = np.zeros(20, dtype=np.int64)
         fd = os.open(shingles.path, os.O_RDONLY) if p.verify else None
-        for files in pair_files.values():
+        sets = shingles
+
+        def verified(files: list[str]) -> tuple[int, np.ndarray | None, np.ndarray, np.ndarray]:
+            # Runs in the fit's threads (pread and the Jaccard kernel release the GIL): one pair
+            # partition -> (its candidates, their similarities, the accepted pairs).
             code = np.unique(read_pairs(files))
             lo = (code >> np.uint64(32)).astype(np.int64)
             hi = (code & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            candidates += len(code)
-            if p.verify:
-                sims = self._similarities(k, fd, shingles.offsets, shingles.full, shingles.local(lo), shingles.local(hi))
+            if not p.verify:
+                return len(code), None, lo, hi
+            sims = self._similarities(k, fd, sets.offsets, sets.full, sets.local(lo), sets.local(hi))
+            ok = sims >= p.threshold
+            return len(code), sims, lo[ok], hi[ok]
+
+        # The union stays in this thread, in partition order (its roots do not depend on the
+        # order anyway: the larger root always joins the smaller).
+        for n_code, sims, lo, hi in in_order(verified, list(pair_files.values()), self._fit_threads()):
+            candidates += n_code
+            if sims is not None:
                 sims_hist += np.histogram(sims, bins=20, range=(0.0, 1.0))[0]
-                ok = sims >= p.threshold
-                lo, hi = lo[ok], hi[ok]
             accepted += len(lo)
             k.union_kernel(parent, lo, hi)
         if fd is not None:
@@ -769,24 +783,37 @@ class MinHashDedup(GlobalStage):
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         pairs = _CandidateSpill(f"{spill}/pairs", artifact_dir, p.partitions)
         old_parts = prev.bucket_parts() if prev else {}
-        for part in sorted(set(bucket_parts) | set(old_parts)):
+
+        def one(part: int) -> tuple[np.ndarray, int] | None:
+            # Runs in the fit's threads: reads, sorts and writes only this partition's files.
             new_files = bucket_parts.get(part, [])
             f = read_rows(new_files, BAND_ROW)
             if part in old_parts:
                 f = pl.concat([pl.read_parquet(old_parts[part]), f])
             f = f.sort("key", "pos")
-            pairs.write_bucket(part, f)
+            pairs.bucket_file(part, f)
             for path in new_files:
                 os.remove(path)
             if prev and new_files:
                 f = f.join(f.filter(pl.col("pos") >= prev.documents).select("key").unique(), on="key", how="semi",
                            maintain_order="left")
             elif prev:
-                continue
-            found = _bucket_pairs(k, f, p.window, prev.documents if prev else 0)
+                return None
+            return _bucket_pairs(k, f, p.window, prev.documents if prev else 0)
+
+        # Partitions in order, two (one per thread) at a time: the spill gets their pairs in
+        # partition order, so its files are the serial loop's byte for byte.
+        for found in in_order(one, sorted(set(bucket_parts) | set(old_parts)), self._fit_threads()):
+            pairs.stats["partitions"] += 1
             if found is not None:
                 pairs.add(*found)
         return pairs.close()
+
+    def _fit_threads(self) -> int:
+        """Threads of the fit's own steps (per-partition work, the second read of the text):
+        ``threads``, else the executor's grant (``context.threads``)."""
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        return max(1, p.threads or self.context.threads)
 
     @staticmethod
     def _similarities(k: Any, fd: int | None, offsets: np.ndarray, full: np.ndarray,
