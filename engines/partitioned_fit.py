@@ -45,6 +45,23 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def read_ahead(items: Iterable[T], threads: int) -> Iterator[T]:
+    """``items``, the next one made in a second thread while the caller works on the current one
+    (for batches read from Parquet: the decode of the next batch overlaps the work on this one).
+    One item waits at most. ``threads <= 1``: ``items`` as they are. An exception raised by
+    ``items`` comes out here at its turn; when the caller stops early, the item being made is
+    finished and dropped."""
+    if threads <= 1:
+        yield from items
+        return
+    it, end = iter(items), object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        ahead = pool.submit(next, it, end)
+        while (item := ahead.result()) is not end:
+            ahead = pool.submit(next, it, end)
+            yield item  # type: ignore[misc]
+
+
 def in_order(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Iterator[R]:
     """``fn(item)`` for each item, yielded in the order of ``items``, with up to ``threads`` calls
     running at once in a thread pool (worth it where ``fn`` spends its time without the GIL:

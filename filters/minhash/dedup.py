@@ -81,7 +81,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.partitioned_fit import Sides, in_order
+from engines.partitioned_fit import Sides, in_order, read_ahead
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
 from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer, string_buffers
 
@@ -698,7 +698,8 @@ class MinHashDedup(GlobalStage):
         scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
         shingler = self._shingler() if (p.verify and shingles) else None
         with self._scan_files(scan, docs_path, prev, shingler is not None) as add:
-            for batch in batches:
+            # The next batch is read (Parquet decode, fed columns) while this one is scanned.
+            for batch in read_ahead(batches, self._fit_threads()):
                 if batch.height:
                     scanned = self._scan_batch(batch, scan.first + scan.docs, shingler)
                     assert scanned.bucket_rows is not None

@@ -258,3 +258,34 @@ def test_in_order_keeps_order_and_bounds_the_work_in_flight():
         assert most <= threads, (threads, most)
         if threads > 1:
             assert most > 1, threads  # it did run calls at once
+
+
+def test_read_ahead_keeps_the_items_and_reads_one_ahead():
+    """``read_ahead`` gives every item in order, makes at most one beyond the one the caller
+    holds, raises the reader's exception at its turn, and stops reading when the caller stops."""
+    import itertools
+
+    from engines.partitioned_fit import read_ahead
+    made: list[int] = []
+
+    def reader(n: int, fail_at: int | None = None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"batch {i}")
+            made.append(i)
+            yield i
+
+    for threads in (1, 2):
+        made.clear()
+        seen = []
+        for item in read_ahead(reader(50), threads):
+            assert len(made) <= item + 2, (threads, item, len(made))  # this one and at most the next
+            seen.append(item)
+        assert seen == list(range(50))
+        made.clear()
+        with pytest.raises(ValueError, match="batch 7"):
+            assert list(read_ahead(reader(20, fail_at=7), threads)) == []
+        assert made == list(range(7))
+        made.clear()
+        assert list(itertools.islice(read_ahead(reader(50), threads), 3)) == [0, 1, 2]
+        assert len(made) <= 4, threads
