@@ -12,9 +12,9 @@ from the rows the first pass saw.
 
 The local executor calls ``fit_two_pass`` for such a stage instead of ``fit``; its artifact is
 ``fit``'s, byte for byte (tests/minhash/test_partitioned_fit.py). The second pass rereads up to
-``threads`` shards at once (the stage's ``context.threads``: what the executor grants the fit),
-handing them to the stage in shard order: the Parquet decode of one shard overlaps the work on
-another, with at most ``threads`` shards in flight.
+``threads`` shards at once (the stage's ``fit_threads()``, else its ``context.threads``: what the
+executor grants the fit) and hands them to the stage in shard order: the Parquet decode of one
+shard overlaps the work on another, with at most ``threads`` shards in flight.
 """
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ def fit_two_pass(stage: TwoPassFit, shards: Sequence[Callable[[], Iterator[pl.Da
                  artifact_dir: str, threads: int | None = None) -> dict[str, Any]:
     """Run ``stage.fit_two_pass`` over ``shards`` (a callable per shard, in lake order, giving its
     batches with the columns the stage needs when the callable is called). ``threads``: shards
-    reread at once (default: the stage's ``context.threads``, else 1); the result does not
-    depend on it."""
+    reread at once (default: the stage's ``fit_threads()`` when it has one, else its
+    ``context.threads``, else 1); the result does not depend on it."""
     if threads is None:
-        threads = getattr(getattr(stage, "context", None), "threads", None) or 1
+        own = getattr(stage, "fit_threads", None)
+        threads = own() if callable(own) else getattr(getattr(stage, "context", None), "threads", None) or 1
     rows: list[int] = []
 
     def batches() -> Iterator[pl.DataFrame]:

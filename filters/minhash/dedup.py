@@ -61,6 +61,13 @@ sets of the documents in a candidate pair from a second pass that reads the text
 (about half the documents of a crawl with a quarter near duplicates): the same files and metrics
 as ``fit``, for ~15% less CPU in the fit (docs/dedup.md, session 6).
 
+**Threads** (``fit_threads``: the executor's grant, ``threads`` when smaller): the scan reads the
+next batch while it scans one; the bucket partitions of step 2 and the pair partitions of step 3
+are worked on that many at a time; the second pass rereads that many shards at once. Results are
+taken in partition / shard order (``engines.partitioned_fit.in_order``), so the files are the
+one-thread fit's byte for byte; memory grows by one batch, one partition and one shard's reread
+(its batches and shingle sets) per extra thread.
+
 The document key is FNV-1a 64 (+ fmix64) of ``id, source, ingest_run, src_file, src_offset``
 joined by U+001F: unique per raw row and stable across runs.
 """
@@ -117,7 +124,8 @@ class MinHashDedupParams(BaseModel):
     max_shingles: int = Field(4096, ge=16)
     """Larger shingle sets are verified on a bottom-k sample of this size."""
     threads: int = Field(0, ge=0, le=256)
-    """Kernel threads (0: all cores in the main process); does not change the output."""
+    """Kernel threads (0: all cores in the main process), and at most this many for the fit's own
+    steps (the executor's grant when 0); does not change the output."""
     survivor: Literal["first", "min_id", "quality", "source_priority", "newest"] = "first"
     """Which member of a cluster stays: ``first`` in lake order (the earliest ingested), ``min_id``,
     highest ``quality``, ``source_priority``, ``newest`` crawl date."""
@@ -644,7 +652,7 @@ class MinHashDedup(GlobalStage):
 
         # The union stays in this thread, in partition order (its roots do not depend on the
         # order anyway: the larger root always joins the smaller).
-        for n_code, sims, lo, hi in in_order(verified, list(pair_files.values()), self._fit_threads()):
+        for n_code, sims, lo, hi in in_order(verified, list(pair_files.values()), self.fit_threads()):
             candidates += n_code
             if sims is not None:
                 sims_hist += np.histogram(sims, bins=20, range=(0.0, 1.0))[0]
@@ -699,7 +707,7 @@ class MinHashDedup(GlobalStage):
         shingler = self._shingler() if (p.verify and shingles) else None
         with self._scan_files(scan, docs_path, prev, shingler is not None) as add:
             # The next batch is read (Parquet decode, fed columns) while this one is scanned.
-            for batch in read_ahead(batches, self._fit_threads()):
+            for batch in read_ahead(batches, self.fit_threads()):
                 if batch.height:
                     scanned = self._scan_batch(batch, scan.first + scan.docs, shingler)
                     assert scanned.bucket_rows is not None
@@ -804,17 +812,18 @@ class MinHashDedup(GlobalStage):
 
         # Partitions in order, two (one per thread) at a time: the spill gets their pairs in
         # partition order, so its files are the serial loop's byte for byte.
-        for found in in_order(one, sorted(set(bucket_parts) | set(old_parts)), self._fit_threads()):
+        for found in in_order(one, sorted(set(bucket_parts) | set(old_parts)), self.fit_threads()):
             pairs.stats["partitions"] += 1
             if found is not None:
                 pairs.add(*found)
         return pairs.close()
 
-    def _fit_threads(self) -> int:
-        """Threads of the fit's own steps (per-partition work, the second read of the text):
-        ``threads``, else the executor's grant (``context.threads``)."""
+    def fit_threads(self) -> int:
+        """Threads of the fit's own steps (the scan's read-ahead, per-partition work, shards
+        reread at once): the executor's grant (``context.threads``), or ``threads`` when smaller."""
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
-        return max(1, p.threads or self.context.threads)
+        grant = max(1, self.context.threads)
+        return min(p.threads, grant) if p.threads else grant
 
     @staticmethod
     def _similarities(k: Any, fd: int | None, offsets: np.ndarray, full: np.ndarray,

@@ -289,3 +289,11 @@ def test_read_ahead_keeps_the_items_and_reads_one_ahead():
         made.clear()
         assert list(itertools.islice(read_ahead(reader(50), threads), 3)) == [0, 1, 2]
         assert len(made) <= 4, threads
+
+
+def test_fit_threads_never_exceed_the_executors_grant():
+    """The fit's own threads: the executor's grant (``context.threads``), ``threads`` when smaller."""
+    for params, grant, expected in (({}, 2, 2), ({"threads": 1}, 2, 1), ({"threads": 8}, 2, 2), ({}, 1, 1)):
+        stage = MinHashDedup(params)
+        stage.bind(StageContext(threads=grant))
+        assert stage.fit_threads() == expected, (params, grant)
