@@ -810,8 +810,8 @@ class MinHashDedup(GlobalStage):
                 return None
             return _bucket_pairs(k, f, p.window, prev.documents if prev else 0)
 
-        # Partitions in order, two (one per thread) at a time: the spill gets their pairs in
-        # partition order, so its files are the serial loop's byte for byte.
+        # fit_threads() partitions at a time; the spill gets their pairs in partition order, so
+        # its files are the serial loop's byte for byte.
         for found in in_order(one, sorted(set(bucket_parts) | set(old_parts)), self.fit_threads()):
             pairs.stats["partitions"] += 1
             if found is not None:
