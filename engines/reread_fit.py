@@ -11,7 +11,10 @@ through the stage's ``fit_reread`` (the partitioned fit's hook, so both executor
 from the rows the first pass saw.
 
 The local executor calls ``fit_two_pass`` for such a stage instead of ``fit``; its artifact is
-``fit``'s, byte for byte (tests/minhash/test_partitioned_fit.py).
+``fit``'s, byte for byte (tests/minhash/test_partitioned_fit.py). The second pass rereads up to
+``threads`` shards at once (the stage's ``fit_threads()``, else its ``context.threads``: what the
+executor grants the fit) and hands them to the stage in shard order: the Parquet decode of one
+shard overlaps the work on another, with at most ``threads`` shards in flight.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 
 import polars as pl
 
-from engines.partitioned_fit import Sides, starts
+from engines.partitioned_fit import Sides, in_order, starts
 
 
 @runtime_checkable
@@ -35,9 +38,14 @@ class TwoPassFit(Protocol):
 
 
 def fit_two_pass(stage: TwoPassFit, shards: Sequence[Callable[[], Iterator[pl.DataFrame]]],
-                 artifact_dir: str) -> dict[str, Any]:
+                 artifact_dir: str, threads: int | None = None) -> dict[str, Any]:
     """Run ``stage.fit_two_pass`` over ``shards`` (a callable per shard, in lake order, giving its
-    batches with the columns the stage needs when the callable is called)."""
+    batches with the columns the stage needs when the callable is called). ``threads``: shards
+    reread at once (default: the stage's ``fit_threads()`` when it has one, else its
+    ``context.threads``, else 1); the result does not depend on it."""
+    if threads is None:
+        own = getattr(stage, "fit_threads", None)
+        threads = own() if callable(own) else getattr(getattr(stage, "context", None), "threads", None) or 1
     rows: list[int] = []
 
     def batches() -> Iterator[pl.DataFrame]:
@@ -48,8 +56,9 @@ def fit_two_pass(stage: TwoPassFit, shards: Sequence[Callable[[], Iterator[pl.Da
                 yield batch
 
     def reread(requests: dict[int, Any]) -> Iterator[tuple[int, Any]]:
-        for i, request in sorted(requests.items()):
-            yield i, stage.fit_reread(shards[i](), request)
+        def one(item: tuple[int, Any]) -> tuple[int, Any]:
+            return item[0], stage.fit_reread(shards[item[0]](), item[1])
+        return in_order(one, sorted(requests.items()), threads)
 
     def sides() -> Sides:
         if len(rows) != len(shards):

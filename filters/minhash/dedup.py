@@ -61,6 +61,13 @@ sets of the documents in a candidate pair from a second pass that reads the text
 (about half the documents of a crawl with a quarter near duplicates): the same files and metrics
 as ``fit``, for ~15% less CPU in the fit (docs/dedup.md, session 6).
 
+**Threads** (``fit_threads``: the executor's grant, ``threads`` when smaller): the scan reads the
+next batch while it scans one; the bucket partitions of step 2 and the pair partitions of step 3
+are worked on that many at a time; the second pass rereads that many shards at once. Results are
+taken in partition / shard order (``engines.partitioned_fit.in_order``), so the files are the
+one-thread fit's byte for byte; memory grows by one batch, one partition and one shard's reread
+(its batches and shingle sets) per extra thread.
+
 The document key is FNV-1a 64 (+ fmix64) of ``id, source, ingest_run, src_file, src_offset``
 joined by U+001F: unique per raw row and stable across runs.
 """
@@ -81,7 +88,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.partitioned_fit import Sides
+from engines.partitioned_fit import Sides, in_order, read_ahead
 from engines.stage import EarlierRows, GlobalStage, StageContext, register_stage
 from filters.minhash.signatures import BANDS_COLUMN, COUNT_COLUMN, MinHashParams, SignatureComputer, string_buffers
 
@@ -117,7 +124,8 @@ class MinHashDedupParams(BaseModel):
     max_shingles: int = Field(4096, ge=16)
     """Larger shingle sets are verified on a bottom-k sample of this size."""
     threads: int = Field(0, ge=0, le=256)
-    """Kernel threads (0: all cores in the main process); does not change the output."""
+    """Kernel threads (0: all cores in the main process), and at most this many for the fit's own
+    steps (the executor's grant when 0); does not change the output."""
     survivor: Literal["first", "min_id", "quality", "source_priority", "newest"] = "first"
     """Which member of a cluster stays: ``first`` in lake order (the earliest ingested), ``min_id``,
     highest ``quality``, ``source_priority``, ``newest`` crawl date."""
@@ -369,9 +377,13 @@ class _CandidateSpill:
 
     def write_bucket(self, part: int, rows: pl.DataFrame) -> None:
         """One bucket partition's rows, sorted by (key, pos)."""
+        self.bucket_file(part, rows)
+        self.stats["partitions"] += 1
+
+    def bucket_file(self, part: int, rows: pl.DataFrame) -> None:
+        """``write_bucket`` without the count: safe to call from several threads (one file each)."""
         rows.rechunk().write_parquet(f"{self.buckets}/part-{part:04d}.parquet", compression="zstd",
                                      compression_level=1)
-        self.stats["partitions"] += 1
 
     def add(self, code: np.ndarray, largest: int) -> None:
         """One bucket partition's unique pair codes and its largest bucket."""
@@ -624,16 +636,26 @@ class MinHashDedup(GlobalStage):
         candidates = accepted = 0
         sims_hist = np.zeros(20, dtype=np.int64)
         fd = os.open(shingles.path, os.O_RDONLY) if p.verify else None
-        for files in pair_files.values():
+        sets = shingles
+
+        def verified(files: list[str]) -> tuple[int, np.ndarray | None, np.ndarray, np.ndarray]:
+            # Runs in the fit's threads (pread and the Jaccard kernel release the GIL): one pair
+            # partition -> (its candidates, their similarities, the accepted pairs).
             code = np.unique(read_pairs(files))
             lo = (code >> np.uint64(32)).astype(np.int64)
             hi = (code & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            candidates += len(code)
-            if p.verify:
-                sims = self._similarities(k, fd, shingles.offsets, shingles.full, shingles.local(lo), shingles.local(hi))
+            if not p.verify:
+                return len(code), None, lo, hi
+            sims = self._similarities(k, fd, sets.offsets, sets.full, sets.local(lo), sets.local(hi))
+            ok = sims >= p.threshold
+            return len(code), sims, lo[ok], hi[ok]
+
+        # The union stays in this thread, in partition order (its roots do not depend on the
+        # order anyway: the larger root always joins the smaller).
+        for n_code, sims, lo, hi in in_order(verified, list(pair_files.values()), self.fit_threads()):
+            candidates += n_code
+            if sims is not None:
                 sims_hist += np.histogram(sims, bins=20, range=(0.0, 1.0))[0]
-                ok = sims >= p.threshold
-                lo, hi = lo[ok], hi[ok]
             accepted += len(lo)
             k.union_kernel(parent, lo, hi)
         if fd is not None:
@@ -684,7 +706,8 @@ class MinHashDedup(GlobalStage):
         scan = _Scan(f"{spill}/shingles.u32", prev.documents if prev else 0)
         shingler = self._shingler() if (p.verify and shingles) else None
         with self._scan_files(scan, docs_path, prev, shingler is not None) as add:
-            for batch in batches:
+            # The next batch is read (Parquet decode, fed columns) while this one is scanned.
+            for batch in read_ahead(batches, self.fit_threads()):
                 if batch.height:
                     scanned = self._scan_batch(batch, scan.first + scan.docs, shingler)
                     assert scanned.bucket_rows is not None
@@ -769,24 +792,38 @@ class MinHashDedup(GlobalStage):
         p: MinHashDedupParams = self.params  # type: ignore[assignment]
         pairs = _CandidateSpill(f"{spill}/pairs", artifact_dir, p.partitions)
         old_parts = prev.bucket_parts() if prev else {}
-        for part in sorted(set(bucket_parts) | set(old_parts)):
+
+        def one(part: int) -> tuple[np.ndarray, int] | None:
+            # Runs in the fit's threads: reads, sorts and writes only this partition's files.
             new_files = bucket_parts.get(part, [])
             f = read_rows(new_files, BAND_ROW)
             if part in old_parts:
                 f = pl.concat([pl.read_parquet(old_parts[part]), f])
             f = f.sort("key", "pos")
-            pairs.write_bucket(part, f)
+            pairs.bucket_file(part, f)
             for path in new_files:
                 os.remove(path)
             if prev and new_files:
                 f = f.join(f.filter(pl.col("pos") >= prev.documents).select("key").unique(), on="key", how="semi",
                            maintain_order="left")
             elif prev:
-                continue
-            found = _bucket_pairs(k, f, p.window, prev.documents if prev else 0)
+                return None
+            return _bucket_pairs(k, f, p.window, prev.documents if prev else 0)
+
+        # fit_threads() partitions at a time; the spill gets their pairs in partition order, so
+        # its files are the serial loop's byte for byte.
+        for found in in_order(one, sorted(set(bucket_parts) | set(old_parts)), self.fit_threads()):
+            pairs.stats["partitions"] += 1
             if found is not None:
                 pairs.add(*found)
         return pairs.close()
+
+    def fit_threads(self) -> int:
+        """Threads of the fit's own steps (the scan's read-ahead, per-partition work, shards
+        reread at once): the executor's grant (``context.threads``), or ``threads`` when smaller."""
+        p: MinHashDedupParams = self.params  # type: ignore[assignment]
+        grant = max(1, self.context.threads)
+        return min(p.threads, grant) if p.threads else grant
 
     @staticmethod
     def _similarities(k: Any, fd: int | None, offsets: np.ndarray, full: np.ndarray,

@@ -185,3 +185,115 @@ def test_nightly_update_in_band_partitions_writes_the_same_artifact(tmp_path, co
 def pq_rows(path: str) -> int:
     import pyarrow.parquet as pq
     return pq.ParquetFile(path).metadata.num_rows
+
+
+@pytest.mark.parametrize("params", [{"partitions": 5}, {"max_shingles": 16, "survivor": "min_id", "partitions": 3}])
+def test_fit_on_several_threads_writes_the_one_thread_artifact(tmp_path, corpora, params):
+    """The fit's threads (per bucket partition, per pair partition, and in the two-pass fit the
+    shards reread at once: engines.partitioned_fit.in_order) change nothing: the two-pass fit,
+    the one-pass fit and a nightly update on 2 and 3 threads write the 1-thread files byte for
+    byte, with its metrics. The shards are uneven (one of a single row, which a second thread
+    finishes first), so a result taken out of order would show."""
+    from engines.reread_fit import fit_two_pass
+    shards = planted_minhash_lake(tmp_path, corpora)
+    tasks = dedup_tasks(shards)
+    stage = MinHashDedup(params)
+
+    def shard_callables(t):
+        return lambda: (b for _, b in shard_batches(stage, t, BATCH_ROWS))
+
+    runs = {}
+    for threads in (1, 2, 3):
+        stage.bind(StageContext(threads=threads))
+        two, one, prev, night = (tmp_path / f"{name}{threads}" for name in ("two", "one", "prev", "night"))
+        for folder in (two, one, prev, night):
+            folder.mkdir()
+        m_two = fit_two_pass(stage, [shard_callables(t) for t in tasks], str(two))
+        m_one = stage.fit((b for t in tasks for _, b in shard_batches(stage, t, BATCH_ROWS)), str(one))
+        stage.fit((b for t in tasks[:3] for _, b in shard_batches(stage, t, BATCH_ROWS)), str(prev))
+        from engines.earlier_rows import ShardRows
+        m_night = stage.fit_incremental(str(prev), (b for t in tasks[3:] for _, b in shard_batches(stage, t, BATCH_ROWS)),
+                                        str(night), ShardRows([t.raw_path for t in tasks[:3]])) \
+            if stage.fit_policy == "incremental" else None
+        runs[threads] = [(without_seconds(m_two), artifact_files(two)), (without_seconds(m_one), artifact_files(one)),
+                         (without_seconds(m_night) if m_night else None, artifact_files(night))]
+    assert runs[1][0][0]["accepted_pairs"] > 0
+    assert runs[1][0] == runs[1][1]  # two-pass and one-pass agree (as test_two_pass_fit_writes_the_one_pass_artifact)
+    for threads in (2, 3):
+        for (m1, f1), (m, f) in zip(runs[1], runs[threads]):
+            assert m == m1, threads
+            assert sorted(f) == sorted(f1), threads
+            for name, data in f1.items():
+                assert f[name] == data, (threads, name)
+
+
+def test_in_order_keeps_order_and_bounds_the_work_in_flight():
+    """``in_order`` yields in the items' order even when later items finish first, never runs
+    more than ``threads`` calls at once, and raises a call's exception at its turn."""
+    import threading
+    import time
+
+    from engines.partitioned_fit import in_order
+    running, most, lock = 0, 0, threading.Lock()
+
+    def slow(i: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02 * ((7 - i) % 4))  # later items often finish first
+        with lock:
+            running -= 1
+        if i == 11:
+            raise ValueError("item 11")
+        return i * i
+
+    for threads in (1, 2, 3):
+        most = 0
+        got = []
+        with pytest.raises(ValueError, match="item 11"):
+            for r in in_order(slow, range(14), threads):
+                got.append(r)
+        assert got == [i * i for i in range(11)], threads
+        assert most <= threads, (threads, most)
+        if threads > 1:
+            assert most > 1, threads  # it did run calls at once
+
+
+def test_read_ahead_keeps_the_items_and_reads_one_ahead():
+    """``read_ahead`` gives every item in order, makes at most one beyond the one the caller
+    holds, raises the reader's exception at its turn, and stops reading when the caller stops."""
+    import itertools
+
+    from engines.partitioned_fit import read_ahead
+    made: list[int] = []
+
+    def reader(n: int, fail_at: int | None = None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"batch {i}")
+            made.append(i)
+            yield i
+
+    for threads in (1, 2):
+        made.clear()
+        seen = []
+        for item in read_ahead(reader(50), threads):
+            assert len(made) <= item + 2, (threads, item, len(made))  # this one and at most the next
+            seen.append(item)
+        assert seen == list(range(50))
+        made.clear()
+        with pytest.raises(ValueError, match="batch 7"):
+            assert list(read_ahead(reader(20, fail_at=7), threads)) == []
+        assert made == list(range(7))
+        made.clear()
+        assert list(itertools.islice(read_ahead(reader(50), threads), 3)) == [0, 1, 2]
+        assert len(made) <= 4, threads
+
+
+def test_fit_threads_never_exceed_the_executors_grant():
+    """The fit's own threads: the executor's grant (``context.threads``), ``threads`` when smaller."""
+    for params, grant, expected in (({}, 2, 2), ({"threads": 1}, 2, 1), ({"threads": 8}, 2, 2), ({}, 1, 1)):
+        stage = MinHashDedup(params)
+        stage.bind(StageContext(threads=grant))
+        assert stage.fit_threads() == expected, (params, grant)
