@@ -28,7 +28,8 @@ from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.rewrite_step import is_rewrite, run_rewrite, stage_passes
-from flows.run_report import flow_run_name, publish_artifacts, record_fit, record_timing, report_rejected, write_report
+from flows.run_report import (flow_run_name, publish_artifacts, record_fit, record_timing, report_picks, report_rejected,
+                               write_report)
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config
@@ -42,6 +43,7 @@ from warehouse.lock import LakeLock, lake_lock
 from warehouse.release import StageInfo, build_release
 from warehouse.releasing.gates import GateFailed
 from warehouse.releasing.gates import warnings as gate_warnings
+from warehouse.releasing.report_texts import PickedTexts
 from warehouse.releasing.text import check_chain
 from warehouse.selection import parse_selection
 
@@ -70,6 +72,8 @@ class RunContext:
     reingest: frozenset[str] = frozenset()
     # Global stages to fit again although a pinned model or index exists (`curate run --refit`).
     refit: frozenset[str] = frozenset()
+    # Texts the release pass kept for the report (flows/run_report.report_picks).
+    picked: PickedTexts | None = None
 
 
 @dataclass
@@ -280,10 +284,11 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
     optional = {s.name for s in ctx.cfg.sources if getattr(s, "optional", False)}
     optional |= set(derived_sources(ctx.cfg))  # a rewrite route may produce nothing: no row floor for it
     started, t0 = now(), time.perf_counter()
+    ctx.picked = report_picks(ctx, infos)
     try:
         manifest, created = build_release(ctx.cfg, ctx.lake, infos, ctx.run_id, ctx.code_version, ingest_q,
                                           planner=planner, plan_columns=plan_cols, accept_gates=accept_gates,
-                                          optional_sources=optional)
+                                          optional_sources=optional, picked=ctx.picked)
     except GateFailed as e:  # not retried: the same inputs fail the same gates
         ctx.catalog.record_rejected({"name": e.name, "version": e.version, "gates": e.report}, ctx.run_id)
         log.error("%s", e)

@@ -532,3 +532,37 @@ def test_gates_and_text_steps_match_catalog(demo_runs, report, con):
                         [name, version]).fetchall()
     assert steps and steps == [(s["source"], s["step"], s["stage"], s["column"], s["docs"], s["docs_changed"],
                                 s["chars_in"], s["chars_removed"]) for s in report["data"]["text_steps"]]
+
+
+def test_texts_the_release_kept_are_the_raw_texts(demo_runs, report, monkeypatch):
+    """The run's report took its duplicate members' texts from the release pass
+    (flows/run_report.report_picks): the same page data as a report reading every text back
+    from the raw shards, and the kept texts are the raw shards' (chunk boundaries crossed)."""
+    from warehouse.lake import Lake
+    from warehouse.releasing import fates
+    from warehouse.releasing.report_texts import PickedTexts
+    from warehouse.report import build_report, duck, sections
+    from warehouse.report.context import load_context
+    from warehouse.report.fates import read_texts
+
+    lake = Lake(str(demo_runs["lake"]))
+    ctx = load_context(lake, report["name"], report["version"])
+    with duck.connect(lake.root) as c:
+        wanted = sections.shown_duplicates(ctx, c)
+    shown = {m["id"] for d in report["data"]["duplicates"] for cl in d["largest"] for m in cl["members"]}
+    assert len(wanted) == len(shown) > 4
+    monkeypatch.setattr(fates, "CHUNK_ROWS", 7)  # many chunks per shard: the offsets must carry over
+    picked = PickedTexts(wanted)
+    reads = fates.Reads.of(ctx.stages, set(), set(), [])
+    for raw in ctx.raw_shards:
+        for df, _ in fates.shard_chunks(raw, lake.source_of(raw), ctx.stages, reads, lake.annotation_path):
+            picked.add(raw, df)
+    assert picked.texts == read_texts(sorted(wanted))
+    monkeypatch.undo()
+    again = json.loads(json.dumps(build_report(lake, report["name"], report["version"], code_version="0.1.0",
+                                               out=str(demo_runs["root"] / "again.html")).data))
+    mine = dict(report["data"])
+    assert mine["code_version"] == "0.1.0"
+    for d in (again, mine):
+        d.pop("generated_at")
+    assert again == mine

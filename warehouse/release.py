@@ -47,6 +47,7 @@ from warehouse.releasing import gates, publish
 from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_chunks
 from warehouse.releasing.fates_file import FATES_FILE, FatesSink, report_dir
 from warehouse.releasing.overlap import Behind, read_ahead
+from warehouse.releasing.report_texts import PickedTexts
 from warehouse.releasing.text import TextStats, release_text
 from warehouse.releasing.tokens import count_tokens_arrow
 from warehouse.releasing.writer import RELEASE_SCHEMA, ShardWriter, write_in_order
@@ -110,7 +111,8 @@ class _Scratch:
 def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_id: str, code_version: str,
                   ingest_quarantine: dict[str, int] | None = None, planner: PlanFn | None = None,
                   plan_columns: tuple[str, ...] = (), accept_gates: bool = False,
-                  optional_sources: Collection[str] = ()) -> tuple[dict[str, Any], bool]:
+                  optional_sources: Collection[str] = (), picked: PickedTexts | None = None
+                  ) -> tuple[dict[str, Any], bool]:
     """Write, judge and publish the release (or find the same one); returns (manifest, created).
 
     Without ``planner`` the kept rows are written in lake order as they stream by. With one
@@ -119,6 +121,8 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
     ``n_tokens`` and ``plan_columns``) and returns the included copies in training order, and
     DuckDB fetches the texts in that order out of core. Raises ``gates.GateFailed`` (after
     recording why under ``_rejected/``) when a gate fails and ``accept_gates`` is false.
+    ``picked``: raw rows whose texts the report will show, kept as the pass goes by them
+    (releasing/report_texts.py).
     """
     if planner is None and cfg.release.order != "ingest":
         raise ValueError(f"release.order {cfg.release.order!r} needs a planner (see planning.release_plan)")
@@ -140,7 +144,7 @@ def build_release(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_
         try:
             writer = ShardWriter(out_dir, rel.shard_rows, rel.shard_bytes)
             acc, text_stats, plan_extras, released = _write(cfg, lake, stages, raw_shards, writer, planner,
-                                                            plan_columns, scratch.path, fates)
+                                                            plan_columns, scratch.path, fates, picked)
         finally:
             fates.close()
         manifest = _manifest(cfg, lake, stages, run_id, code_version, raw_shards, chash, version, writer, acc,
@@ -203,8 +207,8 @@ def _chunks(lake: Lake, raw_shards: list[str], stages: list[StageInfo], reads: R
 
 
 def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards: list[str], writer: ShardWriter,
-           planner: PlanFn | None, plan_columns: tuple[str, ...], scratch: str, fates: FatesSink
-           ) -> tuple[Accounting, TextStats, dict[str, Any], dict[str, dict[str, int]] | None]:
+           planner: PlanFn | None, plan_columns: tuple[str, ...], scratch: str, fates: FatesSink,
+           picked: PickedTexts | None = None) -> tuple[Accounting, TextStats, dict[str, Any], dict[str, dict[str, int]] | None]:
     """The pass over the lake: fates (accounted, and each row's into ``fates``), text statistics,
     and the shards (streamed, or staged and written in the planner's order). Returns what the
     manifest needs."""
@@ -225,6 +229,8 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
             df = decide(df, source, stages, missing, selection.expr, reads, text)
             acc.add(source, df)
             fates.add(raw, df)
+            if picked is not None:
+                picked.add(raw, df)
             kept = df.filter(pl.col("_fate") == "kept")
             text_stats.add(source, kept, {s.name: s.applies_to(source) for s in stages})
             kept = kept.with_columns(text.alias("text"))

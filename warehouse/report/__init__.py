@@ -39,8 +39,10 @@ class Report:
     data: dict[str, Any]
 
 
-def report_data(ctx: ReleaseContext, seed: int = 0, chars: int = 300, code_version: str = "") -> dict[str, Any]:
-    """Every number the page shows, as one JSON-able dict."""
+def report_data(ctx: ReleaseContext, seed: int = 0, chars: int = 300, code_version: str = "",
+                texts: dict[tuple[str, int], str] | None = None) -> dict[str, Any]:
+    """Every number the page shows, as one JSON-able dict. ``texts``: raw texts of (raw shard,
+    row) already in hand (releasing/report_texts.py), used instead of reading those rows again."""
     m = ctx.manifest
     totals = m.get("totals") or {}
     fates = ensure_fates(ctx)
@@ -57,9 +59,9 @@ def report_data(ctx: ReleaseContext, seed: int = 0, chars: int = 300, code_versi
             "drop_reasons": sections.drop_table(ctx),
             "gates": sections.gates(ctx),
             "text_steps": sections.text_steps(ctx),
-            "examples": sections.examples(ctx, con, fates, seed=seed, chars=chars),
+            "examples": sections.examples(ctx, con, fates, seed=seed, chars=chars, known=texts),
             "histograms": sections.histograms(ctx, con),
-            "duplicates": sections.duplicates(ctx, con),
+            "duplicates": sections.duplicates(ctx, con, known=texts),
             "mixture": sections.mixture(ctx, con),
             "curriculum": sections.curriculum(ctx, con),
             "diff": _parent_diff(ctx, con, seed),
@@ -96,17 +98,19 @@ def _has_context(ctx: ReleaseContext, version: str) -> bool:
 
 
 def build_report(lake: Lake | str, name: str, version: str, stages: list[StageInfo] | None = None,
-                 out: str | None = None, seed: int = 0, code_version: str = "", rejected: bool = False) -> Report:
+                 out: str | None = None, seed: int = 0, code_version: str = "", rejected: bool = False,
+                 texts: dict[tuple[str, int], str] | None = None) -> Report:
     """Write the report of release ``name/version`` (default ``<lake>/reports/NAME/VERSION/report.html``,
     or ``out``); ``stages``: the pipeline's stages in order, when the caller knows them (else the
     saved context or the lake tells). ``rejected``: the release its gates stopped (from
     ``releases/NAME/_rejected/VERSION.json``; the page, at ``reports/NAME/_rejected/VERSION/``,
-    is marked REJECTED with the failed gates at the top)."""
+    is marked REJECTED with the failed gates at the top). ``texts``: raw texts already in hand
+    (the release pass kept those the duplicates section shows: ``sections.shown_duplicates``)."""
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     ctx = load_context(lake, name, version, stages, rejected=rejected)
     if stages is not None:
         save_context(ctx)
-    data = report_data(ctx, seed=seed, code_version=code_version)
+    data = report_data(ctx, seed=seed, code_version=code_version, texts=texts)
     html = page.render(data).encode()
     path = out or f"{ctx.report_dir}/{REPORT_FILE}"
     write_bytes(path, html)

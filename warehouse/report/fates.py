@@ -124,12 +124,19 @@ def where_matches(ctx: ReleaseContext, expr: str, sources: list[str] | None = No
                 yield _rows(hit, raw).set_column(3, "row", pa.array(hit.get_column("_r").cast(pl.Int64).to_arrow()))
 
 
-def read_texts(rows: list[tuple[str, int]], chars: int | None = None) -> dict[tuple[str, int], str]:
+def read_texts(rows: list[tuple[str, int]], chars: int | None = None,
+               known: dict[tuple[str, int], str] | None = None) -> dict[tuple[str, int], str]:
     """Texts of (raw shard, row) pairs, reading only the text column of the shards concerned,
-    one shard at a time; ``chars`` cuts each text to its first characters."""
+    one shard at a time; ``chars`` cuts each text to its first characters. ``known``: texts
+    already in hand (the release pass kept them: releasing/report_texts.py); only the other rows
+    are read."""
     out: dict[tuple[str, int], str] = {}
     by_file: dict[str, list[int]] = {}
     for raw, row in rows:
+        if known is not None and (raw, row) in known:
+            t = known[(raw, row)]
+            out[(raw, row)] = t[:chars] if chars else t
+            continue
         by_file.setdefault(raw, []).append(row)
     for raw, wanted in by_file.items():
         for r, got in read_rows(raw, wanted, ["text"]).items():
@@ -138,7 +145,8 @@ def read_texts(rows: list[tuple[str, int]], chars: int | None = None) -> dict[tu
     return out
 
 
-def as_matches(rows: list[dict[str, Any]], chars: int | None = None) -> list[Match]:
-    texts = read_texts([(r["raw"], int(r["row"])) for r in rows], chars)
+def as_matches(rows: list[dict[str, Any]], chars: int | None = None,
+               known: dict[tuple[str, int], str] | None = None) -> list[Match]:
+    texts = read_texts([(r["raw"], int(r["row"])) for r in rows], chars, known)
     return [Match(r["id"], r["source"], r["raw"], int(r["row"]), r["fate"], r.get("stage"), r.get("reason"),
                   texts.get((r["raw"], int(r["row"])), "")) for r in rows]

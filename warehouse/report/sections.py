@@ -109,10 +109,12 @@ def drop_table(ctx: ReleaseContext) -> list[dict[str, Any]]:
 
 # --- examples -----------------------------------------------------------------------------------
 def examples(ctx: ReleaseContext, con: duckdb.DuckDBPyConnection, fates: str, per_reason: int = 5, seed: int = 0,
-             chars: int = 300, max_reasons: int = 60) -> list[dict[str, Any]]:
+             chars: int = 300, max_reasons: int = 60, known: dict[tuple[str, int], str] | None = None
+             ) -> list[dict[str, Any]]:
     """For each (stage, reason) of dropped or quarantined documents, ``per_reason`` of them drawn
     at random (seeded: the order of md5(seed, id)) with their first ``chars`` characters.
-    Quarantine reasons are error messages; they are grouped per stage."""
+    Quarantine reasons are error messages; they are grouped per stage. ``known``: raw texts
+    already in hand (see ``duplicates``)."""
     picked = rows(con, f"""
         WITH f AS (
           SELECT *, CASE WHEN fate = 'quarantined' THEN 'quarantined' ELSE reason END AS grp
@@ -123,7 +125,7 @@ def examples(ctx: ReleaseContext, con: duckdb.DuckDBPyConnection, fates: str, pe
         FROM r JOIN n USING (stage, grp) WHERE k <= ? ORDER BY n.total DESC, r.stage, r.grp, r.k""",
                   [str(seed), per_reason])
     groups: dict[tuple[str, str], dict[str, Any]] = {}
-    matches = as_matches(picked, chars)
+    matches = as_matches(picked, chars, known)
     for r, m in zip(picked, matches):
         g = groups.setdefault((r["stage"], r["grp"]), {"stage": r["stage"], "reason": r["grp"], "rows": int(r["total"]),
                                                         "examples": []})
@@ -239,39 +241,66 @@ def _histogram(con: duckdb.DuckDBPyConnection, listing: str, col: str) -> dict[s
 
 
 # --- duplicates ---------------------------------------------------------------------------------
-def duplicates(ctx: ReleaseContext, con: duckdb.DuckDBPyConnection, largest: int = 5, members: int = 6,
-               line_chars: int = 120) -> list[dict[str, Any]]:
-    """For each dedup stage (one writing ``survivor_id``: exact, MinHash, semantic): how many
-    clusters (documents sharing a survivor), their size distribution, and the largest clusters
-    with their members' first lines."""
+def _dedup_files(ctx: ReleaseContext) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """(stage, its annotation files) of each dedup stage (one writing ``survivor_id``) that has files."""
     out = []
     for st in ctx.stages:
         if "survivor_id" not in st.columns:
             continue
         files = ctx.annotation_files(st)
-        if not files:
-            continue
-        listing = _register_files(con, files)
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE members AS
-            SELECT a.id, a.survivor_id, f.source, f.raw, a.file_row_number AS "row"
-            FROM read_parquet({listing}, filename=true, file_row_number=true) a JOIN ann_files f USING (filename)
-            WHERE a.survivor_id IS NOT NULL""")
-        con.execute("""CREATE OR REPLACE TEMP TABLE clusters AS
-            SELECT survivor_id, count(*) AS size FROM members GROUP BY 1 HAVING count(*) > 1""")
+        if files:
+            out.append((st.name, files))
+    return out
+
+
+def _largest_clusters(con: duckdb.DuckDBPyConnection, files: list[tuple[str, str, str]], largest: int,
+                      members: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Temp tables ``members`` and ``clusters`` of one dedup stage; returns the ``largest`` clusters
+    (survivor_id, size) and up to ``members`` of their members each (survivor first, then by id)."""
+    listing = _register_files(con, files)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE members AS
+        SELECT a.id, a.survivor_id, f.source, f.raw, a.file_row_number AS "row"
+        FROM read_parquet({listing}, filename=true, file_row_number=true) a JOIN ann_files f USING (filename)
+        WHERE a.survivor_id IS NOT NULL""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE clusters AS
+        SELECT survivor_id, count(*) AS size FROM members GROUP BY 1 HAVING count(*) > 1""")
+    top = rows(con, "SELECT survivor_id, size FROM clusters ORDER BY size DESC, survivor_id LIMIT ?", [largest])
+    mem = rows(con, """SELECT m.* FROM members m JOIN (SELECT survivor_id FROM clusters
+        ORDER BY size DESC, survivor_id LIMIT ?) t USING (survivor_id)
+        QUALIFY row_number() OVER (PARTITION BY m.survivor_id ORDER BY m.id = m.survivor_id DESC, m.id) <= ?""",
+               [largest, members])
+    return top, mem
+
+
+def shown_duplicates(ctx: ReleaseContext, con: duckdb.DuckDBPyConnection, largest: int = 5,
+                     members: int = 6) -> set[tuple[str, int]]:
+    """The (raw shard, row) of every document ``duplicates`` shows (same defaults): known from the
+    annotation files alone, so the release pass can keep their texts (releasing/report_texts.py).
+    Cost: the duplicates section's queries, without its text reads."""
+    out: set[tuple[str, int]] = set()
+    for _, files in _dedup_files(ctx):
+        out.update((r["raw"], int(r["row"])) for r in _largest_clusters(con, files, largest, members)[1])
+    return out
+
+
+def duplicates(ctx: ReleaseContext, con: duckdb.DuckDBPyConnection, largest: int = 5, members: int = 6,
+               line_chars: int = 120, known: dict[tuple[str, int], str] | None = None) -> list[dict[str, Any]]:
+    """For each dedup stage (one writing ``survivor_id``: exact, MinHash, semantic): how many
+    clusters (documents sharing a survivor), their size distribution, and the largest clusters
+    with their members' first lines. ``known``: texts of (raw shard, row) already in hand (the
+    release pass kept them: ``shown_duplicates``); the others are read from the raw shards."""
+    out = []
+    for name, files in _dedup_files(ctx):
+        top, mem = _largest_clusters(con, files, largest, members)
         sizes = [(int(s), int(c)) for s, c in con.execute(
             "SELECT size, count(*) FROM clusters GROUP BY 1 ORDER BY 1").fetchall()]
-        top = rows(con, "SELECT survivor_id, size FROM clusters ORDER BY size DESC, survivor_id LIMIT ?", [largest])
-        mem = rows(con, """SELECT m.* FROM members m JOIN (SELECT survivor_id FROM clusters
-            ORDER BY size DESC, survivor_id LIMIT ?) t USING (survivor_id)
-            QUALIFY row_number() OVER (PARTITION BY m.survivor_id ORDER BY m.id = m.survivor_id DESC, m.id) <= ?""",
-                   [largest, members])
-        texts = as_matches([{**r, "fate": "", "stage": None, "reason": None} for r in mem], 2000)
+        texts = as_matches([{**r, "fate": "", "stage": None, "reason": None} for r in mem], 2000, known)
         lines = {m.id: _first_line(m.text, line_chars) for m in texts}
         clusters = [{"survivor_id": t["survivor_id"], "size": int(t["size"]),
                      "members": [{"id": r["id"], "source": r["source"], "survivor": r["id"] == t["survivor_id"],
                                   "first_line": lines.get(r["id"], "")} for r in mem if r["survivor_id"] == t["survivor_id"]]}
                     for t in top]
-        out.append({"stage": st.name, "clusters": sum(c for _, c in sizes),
+        out.append({"stage": name, "clusters": sum(c for _, c in sizes),
                     "documents_in_clusters": sum(s * c for s, c in sizes),
                     "duplicates": sum((s - 1) * c for s, c in sizes), "size_counts": sizes, "largest": clusters})
     return out
