@@ -28,8 +28,15 @@ from flows.fitting import FitRun, RefitError, fit_stage
 from flows.ingest_plan import plan_source_ingest
 from flows.registry import load_stages
 from flows.rewrite_step import is_rewrite, run_rewrite, stage_passes
-from flows.run_report import (flow_run_name, publish_artifacts, record_fit, record_timing, report_picks, report_rejected,
-                               write_report)
+from flows.run_report import (
+    flow_run_name,
+    publish_artifacts,
+    record_fit,
+    record_timing,
+    report_picks,
+    report_rejected,
+    write_report,
+)
 from flows.validate import validate_pipeline
 from readers.ingest import IngestFileTask, ingest_file
 from schemas.config import PipelineConfig, SourceConfig, load_config
@@ -290,14 +297,17 @@ def release(ctx: RunContext, stages: list[ConfiguredStage], accept_gates: bool =
                                           planner=planner, plan_columns=plan_cols, accept_gates=accept_gates,
                                           optional_sources=optional, picked=ctx.picked)
     except GateFailed as e:  # not retried: the same inputs fail the same gates
-        ctx.catalog.record_rejected({"name": e.name, "version": e.version, "gates": e.report}, ctx.run_id)
+        with ctx.catalog.held():  # one catalog connection for the gates' rows and the views
+            ctx.catalog.record_rejected({"name": e.name, "version": e.version, "gates": e.report}, ctx.run_id)
+            ctx.catalog.refresh_views(ctx.lake.root, dict(ctx.keys))
         log.error("%s", e)
         return {"gate_failure": e}
     path = ctx.lake.release_dir(manifest["name"], manifest["version"])
-    with ctx.catalog.held():  # one catalog connection for the release's rows
+    with ctx.catalog.held():  # one catalog connection for the release's rows and the views over the lake
         record_timing(ctx, "release", "write", started, time.perf_counter() - t0,
                       status="computed" if created else "skipped")
         ctx.catalog.record_release(manifest, ctx.run_id, path)
+        ctx.catalog.refresh_views(ctx.lake.root, dict(ctx.keys))
     for message in gate_warnings(manifest.get("gates", {})) if created else []:
         log.warning("%s", message)
     log.info("release %s/%s %s: %s rows, %s tokens, %s shards", manifest["name"], manifest["version"],
@@ -360,8 +370,7 @@ def _run_locked(cfg: PipelineConfig, config_path: str, stages: list[ConfiguredSt
         columns = {cs.name: set(cs.stage.writes()) for cs in stages}
         staged = [run_rewrite(ctx, cs, columns) if is_rewrite(cs) else run_stage(ctx, cs) for cs in stage_passes(stages)]
         lock.check()
-        rel = release(ctx, stages, accept_gates)
-        catalog.refresh_views(lake.root, dict(ctx.keys))
+        rel = release(ctx, stages, accept_gates)  # its catalog rows and the views over the lake too
         if "gate_failure" in rel:
             raise report_rejected(ctx, stages, rel["gate_failure"])
         report = write_report(ctx, stages, rel)

@@ -108,14 +108,15 @@ def write_report(ctx: RunContext, stages: list[ConfiguredStage], rel: dict[str, 
         return {"path": path, "written": False}
     infos = [StageInfo(cs.name, ctx.keys[cs.name], list(cs.stage.writes()), cs.sources) for cs in stages]
     started, t0 = now(), time.perf_counter()
-    try:
-        rep = build_report(ctx.lake, rel["name"], rel["version"], stages=infos, code_version=ctx.code_version,
-                           rejected=rejected, texts=ctx.picked.texts if ctx.picked else None)
-    except Exception as e:  # noqa: BLE001 - the release stands without its report
-        log.error("the report of %s/%s could not be written (%s: %s); write it with `curate report %s/%s`",
-                  rel["name"], rel["version"], type(e).__name__, e, rel["name"], rel["version"])
-        return {"path": None, "error": f"{type(e).__name__}: {e}"}
-    record_timing(ctx, "report", "build", started, time.perf_counter() - t0)
+    with ctx.catalog.held():  # one catalog connection for the report's timings section and its own timing row
+        try:
+            rep = build_report(ctx.lake, rel["name"], rel["version"], stages=infos, code_version=ctx.code_version,
+                               rejected=rejected, texts=ctx.picked.texts if ctx.picked else None)
+        except Exception as e:  # noqa: BLE001 - the release stands without its report
+            log.error("the report of %s/%s could not be written (%s: %s); write it with `curate report %s/%s`",
+                      rel["name"], rel["version"], type(e).__name__, e, rel["name"], rel["version"])
+            return {"path": None, "error": f"{type(e).__name__}: {e}"}
+        record_timing(ctx, "report", "build", started, time.perf_counter() - t0)
     log.info("report: %s (%s KB)", rep.path, rep.bytes // 1024)
     return {"path": rep.path, "bytes": rep.bytes, "written": True}
 
