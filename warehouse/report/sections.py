@@ -372,9 +372,11 @@ def curriculum(ctx: ReleaseContext, con: duckdb.DuckDBPyConnection, buckets: int
         return None
     listing = _register_files(con, files)
     total = int((ctx.manifest.get("totals") or {}).get("rows") or 0) or 1
+    # avg in release order: DuckDB sums a group's doubles in whatever order its threads met the
+    # files, so an unordered mean can change in its last bits between two builds of the same page.
     got = con.execute(f"""
         WITH a AS (SELECT id, {q(col)}::DOUBLE AS v FROM read_parquet({listing}))
-        SELECT floor(r.pos * ? / ?)::BIGINT AS b, min(r.pos), max(r.pos), avg(a.v), count(a.v), count(*)
+        SELECT floor(r.pos * ? / ?)::BIGINT AS b, min(r.pos), max(r.pos), avg(a.v ORDER BY r.pos), count(a.v), count(*)
         FROM release_rows r LEFT JOIN a USING (id) GROUP BY 1 ORDER BY 1""", [buckets, total]).fetchall()
     phases = [{"name": p.get("phase") or p.get("name"), "start_row": int(p.get("start_row", 0))}
               for p in ctx.manifest.get("phases") or []]
