@@ -79,3 +79,25 @@ def test_arrow_fallback_without_the_kernel_is_the_regex(monkeypatch):
 
     monkeypatch.setattr(tokens, "ext", lambda: None)
     assert tokens.count_tokens_arrow(pa.array(["a b", "\u3000x\x1cy ", None, ""])).to_pylist() == [2, 1, None, 0]
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_blank_from_token_counts_is_the_strip_rule(corpora, monkeypatch, kernel):
+    """Without a text chain the release decides ``release:empty_text`` from the token counts
+    (``fates.blank_texts``) instead of stripping the text in Polars: the same rows, on every
+    whitespace-like character, on nulls and on real text."""
+    import pyarrow as pa
+
+    from warehouse.releasing.fates import blank_texts
+
+    if not kernel:
+        monkeypatch.setattr(tokens, "ext", lambda: None)
+    rng = random.Random(11)
+    texts = ["", *WHITE, *NOT_WHITE, "".join(WHITE), "".join(WHITE) + "\x1c", None]
+    texts += ["".join(rng.choice(WHITE + NOT_WHITE[:2] + WORDS[:1]) for _ in range(rng.randint(0, 6))) for _ in range(2000)]
+    texts += pq.read_table(corpora / "wiki_en.parquet", columns=["text"]).column("text").to_pylist()[:200]
+    arr = pa.array(texts, pa.large_string())
+    got = blank_texts(tokens.count_tokens_arrow(arr))
+    want = pl.Series("text", texts, dtype=pl.String).fill_null("").str.strip_chars().str.len_bytes() == 0
+    assert got.to_list() == want.to_list()
+    assert 0 < int(got.sum()) < len(texts) - 200  # both kinds present

@@ -556,7 +556,7 @@ def test_texts_the_release_kept_are_the_raw_texts(demo_runs, report, monkeypatch
     reads = fates.Reads.of(ctx.stages, set(), set(), [])
     for raw in ctx.raw_shards:
         for df, _ in fates.shard_chunks(raw, lake.source_of(raw), ctx.stages, reads, lake.annotation_path):
-            picked.add(raw, df)
+            picked.add(raw, df.get_column("text").to_arrow())
     assert picked.texts == read_texts(sorted(wanted))
     monkeypatch.undo()
     again = json.loads(json.dumps(build_report(lake, report["name"], report["version"], code_version="0.1.0",

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from engines import storage
@@ -44,7 +45,7 @@ from schemas.derived import source_names
 from schemas.documents import DOCUMENT
 from warehouse.lake import Lake
 from warehouse.releasing import gates, publish
-from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, decide, shard_chunks
+from warehouse.releasing.fates import ERROR_COLUMN, Accounting, Reads, StageInfo, blank_texts, decide, shard_parts
 from warehouse.releasing.fates_file import FATES_FILE, FatesSink, report_dir
 from warehouse.releasing.overlap import Behind, read_ahead
 from warehouse.releasing.report_texts import PickedTexts
@@ -197,13 +198,49 @@ def _manifest(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], run_id: 
     }
 
 
-def _chunks(lake: Lake, raw_shards: list[str], stages: list[StageInfo], reads: Reads
-            ) -> Iterator[tuple[str, str, pl.DataFrame, dict[str, str]]]:
-    """(raw shard, source, chunk, missing) of every raw shard in order (``fates.shard_chunks``)."""
+def _chunks(lake: Lake, raw_shards: list[str], stages: list[StageInfo], reads: Reads, raw_text: bool
+            ) -> Iterator[tuple[str, str, pl.DataFrame, pa.Table, pa.Array | None, dict[str, str]]]:
+    """(raw shard, source, frame, chunk, token counts, missing) of every raw shard in order
+    (``fates.shard_parts``; ``_frame`` says what the frame holds). Runs in the read-ahead thread,
+    so the token counts of the next chunk are taken while this one is decided."""
     for raw in raw_shards:
         source = lake.source_of(raw)
-        for df, missing in shard_chunks(raw, source, stages, reads, lake.annotation_path):  # bounded: one chunk
-            yield raw, source, df, missing
+        for chunk, columns, missing in shard_parts(raw, source, stages, reads, lake.annotation_path):  # one chunk
+            df, n_tokens = _frame(chunk, columns, raw_text)
+            yield raw, source, df, chunk, n_tokens, missing
+
+
+def _frame(chunk: pa.Table, columns: list[pl.Series], raw_text: bool) -> tuple[pl.DataFrame, pa.Array | None]:
+    """The frame the decision reads, and the raw texts' token counts when ``raw_text``.
+
+    With a ``release.text`` chain the text is transformed in Polars, so the frame is the whole
+    chunk. Without one (``raw_text``) the release carries the raw text unchanged: the frame holds
+    every column but the text, plus ``_blank`` (``fates.blank_texts``), and the text stays in the
+    Arrow chunk until the kept rows are written. Polars would otherwise copy every raw text in
+    and the kept ones back out (two copies of the corpus' text, and their page faults: about a
+    third of the release's CPU at 200,000 documents)."""
+    if not raw_text:
+        df = pl.from_arrow(chunk)
+        assert isinstance(df, pl.DataFrame)
+        return (df.with_columns(columns) if columns else df), None
+    n_tokens = count_tokens_arrow(chunk.column("text"))
+    df = pl.from_arrow(chunk.drop_columns(["text"]))
+    assert isinstance(df, pl.DataFrame)
+    return df.with_columns([*columns, blank_texts(n_tokens)]), n_tokens
+
+
+def _kept_table(chunk: pa.Table, decided: pl.DataFrame, text: pl.Expr, n_tokens: pa.Array | None) -> pa.Table:
+    """The kept rows as a release shard holds them (``RELEASE_SCHEMA``: the documents' columns
+    and ``n_tokens``), from the frame (text chain) or filtered out of the Arrow chunk (raw text).
+    Tokens are counted on the text the shard gets."""
+    keep = decided.get_column("_fate") == "kept"
+    if n_tokens is None:
+        table = decided.filter(keep).with_columns(text.alias("text")).select(DOCUMENT.names).to_arrow().cast(DOCUMENT)
+        n_tokens = count_tokens_arrow(table.column("text"))  # in place: no other copy of the text
+    else:
+        mask = pa.array(keep.to_numpy())
+        table, n_tokens = chunk.filter(mask).select(DOCUMENT.names).cast(DOCUMENT), n_tokens.filter(mask)
+    return table.append_column(RELEASE_SCHEMA.field("n_tokens"), n_tokens)
 
 
 def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards: list[str], writer: ShardWriter,
@@ -220,34 +257,34 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
     acc, text_stats = Accounting(sources), TextStats(list(rel.text))
     staging: list[str] = []
     small: dict[str, list[pl.DataFrame]] = {s: [] for s in sources}
+    raw_text = not rel.text
     # Chunks are read one ahead and shards written one behind, in threads (releasing/overlap.py).
-    with Behind(writer.add) as write_behind, closing(read_ahead(_chunks(lake, raw_shards, stages, reads))) as chunks:
-        for raw, source, df, missing in chunks:
+    with Behind(writer.add) as write_behind, closing(read_ahead(_chunks(lake, raw_shards, stages, reads, raw_text))) as chunks:
+        for raw, source, df, chunk, counts, missing in chunks:
             for col in selection.columns | set(plan_columns) | set(rel.text):  # a stage that does not apply: nulls
                 if col not in df.columns:
                     df = df.with_columns(pl.lit(None, pl.String if col in rel.text else pl.Null).alias(col))
-            df = decide(df, source, stages, missing, selection.expr, reads, text)
+            df = decide(df, source, stages, missing, selection.expr, reads, text,
+                        pl.col("_blank") if raw_text else None)
             acc.add(source, df)
             fates.add(raw, df)
             if picked is not None:
-                picked.add(raw, df)
-            kept = df.filter(pl.col("_fate") == "kept")
-            text_stats.add(source, kept, {s.name: s.applies_to(source) for s in stages})
-            kept = kept.with_columns(text.alias("text"))
-            # Tokens are counted on the Arrow table the shard gets (in place: no other copy of the text).
-            table = kept.select(DOCUMENT.names).to_arrow().cast(DOCUMENT)
-            n_tokens = count_tokens_arrow(table.column("text"))
-            table = table.append_column(RELEASE_SCHEMA.field("n_tokens"), n_tokens)
+                picked.add(raw, chunk.column("text"))
+            table = _kept_table(chunk, df, text, counts)
+            n_tokens = table.column("n_tokens")
+            text_stats.add(source, df.filter(pl.col("_fate") == "kept"), {s.name: s.applies_to(source) for s in stages})
             acc.per_source[source]["tokens_kept"] += int(pc.sum(n_tokens).as_py() or 0)
             if planner is None:
                 write_behind.put(table)
                 continue
-            kept = kept.with_columns(pl.Series("n_tokens", n_tokens, dtype=pl.Int64))
+            kept = df.filter(pl.col("_fate") == "kept").with_columns(
+                pl.Series("n_tokens", n_tokens, dtype=pl.Int64),
+                pl.Series("_bytes", pc.binary_length(table.column("text")), dtype=pl.Int64))
             path = f"{scratch}/{len(staging):06d}.parquet"
             storage.write_table_atomic(path, table)
             small[source].append(kept.select(
                 pl.lit(len(staging), pl.Int64).alias("_file"), pl.int_range(kept.height, dtype=pl.Int64).alias("_row"),
-                pl.col("text").str.len_bytes().cast(pl.Int64).alias("_bytes"), "id", "n_tokens",
+                "_bytes", "id", "n_tokens",
                 *[pl.col(c) for c in plan_columns]))
             staging.append(path)
     plan_extras: dict[str, Any] = {}

@@ -188,11 +188,13 @@ def _ids(path: str, pf: pq.ParquetFile) -> pl.Series:
         raise _damaged(path, e) from None
 
 
-def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
-                 annotation_path: Any) -> Iterator[tuple[pl.DataFrame, dict[str, str]]]:
-    """``shard_frame`` a chunk of ``CHUNK_ROWS`` rows at a time, in shard order: the raw shard and
-    each annotation file are read side by side, so memory is one chunk whatever the shard size.
-    The concatenated chunks equal ``shard_frame``'s frame; ``missing`` is the same for every chunk."""
+def shard_parts(raw: str, source: str, stages: list[StageInfo], reads: Reads, annotation_path: Any
+                ) -> Iterator[tuple[pa.Table, list[pl.Series], dict[str, str]]]:
+    """The raw shard ``CHUNK_ROWS`` rows at a time, in shard order, as read (Arrow), with the
+    columns the release reads of each applicable stage for the same rows (Polars series named
+    ``<stage>.<col>``) and ``missing`` (the same for every chunk). The raw shard and each
+    annotation file are read side by side, so memory is one chunk whatever the shard size. The
+    release keeps the text in Arrow when it carries it unchanged; ``shard_chunks`` joins both."""
     with ExitStack() as stack:
         raw_pf = _open(stack, raw)
         n = raw_pf.metadata.num_rows
@@ -215,19 +217,29 @@ def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
         raw_rows = _Rows(raw, raw_pf, None)
         for start in range(0, n, CHUNK_ROWS) if n else [0]:  # an empty shard: one empty chunk
             chunk = raw_rows.take(min(CHUNK_ROWS, n - start))
-            df = pl.from_arrow(chunk)
-            assert isinstance(df, pl.DataFrame)
+            columns: list[pl.Series] = []
             for name, rows in readers:
                 ann = rows.take(chunk.num_rows)
-                df = df.with_columns([pl.from_arrow(ann.column(c)).alias(f"{name}.{c}")  # type: ignore[union-attr]
-                                      for c in ann.column_names])
-            yield df, missing
+                columns += [pl.Series(f"{name}.{c}", ann.column(c)) for c in ann.column_names]
+            yield chunk, columns, missing
+
+
+def shard_chunks(raw: str, source: str, stages: list[StageInfo], reads: Reads,
+                 annotation_path: Any) -> Iterator[tuple[pl.DataFrame, dict[str, str]]]:
+    """``shard_frame`` a chunk of ``CHUNK_ROWS`` rows at a time (``shard_parts`` as one frame).
+    The concatenated chunks equal ``shard_frame``'s frame; ``missing`` is the same for every chunk."""
+    for chunk, columns, missing in shard_parts(raw, source, stages, reads, annotation_path):
+        df = pl.from_arrow(chunk)
+        assert isinstance(df, pl.DataFrame)
+        yield (df.with_columns(columns) if columns else df), missing
 
 
 def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict[str, str], select: pl.Expr,
-           reads: Reads, text: pl.Expr) -> pl.DataFrame:
+           reads: Reads, text: pl.Expr, blank: pl.Expr | None = None) -> pl.DataFrame:
     """Add ``_fate`` (kept/dropped/quarantined), ``_stage`` and ``_reason`` (see the module doc);
-    ``text`` is the text the release carries."""
+    ``text`` is the text the release carries. ``blank``: when the release carries the raw text
+    unchanged, a boolean column saying the raw text is null or only whitespace (``blank_texts``),
+    so that ``df`` need not hold the text; both empty-text rules then read it."""
     miss = {k: v for k, v in missing.items() if k in reads.used}
     applicable = [s for s in stages if s.applies_to(source) and s.name in reads.used and s.name not in missing]
     # Polars when/then chains change type as they grow; Any keeps the chain readable.
@@ -238,7 +250,7 @@ def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict
         err = pl.col(f"{s.name}.{ERROR_COLUMN}").is_not_null()
         fate, stage = fate.when(err).then(pl.lit("quarantined")), stage.when(err).then(pl.lit(s.name))
         reason = reason.when(err).then(pl.col(f"{s.name}.{ERROR_COLUMN}"))
-    empty = pl.col("text").fill_null("").str.strip_chars().str.len_bytes() == 0
+    empty = _is_blank(pl.col("text")) if blank is None else blank
     fate, stage, reason = (fate.when(empty).then(pl.lit("dropped")), stage.when(empty).then(pl.lit("release")),
                            reason.when(empty).then(pl.lit("empty_text")))
     for s in applicable:
@@ -251,11 +263,24 @@ def decide(df: pl.DataFrame, source: str, stages: list[StageInfo], missing: dict
     fate, stage = fate.when(~select).then(pl.lit("dropped")), stage.when(~select).then(pl.lit("select"))
     reason = reason.when(~select).then(pl.lit("selection expression is false"))
     # Selected, but the text transforms left nothing to train on.
-    emptied = text.fill_null("").str.strip_chars().str.len_bytes() == 0
+    emptied = _is_blank(text) if blank is None else blank
     fate = fate.when(emptied).then(pl.lit("dropped")).otherwise(pl.lit("kept"))
     stage = stage.when(emptied).then(pl.lit("release")).otherwise(pl.lit(None))
     reason = reason.when(emptied).then(pl.lit("empty_after_text_transforms")).otherwise(pl.lit(None))
     return df.with_columns(fate.alias("_fate"), stage.alias("_stage"), reason.alias("_reason"))
+
+
+def _is_blank(text: pl.Expr) -> pl.Expr:
+    # strip_chars() strips Unicode White_Space (Rust's char::is_whitespace)
+    return text.fill_null("").str.strip_chars().str.len_bytes() == 0
+
+
+def blank_texts(n_tokens: pa.Array) -> pl.Series:
+    """``decide``'s ``blank`` column from the raw texts' token counts
+    (``releasing.tokens.count_tokens_arrow``): a token is a run of characters outside Unicode
+    White_Space, the set ``strip_chars`` strips, so a text has no token exactly when stripping
+    leaves nothing; a null text (null count) is blank too."""
+    return pl.Series("_blank", n_tokens).fill_null(0) == 0
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import polars as pl
+import pyarrow as pa
 
 
 class PickedTexts:
@@ -29,14 +29,12 @@ class PickedTexts:
         self.texts: dict[tuple[str, int], str] = {}
         self._raw, self._offset = "", 0
 
-    def add(self, raw: str, chunk: pl.DataFrame) -> None:
-        """The next chunk of raw shard ``raw`` (chunks of a shard arrive in order, from its first
-        row), with its raw ``text`` column."""
+    def add(self, raw: str, texts: pa.Array | pa.ChunkedArray) -> None:
+        """The raw ``text`` column of the next chunk of raw shard ``raw`` (chunks of a shard
+        arrive in order, from its first row)."""
         if raw != self._raw:
             self._raw, self._offset = raw, 0
-        start, self._offset = self._offset, self._offset + chunk.height
-        rows = [r for r in self._wanted.get(raw, ()) if start <= r < self._offset]
-        if rows:
-            text = chunk.get_column("text")
-            for r in rows:
-                self.texts[(raw, r)] = text[r - start] or ""  # a null text reads back as "" (report.fates.read_texts)
+        start, self._offset = self._offset, self._offset + len(texts)
+        for r in self._wanted.get(raw, ()):
+            if start <= r < self._offset:
+                self.texts[(raw, r)] = texts[r - start].as_py() or ""  # a null text reads back as "" (report.fates.read_texts)
