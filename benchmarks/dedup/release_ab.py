@@ -50,12 +50,17 @@ print(json.dumps({"created": created, "wall_s": round(wall, 2), "cpu_s": round(c
 """
 
 
-def one(code: Path, pipeline: Path) -> dict:
+def clear_release(pipeline: Path) -> None:
+    """Remove the pipeline's release and report folders, so the next ``build_release`` writes them anew."""
     from schemas.config import load_config
 
     cfg = load_config(str(pipeline))
     for d in (Path(cfg.lake_path) / "releases" / cfg.release.name, Path(cfg.lake_path) / "reports" / cfg.release.name):
         shutil.rmtree(d, ignore_errors=True)
+
+
+def one(code: Path, pipeline: Path) -> dict:
+    clear_release(pipeline)
     out = subprocess.run([sys.executable, "-c", CHILD, str(code), str(pipeline)], capture_output=True, text=True,
                          cwd=code, env={**os.environ, "CURATE_PROGRESS": "0"})
     if out.returncode:
