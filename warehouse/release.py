@@ -229,13 +229,14 @@ def _frame(chunk: pa.Table, columns: list[pl.Series], raw_text: bool) -> tuple[p
     return df.with_columns([*columns, blank_texts(n_tokens)]), n_tokens
 
 
-def _kept_table(chunk: pa.Table, decided: pl.DataFrame, text: pl.Expr, n_tokens: pa.Array | None) -> pa.Table:
-    """The kept rows as a release shard holds them (``RELEASE_SCHEMA``: the documents' columns
-    and ``n_tokens``), from the frame (text chain) or filtered out of the Arrow chunk (raw text).
-    Tokens are counted on the text the shard gets."""
-    keep = decided.get_column("_fate") == "kept"
+def _kept_table(chunk: pa.Table, keep: pl.Series, kept: pl.DataFrame, text: pl.Expr,
+                n_tokens: pa.Array | None) -> pa.Table:
+    """The kept rows (``keep``: the chunk's mask; ``kept``: the decided frame's kept rows) as a
+    release shard holds them (``RELEASE_SCHEMA``: the documents' columns and ``n_tokens``), from
+    the frame (text chain) or filtered out of the Arrow chunk (raw text). Tokens are counted on
+    the text the shard gets."""
     if n_tokens is None:
-        table = decided.filter(keep).with_columns(text.alias("text")).select(DOCUMENT.names).to_arrow().cast(DOCUMENT)
+        table = kept.with_columns(text.alias("text")).select(DOCUMENT.names).to_arrow().cast(DOCUMENT)
         n_tokens = count_tokens_arrow(table.column("text"))  # in place: no other copy of the text
     else:
         mask = pa.array(keep.to_numpy())
@@ -270,14 +271,16 @@ def _write(cfg: PipelineConfig, lake: Lake, stages: list[StageInfo], raw_shards:
             fates.add(raw, df)
             if picked is not None:
                 picked.add(raw, chunk.column("text"))
-            table = _kept_table(chunk, df, text, counts)
+            keep = df.get_column("_fate") == "kept"
+            kept = df.filter(keep)
+            table = _kept_table(chunk, keep, kept, text, counts)
             n_tokens = table.column("n_tokens")
-            text_stats.add(source, df.filter(pl.col("_fate") == "kept"), {s.name: s.applies_to(source) for s in stages})
+            text_stats.add(source, kept, {s.name: s.applies_to(source) for s in stages})
             acc.per_source[source]["tokens_kept"] += int(pc.sum(n_tokens).as_py() or 0)
             if planner is None:
                 write_behind.put(table)
                 continue
-            kept = df.filter(pl.col("_fate") == "kept").with_columns(
+            kept = kept.with_columns(
                 pl.Series("n_tokens", n_tokens, dtype=pl.Int64),
                 pl.Series("_bytes", pc.binary_length(table.column("text")), dtype=pl.Int64))
             path = f"{scratch}/{len(staging):06d}.parquet"
