@@ -36,6 +36,17 @@ def test_demo_pipeline_is_valid(demo_dir):
     assert report.errors == [] and report.warnings == []
 
 
+def test_readme_bad_demo_prints_the_readme_lines():
+    """``curate validate demo/bad.yaml`` prints the README's example block, line for line, exit 2."""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "validate", "demo/bad.yaml"], cwd=repo,
+                         capture_output=True, text=True, timeout=120)
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    block = readme.split("The demo file with two typos (`demo/bad.yaml`):\n\n```\n", 1)[1].split("```", 1)[0]
+    assert out.returncode == 2
+    assert (out.stdout + out.stderr).strip().splitlines() == block.strip().splitlines()
+
+
 def test_every_problem_at_once_with_lines(tmp_path, data):
     p = write(tmp_path, """\
         name: t
