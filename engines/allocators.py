@@ -13,7 +13,7 @@ defaults a fit process kept ~250 MB more than it used, because
 ``apply_defaults()`` sets, only where the user has not set them already: ``MALLOC_ARENA_MAX=2``,
 ``MALLOC_MMAP_THRESHOLD_=1048576`` (buffers of 1 MB and more are mapped, and unmapped when
 freed), ``_RJEM_MALLOC_CONF`` (Polars' jemalloc) with immediate page return, and Arrow's pool:
-on Linux its bundled jemalloc (``ARROW_DEFAULT_MEMORY_POOL=jemalloc``) with
+on x86-64 Linux its bundled jemalloc (``ARROW_DEFAULT_MEMORY_POOL=jemalloc``) with
 ``JE_ARROW_MALLOC_CONF=dirty_decay_ms:250,muzzy_decay_ms:0,narenas:1`` (freed pages are reused
 for 250 ms, then given back with MADV_DONTNEED by jemalloc's background thread; one arena, so
 pages freed by one Arrow thread serve the next), ``system`` elsewhere (a PyArrow build may lack
@@ -34,16 +34,19 @@ grew with the corpus (``tests/test_report_memory.py``: 57-78 MB against its 51.4
 from __future__ import annotations
 
 import os
+import platform
 import sys
+
+_JEMALLOC_WHEEL = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 
 DEFAULTS = {
     "MALLOC_ARENA_MAX": "2",
     "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
     "_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
-    # Wheels for Linux carry Arrow's jemalloc; the variable reaches only that jemalloc (its symbols
-    # are prefixed je_arrow_), not Polars' or glibc's. muzzy 0: skip MADV_FREE, whose pages stay in
-    # RSS until the kernel needs them.
-    "ARROW_DEFAULT_MEMORY_POOL": "jemalloc" if sys.platform.startswith("linux") else "system",
+    # PyArrow's x86-64 Linux wheels carry Arrow's jemalloc (other builds may not, and Arrow would warn
+    # at every start); the variable reaches only that jemalloc (its symbols are prefixed je_arrow_), not
+    # Polars' or glibc's. muzzy 0: skip MADV_FREE, whose pages stay in RSS until the kernel needs them.
+    "ARROW_DEFAULT_MEMORY_POOL": "jemalloc" if _JEMALLOC_WHEEL else "system",
     "JE_ARROW_MALLOC_CONF": "dirty_decay_ms:250,muzzy_decay_ms:0,narenas:1",
 }
 

@@ -74,7 +74,7 @@ print(json.dumps({"pool": pool.backend_name, "faults": reuse_faults, "grew_kb": 
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Arrow's jemalloc pool is the default on Linux only")
+@pytest.mark.skipif(not allocators._JEMALLOC_WHEEL, reason="Arrow's jemalloc pool is the default on x86-64 Linux only")
 def test_the_default_arrow_pool_reuses_freed_pages_and_gives_them_back():
     new = json.loads(_fresh(_REUSE).stdout)
     old = json.loads(_fresh(_REUSE, ARROW_DEFAULT_MEMORY_POOL="system").stdout)  # the previous default, as a control
