@@ -30,11 +30,13 @@ under load) on its first start.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -111,13 +113,28 @@ def _die_with_parent() -> None:
 
 class TemporaryServer:
     """A Prefect API server in a subprocess on a free local port; :meth:`wait_ready` before the
-    first flow call; :meth:`stop` runs at exit (registered with atexit when it starts)."""
+    first flow call; :meth:`stop` runs at exit (registered with atexit when it starts).
+
+    The server's own output goes to a log file in the temporary folder, not to curate's terminal:
+    a server that fails prints Prefect's traceback there, and the error curate raises quotes its
+    end and names the file (kept when the server wrote anything, deleted otherwise). A server that
+    exits before it answers is started once more on the same port: two runs starting at once on a
+    fresh ``PREFECT_HOME`` race to create its database, and the one that loses finds it made."""
+
+    RESTARTS = 1
 
     def __init__(self) -> None:
         self.port = _free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.started = time.perf_counter()
         self.ready_after: float | None = None
+        fd, self.log_path = tempfile.mkstemp(prefix="curate-prefect-server-", suffix=".log")
+        os.close(fd)
+        self.restarts = 0
+        self.process: subprocess.Popen[bytes] | None = self._launch()
+        atexit.register(self.stop)
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | SERVER_ENV
         # --app-dir as Prefect passes it: prefect's own install first on the path, whatever the cwd holds
         # (find_spec locates the package without importing it).
@@ -125,9 +142,9 @@ class TemporaryServer:
         app_dir = ["--app-dir", str(Path(spec.origin).parent.parent)] if spec and spec.origin else []
         cmd = [sys.executable, "-m", "uvicorn", *app_dir, "--factory", "prefect.server.api.server:create_app",
                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        atexit.register(self.stop)
+        with open(self.log_path, "ab") as log:
+            return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
     def wait_ready(self, timeout_s: float | None = None) -> float:
         """Block until the server answers its health check; returns the seconds since it was
@@ -144,7 +161,12 @@ class TemporaryServer:
             while True:
                 if self.process is None or self.process.poll() is not None:
                     code = None if self.process is None else self.process.returncode
-                    raise PrefectServerError(self._hint(f"Prefect's temporary server exited (code {code}) before it was ready"))
+                    if self.process is not None and self.restarts < self.RESTARTS:
+                        self.restarts += 1
+                        self.process = self._launch()
+                        continue
+                    raise PrefectServerError(self._hint(f"Prefect's temporary server exited (code {code}) before it "
+                                                        "was ready") + self._log_tail())
                 try:
                     if client.get(f"{self.api_url}/health").status_code == 200:
                         break
@@ -153,10 +175,21 @@ class TemporaryServer:
                 if time.perf_counter() > deadline:
                     self.stop()
                     raise PrefectServerError(self._hint(f"Prefect's temporary server was not ready after {limit:.0f} s "
-                                                  "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"))
+                                                  "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)") + self._log_tail())
                 time.sleep(0.05)
         self.ready_after = time.perf_counter() - self.started
         return self.ready_after
+
+    def _log_tail(self, lines: int = 8) -> str:
+        """The end of the server's log, quoted for an error message ('' when it wrote nothing)."""
+        try:
+            text = Path(self.log_path).read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+        if not text:
+            return ""
+        tail = "\n    ".join(text.splitlines()[-lines:])
+        return f"\nIts log ({self.log_path}) ends:\n    {tail}"
 
     @staticmethod
     def _hint(what: str) -> str:
@@ -173,6 +206,9 @@ class TemporaryServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with contextlib.suppress(OSError):
+            if not os.path.getsize(self.log_path):
+                os.unlink(self.log_path)
 
 
 # The server this process started (one per process: a second call returns it).

@@ -116,3 +116,43 @@ def test_a_failed_run_stops_the_server_and_keeps_its_exit_code_and_message(tmp_p
     [line] = [ln for ln in out.stderr.splitlines() if ln.startswith("startup-times ")]
     times = json.loads(line.removeprefix("startup-times "))
     assert times["prefect_server"] == 1.0 and _closed(int(times["prefect_port"]))
+
+
+def test_a_server_that_cannot_start_is_retried_once_and_its_log_is_quoted(tmp_path, monkeypatch):
+    # A database file that is not one: Prefect's server fails its start-up with a traceback. That
+    # traceback goes to the server's log, not to curate's output; the error quotes its end.
+    from flows.prefect_server import PrefectServerError, TemporaryServer
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "prefect.db").write_bytes(Path(REPO / "demo" / "pipeline.yaml").read_bytes())
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = TemporaryServer()
+    try:
+        with pytest.raises(PrefectServerError) as err:
+            server.wait_ready(timeout_s=120)
+    finally:
+        server.stop()
+    assert server.restarts == 1
+    log = Path(server.log_path).read_text()
+    assert log.count("Traceback") >= 2  # both starts failed, each wrote its traceback there
+    message = str(err.value)
+    assert "exited" in message and server.log_path in message and log.strip().splitlines()[-1] in message
+    assert "prefect server start" in message  # and what to do
+
+
+def test_two_servers_starting_at_once_on_a_fresh_home_both_answer(tmp_path, monkeypatch):
+    # Two `curate run` at once on a fresh PREFECT_HOME: both servers create the database, and one
+    # of them can fail a migration the other just made ("duplicate column name", seen in CI); it is
+    # started again and finds the database made. Without the restart this fails in about half the runs.
+    from flows.prefect_server import TemporaryServer
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    servers = [TemporaryServer(), TemporaryServer()]
+    try:
+        for server in servers:
+            server.wait_ready(timeout_s=180)
+            assert server.ready_after is not None
+    finally:
+        for server in servers:
+            server.stop()
