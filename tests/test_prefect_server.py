@@ -118,15 +118,21 @@ def test_a_failed_run_stops_the_server_and_keeps_its_exit_code_and_message(tmp_p
     assert times["prefect_server"] == 1.0 and _closed(int(times["prefect_port"]))
 
 
+def _server_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private Prefect home for servers this test starts in-process (as cli_env gives subprocesses)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return home
+
+
 def test_a_server_that_cannot_start_is_retried_once_and_its_log_is_quoted(tmp_path, monkeypatch):
     # A database file that is not one: Prefect's server fails its start-up with a traceback. That
     # traceback goes to the server's log, not to curate's output; the error quotes its end.
     from flows.prefect_server import PrefectServerError, TemporaryServer
-    home = tmp_path / "home"
+    home = _server_home(tmp_path, monkeypatch)
     home.mkdir()
-    (home / "prefect.db").write_bytes(Path(REPO / "demo" / "pipeline.yaml").read_bytes())
-    monkeypatch.setenv("PREFECT_HOME", str(home))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    (home / "prefect.db").write_bytes((REPO / "demo" / "pipeline.yaml").read_bytes())
     server = TemporaryServer()
     try:
         with pytest.raises(PrefectServerError) as err:
@@ -146,8 +152,7 @@ def test_two_servers_starting_at_once_on_a_fresh_home_both_answer(tmp_path, monk
     # of them can fail a migration the other just made ("duplicate column name", seen in CI); it is
     # started again and finds the database made. Without the restart this fails in about half the runs.
     from flows.prefect_server import TemporaryServer
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _server_home(tmp_path, monkeypatch)
     servers = [TemporaryServer(), TemporaryServer()]
     try:
         for server in servers:
