@@ -100,3 +100,30 @@ def demo_config(demo_dir: Path, lake: Path,
                 st["sources"] = [n for n in st["sources"] if n in real]
         (cfg["release"].get("mixture") or {}).pop("synthetic_share", None)
     return cfg
+
+
+def share_rewrites(local_lake: Path, lake: str) -> int:
+    """Put the rewrite generations a local lake's run made into another lake's cache, as a worker of
+    that lake would have left them: its run then reads every rewrite from the cache instead of
+    spending minutes of CPU generating the same seeded replies again (the model runs once per test
+    module). On a remote lake (``s3://``) they go in as one write-once cache segment, so its run
+    takes the segment-import path of engines/storage_cache.py; on a local lake into its SQLite
+    file. Returns how many generations were shared."""
+    import sqlite3
+
+    from engines import storage
+    from engines.inference.cache import ResultCache
+    from engines.storage_cache import LakeSegments
+    from rewriting.generate import CACHE_FILE
+
+    with sqlite3.connect(local_lake / "cache" / CACHE_FILE) as con:
+        rows = con.execute("SELECT key, value FROM results ORDER BY key").fetchall()
+    assert rows, "the local run generated no rewrites"
+    url = f"{str(lake).rstrip('/')}/cache/{CACHE_FILE}"
+    if storage.is_local_url(url):
+        cache = ResultCache(url)
+        cache.put_many({k: json.loads(v) for k, v in rows})
+        cache.close()
+    else:
+        LakeSegments(url, pa.string()).write(rows)
+    return len(rows)

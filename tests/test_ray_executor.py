@@ -6,6 +6,10 @@
   pipeline spread over both, while a Ray worker is SIGKILLed mid-shard (Ray retries it);
 - driver killed (SIGKILL) mid-stage, then re-run: the same release, finished shards untouched.
 
+The rewrite stage (SmolLM2 on CPU) generates once, in the local reference run; each Ray run finds
+those generations in its lake's cache (``share_rewrites``), as a rerun would, so the derived
+documents still go through the Ray executor's map but the model's minutes are not spent four times.
+
 The two-node runs put the lake on a real S3-protocol server (moto's, ``s3_server``): the pipeline
 file is the local reference's with ``executor.kind: ray`` and ``lake: s3://...``, nothing else. The
 cluster's nodes are started without the S3 variables (as a cluster that knows nothing of this
@@ -33,7 +37,7 @@ import yaml
 import tests.plugins  # noqa: F401 - registers the test stages
 from flows.pipeline import run_pipeline
 from tests.conftest import REPO
-from tests.helpers import demo_config
+from tests.helpers import demo_config, share_rewrites
 from warehouse.lake import Lake
 
 pytest.importorskip("ray")
@@ -98,10 +102,16 @@ def local_run(tmp_path_factory, demo_dir):
 def test_conformance_local_vs_private_ray(tmp_path, demo_dir, local_run):
     """``kind: ray`` with no address starts a Ray for the run: same release bytes, same counts."""
     ref_files, ref_counts, ref_lake = local_run
+    share_rewrites(ref_lake, str(tmp_path / "lake"))
     out = run_pipeline(str(pipeline_file(tmp_path, demo_dir, {"kind": "ray", "workers": 2})))
     assert out["release"]["rows"] > 0
     assert release_files(tmp_path / "lake") == ref_files
     assert catalog_counts(tmp_path / "lake") == ref_counts
+    # The Ray workers found every generation in the lake's shared cache (none made again).
+    con = duckdb.connect(str(tmp_path / "lake" / "catalog.duckdb"), read_only=True)
+    routes = con.execute("SELECT route, generated, from_cache FROM rewrite_summary ORDER BY route").fetchall()
+    con.close()
+    assert routes and all(gen > 0 and cached == gen for _, gen, cached in routes), routes
     # The annotations are byte-identical too (the same run_shard wrote them); the probe differs.
     lake = tmp_path / "lake"
     anns = [a.relative_to(lake) for a in lake.glob("annotations/*/*/*/part-*.parquet")]
@@ -148,6 +158,7 @@ def test_two_nodes_lake_on_s3_with_a_worker_killed_mid_shard(tmp_path, demo_dir,
     once = tmp_path / "once"
     once.mkdir()
     lake = f"{s3_server.bucket()}/lake"
+    share_rewrites(local_run[2], lake)
     p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, where_seconds=0.3, lake=lake,
                       meet_dir=tmp_path / "meet")
     # The first Ray worker to reach the middle of a shard SIGKILLs itself; Ray retries the shard.
@@ -212,6 +223,7 @@ def test_driver_killed_mid_stage_then_rerun_from_a_ray_client_lake_on_s3(tmp_pat
     once = tmp_path / "once"
     once.mkdir()
     lake = f"{s3_server.bucket()}/lake"
+    share_rewrites(local_run[2], lake)
     p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, lake=lake)
     crashed = _curate_run(p, _env(tmp_path, two_nodes.auth, CURATE_FAULT="ray:driver_after_shard", CURATE_FAULT_ONCE_DIR=str(once)))
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-2000:] + crashed.stderr[-2000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,8 @@ import pytest
 import yaml
 
 from engines import storage
-from engines.storage_cache import LakeSegments
 from flows.pipeline import run_pipeline
-from rewriting.generate import CACHE_FILE
-from tests.helpers import demo_config
+from tests.helpers import demo_config, share_rewrites
 from warehouse.catalog import Catalog
 from warehouse.lake import Lake
 
@@ -42,17 +39,6 @@ def _shards(release_path: str) -> dict[str, str]:
             for p in sorted(fs.glob(f"{root}/shard-*.parquet"))}
 
 
-def _share_rewrites(local_lake: Path, s3_lake: str) -> None:
-    """Put the local run's generations on the S3 lake as one cache segment, as another machine's
-    worker would have written them: the S3 run then reads every rewrite from the lake's cache (the
-    import path of engines/storage_cache.py) instead of spending minutes of CPU generating the same
-    greedy replies again. Cache writes on a remote lake are covered in tests/test_storage.py."""
-    with sqlite3.connect(local_lake / "cache" / CACHE_FILE) as con:
-        rows = con.execute("SELECT key, value FROM results ORDER BY key").fetchall()
-    assert rows, "the local run generated no rewrites"
-    LakeSegments(f"{s3_lake}/cache/{CACHE_FILE}", pa.string()).write(rows)
-
-
 @pytest.fixture(scope="module")
 def runs(s3_server, demo_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("s3demo")
@@ -66,7 +52,7 @@ def runs(s3_server, demo_dir, tmp_path_factory):
         (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
         out[name] = run_pipeline(str(root / f"{name}.yaml"))
         if name == "local":
-            _share_rewrites(root / "lake", f"{bucket}/lake")
+            share_rewrites(root / "lake", f"{bucket}/lake")
     out["root"], out["bucket"] = root, bucket
     yield out
     os.environ.pop("CURATE_SCRATCH", None)
