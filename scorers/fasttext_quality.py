@@ -185,6 +185,10 @@ class _FastTextScorer(GlobalStage):
                                              minCount=p.min_count, thread=1, seed=p.seed, verbose=0)
         finally:
             os.unlink(path)
+        cal = calib.result()
+        # The full model's scores on the calibration sample, for the agreement with the stored
+        # one: taken now, because quantising changes the model in place.
+        full_scores = self._predict(full, cal.get_column("text").to_list()) if p.store == "quantized" else None
         # Metrics and calibration use the model as stored: that is the one the apply loads.
         model = save_fasttext(full, artifact_dir, p.store, p.quantize_cutoff)
         metrics: dict[str, Any] = dict(counts)
@@ -197,7 +201,6 @@ class _FastTextScorer(GlobalStage):
             rec = tp / (tp + fn) if tp + fn else float("nan")
             metrics.update(precision=prec, recall=rec, f1=2 * prec * rec / (prec + rec) if prec + rec else float("nan"),
                            auc=auc(s, y), accuracy=float((pred == y).mean()))
-        cal = calib.result()
         cs = self._predict(model, cal.get_column("text").to_list())
         w = cal.get_column("bytes").to_numpy().astype(np.float64)
         order = np.argsort(cs, kind="mergesort")
@@ -212,8 +215,8 @@ class _FastTextScorer(GlobalStage):
         (Path(artifact_dir) / "calibration.json").write_text(json.dumps(
             {"bucket_edges": edges, "threshold": threshold, "calibration_docs": int(cal.height)}, indent=1))
         metrics["store"] = {"format": p.store, "bytes": model_bytes(artifact_dir)}
-        if model is not full:
-            fs = self._predict(full, cal.get_column("text").to_list())
+        if full_scores is not None:
+            fs = full_scores
             metrics["store"]["agreement_with_full_model"] = agreement(
                 fs, cs, np.searchsorted(byte_weighted_edges(fs, w, p.buckets), fs, side="right"),
                 np.searchsorted(edges, cs, side="right"))
