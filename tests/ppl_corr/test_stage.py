@@ -48,7 +48,7 @@ def test_selects_the_planted_domain_and_keeps_the_ratio(tmp_path, corpora):
                          "third": [real_texts(corpora, "wiki_es", 300)]})
     _files(tmp_path, {"good"}, ["good", "other", "third"])
     params = {"bpb": "bpb.csv", "scores": "scores.csv", "targets": ["bench_acc"], "kind": "accuracy",
-              "group_by": "source", "ratio": 0.25}
+              "group_by": "source", "ratio": 0.25, "quantize_cutoff": 10_000}  # ~5 s to quantise, not ~22 s
     metrics, out, sel = _run(tmp_path, params)
     assert metrics["selected_domains"] == ["good"]
     assert sel["domains"]["good"]["weight"] == pytest.approx(1.0)
@@ -78,7 +78,7 @@ def test_selection_drives_the_release(tmp_path, corpora):
     make_lake(tmp_path, {s: [t] for s, t in texts.items()})
     _files(tmp_path, {"good"}, list(texts))
     params = {"bpb": "bpb.csv", "scores": "scores.csv", "targets": ["bench_acc"], "kind": "accuracy",
-              "group_by": "source", "ratio": 0.25}
+              "group_by": "source", "ratio": 0.25, "quantize_cutoff": 10_000}  # ~5 s to quantise, not ~22 s
     _, out, _ = _run(tmp_path, params)
     cfg = PipelineConfig.model_validate({
         "name": "t", "lake": str(tmp_path),
