@@ -215,8 +215,7 @@ class _FastTextScorer(GlobalStage):
         (Path(artifact_dir) / "calibration.json").write_text(json.dumps(
             {"bucket_edges": edges, "threshold": threshold, "calibration_docs": int(cal.height)}, indent=1))
         metrics["store"] = {"format": p.store, "bytes": model_bytes(artifact_dir)}
-        if full_scores is not None:
-            fs = full_scores
+        if (fs := full_scores) is not None:
             metrics["store"]["agreement_with_full_model"] = agreement(
                 fs, cs, np.searchsorted(byte_weighted_edges(fs, w, p.buckets), fs, side="right"),
                 np.searchsorted(edges, cs, side="right"))
