@@ -91,6 +91,38 @@ def prefect_would_start_one(env: dict[str, str] | None = None, cwd: Path | None 
                for k in ("PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"))
 
 
+LOG_PREFIX = "curate-prefect-server-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_stale_logs(folder: str | Path | None = None) -> list[Path]:
+    """Delete the empty server logs of curate processes that are gone; returns what it deleted.
+
+    A run killed with SIGKILL never reaches :meth:`TemporaryServer.stop`, which deletes a log the
+    server wrote nothing to, so each such run left an empty ``curate-prefect-server-<pid>-*.log``
+    in the temporary folder. Logs with content are kept (they may explain a failure), as are those
+    of live processes and names without a process id. Cost: one listing of the folder."""
+    removed: list[Path] = []
+    for path in Path(folder or tempfile.gettempdir()).glob(f"{LOG_PREFIX}*-*.log"):
+        pid = path.name[len(LOG_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 class PrefectServerError(RuntimeError):
     """The early server exited or did not answer in time; the message says what to do."""
 
@@ -117,7 +149,8 @@ class TemporaryServer:
 
     The server's own output goes to a log file in the temporary folder, not to curate's terminal:
     a server that fails prints Prefect's traceback there, and the error curate raises quotes its
-    end and names the file (kept when the server wrote anything, deleted otherwise). A server that
+    end and names the file (kept when the server wrote anything, deleted otherwise; the empty log
+    of a run killed with SIGKILL is deleted by the next run, :func:`sweep_stale_logs`). A server that
     exits before it answers is started once more on the same port: two runs starting at once on a
     fresh ``PREFECT_HOME`` race to create its database, and the one that loses finds it made."""
 
@@ -128,11 +161,14 @@ class TemporaryServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.started = time.perf_counter()
         self.ready_after: float | None = None
-        fd, self.log_path = tempfile.mkstemp(prefix="curate-prefect-server-", suffix=".log")
+        # The log's name carries this process's id, so that a later run can tell the log of a
+        # run killed with SIGKILL (no atexit, no stop) from that of a run still going.
+        fd, self.log_path = tempfile.mkstemp(prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log")
         os.close(fd)
         self.restarts = 0
         self.process: subprocess.Popen[bytes] | None = self._launch()
         atexit.register(self.stop)
+        sweep_stale_logs()  # after the launch: the server boots meanwhile
 
     def _launch(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | SERVER_ENV

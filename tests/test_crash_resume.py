@@ -31,7 +31,9 @@ def _pipeline(root: Path, demo_dir: Path) -> Path:
 
 
 def _env(root: Path) -> dict[str, str]:
-    return cli_env(root)
+    # A temporary folder of the run's own, to see what a killed run leaves there.
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    return cli_env(root) | {"TMPDIR": str(root / "tmp")}
 
 
 def _run(pipeline: Path, root: Path) -> subprocess.Popen:
@@ -65,6 +67,9 @@ def test_sigkill_mid_stage_then_rerun(tmp_path, demo_dir):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The killed run's Prefect server log stays behind (empty: the server had nothing to say) ...
+    assert [p.name for p in (root / "tmp").glob("curate-prefect-server-*.log")] == \
+        [p.name for p in (root / "tmp").glob(f"curate-prefect-server-{proc.pid}-*.log")] != []
     n_shards = sum(len(json.loads(m.read_text())["parts"]) for m in lake.glob("raw/*/*/_done/*.json"))
     before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in lake.glob(ann_glob)}
     assert 2 <= len(before) < n_shards, "the kill must land while the slow stage is half done"
@@ -73,6 +78,8 @@ def test_sigkill_mid_stage_then_rerun(tmp_path, demo_dir):
     again = _run(pipeline, root)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out.decode()[-3000:]
+    # ... until the next run, which deletes it (and its own, being empty, at its end).
+    assert not list((root / "tmp").glob("curate-prefect-server-*.log"))
     # Finished shards were not recomputed: same files, untouched.
     for p, stamp in before.items():
         assert (p.stat().st_mtime_ns, p.stat().st_ino) == stamp

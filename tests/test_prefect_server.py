@@ -161,3 +161,26 @@ def test_two_servers_starting_at_once_on_a_fresh_home_both_answer(tmp_path, monk
     finally:
         for server in servers:
             server.stop()
+
+
+def test_the_empty_logs_of_killed_runs_are_swept_and_nothing_else(tmp_path):
+    # A process that is gone: its id names the logs a killed run would have left.
+    from flows.prefect_server import LOG_PREFIX, sweep_stale_logs
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        files = {
+            "dead_empty": tmp_path / f"{LOG_PREFIX}{gone.pid}-a1b2.log",
+            "dead_with_text": tmp_path / f"{LOG_PREFIX}{gone.pid}-c3d4.log",
+            "live_empty": tmp_path / f"{LOG_PREFIX}{live.pid}-e5f6.log",
+            "no_pid": tmp_path / f"{LOG_PREFIX}x7y8z9.log",  # the name before process ids
+            "other": tmp_path / f"unrelated-{gone.pid}-a1b2.log",
+        }
+        for name, path in files.items():
+            path.write_text("Traceback (most recent call last):\n" if name == "dead_with_text" else "")
+        assert sweep_stale_logs(tmp_path) == [files["dead_empty"]]
+        assert {n for n, p in files.items() if p.exists()} == set(files) - {"dead_empty"}
+    finally:
+        live.kill()
+        live.wait()
