@@ -61,13 +61,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Units (see ``_unit``) in this order: Ray first (the longest: a quarter of the serial run),
-    then the other units with slow tests, then the quick ones, so that no long unit starts last
-    and runs alone (``--no-loadscope-reorder`` keeps this order instead of sorting by test count).
-    The tests of a unit keep their order."""
+    then the full demo run (``test_flow_e2e``: it leaves the model results other modules read, see
+    the ``model_results`` fixture), then the other units with slow tests, then the quick ones, so
+    that no long unit starts last and runs alone (``--no-loadscope-reorder`` keeps this order
+    instead of sorting by test count). The tests of a unit keep their order."""
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         units.setdefault(_unit(item.nodeid), []).append(item)
-    rank = {u: (u != "ray", not any(i.get_closest_marker("slow") for i in its)) for u, its in units.items()}
+    rank = {u: (u != "ray", not u.endswith("tests/test_flow_e2e.py"),
+                not any(i.get_closest_marker("slow") for i in its)) for u, its in units.items()}
     items[:] = [i for u in sorted(units, key=rank.__getitem__) for i in units[u]]
 
 
@@ -102,6 +104,14 @@ def full_corpora(corpora: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir() -> Path:
     return DEMO
+
+
+@pytest.fixture(scope="session")
+def model_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session's demo runs leave their model results for the modules that share them
+    (tests/helpers.py ``session_results``)."""
+    from tests.helpers import session_results
+    return session_results(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

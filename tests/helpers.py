@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from readers.ingest import document_ids
 from schemas.documents import DOCUMENT
@@ -102,28 +103,57 @@ def demo_config(demo_dir: Path, lake: Path,
     return cfg
 
 
-def share_rewrites(local_lake: Path, lake: str) -> int:
-    """Put the rewrite generations a local lake's run made into another lake's cache, as a worker of
-    that lake would have left them: its run then reads every rewrite from the cache instead of
-    spending minutes of CPU generating the same seeded replies again (the model runs once per test
-    module). On a remote lake (``s3://``) they go in as one write-once cache segment, so its run
-    takes the segment-import path of engines/storage_cache.py; on a local lake into its SQLite
-    file. Returns how many generations were shared."""
+#: The model caches a run keeps in ``<lake>/cache/``, by file: the rewrite stage's replies
+#: (rewriting/generate.py) and the embed stage's vectors (scorers/embed.py).
+REWRITES, EMBEDDINGS = "rewrite_results.sqlite", "embeddings.sqlite"
+
+
+def share_cache(local_lake: Path, lake: str | Path, file: str = REWRITES, required: bool = True) -> int:
+    """Put the model results a local lake's runs cached (``file``: REWRITES or EMBEDDINGS) into
+    another lake's cache, as a worker of that lake would have left them: its run then reads them
+    from the cache instead of spending minutes of CPU computing the same seeded replies or
+    vectors again. On a remote lake (``s3://``) they go in as one write-once cache segment, so
+    its run takes the segment-import path of engines/storage_cache.py; on a local lake into its
+    SQLite file. ``required``: the source must hold some (else an empty source shares nothing).
+    Returns how many entries were shared."""
     import sqlite3
 
     from engines import storage
-    from engines.inference.cache import ResultCache
+    from engines.inference.cache import ResultCache, VectorCache
     from engines.storage_cache import LakeSegments
-    from rewriting.generate import CACHE_FILE
 
-    with sqlite3.connect(local_lake / "cache" / CACHE_FILE) as con:
-        rows = con.execute("SELECT key, value FROM results ORDER BY key").fetchall()
-    assert rows, "the local run generated no rewrites"
-    url = f"{str(lake).rstrip('/')}/cache/{CACHE_FILE}"
+    cls = {REWRITES: ResultCache, EMBEDDINGS: VectorCache}[file]
+    src = Path(local_lake) / "cache" / file
+    rows: list = []
+    if src.exists():
+        con = sqlite3.connect(src, timeout=60)
+        rows = con.execute(f"SELECT key, value FROM {cls.table} ORDER BY key").fetchall()
+        con.close()
+    assert rows or not required, f"the local run cached nothing in {src}"
+    if not rows:
+        return 0
+    url = f"{str(lake).rstrip('/')}/cache/{file}"
     if storage.is_local_url(url):
-        cache = ResultCache(url)
-        cache.put_many({k: json.loads(v) for k, v in rows})
-        cache.close()
+        cls(url).close()  # the file, its table and WAL mode, as the stage makes them
+        con = sqlite3.connect(url, timeout=60, isolation_level=None)
+        con.executemany(f"INSERT OR REPLACE INTO {cls.table}(key, value) VALUES (?, ?)", rows)
+        con.close()
     else:
-        LakeSegments(url, pa.string()).write(rows)
+        LakeSegments(url, cls.arrow_type).write(rows)
     return len(rows)
+
+
+def share_rewrites(local_lake: Path, lake: str | Path) -> int:
+    """The rewrite generations of a local lake's run, shared with ``lake`` (see share_cache)."""
+    return share_cache(local_lake, lake, REWRITES)
+
+
+def session_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like a lake (its ``cache/`` only) where this test session's modules leave
+    the model results their demo runs computed, and where modules whose subject is not the models
+    (the Ray and S3 runs, the report) look first: the same seeded replies and vectors, computed by
+    a real model once per session instead of once per module. One folder per session, the same
+    for every pytest-xdist worker; a module that runs before any producer computes its own."""
+    import os
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "model-results"

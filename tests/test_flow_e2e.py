@@ -14,6 +14,7 @@ import yaml
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from flows.pipeline import run_pipeline
+from tests.helpers import EMBEDDINGS, REWRITES, share_cache
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +50,12 @@ def demo_copy(tmp_path_factory, demo_dir):
 
 
 @pytest.fixture(scope="module")
-def first_run(demo_copy):
-    return run_pipeline(str(demo_copy / "pipeline.yaml"))
+def first_run(demo_copy, model_results):
+    out = run_pipeline(str(demo_copy / "pipeline.yaml"))
+    # Computed here with the real models; left for the modules that are not about them.
+    share_cache(demo_copy / "lake", model_results, REWRITES)
+    share_cache(demo_copy / "lake", model_results, EMBEDDINGS)
+    return out
 
 
 def test_release_and_catalog(demo_copy, first_run):

@@ -6,9 +6,10 @@
   pipeline spread over both, while a Ray worker is SIGKILLed mid-shard (Ray retries it);
 - driver killed (SIGKILL) mid-stage, then re-run: the same release, finished shards untouched.
 
-The rewrite stage (SmolLM2 on CPU) generates once, in the local reference run; each Ray run finds
-those generations in its lake's cache (``share_rewrites``), as a rerun would, so the derived
-documents still go through the Ray executor's map but the model's minutes are not spent four times.
+The rewrite stage (SmolLM2 on CPU) generates once per test session: in the local reference run,
+unless another module's demo run made the same seeded generations first (``model_results``); each Ray
+run finds them in its lake's cache (``share_rewrites``), as a rerun would, so the derived documents
+still go through the Ray executor's map but the model's minutes are not spent four times.
 
 The two-node runs put the lake on a real S3-protocol server (moto's, ``s3_server``): the pipeline
 file is the local reference's with ``executor.kind: ray`` and ``lake: s3://...``, nothing else. The
@@ -37,7 +38,7 @@ import yaml
 import tests.plugins  # noqa: F401 - registers the test stages
 from flows.pipeline import run_pipeline
 from tests.conftest import REPO
-from tests.helpers import demo_config, share_rewrites
+from tests.helpers import REWRITES, demo_config, share_cache, share_rewrites
 from warehouse.lake import Lake
 
 pytest.importorskip("ray")
@@ -91,11 +92,14 @@ def without_stage(counts: dict[str, list], stage: str) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, demo_dir):
-    """The reference: the pipeline under the local executor."""
+def local_run(tmp_path_factory, demo_dir, model_results):
+    """The reference: the pipeline under the local executor (its rewrites from the session's
+    store when a module made them already, else generated here and left there)."""
     root = tmp_path_factory.mktemp("local")
-    run_pipeline(str(pipeline_file(root, demo_dir, {"kind": "local", "workers": 2})))
     lake = root / "lake"
+    share_cache(model_results, lake, REWRITES, required=False)
+    run_pipeline(str(pipeline_file(root, demo_dir, {"kind": "local", "workers": 2})))
+    share_cache(lake, model_results, REWRITES)
     return release_files(lake), catalog_counts(lake), lake
 
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tests.browser import find_chromium
-from tests.helpers import demo_config
+from tests.helpers import EMBEDDINGS, demo_config, share_cache
 
 pytestmark = pytest.mark.slow
 THRESHOLD = "quality.score >= 0.7"
@@ -56,8 +56,11 @@ def _plant_mirror(demo_dir: Path, path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def demo_runs(tmp_path_factory, demo_dir):
+def demo_runs(tmp_path_factory, demo_dir, model_results):
     root = tmp_path_factory.mktemp("report")
+    # The sentence embeddings of the session's demo runs (test_flow_e2e's, when it ran first):
+    # the report is about the numbers, not the model.
+    share_cache(model_results, root / "lake", EMBEDDINGS, required=False)
     cfg = demo_config(demo_dir, root / "lake")
     planted = _plant_mirror(demo_dir, root / "mirror.jsonl")
     cfg["sources"].append({"name": "mirror", "format": "jsonl", "paths": [str(root / "mirror.jsonl")],
