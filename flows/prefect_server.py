@@ -114,7 +114,7 @@ def sweep_stale_logs(folder: str | Path | None = None) -> list[Path]:
     removed: list[Path] = []
     for path in Path(folder or tempfile.gettempdir()).glob(f"{LOG_PREFIX}*-*.log"):
         pid = path.name[len(LOG_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or _alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             if path.stat().st_size == 0:

@@ -134,18 +134,12 @@ def share_cache(local_lake: Path, lake: str | Path, file: str = REWRITES, requir
         return 0
     url = f"{str(lake).rstrip('/')}/cache/{file}"
     if storage.is_local_url(url):
-        cls(url).close()  # the file, its table and WAL mode, as the stage makes them
-        con = sqlite3.connect(url, timeout=60, isolation_level=None)
-        con.executemany(f"INSERT OR REPLACE INTO {cls.table}(key, value) VALUES (?, ?)", rows)
-        con.close()
+        cache = cls(url)  # written through the store, as the stage writes it
+        cache.put_many({k: cache._decode(v) for k, v in rows})
+        cache.close()
     else:
         LakeSegments(url, cls.arrow_type).write(rows)
     return len(rows)
-
-
-def share_rewrites(local_lake: Path, lake: str | Path) -> int:
-    """The rewrite generations of a local lake's run, shared with ``lake`` (see share_cache)."""
-    return share_cache(local_lake, lake, REWRITES)
 
 
 def session_results(tmp_path_factory: pytest.TempPathFactory) -> Path:

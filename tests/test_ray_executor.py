@@ -8,7 +8,7 @@
 
 The rewrite stage (SmolLM2 on CPU) generates once per test session: in the local reference run,
 unless another module's demo run made the same seeded generations first (``model_results``); each Ray
-run finds them in its lake's cache (``share_rewrites``), as a rerun would, so the derived documents
+run finds them in its lake's cache (``share_cache``), as a rerun would, so the derived documents
 still go through the Ray executor's map but the model's minutes are not spent four times.
 
 The two-node runs put the lake on a real S3-protocol server (moto's, ``s3_server``): the pipeline
@@ -38,7 +38,7 @@ import yaml
 import tests.plugins  # noqa: F401 - registers the test stages
 from flows.pipeline import run_pipeline
 from tests.conftest import REPO
-from tests.helpers import REWRITES, demo_config, share_cache, share_rewrites
+from tests.helpers import REWRITES, demo_config, share_cache
 from warehouse.lake import Lake
 
 pytest.importorskip("ray")
@@ -106,7 +106,7 @@ def local_run(tmp_path_factory, demo_dir, model_results):
 def test_conformance_local_vs_private_ray(tmp_path, demo_dir, local_run):
     """``kind: ray`` with no address starts a Ray for the run: same release bytes, same counts."""
     ref_files, ref_counts, ref_lake = local_run
-    share_rewrites(ref_lake, str(tmp_path / "lake"))
+    share_cache(ref_lake, str(tmp_path / "lake"))
     out = run_pipeline(str(pipeline_file(tmp_path, demo_dir, {"kind": "ray", "workers": 2})))
     assert out["release"]["rows"] > 0
     assert release_files(tmp_path / "lake") == ref_files
@@ -162,7 +162,7 @@ def test_two_nodes_lake_on_s3_with_a_worker_killed_mid_shard(tmp_path, demo_dir,
     once = tmp_path / "once"
     once.mkdir()
     lake = f"{s3_server.bucket()}/lake"
-    share_rewrites(local_run[2], lake)
+    share_cache(local_run[2], lake)
     p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, where_seconds=0.3, lake=lake,
                       meet_dir=tmp_path / "meet")
     # The first Ray worker to reach the middle of a shard SIGKILLs itself; Ray retries the shard.
@@ -227,7 +227,7 @@ def test_driver_killed_mid_stage_then_rerun_from_a_ray_client_lake_on_s3(tmp_pat
     once = tmp_path / "once"
     once.mkdir()
     lake = f"{s3_server.bucket()}/lake"
-    share_rewrites(local_run[2], lake)
+    share_cache(local_run[2], lake)
     p = pipeline_file(tmp_path, demo_dir, {"kind": "ray", "address": two_nodes.address}, lake=lake)
     crashed = _curate_run(p, _env(tmp_path, two_nodes.auth, CURATE_FAULT="ray:driver_after_shard", CURATE_FAULT_ONCE_DIR=str(once)))
     assert crashed.returncode == -signal.SIGKILL, crashed.stdout[-2000:] + crashed.stderr[-2000:]

@@ -17,7 +17,7 @@ import yaml
 
 from engines import storage
 from flows.pipeline import run_pipeline
-from tests.helpers import REWRITES, demo_config, share_cache, share_rewrites
+from tests.helpers import REWRITES, demo_config, share_cache
 from warehouse.catalog import Catalog
 from warehouse.lake import Lake
 
@@ -54,7 +54,7 @@ def runs(s3_server, demo_dir, tmp_path_factory, model_results):
             share_cache(model_results, lake, REWRITES, required=False)
         out[name] = run_pipeline(str(root / f"{name}.yaml"))
         if name == "local":
-            share_rewrites(root / "lake", f"{bucket}/lake")
+            share_cache(root / "lake", f"{bucket}/lake")
             share_cache(root / "lake", model_results, REWRITES)
     out["root"], out["bucket"] = root, bucket
     yield out
