@@ -35,6 +35,11 @@ FULL = CORPORA.resolve() != SAMPLE.resolve()
 RAY_MODULES = {"test_ray_executor.py", "test_ray_map.py", "test_ray_vllm.py"}
 
 
+# Slow units that start no model, scheduled between the full demo run and Ray (see
+# pytest_collection_modifyitems): together about as long as test_flow_e2e's first run on CI.
+BEFORE_RAY = ("test_concurrent_runs.py", "test_crash_resume.py", "heuristics/test_parity.py", "test_serve.py")
+
+
 def _unit(nodeid: str) -> str:
     """The pytest-xdist scheduling unit of a test: its file, or "ray" for the Ray modules."""
     path = nodeid.split("::", 1)[0]
@@ -60,17 +65,24 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Units (see ``_unit``) in this order: Ray first (the longest: a quarter of the serial run),
-    then the full demo run (``test_flow_e2e``: it leaves the model results other modules read, see
-    the ``model_results`` fixture), then the other units with slow tests, then the quick ones, so
-    that no long unit starts last and runs alone (``--no-loadscope-reorder`` keeps this order
-    instead of sorting by test count). The tests of a unit keep their order."""
+    """Units (see ``_unit``) in this order: the full demo run first (``test_flow_e2e``: it leaves
+    the model results other modules read, see the ``model_results`` fixture), then ``BEFORE_RAY``
+    (slow units that run no model: the other worker's first ~10 minutes, about as long as the demo
+    run takes to leave its results), then Ray (the longest unit, whose reference run then finds the
+    rewrites made instead of generating them again), then the other units with slow tests, then the
+    quick ones, so that no long unit starts last and runs alone (``--no-loadscope-reorder`` keeps
+    this order instead of sorting by test count). The tests of a unit keep their order."""
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         units.setdefault(_unit(item.nodeid), []).append(item)
-    rank = {u: (u != "ray", not u.endswith("tests/test_flow_e2e.py"),
-                not any(i.get_closest_marker("slow") for i in its)) for u, its in units.items()}
-    items[:] = [i for u in sorted(units, key=rank.__getitem__) for i in units[u]]
+
+    def rank(unit: str) -> tuple[int, bool]:
+        group = (0 if unit.endswith("tests/test_flow_e2e.py") else
+                 1 if any(unit.endswith(f"tests/{name}") for name in BEFORE_RAY) else
+                 2 if unit == "ray" else 3)
+        return group, not any(i.get_closest_marker("slow") for i in units[unit])
+
+    items[:] = [i for u in sorted(units, key=rank) for i in units[u]]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
