@@ -35,9 +35,11 @@ FULL = CORPORA.resolve() != SAMPLE.resolve()
 RAY_MODULES = {"test_ray_executor.py", "test_ray_map.py", "test_ray_vllm.py"}
 
 
-# Slow units that start no model, scheduled between the full demo run and Ray (see
-# pytest_collection_modifyitems): together about as long as test_flow_e2e's first run on CI.
-BEFORE_RAY = ("test_concurrent_runs.py", "test_crash_resume.py", "heuristics/test_parity.py", "test_serve.py")
+# Slow units that read no model result, scheduled between the full demo run and Ray (see
+# pytest_collection_modifyitems): together a few minutes longer than test_flow_e2e's first run (with
+# the first four alone, a lone clone's run started Ray 30 s before the demo's results were there).
+BEFORE_RAY = ("test_concurrent_runs.py", "test_crash_resume.py", "heuristics/test_parity.py", "test_serve.py",
+              "test_release_faults.py")
 
 
 def _unit(nodeid: str) -> str:
@@ -67,8 +69,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Units (see ``_unit``) in this order: the full demo run first (``test_flow_e2e``: it leaves
     the model results other modules read, see the ``model_results`` fixture), then ``BEFORE_RAY``
-    (slow units that run no model: the other worker's first ~10 minutes, about as long as the demo
-    run takes to leave its results), then Ray (the longest unit, whose reference run then finds the
+    (slow units that read no model result: the other worker's first ~15 minutes, a little longer
+    than the demo run takes to leave its results), then Ray (the longest unit, whose reference run then finds the
     rewrites made instead of generating them again), then the other units with slow tests, then the
     quick ones, so that no long unit starts last and runs alone (``--no-loadscope-reorder`` keeps
     this order instead of sorting by test count). The tests of a unit keep their order."""
