@@ -70,10 +70,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Units (see ``_unit``) in this order: the full demo run first (``test_flow_e2e``: it leaves
     the model results other modules read, see the ``model_results`` fixture), then ``BEFORE_RAY``
     (slow units that read no model result: the other worker's first ~15 minutes, a little longer
-    than the demo run takes to leave its results), then Ray (the longest unit, whose reference run then finds the
-    rewrites made instead of generating them again), then the other units with slow tests, then the
-    quick ones, so that no long unit starts last and runs alone (``--no-loadscope-reorder`` keeps
-    this order instead of sorting by test count). The tests of a unit keep their order."""
+    than the demo run takes to leave its results), then Ray (the longest unit, whose reference run
+    then finds the rewrites made instead of generating them again), then the other units with slow
+    tests, then the quick ones, so that no long unit starts last and runs alone
+    (``--no-loadscope-reorder`` keeps this order instead of sorting by test count). The tests of a
+    unit keep their order."""
     units: dict[str, list[pytest.Item]] = {}
     for item in items:
         units.setdefault(_unit(item.nodeid), []).append(item)
